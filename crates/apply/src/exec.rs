@@ -1,0 +1,402 @@
+//! Stages 3–4: run a validated plan, verify, and put the output in place.
+
+use crate::{ApplyError, ApplyReport, Hashed, Mismatch, Plan};
+use rayon::prelude::*;
+use romdelta_format::{
+    hex_digest, ops, Digest, Extent, OpKind, Operation, Package, PartitionUpdate, BLOCK_SIZE,
+};
+use romdelta_rom::{Layout, Partition, Rom};
+use sha2::Digest as _;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Writes a byte stream into the destination extents of one operation,
+/// dropping bytes past the end of the image (its last block may be partial).
+struct ExtentWriter<'a> {
+    file: &'a File,
+    path: &'a Path,
+    extents: &'a [Extent],
+    image_size: u64,
+    index: usize,
+    offset: u64,
+    written: u64,
+}
+
+impl ExtentWriter<'_> {
+    fn write(&mut self, mut buf: &[u8]) -> Result<(), ApplyError> {
+        while !buf.is_empty() {
+            let e = self.extents[self.index];
+            let n = (e.byte_len() - self.offset).min(buf.len() as u64);
+            let pos = e.byte_offset() + self.offset;
+            if pos < self.image_size {
+                let keep = n.min(self.image_size - pos) as usize;
+                self.file
+                    .write_all_at(&buf[..keep], pos)
+                    .map_err(ApplyError::io(self.path))?;
+                self.written += keep as u64;
+            }
+            buf = &buf[n as usize..];
+            self.offset += n;
+            if self.offset == e.byte_len() {
+                self.index += 1;
+                self.offset = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Output {
+    name: String,
+    file: File,
+    path: PathBuf,
+}
+
+fn mismatch(
+    what: Hashed,
+    part: &PartitionUpdate,
+    op: Option<(usize, &Operation)>,
+    expected: Digest,
+    actual: Digest,
+) -> ApplyError {
+    let extents = match (what, op) {
+        (Hashed::Source, Some((_, o))) => o.src_extents.clone(),
+        (_, Some((_, o))) => o.dst_extents.clone(),
+        _ => Vec::new(),
+    };
+    Mismatch {
+        what,
+        partition: part.name.clone(),
+        op: op.map(|(i, o)| (i, o.kind)),
+        extents,
+        expected,
+        actual,
+    }
+    .into()
+}
+
+/// Hashes the source bytes an operation reads.
+fn source_hash(src: &Partition, op: &Operation) -> Digest {
+    let mut h = sha2::Sha256::new();
+    src.for_each_piece(&op.src_extents, |b| h.update(b));
+    h.finalize().into()
+}
+
+fn check_source(
+    src: &Partition,
+    part: &PartitionUpdate,
+    i: usize,
+    op: &Operation,
+) -> Result<(), ApplyError> {
+    let actual = source_hash(src, op);
+    if actual != op.src_sha256 {
+        return Err(mismatch(
+            Hashed::Source,
+            part,
+            Some((i, op)),
+            op.src_sha256,
+            actual,
+        ));
+    }
+    Ok(())
+}
+
+fn check_data(
+    data: &[u8],
+    part: &PartitionUpdate,
+    i: usize,
+    op: &Operation,
+) -> Result<(), ApplyError> {
+    let actual = romdelta_format::sha256(data);
+    if actual != op.data_sha256 {
+        return Err(mismatch(
+            Hashed::Data,
+            part,
+            Some((i, op)),
+            op.data_sha256,
+            actual,
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one operation: checks, decodes, writes. Returns bytes written.
+fn run_op(
+    pkg: &Package<'_>,
+    part: &PartitionUpdate,
+    i: usize,
+    src: Option<&Partition>,
+    out: &Output,
+) -> Result<u64, ApplyError> {
+    let op = &part.operations[i];
+    let mut w = ExtentWriter {
+        file: &out.file,
+        path: &out.path,
+        extents: &op.dst_extents,
+        image_size: part.new.size,
+        index: 0,
+        offset: 0,
+        written: 0,
+    };
+    match op.kind {
+        // A staged image is created empty (all zeros): nothing to write.
+        OpKind::Zero => return Ok(0),
+        OpKind::SourceCopy => {
+            let src = src.expect("plan: copies have a source");
+            check_source(src, part, i, op)?;
+            let mut res = Ok(());
+            src.for_each_piece(&op.src_extents, |b| {
+                if res.is_ok() {
+                    res = w.write(b);
+                }
+            });
+            res?;
+        }
+        OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiff => {
+            let data = pkg.op_data(op);
+            check_data(data, part, i, op)?;
+            let mut source = Vec::new();
+            if op.kind.reads_source() {
+                let src = src.expect("plan: source reads have a source");
+                src.read_extents(&op.src_extents, &mut source);
+                let actual = romdelta_format::sha256(&source);
+                if actual != op.src_sha256 {
+                    return Err(mismatch(
+                        Hashed::Source,
+                        part,
+                        Some((i, op)),
+                        op.src_sha256,
+                        actual,
+                    ));
+                }
+            }
+            let mut buf = vec![0u8; (op.dst_blocks() * BLOCK_SIZE) as usize];
+            let decoded = match op.kind {
+                OpKind::Replace => ops::decode_replace(data, &mut buf),
+                OpKind::SourceZstd => ops::decode_source_zstd(data, &source, &mut buf),
+                _ => ops::decode_bsdiff(data, &source, &mut buf),
+            };
+            decoded.map_err(|source| ApplyError::Decode {
+                partition: part.name.clone(),
+                op: i,
+                kind: op.kind,
+                source,
+            })?;
+            w.write(&buf)?;
+        }
+    }
+    Ok(w.written)
+}
+
+/// SHA-256 of a file's contents, read through a mapping.
+fn file_hash(file: &File, path: &Path, size: u64) -> Result<Digest, ApplyError> {
+    if size == 0 {
+        return Ok(romdelta_format::sha256(&[]));
+    }
+    // SAFETY: the staged file is private to this process until renamed.
+    let map = unsafe { memmap2::Mmap::map(file) }.map_err(ApplyError::io(path))?;
+    Ok(romdelta_format::sha256(&map[..size as usize]))
+}
+
+enum Staging {
+    Image(tempfile::NamedTempFile),
+    Dir(tempfile::TempDir),
+}
+
+fn parent_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ApplyError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ApplyError::io(dir))
+}
+
+impl Plan<'_> {
+    /// Runs the plan. `progress` is called with the bytes written so far.
+    pub fn execute(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<ApplyReport, ApplyError> {
+        let m = &self.pkg.manifest;
+        let out = &self.output.path;
+        let parent = parent_of(out);
+        let staging_builder = || {
+            let mut b = tempfile::Builder::new();
+            b.prefix(".romdelta-").suffix(".partial");
+            b
+        };
+        let (staging, outputs) = match self.output.layout {
+            Layout::Image => {
+                let t = staging_builder()
+                    .tempfile_in(&parent)
+                    .map_err(ApplyError::io(&parent))?;
+                let file = t.as_file().try_clone().map_err(ApplyError::io(t.path()))?;
+                let o = Output {
+                    name: m.partitions[0].name.clone(),
+                    file,
+                    path: t.path().to_path_buf(),
+                };
+                (Staging::Image(t), vec![o])
+            }
+            Layout::Directory => {
+                let d = staging_builder()
+                    .tempdir_in(&parent)
+                    .map_err(ApplyError::io(&parent))?;
+                let mut outs = Vec::new();
+                for p in &m.partitions {
+                    let path = d.path().join(format!("{}.img", p.name));
+                    let file = File::options()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(ApplyError::io(&path))?;
+                    outs.push(Output {
+                        name: p.name.clone(),
+                        file,
+                        path,
+                    });
+                }
+                (Staging::Dir(d), outs)
+            }
+        };
+        for (p, o) in m.partitions.iter().zip(&outputs) {
+            o.file
+                .set_len(p.new.size)
+                .map_err(ApplyError::io(&o.path))?;
+        }
+        let jobs: Vec<(usize, usize)> = m
+            .partitions
+            .iter()
+            .enumerate()
+            .flat_map(|(pi, p)| (0..p.operations.len()).map(move |oi| (pi, oi)))
+            .collect();
+        let written = AtomicU64::new(0);
+        jobs.par_iter().try_for_each(|&(pi, oi)| {
+            let n = run_op(
+                self.pkg,
+                &m.partitions[pi],
+                oi,
+                self.sources[pi],
+                &outputs[pi],
+            )?;
+            progress(written.fetch_add(n, Ordering::Relaxed) + n);
+            Ok::<(), ApplyError>(())
+        })?;
+        // Sync, then hash what is on disk; every partition must match.
+        outputs
+            .par_iter()
+            .zip(&m.partitions)
+            .try_for_each(|(o, p)| {
+                o.file.sync_all().map_err(ApplyError::io(&o.path))?;
+                let actual = file_hash(&o.file, &o.path, p.new.size)?;
+                if actual != p.new.sha256 {
+                    return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
+                }
+                Ok(())
+            })?;
+        let report = ApplyReport {
+            partitions: m
+                .partitions
+                .iter()
+                .zip(&outputs)
+                .map(|(p, o)| (o.name.clone(), p.new.size, hex_digest(&p.new.sha256)))
+                .collect(),
+            output: out.clone(),
+            bytes_written: written.load(Ordering::Relaxed),
+        };
+        drop(outputs);
+        match staging {
+            Staging::Image(t) => {
+                t.persist(out).map_err(|e| ApplyError::Io {
+                    path: out.clone(),
+                    source: e.error,
+                })?;
+            }
+            Staging::Dir(d) => {
+                sync_dir(d.path())?;
+                if out.is_dir() {
+                    // Checked empty by the plan.
+                    std::fs::remove_dir(out).map_err(ApplyError::io(out))?;
+                }
+                let staged = d.keep();
+                if let Err(e) = std::fs::rename(&staged, out) {
+                    let _ = std::fs::remove_dir_all(&staged);
+                    return Err(ApplyError::Io {
+                        path: out.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        sync_dir(&parent)?;
+        Ok(report)
+    }
+}
+
+/// What [`verify`] checked.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Operations whose data hash was checked.
+    pub data_hashes: u64,
+    /// Operations whose source hash was checked.
+    pub source_hashes: u64,
+    /// Source images whose whole hash was checked.
+    pub source_images: u64,
+}
+
+/// Checks every data hash of `pkg` and, given the source build, every source
+/// hash and every source image hash, without writing anything.
+pub fn verify(pkg: &Package<'_>, source: Option<&Rom>) -> Result<VerifyReport, ApplyError> {
+    let m = &pkg.manifest;
+    let mut report = VerifyReport::default();
+    let jobs: Vec<(usize, usize)> = m
+        .partitions
+        .iter()
+        .enumerate()
+        .flat_map(|(pi, p)| (0..p.operations.len()).map(move |oi| (pi, oi)))
+        .collect();
+    jobs.par_iter().try_for_each(|&(pi, oi)| {
+        let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
+        if op.kind.has_data() {
+            check_data(pkg.op_data(op), p, oi, op)?;
+        }
+        Ok::<(), ApplyError>(())
+    })?;
+    report.data_hashes = jobs
+        .iter()
+        .filter(|(pi, oi)| m.partitions[*pi].operations[*oi].kind.has_data())
+        .count() as u64;
+    if let Some(source) = source {
+        let sources = crate::match_sources(pkg, Some(source))?;
+        jobs.par_iter().try_for_each(|&(pi, oi)| {
+            let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
+            if let (Some(src), true) = (sources[pi], op.kind.reads_source()) {
+                check_source(src, p, oi, op)?;
+            }
+            Ok::<(), ApplyError>(())
+        })?;
+        report.source_hashes = jobs
+            .iter()
+            .filter(|(pi, oi)| m.partitions[*pi].operations[*oi].kind.reads_source())
+            .count() as u64;
+        m.partitions
+            .par_iter()
+            .zip(&sources)
+            .try_for_each(|(p, s)| {
+                if let (Some(src), Some(old)) = (s, p.old) {
+                    let actual = romdelta_format::sha256(src.bytes());
+                    if actual != old.sha256 {
+                        return Err(mismatch(Hashed::SourceImage, p, None, old.sha256, actual));
+                    }
+                }
+                Ok(())
+            })?;
+        report.source_images = sources.iter().filter(|s| s.is_some()).count() as u64;
+    }
+    Ok(report)
+}

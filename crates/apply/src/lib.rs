@@ -1,0 +1,213 @@
+//! romdelta package application.
+//!
+//! Application runs in stages, each one its own function:
+//! 1. [`PackageFile::open`] maps the package and parses it with the bounded
+//!    parser of `romdelta-format`;
+//! 2. [`Plan::new`] checks the package against the source ROM (every
+//!    partition present with the size the package expects) and the output
+//!    location; only a [`Plan`] can be executed;
+//! 3. [`Plan::execute`] runs the operations in parallel on the current rayon
+//!    pool with positioned writes into staged files; every operation checks
+//!    the hash of its data before decoding it and the hash of its source
+//!    bytes before using them;
+//! 4. each written image is synced and hashed again from disk; only when
+//!    every partition matches are the staged files renamed into place, so an
+//!    output that exists is an output that verified.
+
+mod error;
+mod exec;
+
+pub use error::{ApplyError, Hashed, Mismatch};
+
+use memmap2::Mmap;
+use romdelta_format::{Package, PackageKind};
+use romdelta_rom::{Layout, Partition, Rom};
+use std::path::{Path, PathBuf};
+
+/// A package file, mapped into memory.
+pub struct PackageFile {
+    path: PathBuf,
+    map: Option<Mmap>,
+}
+
+impl PackageFile {
+    /// Maps the package at `path`.
+    pub fn open(path: &Path) -> Result<Self, ApplyError> {
+        let file = std::fs::File::open(path).map_err(ApplyError::io(path))?;
+        let len = file.metadata().map_err(ApplyError::io(path))?.len();
+        // SAFETY: mapped read-only; a package is not modified while it is applied.
+        let map = if len == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file) }.map_err(ApplyError::io(path))?)
+        };
+        Ok(PackageFile {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    /// The package bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Where it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Parses the package.
+    pub fn parse(&self) -> Result<Package<'_>, ApplyError> {
+        Ok(Package::parse(self.bytes())?)
+    }
+}
+
+/// Where the output goes and in which shape.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    /// The path given by the user.
+    pub path: PathBuf,
+    /// Image file or directory of images.
+    pub layout: Layout,
+}
+
+/// A package checked against its source and output; the only thing that can be executed.
+pub struct Plan<'a> {
+    pub(crate) pkg: &'a Package<'a>,
+    /// For each partition update, the source partition it reads (if any).
+    pub(crate) sources: Vec<Option<&'a Partition>>,
+    pub(crate) output: OutputSpec,
+}
+
+/// What an application did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    /// Partitions written: (name, size, sha256 hex).
+    pub partitions: Vec<(String, u64, String)>,
+    /// Where the output is.
+    pub output: PathBuf,
+    /// Bytes written in all.
+    pub bytes_written: u64,
+}
+
+/// Finds the source partition each partition update reads, and checks its size.
+pub fn match_sources<'a>(
+    pkg: &Package<'_>,
+    source: Option<&'a Rom>,
+) -> Result<Vec<Option<&'a Partition>>, ApplyError> {
+    let m = &pkg.manifest;
+    if m.kind == PackageKind::Delta && source.is_none() {
+        return Err(ApplyError::Refused(
+            "this is an incremental package: it needs the source build (--source)".into(),
+        ));
+    }
+    let single = source.filter(|s| s.layout == Layout::Image && m.partitions.len() == 1);
+    m.partitions
+        .iter()
+        .map(|p| {
+            let Some(old) = p.old else { return Ok(None) };
+            let source = source.expect("checked above");
+            let found = match single {
+                Some(s) => s.partitions.first(),
+                None => source.get(&p.name),
+            };
+            let Some(found) = found else {
+                return Err(ApplyError::Refused(format!(
+                    "partition {}: the package needs a source image of {} bytes (sha256 {}); the source has no partition {} (it has: {})",
+                    p.name,
+                    old.size,
+                    romdelta_format::hex_digest(&old.sha256),
+                    p.name,
+                    source
+                        .partitions
+                        .iter()
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            if found.size() != old.size {
+                return Err(ApplyError::Refused(format!(
+                    "partition {}: the package needs a source image of {} bytes (sha256 {}); {} has {} bytes",
+                    p.name,
+                    old.size,
+                    romdelta_format::hex_digest(&old.sha256),
+                    found.path.display(),
+                    found.size()
+                )));
+            }
+            Ok(Some(found))
+        })
+        .collect()
+}
+
+impl<'a> Plan<'a> {
+    /// Checks `pkg` against `source` and the output path `out`. The output is
+    /// an image file when the source is one (or, for a full package of one
+    /// partition, when `out` is not a directory), else a directory of
+    /// `NAME.img` files, which must not exist yet or be empty.
+    pub fn new(
+        pkg: &'a Package<'a>,
+        source: Option<&'a Rom>,
+        out: &Path,
+    ) -> Result<Self, ApplyError> {
+        let sources = match_sources(pkg, source)?;
+        let layout = match source {
+            Some(s) if pkg.manifest.kind == PackageKind::Delta => s.layout,
+            _ if pkg.manifest.partitions.len() == 1 && !out.is_dir() => Layout::Image,
+            _ => Layout::Directory,
+        };
+        match layout {
+            Layout::Image if out.is_dir() => {
+                return Err(ApplyError::Io {
+                    path: out.to_path_buf(),
+                    source: std::io::Error::other(
+                        "is a directory; the output of this package is one image file",
+                    ),
+                })
+            }
+            Layout::Directory if out.is_file() => {
+                return Err(ApplyError::Io {
+                    path: out.to_path_buf(),
+                    source: std::io::Error::other(
+                        "is a file; the output of this package is a directory of images",
+                    ),
+                })
+            }
+            Layout::Directory if out.is_dir() => {
+                let mut entries = std::fs::read_dir(out).map_err(ApplyError::io(out))?;
+                if entries.next().is_some() {
+                    return Err(ApplyError::Io {
+                        path: out.to_path_buf(),
+                        source: std::io::Error::other(
+                            "directory is not empty; give a new or empty directory",
+                        ),
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(Plan {
+            pkg,
+            sources,
+            output: OutputSpec {
+                path: out.to_path_buf(),
+                layout,
+            },
+        })
+    }
+}
+
+/// Opens the source ROM at `path`, mapping errors to [`ApplyError::Io`].
+pub fn open_rom(path: &Path) -> Result<Rom, ApplyError> {
+    Rom::open(path).map_err(|e| match e {
+        romdelta_rom::RomError::Io { path, source } => ApplyError::Io { path, source },
+        romdelta_rom::RomError::Invalid { path, reason } => ApplyError::Io {
+            path,
+            source: std::io::Error::other(reason),
+        },
+    })
+}
+
+pub use exec::verify;

@@ -1,0 +1,96 @@
+//! Command-line arguments. The spellings are a contract: scripts call them.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Incremental and full update packages for ROM partition images.
+#[derive(Parser, Debug)]
+#[command(name = "romdelta", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by commands that do heavy work.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Threads {
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a package: incremental from SOURCE to TARGET, or full with --full.
+    ///
+    /// SOURCE and TARGET are partition images or directories of NAME.img images.
+    Diff {
+        /// SOURCE TARGET, or only TARGET with --full.
+        #[arg(value_name = "SOURCE TARGET", num_args = 1..=2, required = true)]
+        paths: Vec<PathBuf>,
+        /// Where to write the package.
+        #[arg(short, long, value_name = "PACKAGE")]
+        output: PathBuf,
+        /// Write a full package (needs no source to apply).
+        #[arg(long)]
+        full: bool,
+        /// zstd level of every encoder (1-22).
+        #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
+        #[command(flatten)]
+        threads: Threads,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a package, writing the new build to OUT (a file for an image, a directory for a ROM).
+    Apply {
+        /// The package.
+        package: PathBuf,
+        /// The build the package was made from (needed for incremental packages).
+        #[arg(long, value_name = "SOURCE")]
+        source: Option<PathBuf>,
+        /// Where to write the new build.
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        #[command(flatten)]
+        threads: Threads,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a package holds: partitions, operations by kind, sizes, hashes.
+    Inspect {
+        /// The package.
+        package: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a package's integrity, and with --source that it applies to that build.
+    Verify {
+        /// The package.
+        package: PathBuf,
+        /// The build to check the package's source hashes against.
+        #[arg(long, value_name = "SOURCE")]
+        source: Option<PathBuf>,
+        #[command(flatten)]
+        threads: Threads,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build two small ROMs, diff, apply and verify them, and print a summary.
+    Demo {
+        /// Keep the demo files in this directory (default: a temporary one).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Multiply partition sizes (1 = about 40 MiB per build).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        scale: u16,
+        #[command(flatten)]
+        threads: Threads,
+    },
+}

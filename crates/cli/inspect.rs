@@ -1,0 +1,184 @@
+//! `romdelta inspect`: what a package holds.
+
+use crate::progress::human;
+use romdelta_format::{hex_digest, BuildInfo, OpKind, Package, PackageKind};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct KindStats {
+    kind: OpKind,
+    operations: u64,
+    blocks: u64,
+    data_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Image {
+    size: u64,
+    sha256: String,
+}
+
+#[derive(Serialize)]
+struct PartitionView {
+    name: String,
+    old: Option<Image>,
+    new: Image,
+    operations: u64,
+    data_bytes: u64,
+    by_kind: Vec<KindStats>,
+}
+
+#[derive(Serialize)]
+struct View<'a> {
+    format_version: u32,
+    kind: PackageKind,
+    package_bytes: u64,
+    manifest_bytes: u64,
+    data_bytes: u64,
+    signatures: usize,
+    target_build: &'a BuildInfo,
+    source_build: Option<&'a BuildInfo>,
+    partitions: Vec<PartitionView>,
+    removed: Vec<(String, Image)>,
+}
+
+fn image(i: &romdelta_format::PartitionInfo) -> Image {
+    Image {
+        size: i.size,
+        sha256: hex_digest(&i.sha256),
+    }
+}
+
+fn view<'a>(pkg: &'a Package<'_>, package_bytes: u64) -> View<'a> {
+    let m = &pkg.manifest;
+    View {
+        format_version: pkg.header.version,
+        kind: m.kind,
+        package_bytes,
+        manifest_bytes: pkg.header.manifest_len,
+        data_bytes: m.data_len,
+        signatures: pkg.signatures.len(),
+        target_build: &m.target_build,
+        source_build: m.source_build.as_ref(),
+        partitions: m
+            .partitions
+            .iter()
+            .map(|p| PartitionView {
+                name: p.name.clone(),
+                old: p.old.as_ref().map(image),
+                new: image(&p.new),
+                operations: p.operations.len() as u64,
+                data_bytes: p.operations.iter().map(|o| o.data_length).sum(),
+                by_kind: OpKind::ALL
+                    .into_iter()
+                    .filter_map(|k| {
+                        let ops: Vec<_> = p.operations.iter().filter(|o| o.kind == k).collect();
+                        (!ops.is_empty()).then(|| KindStats {
+                            kind: k,
+                            operations: ops.len() as u64,
+                            blocks: ops.iter().map(|o| o.dst_blocks()).sum(),
+                            data_bytes: ops.iter().map(|o| o.data_length).sum(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect(),
+        removed: m
+            .removed
+            .iter()
+            .map(|r| (r.name.clone(), image(&r.old)))
+            .collect(),
+    }
+}
+
+fn build_line(b: &BuildInfo) -> String {
+    let fields = [
+        ("device", &b.device),
+        ("region", &b.region),
+        ("channel", &b.channel),
+        ("version", &b.version),
+        ("fingerprint", &b.fingerprint),
+        ("patch", &b.security_patch),
+    ];
+    let mut parts: Vec<String> = fields
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if b.timestamp != 0 {
+        parts.push(format!("timestamp={}", b.timestamp));
+    }
+    if parts.is_empty() {
+        "(not recorded)".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Prints the package summary as text or JSON.
+pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
+    let v = view(pkg, package_bytes);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serializable")
+        );
+        return;
+    }
+    let kind = match v.kind {
+        PackageKind::Delta => "incremental",
+        PackageKind::Full => "full",
+    };
+    println!(
+        "romdelta package v{}, {kind}, {} ({} manifest, {} data), {} signature(s)",
+        v.format_version,
+        human(v.package_bytes),
+        human(v.manifest_bytes),
+        human(v.data_bytes),
+        v.signatures
+    );
+    if let Some(s) = v.source_build {
+        println!("source build: {}", build_line(s));
+    }
+    println!("target build: {}", build_line(v.target_build));
+    for p in &v.partitions {
+        println!();
+        match &p.old {
+            Some(o) => println!(
+                "{}: {} -> {}  ({} operations, {} data)",
+                p.name,
+                human(o.size),
+                human(p.new.size),
+                p.operations,
+                human(p.data_bytes)
+            ),
+            None => println!(
+                "{}: new, {}  ({} operations, {} data)",
+                p.name,
+                human(p.new.size),
+                p.operations,
+                human(p.data_bytes)
+            ),
+        }
+        if let Some(o) = &p.old {
+            println!("  old sha256 {}", o.sha256);
+        }
+        println!("  new sha256 {}", p.new.sha256);
+        for k in &p.by_kind {
+            println!(
+                "  {:<14} {:>7} ops {:>10} blocks {:>12} data",
+                k.kind.name(),
+                k.operations,
+                k.blocks,
+                human(k.data_bytes)
+            );
+        }
+    }
+    for (name, old) in &v.removed {
+        println!(
+            "\n{name}: removed ({}, sha256 {})",
+            human(old.size),
+            old.sha256
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The `romdelta` command: a thin layer over the romdelta libraries.
+
+mod args;
+mod demo;
+mod inspect;
+mod progress;
+
+use anyhow::Context as _;
+use args::{Cli, Command};
+use clap::Parser;
+use romdelta_apply::{ApplyError, PackageFile, Plan};
+use romdelta_diff::{DiffError, DiffOptions};
+use romdelta_rom::Rom;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// An error with the exit code it maps to: 1 refused or failed verification, 2 usage or I/O.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    fn usage(error: anyhow::Error) -> Self {
+        Failure { code: 2, error }
+    }
+}
+
+impl From<ApplyError> for Failure {
+    fn from(e: ApplyError) -> Self {
+        Failure {
+            code: e.exit_code() as u8,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<DiffError> for Failure {
+    fn from(e: DiffError) -> Self {
+        Failure {
+            code: 2,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure { code: 2, error }
+    }
+}
+
+/// Runs `f` on a rayon pool of the requested size.
+fn with_threads<T: Send>(
+    threads: args::Threads,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, Failure> {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads.threads {
+        b = b.num_threads(n as usize);
+    }
+    let pool = b
+        .build()
+        .context("could not start worker threads")
+        .map_err(Failure::usage)?;
+    Ok(pool.install(f))
+}
+
+fn open_rom(path: &Path) -> Result<Rom, Failure> {
+    Ok(romdelta_apply::open_rom(path)?)
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Diff {
+            paths,
+            output,
+            full,
+            level,
+            threads,
+            json,
+        } => {
+            let (source, target) = match (full, paths.as_slice()) {
+                (true, [t]) | (true, [_, t]) => (None, t),
+                (false, [s, t]) => (Some(s), t),
+                _ => {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "an incremental package needs SOURCE and TARGET (or use --full TARGET)"
+                    )))
+                }
+            };
+            let source = source.map(|s| open_rom(s)).transpose()?;
+            let target = open_rom(target)?;
+            let opts = DiffOptions {
+                level,
+                ..DiffOptions::default()
+            };
+            let bar = progress::bar(json, target.total_size(), "diff");
+            let started = std::time::Instant::now();
+            let summary = with_threads(threads, || {
+                romdelta_diff::write_package(source.as_ref(), &target, &opts, &output, &|n| {
+                    bar.set_position(n)
+                })
+            })??;
+            bar.finish_and_clear();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).expect("serializable")
+                );
+            } else {
+                println!(
+                    "wrote {} ({}, {:.2}% of the {} target) in {:.1} s",
+                    output.display(),
+                    progress::human(summary.package_bytes),
+                    100.0 * summary.package_bytes as f64 / summary.target_bytes.max(1) as f64,
+                    progress::human(summary.target_bytes),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        Command::Apply {
+            package,
+            source,
+            output,
+            threads,
+            json,
+        } => {
+            let file = PackageFile::open(&package)?;
+            let pkg = file.parse()?;
+            let source = source.map(|s| open_rom(&s)).transpose()?;
+            let plan = Plan::new(&pkg, source.as_ref(), &output)?;
+            let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
+            let bar = progress::bar(json, total, "apply");
+            let started = std::time::Instant::now();
+            let report = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
+            bar.finish_and_clear();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
+            } else {
+                println!(
+                    "applied {} to {} in {:.1} s; every partition verified:",
+                    package.display(),
+                    output.display(),
+                    started.elapsed().as_secs_f64()
+                );
+                for (name, size, hash) in &report.partitions {
+                    println!("  {name:<16} {:>12}  sha256 {hash}", progress::human(*size));
+                }
+            }
+            Ok(())
+        }
+        Command::Inspect { package, json } => {
+            let file = PackageFile::open(&package)?;
+            let pkg = file.parse()?;
+            inspect::print(&pkg, file.bytes().len() as u64, json);
+            Ok(())
+        }
+        Command::Verify {
+            package,
+            source,
+            threads,
+            json,
+        } => {
+            let file = PackageFile::open(&package)?;
+            let pkg = file.parse()?;
+            let source = source.map(|s| open_rom(&s)).transpose()?;
+            let report = with_threads(threads, || romdelta_apply::verify(&pkg, source.as_ref()))??;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serializable")
+                );
+            } else {
+                println!(
+                    "{}: OK ({} data hashes, {} source hashes, {} source images checked)",
+                    package.display(),
+                    report.data_hashes,
+                    report.source_hashes,
+                    report.source_images
+                );
+            }
+            Ok(())
+        }
+        Command::Demo {
+            dir,
+            scale,
+            threads,
+        } => with_threads(threads, || demo::run(dir.as_deref(), scale as usize))?,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("romdelta: error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! romdelta package generation.
+//!
+//! [`write_package`] turns a target ROM (and, for an incremental package, a
+//! source ROM) into a package file:
+//! 1. every source block is hashed ([`blocks::SourceIndex`]);
+//! 2. target blocks that are zero become `ZERO`, blocks equal to any source
+//!    block become `SOURCE_COPY` ([`blocks::classify`]);
+//! 3. the remaining changed blocks form regions of bounded size; each region
+//!    is encoded with every candidate encoder against the source bytes it most
+//!    likely came from, and the smallest result is kept ([`encode`]);
+//! 4. regions are encoded in parallel on the current rayon pool, in batches,
+//!    so memory is bounded by the batch, not by the image;
+//! 5. the output is deterministic: the same inputs give the same bytes,
+//!    whatever the thread count.
+
+pub mod blocks;
+pub mod bsdiff;
+pub mod encode;
+
+use blocks::{BlockClass, SourceIndex};
+use encode::{EncodeParams, Region};
+use rayon::prelude::*;
+use romdelta_format::{
+    limits, BuildInfo, Digest, Extent, Manifest, OpKind, Operation, Package, PackageKind,
+    PartitionInfo, PartitionUpdate, RemovedPartition, BLOCK_SIZE,
+};
+use romdelta_rom::{Layout, Partition, Rom};
+use sha2::Digest as _;
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Why a package could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The inputs cannot form a package.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Options of generation.
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    /// zstd level used by every encoder (1–22).
+    pub level: i32,
+    /// Most target blocks in one changed region (one operation).
+    pub region_blocks: u64,
+    /// Encoder tuning.
+    pub margin_blocks: u64,
+    /// Most source blocks one region reads.
+    pub max_src_blocks: u64,
+    /// Most blocks in one SOURCE_COPY operation.
+    pub copy_op_blocks: u64,
+    /// Regions encoded per batch (bounds memory).
+    pub batch_regions: usize,
+    /// The build the package produces.
+    pub target_build: BuildInfo,
+    /// The build an incremental package applies to.
+    pub source_build: BuildInfo,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            level: 19,
+            region_blocks: 512,
+            margin_blocks: 64,
+            max_src_blocks: 2048,
+            copy_op_blocks: 4096,
+            batch_regions: 64,
+            target_build: BuildInfo::default(),
+            source_build: BuildInfo::default(),
+        }
+    }
+}
+
+/// What was written, per partition and operation kind.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiffSummary {
+    /// Total package bytes.
+    pub package_bytes: u64,
+    /// Total target bytes.
+    pub target_bytes: u64,
+    /// Per partition: name, operation count and data bytes per kind.
+    pub partitions: Vec<PartitionSummary>,
+}
+
+/// Per-partition statistics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionSummary {
+    /// Partition name.
+    pub name: String,
+    /// New size.
+    pub size: u64,
+    /// (kind, operations, blocks written, data bytes), for kinds present.
+    pub by_kind: Vec<(OpKind, u64, u64, u64)>,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
+    move |source| DiffError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// SHA-256 of a whole partition image.
+pub fn partition_info(p: &Partition) -> PartitionInfo {
+    // Hash in 64 MiB pieces in parallel would change nothing: SHA-256 is sequential.
+    let mut h = sha2::Sha256::new();
+    h.update(p.bytes());
+    PartitionInfo {
+        size: p.size(),
+        sha256: h.finalize().into(),
+    }
+}
+
+/// Pairs each target partition with its source partition (by name; two
+/// single images pair with each other whatever their names).
+fn pair<'a>(
+    source: Option<&'a Rom>,
+    target: &'a Rom,
+) -> Vec<(&'a Partition, Option<&'a Partition>)> {
+    target
+        .partitions
+        .iter()
+        .map(|t| {
+            let s = source.and_then(|s| match (s.layout, target.layout) {
+                (Layout::Image, Layout::Image) => s.partitions.first(),
+                _ => s.get(&t.name),
+            });
+            (t, s)
+        })
+        .collect()
+}
+
+/// Writes a package to `out`: incremental when `source` is given, full otherwise.
+/// `progress` is called with the number of target bytes finished so far.
+/// The file appears at `out` only once complete and synced.
+pub fn write_package(
+    source: Option<&Rom>,
+    target: &Rom,
+    opts: &DiffOptions,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<DiffSummary, DiffError> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut data_file = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;
+    let mut data = BufWriter::with_capacity(1 << 20, &mut data_file);
+    let mut data_len = 0u64;
+    let mut partitions = Vec::new();
+    let mut summaries = Vec::new();
+    let mut done = 0u64;
+    for (t, s) in pair(source, target) {
+        let (update, summary) = diff_partition(s, t, opts, &mut data, &mut data_len, &mut |n| {
+            done += n;
+            progress(done)
+        })
+        .map_err(io_err(&dir))?;
+        partitions.push(update);
+        summaries.push(summary);
+    }
+    data.flush().map_err(io_err(&dir))?;
+    drop(data);
+    let removed = match source {
+        Some(s) if !(s.layout == Layout::Image && target.layout == Layout::Image) => s
+            .partitions
+            .iter()
+            .filter(|p| target.get(&p.name).is_none())
+            .map(|p| RemovedPartition {
+                name: p.name.clone(),
+                old: partition_info(p),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let manifest = Manifest {
+        kind: if source.is_some() {
+            PackageKind::Delta
+        } else {
+            PackageKind::Full
+        },
+        target_build: opts.target_build.clone(),
+        source_build: source.map(|_| opts.source_build.clone()),
+        data_len,
+        partitions,
+        removed,
+    };
+    manifest
+        .check()
+        .map_err(|e| DiffError::Invalid(format!("generated manifest is invalid: {e}")))?;
+    let prefix = Package::encode_prefix(&manifest, &[]);
+    let mut pkg = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+    pkg.write_all(&prefix).map_err(io_err(out))?;
+    data_file
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io_err(&dir))?;
+    std::io::copy(&mut data_file, pkg.as_file_mut()).map_err(io_err(out))?;
+    pkg.as_file().sync_all().map_err(io_err(out))?;
+    pkg.persist(out).map_err(|e| DiffError::Io {
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(DiffSummary {
+        package_bytes: prefix.len() as u64 + data_len,
+        target_bytes: target.total_size(),
+        partitions: summaries,
+    })
+}
+
+/// Splits `classes` into ZERO and SOURCE_COPY operations and changed regions.
+fn plan_blocks(
+    classes: &[BlockClass],
+    src: Option<&Partition>,
+    opts: &DiffOptions,
+) -> (Vec<Operation>, Vec<Region>) {
+    let mut ops = Vec::new();
+    let mut regions = Vec::new();
+    let mut copy_src: Vec<Extent> = Vec::new();
+    let mut copy_dst: Vec<Extent> = Vec::new();
+    let flush_copy =
+        |src_e: &mut Vec<Extent>, dst_e: &mut Vec<Extent>, ops: &mut Vec<Operation>| {
+            if dst_e.is_empty() {
+                return;
+            }
+            let mut h = sha2::Sha256::new();
+            src.expect("copies need a source")
+                .for_each_piece(src_e, |b| h.update(b));
+            ops.push(Operation {
+                kind: OpKind::SourceCopy,
+                src_extents: std::mem::take(src_e),
+                dst_extents: std::mem::take(dst_e),
+                data_offset: 0,
+                data_length: 0,
+                data_sha256: [0; 32],
+                src_sha256: h.finalize().into(),
+            });
+        };
+    let n = classes.len() as u64;
+    let mut i = 0u64;
+    while i < n {
+        let c = classes[i as usize];
+        let mut j = i + 1;
+        match c {
+            BlockClass::Zero => {
+                while j < n
+                    && classes[j as usize] == BlockClass::Zero
+                    && j - i < limits::MAX_COPY_BLOCKS
+                {
+                    j += 1;
+                }
+                ops.push(Operation {
+                    kind: OpKind::Zero,
+                    src_extents: Vec::new(),
+                    dst_extents: vec![Extent::new(i, j - i)],
+                    data_offset: 0,
+                    data_length: 0,
+                    data_sha256: [0; 32],
+                    src_sha256: [0; 32],
+                });
+            }
+            BlockClass::Copy(s) => {
+                let room = opts.copy_op_blocks - romdelta_format::blocks_in(&copy_dst);
+                while j < n && j - i < room && classes[j as usize] == BlockClass::Copy(s + (j - i))
+                {
+                    j += 1;
+                }
+                copy_src.push(Extent::new(s, j - i));
+                copy_dst.push(Extent::new(i, j - i));
+                if romdelta_format::blocks_in(&copy_dst) >= opts.copy_op_blocks
+                    || copy_dst.len() >= 1024
+                {
+                    flush_copy(&mut copy_src, &mut copy_dst, &mut ops);
+                }
+            }
+            BlockClass::Changed => {
+                while j < n
+                    && classes[j as usize] == BlockClass::Changed
+                    && j - i < opts.region_blocks
+                {
+                    j += 1;
+                }
+                regions.push(Region {
+                    start: i,
+                    len: j - i,
+                });
+            }
+        }
+        i = j;
+    }
+    flush_copy(&mut copy_src, &mut copy_dst, &mut ops);
+    (ops, regions)
+}
+
+fn diff_partition(
+    src: Option<&Partition>,
+    dst: &Partition,
+    opts: &DiffOptions,
+    data: &mut impl Write,
+    data_len: &mut u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<(PartitionUpdate, PartitionSummary)> {
+    let (index, (new_info, old_info)) = rayon::join(
+        || src.map(SourceIndex::build),
+        || rayon::join(|| partition_info(dst), || src.map(partition_info)),
+    );
+    let classes = blocks::classify(dst, index.as_ref());
+    drop(index);
+    let (mut operations, regions) = plan_blocks(&classes, src, opts);
+    let changed: u64 = regions.iter().map(|r| r.len).sum();
+    progress(dst.size().saturating_sub(changed * BLOCK_SIZE));
+    let params = EncodeParams {
+        level: opts.level,
+        margin_blocks: opts.margin_blocks,
+        max_src_blocks: opts.max_src_blocks,
+        anchor_search_blocks: 4096,
+    };
+    for batch in regions.chunks(opts.batch_regions.max(1)) {
+        let encoded: Vec<_> = batch
+            .par_iter()
+            .map(|r| encode::encode_region(src, dst, &classes, *r, &params))
+            .collect();
+        for (r, e) in batch.iter().zip(encoded) {
+            data.write_all(&e.data)?;
+            let data_sha256: Digest = romdelta_format::sha256(&e.data);
+            operations.push(Operation {
+                kind: e.kind,
+                src_extents: e.src_extents,
+                dst_extents: vec![Extent::new(r.start, r.len)],
+                data_offset: *data_len,
+                data_length: e.data.len() as u64,
+                data_sha256,
+                src_sha256: e.src_sha256,
+            });
+            *data_len += e.data.len() as u64;
+            progress((r.len * BLOCK_SIZE).min(dst.size()));
+        }
+    }
+    let mut by_kind: Vec<(OpKind, u64, u64, u64)> = Vec::new();
+    for k in OpKind::ALL {
+        let of_kind = operations.iter().filter(|o| o.kind == k);
+        let (n, blocks, bytes) = of_kind.fold((0, 0, 0), |(n, b, d), o| {
+            (n + 1, b + o.dst_blocks(), d + o.data_length)
+        });
+        if n > 0 {
+            by_kind.push((k, n, blocks, bytes));
+        }
+    }
+    let summary = PartitionSummary {
+        name: dst.name.clone(),
+        size: dst.size(),
+        by_kind,
+    };
+    Ok((
+        PartitionUpdate {
+            name: dst.name.clone(),
+            old: old_info,
+            new: new_info,
+            operations,
+        },
+        summary,
+    ))
+}

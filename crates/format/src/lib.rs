@@ -1,0 +1,67 @@
+//! The romdelta package format, version 1.
+//!
+//! This crate is the only place in romdelta that parses untrusted bytes. It
+//! does no I/O of its own: it turns bytes into typed, structurally valid
+//! values ([`Package`], [`Manifest`], [`Operation`]) and back, and it decodes
+//! operation data ([`ops`]) into caller-sized buffers. Every length or count
+//! read from input is checked against the bytes that remain before anything
+//! is allocated, so a hostile package cannot make the reader allocate more
+//! than the package itself holds. The byte layout is specified in
+//! `docs/FORMAT.md`.
+
+mod codec;
+mod error;
+mod extent;
+mod manifest;
+pub mod ops;
+mod package;
+
+pub use codec::{Reader, Writer};
+pub use error::FormatError;
+pub use extent::{blocks_in, Extent};
+pub use manifest::{
+    check_partition_name, BuildInfo, Manifest, OpKind, Operation, PackageKind, PartitionInfo,
+    PartitionUpdate, RemovedPartition,
+};
+pub use package::{Header, Package, Signature, HEADER_LEN, MAGIC};
+
+/// Size of a block in bytes; every extent counts blocks of this size.
+pub const BLOCK_SIZE: u64 = 4096;
+/// The package format version this crate reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// Limits that bound what a package may ask of a reader.
+pub mod limits {
+    /// Largest manifest accepted, in bytes.
+    pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
+    /// Largest signature section accepted, in bytes.
+    pub const MAX_SIGNATURES_LEN: u64 = 1 << 20;
+    /// Most partitions in one package.
+    pub const MAX_PARTITIONS: u64 = 256;
+    /// Longest string field (names, build identity), in bytes.
+    pub const MAX_STRING_LEN: u64 = 256;
+    /// Longest partition name, in bytes.
+    pub const MAX_NAME_LEN: usize = 64;
+    /// Most destination blocks one operation may write (64 MiB).
+    pub const MAX_OP_DST_BLOCKS: u64 = 16384;
+    /// Most source blocks one data-carrying operation may read (64 MiB).
+    pub const MAX_OP_SRC_BLOCKS: u64 = 16384;
+    /// Most source/destination blocks one SOURCE_COPY or ZERO operation may cover (1 GiB);
+    /// these are executed in bounded chunks.
+    pub const MAX_COPY_BLOCKS: u64 = 1 << 18;
+    /// Largest partition accepted (16 TiB).
+    pub const MAX_PARTITION_SIZE: u64 = 1 << 44;
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
+
+/// Lower-case hex of a digest, for messages.
+pub fn hex_digest(d: &Digest) -> String {
+    hex::encode(d)
+}

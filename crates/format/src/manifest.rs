@@ -1,0 +1,575 @@
+//! The manifest: build identity and, per partition, the operations that
+//! turn its old image into its new one.
+
+use crate::limits::*;
+use crate::{blocks_in, Digest, Extent, FormatError, Reader, Writer, BLOCK_SIZE};
+use serde::Serialize;
+
+/// Whether a package needs the old build to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageKind {
+    /// Incremental: reads the exact source build.
+    Delta,
+    /// Full: writes every partition from the package alone.
+    Full,
+}
+
+/// What an operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OpKind {
+    /// Fill the destination with zeros; no data, no source.
+    Zero,
+    /// Copy source blocks to the destination, in extent order.
+    SourceCopy,
+    /// Data is one zstd frame of the destination bytes.
+    Replace,
+    /// Data is a bsdiff patch (control/diff/extra, zstd-compressed) against the source bytes.
+    SourceBsdiff,
+    /// Data is one zstd frame compressed with the source bytes as reference prefix.
+    SourceZstd,
+}
+
+impl OpKind {
+    /// All kinds, in wire order.
+    pub const ALL: [OpKind; 5] = [
+        OpKind::Zero,
+        OpKind::SourceCopy,
+        OpKind::Replace,
+        OpKind::SourceBsdiff,
+        OpKind::SourceZstd,
+    ];
+
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            OpKind::Zero => 0,
+            OpKind::SourceCopy => 1,
+            OpKind::Replace => 2,
+            OpKind::SourceBsdiff => 3,
+            OpKind::SourceZstd => 4,
+        }
+    }
+
+    /// The kind for a wire code.
+    pub fn from_code(code: u8) -> Result<Self, FormatError> {
+        OpKind::ALL
+            .into_iter()
+            .find(|k| k.code() == code)
+            .ok_or_else(|| FormatError::invalid("operation kind", format!("unknown code {code}")))
+    }
+
+    /// The name used in messages and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Zero => "ZERO",
+            OpKind::SourceCopy => "SOURCE_COPY",
+            OpKind::Replace => "REPLACE",
+            OpKind::SourceBsdiff => "SOURCE_BSDIFF",
+            OpKind::SourceZstd => "SOURCE_ZSTD",
+        }
+    }
+
+    /// Whether the operation reads source blocks.
+    pub fn reads_source(self) -> bool {
+        matches!(
+            self,
+            OpKind::SourceCopy | OpKind::SourceBsdiff | OpKind::SourceZstd
+        )
+    }
+
+    /// Whether the operation carries data in the data section.
+    pub fn has_data(self) -> bool {
+        matches!(
+            self,
+            OpKind::Replace | OpKind::SourceBsdiff | OpKind::SourceZstd
+        )
+    }
+}
+
+impl std::fmt::Display for OpKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One step of a partition update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Operation {
+    /// What it does.
+    pub kind: OpKind,
+    /// Source blocks it reads, in order (empty unless `kind.reads_source()`).
+    pub src_extents: Vec<Extent>,
+    /// Destination blocks it writes, in order; pairwise disjoint within a partition.
+    pub dst_extents: Vec<Extent>,
+    /// Offset of its data within the data section.
+    pub data_offset: u64,
+    /// Length of its data (0 unless `kind.has_data()`).
+    pub data_length: u64,
+    /// SHA-256 of its data (unused and all-zero when it has none).
+    #[serde(serialize_with = "ser_digest")]
+    pub data_sha256: Digest,
+    /// SHA-256 of the source bytes it reads, concatenated in extent order
+    /// (unused and all-zero when it reads none).
+    #[serde(serialize_with = "ser_digest")]
+    pub src_sha256: Digest,
+}
+
+impl Operation {
+    /// Blocks written.
+    pub fn dst_blocks(&self) -> u64 {
+        blocks_in(&self.dst_extents)
+    }
+    /// Blocks read.
+    pub fn src_blocks(&self) -> u64 {
+        blocks_in(&self.src_extents)
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+        let kind = OpKind::from_code(r.u8("operation kind")?)?;
+        let n_src = r.count("source extent count", 2, u64::MAX)?;
+        let src_extents = (0..n_src)
+            .map(|_| Extent::decode(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n_dst = r.count("destination extent count", 2, u64::MAX)?;
+        let dst_extents = (0..n_dst)
+            .map(|_| Extent::decode(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut data_offset, mut data_length, mut data_sha256) = (0, 0, [0; 32]);
+        if kind.has_data() {
+            data_offset = r.varint("data offset")?;
+            data_length = r.varint("data length")?;
+            data_sha256 = r.digest("data hash")?;
+        }
+        let mut src_sha256 = [0; 32];
+        if kind.reads_source() {
+            src_sha256 = r.digest("source hash")?;
+        }
+        let op = Operation {
+            kind,
+            src_extents,
+            dst_extents,
+            data_offset,
+            data_length,
+            data_sha256,
+            src_sha256,
+        };
+        op.check_shape()?;
+        Ok(op)
+    }
+
+    /// Structural rules that hold for every operation of a kind, whatever the partition.
+    fn check_shape(&self) -> Result<(), FormatError> {
+        let bad = |d: &str| {
+            Err(FormatError::invalid(
+                "operation",
+                format!("{}: {d}", self.kind),
+            ))
+        };
+        let dst = self.dst_blocks();
+        let src = self.src_blocks();
+        if dst == 0 {
+            return bad("no destination blocks");
+        }
+        if self.kind.reads_source() != (src > 0) {
+            return bad(if src > 0 {
+                "has source extents but reads no source"
+            } else {
+                "reads source but has no source extents"
+            });
+        }
+        match self.kind {
+            OpKind::Zero | OpKind::SourceCopy => {
+                if dst > MAX_COPY_BLOCKS {
+                    return bad("too many destination blocks");
+                }
+                if self.kind == OpKind::SourceCopy && src != dst {
+                    return bad("source and destination block counts differ");
+                }
+            }
+            _ => {
+                if dst > MAX_OP_DST_BLOCKS {
+                    return bad("too many destination blocks");
+                }
+                if src > MAX_OP_SRC_BLOCKS {
+                    return bad("too many source blocks");
+                }
+                if self.data_length == 0 {
+                    return bad("no data");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        w.u8(self.kind.code());
+        w.varint(self.src_extents.len() as u64);
+        self.src_extents.iter().for_each(|e| e.encode(w));
+        w.varint(self.dst_extents.len() as u64);
+        self.dst_extents.iter().for_each(|e| e.encode(w));
+        if self.kind.has_data() {
+            w.varint(self.data_offset);
+            w.varint(self.data_length);
+            w.bytes(&self.data_sha256);
+        }
+        if self.kind.reads_source() {
+            w.bytes(&self.src_sha256);
+        }
+    }
+}
+
+/// Size and hash of a partition image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PartitionInfo {
+    /// Size in bytes (need not be a multiple of the block size).
+    pub size: u64,
+    /// SHA-256 of exactly `size` bytes.
+    #[serde(serialize_with = "ser_digest")]
+    pub sha256: Digest,
+}
+
+impl PartitionInfo {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+        Ok(PartitionInfo {
+            size: r.varint_max("partition size", MAX_PARTITION_SIZE)?,
+            sha256: r.digest("partition hash")?,
+        })
+    }
+    fn encode(&self, w: &mut Writer) {
+        w.varint(self.size);
+        w.bytes(&self.sha256);
+    }
+    /// Number of blocks, counting a final partial block.
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(BLOCK_SIZE)
+    }
+}
+
+/// How one partition goes from its old image to its new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionUpdate {
+    /// Partition name (`system`, `vendor`, `boot`, ...).
+    pub name: String,
+    /// The source image this update reads, if any (absent in full packages
+    /// and for partitions new in the target).
+    pub old: Option<PartitionInfo>,
+    /// The image the operations produce.
+    pub new: PartitionInfo,
+    /// Operations, in the order their data is stored.
+    pub operations: Vec<Operation>,
+}
+
+/// A partition present in the source build and absent from the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemovedPartition {
+    /// Partition name.
+    pub name: String,
+    /// The image that is no longer part of the build.
+    pub old: PartitionInfo,
+}
+
+/// The identity of a build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BuildInfo {
+    /// Device codename.
+    pub device: String,
+    /// Region (CN, Global, EEA, ...).
+    pub region: String,
+    /// Channel (stable, developer, beta).
+    pub channel: String,
+    /// Version as the vendor writes it.
+    pub version: String,
+    /// Build fingerprint.
+    pub fingerprint: String,
+    /// Security patch level (YYYY-MM-DD).
+    pub security_patch: String,
+    /// Build time, seconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+impl BuildInfo {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+        Ok(BuildInfo {
+            device: r.string("device", MAX_STRING_LEN)?,
+            region: r.string("region", MAX_STRING_LEN)?,
+            channel: r.string("channel", MAX_STRING_LEN)?,
+            version: r.string("version", MAX_STRING_LEN)?,
+            fingerprint: r.string("fingerprint", MAX_STRING_LEN)?,
+            security_patch: r.string("security patch", MAX_STRING_LEN)?,
+            timestamp: r.varint("timestamp")?,
+        })
+    }
+    fn encode(&self, w: &mut Writer) {
+        for s in [
+            &self.device,
+            &self.region,
+            &self.channel,
+            &self.version,
+            &self.fingerprint,
+            &self.security_patch,
+        ] {
+            w.string(s);
+        }
+        w.varint(self.timestamp);
+    }
+}
+
+/// Everything an applier needs to check and run a package, except the data itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    /// Delta or full.
+    pub kind: PackageKind,
+    /// The build the package produces.
+    pub target_build: BuildInfo,
+    /// The build a delta package applies to.
+    pub source_build: Option<BuildInfo>,
+    /// Length of the data section; every operation's data lies within it.
+    pub data_len: u64,
+    /// Partition updates, in the order their data is stored.
+    pub partitions: Vec<PartitionUpdate>,
+    /// Partitions of the source build that the target no longer has.
+    pub removed: Vec<RemovedPartition>,
+}
+
+/// Checks a partition name: 1 to 64 bytes of `[A-Za-z0-9_.-]`, not starting
+/// with `.` or `-`, so that it can never name another directory or a hidden
+/// or option-like file.
+pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(FormatError::invalid(
+            "partition name",
+            format!("{name:?}: must be 1 to {MAX_NAME_LEN} bytes"),
+        ));
+    }
+    if !name.chars().all(ok_char) || name.starts_with('.') || name.starts_with('-') {
+        return Err(FormatError::invalid(
+            "partition name",
+            format!("{name:?}: only letters, digits, '_', '-' and '.' (not first) are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Parses and structurally validates a manifest that must fill `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new(bytes);
+        let kind = match r.u8("package kind")? {
+            0 => PackageKind::Delta,
+            1 => PackageKind::Full,
+            k => {
+                return Err(FormatError::invalid(
+                    "package kind",
+                    format!("unknown code {k}"),
+                ))
+            }
+        };
+        let block_size = r.varint("block size")?;
+        if block_size != BLOCK_SIZE {
+            return Err(FormatError::invalid(
+                "block size",
+                format!("{block_size} (only {BLOCK_SIZE} is supported)"),
+            ));
+        }
+        let target_build = BuildInfo::decode(&mut r)?;
+        let source_build = match r.u8("source build flag")? {
+            0 => None,
+            1 => Some(BuildInfo::decode(&mut r)?),
+            f => return Err(FormatError::invalid("source build flag", format!("{f}"))),
+        };
+        let data_len = r.varint("data length")?;
+        let n = r.count("partition count", 35, MAX_PARTITIONS)?;
+        let mut partitions = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.string("partition name", MAX_NAME_LEN as u64)?;
+            check_partition_name(&name)?;
+            let old = match r.u8("old partition flag")? {
+                0 => None,
+                1 => Some(PartitionInfo::decode(&mut r)?),
+                f => return Err(FormatError::invalid("old partition flag", format!("{f}"))),
+            };
+            let new = PartitionInfo::decode(&mut r)?;
+            let n_ops = r.count("operation count", 3, u64::MAX)?;
+            let mut operations = Vec::with_capacity(n_ops);
+            for _ in 0..n_ops {
+                operations.push(Operation::decode(&mut r)?);
+            }
+            partitions.push(PartitionUpdate {
+                name,
+                old,
+                new,
+                operations,
+            });
+        }
+        let n = r.count("removed partition count", 34, MAX_PARTITIONS)?;
+        let mut removed = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.string("partition name", MAX_NAME_LEN as u64)?;
+            check_partition_name(&name)?;
+            removed.push(RemovedPartition {
+                name,
+                old: PartitionInfo::decode(&mut r)?,
+            });
+        }
+        r.finish("manifest")?;
+        let m = Manifest {
+            kind,
+            target_build,
+            source_build,
+            data_len,
+            partitions,
+            removed,
+        };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Rules that tie the manifest together: unique names, data within the
+    /// data section, extents within partitions, destinations disjoint, and a
+    /// full package that reads no source.
+    pub fn check(&self) -> Result<(), FormatError> {
+        let mut names = std::collections::BTreeSet::new();
+        for name in self
+            .partitions
+            .iter()
+            .map(|p| &p.name)
+            .chain(self.removed.iter().map(|p| &p.name))
+        {
+            check_partition_name(name)?;
+            if !names.insert(name.as_str()) {
+                return Err(FormatError::invalid(
+                    "partition name",
+                    format!("{name:?} appears twice"),
+                ));
+            }
+        }
+        if self.kind == PackageKind::Full
+            && (self.source_build.is_some() || !self.removed.is_empty())
+        {
+            return Err(FormatError::invalid(
+                "manifest",
+                "a full package names no source build and removes no partition",
+            ));
+        }
+        for p in &self.partitions {
+            p.check(self.kind, self.data_len)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the manifest.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(match self.kind {
+            PackageKind::Delta => 0,
+            PackageKind::Full => 1,
+        });
+        w.varint(BLOCK_SIZE);
+        self.target_build.encode(&mut w);
+        match &self.source_build {
+            None => w.u8(0),
+            Some(b) => {
+                w.u8(1);
+                b.encode(&mut w);
+            }
+        }
+        w.varint(self.data_len);
+        w.varint(self.partitions.len() as u64);
+        for p in &self.partitions {
+            w.string(&p.name);
+            match &p.old {
+                None => w.u8(0),
+                Some(o) => {
+                    w.u8(1);
+                    o.encode(&mut w);
+                }
+            }
+            p.new.encode(&mut w);
+            w.varint(p.operations.len() as u64);
+            p.operations.iter().for_each(|op| op.encode(&mut w));
+        }
+        w.varint(self.removed.len() as u64);
+        for r in &self.removed {
+            w.string(&r.name);
+            r.old.encode(&mut w);
+        }
+        w.into_bytes()
+    }
+}
+
+impl PartitionUpdate {
+    fn check(&self, kind: PackageKind, data_len: u64) -> Result<(), FormatError> {
+        let name = &self.name;
+        let bad = |i: usize, d: String| {
+            Err(FormatError::invalid(
+                "operation",
+                format!("partition {name}, operation {i}: {d}"),
+            ))
+        };
+        let new_blocks = self.new.blocks();
+        let old_blocks = self.old.map(|o| o.blocks());
+        // Destination extents must be pairwise disjoint: collect and sort them.
+        let mut dsts: Vec<(Extent, usize)> = Vec::new();
+        for (i, op) in self.operations.iter().enumerate() {
+            if op.kind.has_data()
+                && op
+                    .data_offset
+                    .checked_add(op.data_length)
+                    .is_none_or(|end| end > data_len)
+            {
+                return bad(
+                    i,
+                    format!(
+                        "data {}+{} lies past the data section ({data_len} bytes)",
+                        op.data_offset, op.data_length
+                    ),
+                );
+            }
+            if op.kind.reads_source() {
+                match old_blocks {
+                    None if kind == PackageKind::Full => {
+                        return bad(i, format!("{} in a full package", op.kind))
+                    }
+                    None => return bad(i, format!("{} but the partition has no source", op.kind)),
+                    Some(ob) => {
+                        if let Some(e) = op.src_extents.iter().find(|e| e.end_block() > ob) {
+                            return bad(
+                                i,
+                                format!("source blocks {e} lie past the source ({ob} blocks)"),
+                            );
+                        }
+                    }
+                }
+            }
+            for e in &op.dst_extents {
+                if e.end_block() > new_blocks {
+                    return bad(
+                        i,
+                        format!("destination blocks {e} lie past the target ({new_blocks} blocks)"),
+                    );
+                }
+                dsts.push((*e, i));
+            }
+        }
+        dsts.sort_unstable();
+        for w in dsts.windows(2) {
+            if w[0].0.end_block() > w[1].0.start_block {
+                return Err(FormatError::invalid(
+                    "operation",
+                    format!(
+                        "partition {name}: operations {} and {} both write blocks {} and {}",
+                        w[0].1, w[1].1, w[0].0, w[1].0
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ser_digest<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(d))
+}

@@ -1,0 +1,229 @@
+//! A ROM build as romdelta reads it: one partition image, or a directory of
+//! `NAME.img` partition images. Images are memory-mapped; reads past the end
+//! of an image within its last block return zeros, so every image is a whole
+//! number of blocks to the algorithms that work on blocks.
+
+use memmap2::Mmap;
+use romdelta_format::{Extent, BLOCK_SIZE};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Why a ROM could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RomError {
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The path is neither an image file nor a directory of images.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// How a ROM is laid out on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A single partition image file.
+    Image,
+    /// A directory of `NAME.img` files.
+    Directory,
+}
+
+/// One partition image, mapped read-only.
+#[derive(Debug)]
+pub struct Partition {
+    /// Partition name (the file stem).
+    pub name: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    map: Option<Mmap>,
+}
+
+impl Partition {
+    /// Opens and maps one image file as partition `name`.
+    pub fn open(name: &str, path: &Path) -> Result<Self, RomError> {
+        let io = |source| RomError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(RomError::Invalid {
+                path: path.to_path_buf(),
+                reason: "not a regular file".into(),
+            });
+        }
+        // SAFETY: the image is mapped read-only; romdelta never writes to a
+        // file it has mapped, and images are not expected to change while a
+        // diff or apply runs (as with any tool that reads them).
+        let map = if meta.len() == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file) }.map_err(io)?)
+        };
+        Ok(Partition {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    /// The image bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// Number of blocks, counting a final partial block.
+    pub fn blocks(&self) -> u64 {
+        self.size().div_ceil(BLOCK_SIZE)
+    }
+
+    /// The bytes of block `index`, zero-padded to a whole block; `None` past the end.
+    pub fn block(&self, index: u64) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let start = index.checked_mul(BLOCK_SIZE)?;
+        let bytes = self.bytes();
+        if start >= bytes.len() as u64 {
+            return None;
+        }
+        let start = start as usize;
+        let end = (start + BLOCK_SIZE as usize).min(bytes.len());
+        if end - start == BLOCK_SIZE as usize {
+            Some(std::borrow::Cow::Borrowed(&bytes[start..end]))
+        } else {
+            let mut b = vec![0u8; BLOCK_SIZE as usize];
+            b[..end - start].copy_from_slice(&bytes[start..end]);
+            Some(std::borrow::Cow::Owned(b))
+        }
+    }
+
+    /// Appends the bytes of `extents` to `out`, zero-padding past the end of
+    /// the image. The caller has checked that every extent lies within
+    /// [`Partition::blocks`].
+    pub fn read_extents(&self, extents: &[Extent], out: &mut Vec<u8>) {
+        let bytes = self.bytes();
+        for e in extents {
+            let start = (e.byte_offset() as usize).min(bytes.len());
+            let end = ((e.byte_offset() + e.byte_len()) as usize).min(bytes.len());
+            out.extend_from_slice(&bytes[start..end]);
+            out.resize(out.len() + (e.byte_len() as usize - (end - start)), 0);
+        }
+    }
+
+    /// Feeds the bytes of `extents` (zero-padded like [`Partition::read_extents`])
+    /// to `f` in pieces, without copying them.
+    pub fn for_each_piece(&self, extents: &[Extent], mut f: impl FnMut(&[u8])) {
+        const ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
+        let bytes = self.bytes();
+        for e in extents {
+            let start = (e.byte_offset() as usize).min(bytes.len());
+            let end = ((e.byte_offset() + e.byte_len()) as usize).min(bytes.len());
+            f(&bytes[start..end]);
+            let mut pad = e.byte_len() as usize - (end - start);
+            while pad > 0 {
+                let n = pad.min(ZEROS.len());
+                f(&ZEROS[..n]);
+                pad -= n;
+            }
+        }
+    }
+}
+
+/// A ROM build: its partitions, sorted by name.
+#[derive(Debug)]
+pub struct Rom {
+    /// How it is laid out on disk.
+    pub layout: Layout,
+    /// The partitions, sorted by name.
+    pub partitions: Vec<Partition>,
+}
+
+/// The partition name a single image file stands for: its file stem when
+/// that is a valid partition name, else `image`.
+pub fn name_for_image(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| romdelta_format::check_partition_name(s).is_ok())
+        .unwrap_or("image")
+        .to_string()
+}
+
+impl Rom {
+    /// Opens a ROM: an image file, or a directory whose `*.img` files are its partitions.
+    pub fn open(path: &Path) -> Result<Rom, RomError> {
+        let meta = std::fs::metadata(path).map_err(|source| RomError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.is_file() {
+            let p = Partition::open(&name_for_image(path), path)?;
+            return Ok(Rom {
+                layout: Layout::Image,
+                partitions: vec![p],
+            });
+        }
+        if !meta.is_dir() {
+            return Err(RomError::Invalid {
+                path: path.to_path_buf(),
+                reason: "neither an image file nor a directory".into(),
+            });
+        }
+        let io = |source| RomError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut partitions = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let p = entry.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("img") {
+                continue;
+            }
+            let name = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            romdelta_format::check_partition_name(&name).map_err(|e| RomError::Invalid {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
+            partitions.push(Partition::open(&name, &p)?);
+        }
+        if partitions.is_empty() {
+            return Err(RomError::Invalid {
+                path: path.to_path_buf(),
+                reason: "directory holds no NAME.img partition images".into(),
+            });
+        }
+        partitions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Rom {
+            layout: Layout::Directory,
+            partitions,
+        })
+    }
+
+    /// The partition called `name`.
+    pub fn get(&self, name: &str) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.name == name)
+    }
+
+    /// Total bytes over all partitions.
+    pub fn total_size(&self) -> u64 {
+        self.partitions.iter().map(|p| p.size()).sum()
+    }
+}
