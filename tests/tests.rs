@@ -1,1 +1,6 @@
+//! romdelta's integration tests: one binary, one module per area.
 
+mod cli;
+mod common;
+mod hostile;
+mod roundtrip;

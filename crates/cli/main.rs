@@ -158,6 +158,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Inspect { package, json } => {
             let file = PackageFile::open(&package)?;
             let pkg = file.parse()?;
+            // A damaged package must not look fine: check every data hash first.
+            romdelta_apply::verify(&pkg, None)?;
             inspect::print(&pkg, file.bytes().len() as u64, json);
             Ok(())
         }

@@ -454,8 +454,34 @@ impl Manifest {
                 "a full package names no source build and removes no partition",
             ));
         }
+        // The data section is exactly the operations' data, in manifest
+        // order: an applier can stream it, and every byte is under a hash.
+        let mut next = 0u64;
         for p in &self.partitions {
             p.check(self.kind, self.data_len)?;
+            for (i, op) in p.operations.iter().enumerate() {
+                if op.kind.has_data() {
+                    if op.data_offset != next {
+                        return Err(FormatError::invalid(
+                            "operation",
+                            format!(
+                                "partition {}, operation {i}: data at offset {} where {next} was expected (data must follow operation order)",
+                                p.name, op.data_offset
+                            ),
+                        ));
+                    }
+                    next += op.data_length;
+                }
+            }
+        }
+        if next != self.data_len {
+            return Err(FormatError::invalid(
+                "manifest",
+                format!(
+                    "operations use {next} bytes of the {} byte data section",
+                    self.data_len
+                ),
+            ));
         }
         Ok(())
     }
@@ -514,6 +540,9 @@ impl PartitionUpdate {
         // Destination extents must be pairwise disjoint: collect and sort them.
         let mut dsts: Vec<(Extent, usize)> = Vec::new();
         for (i, op) in self.operations.iter().enumerate() {
+            if op.kind.has_data() && op.data_length == 0 {
+                return bad(i, "carries no data".into());
+            }
             if op.kind.has_data()
                 && op
                     .data_offset

@@ -1,12 +1,14 @@
 //! The package container: header · manifest · signatures · data.
 
 use crate::limits::{MAX_MANIFEST_LEN, MAX_SIGNATURES_LEN};
-use crate::{FormatError, Manifest, Reader, Writer, FORMAT_VERSION};
+use crate::{Digest, FormatError, Manifest, Reader, Writer, FORMAT_VERSION};
 
 /// The first eight bytes of every package.
 pub const MAGIC: [u8; 8] = *b"ROMDELTA";
-/// Length of the fixed header.
-pub const HEADER_LEN: u64 = 40;
+/// Length of the fixed header: 40 bytes of fields and a 32-byte checksum.
+pub const HEADER_LEN: u64 = 72;
+/// Length of the header fields that the checksum covers.
+const FIELDS_LEN: usize = 40;
 
 /// The fixed-size header at the start of a package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,10 @@ pub struct Header {
     pub signatures_len: u64,
     /// Length of the data section that follows the signatures.
     pub data_len: u64,
+    /// SHA-256 of the 40 header bytes before it, the manifest and the
+    /// signature section: an integrity check over everything but the data
+    /// (which the manifest covers with per-operation hashes).
+    pub checksum: Digest,
 }
 
 impl Header {
@@ -45,6 +51,7 @@ impl Header {
         let manifest_len = r.u64_le("manifest length")?;
         let signatures_len = r.u64_le("signatures length")?;
         let data_len = r.u64_le("data length")?;
+        let checksum = r.digest("header checksum")?;
         if manifest_len > MAX_MANIFEST_LEN {
             return Err(FormatError::TooLarge {
                 what: "manifest",
@@ -64,7 +71,34 @@ impl Header {
             manifest_len,
             signatures_len,
             data_len,
+            checksum,
         })
+    }
+
+    /// The checksum of header fields, manifest bytes and signature bytes.
+    pub fn compute_checksum(&self, manifest: &[u8], signatures: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(&self.encode()[..FIELDS_LEN]);
+        h.update(manifest);
+        h.update(signatures);
+        h.finalize().into()
+    }
+
+    /// Checks the checksum against the sections that follow the header.
+    pub fn check_checksum(&self, manifest: &[u8], signatures: &[u8]) -> Result<(), FormatError> {
+        let actual = self.compute_checksum(manifest, signatures);
+        if actual != self.checksum {
+            return Err(FormatError::invalid(
+                "header checksum",
+                format!(
+                    "header, manifest or signatures are damaged: expected sha256 {}, found {}",
+                    hex::encode(self.checksum),
+                    hex::encode(actual)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Encodes the header.
@@ -76,6 +110,7 @@ impl Header {
         w.u64_le(self.manifest_len);
         w.u64_le(self.signatures_len);
         w.u64_le(self.data_len);
+        w.bytes(&self.checksum);
         w.into_bytes()
     }
 
@@ -207,6 +242,7 @@ impl<'a> Package<'a> {
         manifest_bytes: &[u8],
         sig_bytes: &[u8],
     ) -> Result<(Manifest, Vec<Signature>), FormatError> {
+        header.check_checksum(manifest_bytes, sig_bytes)?;
         let manifest = Manifest::decode(manifest_bytes)?;
         if manifest.data_len != header.data_len {
             return Err(FormatError::invalid(
@@ -225,12 +261,14 @@ impl<'a> Package<'a> {
     pub fn encode_prefix(manifest: &Manifest, signatures: &[Signature]) -> Vec<u8> {
         let m = manifest.encode();
         let s = Signature::encode_all(signatures);
-        let header = Header {
+        let mut header = Header {
             version: FORMAT_VERSION,
             manifest_len: m.len() as u64,
             signatures_len: s.len() as u64,
             data_len: manifest.data_len,
+            checksum: [0; 32],
         };
+        header.checksum = header.compute_checksum(&m, &s);
         let mut out = header.encode();
         out.extend_from_slice(&m);
         out.extend_from_slice(&s);

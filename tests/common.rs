@@ -1,0 +1,59 @@
+//! Helpers shared by the integration tests.
+
+use romdelta_apply::{PackageFile, Plan};
+use romdelta_diff::DiffOptions;
+use romdelta_rom::Rom;
+use std::path::{Path, PathBuf};
+
+/// The path of the romdelta binary under test.
+pub fn romdelta() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("romdelta").expect("romdelta binary")
+}
+
+/// Fast generation settings: low zstd level, otherwise the defaults.
+pub fn fast_opts() -> DiffOptions {
+    DiffOptions {
+        level: 3,
+        ..DiffOptions::default()
+    }
+}
+
+/// Diffs `a` to `b` (single images) at `opts`, applies the package to `a`,
+/// and returns the applied bytes.
+pub fn round_trip(dir: &Path, a: &[u8], b: &[u8], opts: &DiffOptions) -> Vec<u8> {
+    let (pa, pb) = (dir.join("a.img"), dir.join("b.img"));
+    std::fs::write(&pa, a).unwrap();
+    std::fs::write(&pb, b).unwrap();
+    let pkg_path = dir.join("p.romdelta");
+    let out = dir.join("out.img");
+    let _ = std::fs::remove_file(&out);
+    let src = Rom::open(&pa).unwrap();
+    let dst = Rom::open(&pb).unwrap();
+    romdelta_diff::write_package(Some(&src), &dst, opts, &pkg_path, &|_| {}).unwrap();
+    let file = PackageFile::open(&pkg_path).unwrap();
+    let pkg = file.parse().unwrap();
+    Plan::new(&pkg, Some(&src), &out)
+        .unwrap()
+        .execute(&|_| {})
+        .unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+/// Writes the demo ROM pair at `scale` under `dir` and returns (old, new) dirs.
+pub fn synth_roms(dir: &Path, seed: u64) -> (PathBuf, PathBuf) {
+    let (old, new) = romdelta_synth::rom_pair(seed, 1);
+    let (o, n) = (dir.join("old"), dir.join("new"));
+    romdelta_synth::write_rom(&o, &old).unwrap();
+    romdelta_synth::write_rom(&n, &new).unwrap();
+    (o, n)
+}
+
+/// Files in `dir`, sorted, as names.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
