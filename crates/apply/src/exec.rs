@@ -229,9 +229,14 @@ impl Plan<'_> {
             b.prefix(".romdelta-").suffix(".partial");
             b
         };
+        let image_builder = || {
+            let mut b = staging_builder();
+            b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+            b
+        };
         let (staging, outputs) = match self.output.layout {
             Layout::Image => {
-                let t = staging_builder()
+                let t = image_builder()
                     .tempfile_in(&parent)
                     .map_err(ApplyError::io(&parent))?;
                 let file = t.as_file().try_clone().map_err(ApplyError::io(t.path()))?;
@@ -324,7 +329,10 @@ impl Plan<'_> {
                     std::fs::remove_dir(out).map_err(ApplyError::io(out))?;
                 }
                 let staged = d.keep();
-                if let Err(e) = std::fs::rename(&staged, out) {
+                let perms = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+                let moved = std::fs::set_permissions(&staged, perms)
+                    .and_then(|_| std::fs::rename(&staged, out));
+                if let Err(e) = moved {
                     let _ = std::fs::remove_dir_all(&staged);
                     return Err(ApplyError::Io {
                         path: out.clone(),

@@ -1,6 +1,7 @@
 //! Stage 3–4: for a changed region, choose the source bytes it most likely
 //! came from, run every candidate encoder, and keep the smallest result.
 
+use crate::anchors::{self, Alignment, AnchorIndex};
 use crate::blocks::BlockClass;
 use romdelta_format::{ops, sha256, Digest, Extent, OpKind, BLOCK_SIZE};
 use romdelta_rom::Partition;
@@ -25,6 +26,10 @@ pub struct EncodeParams {
     pub max_src_blocks: u64,
     /// How far to look for the nearest copied block that gives an alignment.
     pub anchor_search_blocks: u64,
+    /// Most anchor alignments turned into source windows.
+    pub max_alignments: usize,
+    /// zstd level of the trial encodings that pick the encoder.
+    pub trial_level: i32,
 }
 
 /// The chosen encoding of one region.
@@ -40,56 +45,83 @@ pub struct Encoded {
     pub data: Vec<u8>,
 }
 
-/// Source extents worth reading for `region`: windows around the same
-/// offset and around the alignments of the nearest copied blocks before and
-/// after it (where a file moved, its neighbours moved with it).
+/// Source extents worth reading for `region`, most promising first:
+/// windows around the alignments its content anchors vote for (wherever the
+/// data moved), then around the alignments of the nearest copied blocks
+/// before and after it, then around the same offset.
 pub fn source_windows(
     region: Region,
     classes: &[BlockClass],
     src_blocks: u64,
+    anchored: &[Alignment],
     p: &EncodeParams,
 ) -> Vec<Extent> {
     if src_blocks == 0 {
         return Vec::new();
     }
     let (a, b) = (region.start, region.start + region.len);
-    let mut shifts: Vec<i64> = Vec::new();
+    // (shift, first target block, last target block) in priority order.
+    let mut spans: Vec<(i64, u64, u64)> = anchored
+        .iter()
+        .take(p.max_alignments)
+        .map(|al| (al.shift, al.tgt_first, al.tgt_last))
+        .collect();
     let lo = a.saturating_sub(p.anchor_search_blocks);
     if let Some((i, j)) = (lo..a).rev().find_map(|i| match classes[i as usize] {
         BlockClass::Copy(j) => Some((i, j)),
         _ => None,
     }) {
-        shifts.push(j as i64 - i as i64);
+        spans.push((j as i64 - i as i64, a, b - 1));
     }
     let hi = (b + p.anchor_search_blocks).min(classes.len() as u64);
     if let Some((i, j)) = (b..hi).find_map(|i| match classes[i as usize] {
         BlockClass::Copy(j) => Some((i, j)),
         _ => None,
     }) {
-        shifts.push(j as i64 - i as i64);
+        spans.push((j as i64 - i as i64, a, b - 1));
     }
-    shifts.push(0);
+    spans.push((0, a, b - 1));
     let mut windows: Vec<Extent> = Vec::new();
     let mut total = 0u64;
-    let mut seen = Vec::new();
-    for s in shifts {
-        if seen.contains(&s) {
-            continue;
-        }
-        seen.push(s);
-        let start = (a as i64 + s - p.margin_blocks as i64).max(0) as u64;
-        let end = ((b as i64 + s + p.margin_blocks as i64).max(0) as u64).min(src_blocks);
+    for (shift, first, last) in spans {
+        let start = (first as i64 + shift - p.margin_blocks as i64).max(0) as u64;
+        let end =
+            ((last as i64 + 1 + shift + p.margin_blocks as i64).max(0) as u64).min(src_blocks);
         if start >= end {
             continue;
         }
-        let want = (end - start).min(p.max_src_blocks - total);
-        if want == 0 {
+        // Only what the windows taken so far do not cover counts against the budget.
+        let mut fresh = vec![Extent::new(start, end - start)];
+        for w in &windows {
+            fresh = fresh.into_iter().flat_map(|f| subtract(f, *w)).collect();
+        }
+        for f in fresh {
+            let take = f.num_blocks.min(p.max_src_blocks - total);
+            if take > 0 {
+                windows.push(Extent::new(f.start_block, take));
+                total += take;
+            }
+        }
+        if total >= p.max_src_blocks {
             break;
         }
-        total += want;
-        windows.push(Extent::new(start, want));
     }
     merge(windows)
+}
+
+/// `e` without the blocks of `w`: zero, one or two extents.
+fn subtract(e: Extent, w: Extent) -> Vec<Extent> {
+    if w.end_block() <= e.start_block || w.start_block >= e.end_block() {
+        return vec![e];
+    }
+    let mut out = Vec::new();
+    if w.start_block > e.start_block {
+        out.push(Extent::new(e.start_block, w.start_block - e.start_block));
+    }
+    if w.end_block() < e.end_block() {
+        out.push(Extent::new(w.end_block(), e.end_block() - w.end_block()));
+    }
+    out
 }
 
 /// Sorts extents and merges overlapping or touching ones.
@@ -115,43 +147,89 @@ pub fn target_bytes(dst: &Partition, region: Region) -> Vec<u8> {
     v
 }
 
-/// Encodes one region with every candidate encoder and keeps the smallest;
-/// ties go to the cheaper one to apply (REPLACE, then SOURCE_ZSTD, then SOURCE_BSDIFF).
+/// Encodes one region and keeps the smallest result. Every encoder first
+/// runs at a cheap trial level; the candidates within 10% of the best trial
+/// are then encoded at the final level and the smallest wins (ties go to the
+/// cheaper one to apply: REPLACE, SOURCE_ZSTD, SOURCE_BSDIFF). bsdiff is
+/// tried only where the source evidently helps: its matcher is slow on
+/// unrelated data and would lose there anyway.
 pub fn encode_region(
     src: Option<&Partition>,
     dst: &Partition,
     classes: &[BlockClass],
+    anchors: Option<&AnchorIndex>,
     region: Region,
     p: &EncodeParams,
 ) -> Encoded {
     let target = target_bytes(dst, region);
-    let mut best = Encoded {
+    let final_level = p.level;
+    let trial_level = p.trial_level.min(final_level);
+    let replace_trial = ops::encode_replace(&target, trial_level);
+    let replace = |data: Vec<u8>| Encoded {
         kind: OpKind::Replace,
         src_extents: Vec::new(),
         src_sha256: [0; 32],
-        data: ops::encode_replace(&target, p.level),
+        data,
     };
-    let Some(src) = src else { return best };
-    let windows = source_windows(region, classes, src.blocks(), p);
+    let Some(src) = src else {
+        return replace(if trial_level == final_level {
+            replace_trial
+        } else {
+            ops::encode_replace(&target, final_level)
+        });
+    };
+    let anchored = anchors.map(|ix| anchors::alignments(ix, &target, region.start));
+    let windows = source_windows(
+        region,
+        classes,
+        src.blocks(),
+        anchored.as_deref().unwrap_or(&[]),
+        p,
+    );
     if windows.is_empty() {
-        return best;
+        return replace(ops::encode_replace(&target, final_level));
     }
     let mut source = Vec::new();
     src.read_extents(&windows, &mut source);
-    let src_sha256 = sha256(&source);
-    let (zstd, bsdiff) = rayon::join(
-        || ops::encode_source_zstd(&source, &target, p.level),
-        || ops::encode_bsdiff(&crate::bsdiff::diff(&source, &target), p.level),
-    );
-    for (kind, data) in [(OpKind::SourceZstd, zstd), (OpKind::SourceBsdiff, bsdiff)] {
-        if data.len() < best.data.len() {
-            best = Encoded {
-                kind,
-                src_extents: windows.clone(),
-                src_sha256,
-                data,
-            };
+    let zstd_trial = ops::encode_source_zstd(&source, &target, trial_level);
+    let mut trials: Vec<(OpKind, usize)> = vec![
+        (OpKind::Replace, replace_trial.len()),
+        (OpKind::SourceZstd, zstd_trial.len()),
+    ];
+    let mut patch = None;
+    if zstd_trial.len() * 10 < replace_trial.len() * 9 {
+        let pt = crate::bsdiff::diff(&source, &target);
+        trials.push((
+            OpKind::SourceBsdiff,
+            ops::encode_bsdiff(&pt, trial_level).len(),
+        ));
+        patch = Some(pt);
+    }
+    let best_trial = trials.iter().map(|t| t.1).min().expect("non-empty");
+    let mut best: Option<(OpKind, Vec<u8>)> = None;
+    for (kind, size) in trials {
+        if size * 10 > best_trial * 11 {
+            continue;
+        }
+        let data = match (kind, trial_level == final_level) {
+            (OpKind::Replace, true) => replace_trial.clone(),
+            (OpKind::Replace, false) => ops::encode_replace(&target, final_level),
+            (OpKind::SourceZstd, true) => zstd_trial.clone(),
+            (OpKind::SourceZstd, false) => ops::encode_source_zstd(&source, &target, final_level),
+            _ => ops::encode_bsdiff(patch.as_ref().expect("tried"), final_level),
+        };
+        if best.as_ref().is_none_or(|(_, b)| data.len() < b.len()) {
+            best = Some((kind, data));
         }
     }
-    best
+    let (kind, data) = best.expect("at least one candidate");
+    if kind == OpKind::Replace {
+        return replace(data);
+    }
+    Encoded {
+        kind,
+        src_extents: windows,
+        src_sha256: sha256(&source),
+        data,
+    }
 }

@@ -13,6 +13,7 @@
 //! 5. the output is deterministic: the same inputs give the same bytes,
 //!    whatever the thread count.
 
+pub mod anchors;
 pub mod blocks;
 pub mod bsdiff;
 pub mod encode;
@@ -60,6 +61,10 @@ pub struct DiffOptions {
     pub copy_op_blocks: u64,
     /// Regions encoded per batch (bounds memory).
     pub batch_regions: usize,
+    /// zstd level of the trial encodings that pick each region's encoder.
+    pub trial_level: i32,
+    /// Find source windows by content anchors (not only by offset).
+    pub anchors: bool,
     /// The build the package produces.
     pub target_build: BuildInfo,
     /// The build an incremental package applies to.
@@ -75,6 +80,8 @@ impl Default for DiffOptions {
             max_src_blocks: 2048,
             copy_op_blocks: 4096,
             batch_regions: 64,
+            trial_level: 3,
+            anchors: true,
             target_build: BuildInfo::default(),
             source_build: BuildInfo::default(),
         }
@@ -199,7 +206,12 @@ pub fn write_package(
         .check()
         .map_err(|e| DiffError::Invalid(format!("generated manifest is invalid: {e}")))?;
     let prefix = Package::encode_prefix(&manifest, &[]);
-    let mut pkg = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+    let mut pkg = tempfile::Builder::new()
+        .prefix(".romdelta-")
+        .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(&dir)
+        .map_err(io_err(&dir))?;
     pkg.write_all(&prefix).map_err(io_err(out))?;
     data_file
         .seek(std::io::SeekFrom::Start(0))
@@ -315,6 +327,12 @@ fn diff_partition(
     );
     let classes = blocks::classify(dst, index.as_ref());
     drop(index);
+    let anchors = match src {
+        Some(s) if opts.anchors && classes.contains(&BlockClass::Changed) => {
+            Some(anchors::AnchorIndex::build(s.bytes()))
+        }
+        _ => None,
+    };
     let (mut operations, regions) = plan_blocks(&classes, src, opts);
     let changed: u64 = regions.iter().map(|r| r.len).sum();
     progress(dst.size().saturating_sub(changed * BLOCK_SIZE));
@@ -323,11 +341,13 @@ fn diff_partition(
         margin_blocks: opts.margin_blocks,
         max_src_blocks: opts.max_src_blocks,
         anchor_search_blocks: 4096,
+        max_alignments: 16,
+        trial_level: opts.trial_level,
     };
     for batch in regions.chunks(opts.batch_regions.max(1)) {
         let encoded: Vec<_> = batch
             .par_iter()
-            .map(|r| encode::encode_region(src, dst, &classes, *r, &params))
+            .map(|r| encode::encode_region(src, dst, &classes, anchors.as_ref(), *r, &params))
             .collect();
         for (r, e) in batch.iter().zip(encoded) {
             data.write_all(&e.data)?;
