@@ -44,6 +44,8 @@ pub enum Command {
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Apply a package, writing the new build to OUT (a file for an image, a directory for a ROM).
     Apply {
@@ -93,4 +95,57 @@ pub enum Command {
         #[command(flatten)]
         threads: Threads,
     },
+}
+
+/// Generator tuning, for benchmarks and experiments (hidden from --help).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Most target blocks per changed region.
+    #[arg(long, hide = true)]
+    pub region_blocks: Option<u64>,
+    /// Source blocks read around each alignment on each side.
+    #[arg(long, hide = true)]
+    pub margin_blocks: Option<u64>,
+    /// Most source blocks a region reads.
+    #[arg(long, hide = true)]
+    pub max_src_blocks: Option<u64>,
+    /// Fewest source blocks a region reads.
+    #[arg(long, hide = true)]
+    pub min_src_blocks: Option<u64>,
+    /// Source blocks per target block of a region.
+    #[arg(long, hide = true)]
+    pub src_per_dst_block: Option<u64>,
+    /// zstd level of the encoder trials.
+    #[arg(long, hide = true)]
+    pub trial_level: Option<i32>,
+    /// Do not use content anchors.
+    #[arg(long, hide = true)]
+    pub no_anchors: bool,
+}
+
+impl Tuning {
+    /// Applies the given settings over `o`.
+    pub fn apply(&self, o: &mut romdelta_diff::DiffOptions) {
+        if let Some(v) = self.region_blocks {
+            o.region_blocks = v.clamp(1, romdelta_format::limits::MAX_OP_DST_BLOCKS);
+        }
+        if let Some(v) = self.margin_blocks {
+            o.margin_blocks = v;
+        }
+        if let Some(v) = self.max_src_blocks {
+            o.max_src_blocks = v.clamp(1, romdelta_format::limits::MAX_OP_SRC_BLOCKS);
+        }
+        if let Some(v) = self.min_src_blocks {
+            o.min_src_blocks = v;
+        }
+        if let Some(v) = self.src_per_dst_block {
+            o.src_per_dst_block = v;
+        }
+        if let Some(v) = self.trial_level {
+            o.trial_level = v.clamp(1, 22);
+        }
+        if self.no_anchors {
+            o.anchors = false;
+        }
+    }
 }

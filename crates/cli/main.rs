@@ -80,6 +80,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             level,
             threads,
             json,
+            tuning,
         } => {
             let (source, target) = match (full, paths.as_slice()) {
                 (true, [t]) | (true, [_, t]) => (None, t),
@@ -92,10 +93,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let source = source.map(|s| open_rom(s)).transpose()?;
             let target = open_rom(target)?;
-            let opts = DiffOptions {
+            let mut opts = DiffOptions {
                 level,
                 ..DiffOptions::default()
             };
+            tuning.apply(&mut opts);
             let bar = progress::bar(json, target.total_size(), "diff");
             let started = std::time::Instant::now();
             let summary = with_threads(threads, || {

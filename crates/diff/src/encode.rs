@@ -24,6 +24,10 @@ pub struct EncodeParams {
     pub margin_blocks: u64,
     /// Most source blocks one region may read.
     pub max_src_blocks: u64,
+    /// Fewest source blocks a region may read (when the source has them).
+    pub min_src_blocks: u64,
+    /// Source blocks a region may read per block it writes.
+    pub src_per_dst_block: u64,
     /// How far to look for the nearest copied block that gives an alignment.
     pub anchor_search_blocks: u64,
     /// Most anchor alignments turned into source windows.
@@ -45,10 +49,8 @@ pub struct Encoded {
     pub data: Vec<u8>,
 }
 
-/// Source extents worth reading for `region`, most promising first:
-/// windows around the alignments its content anchors vote for (wherever the
-/// data moved), then around the alignments of the nearest copied blocks
-/// before and after it, then around the same offset.
+/// Source extents worth reading for `region`, most promising first, within
+/// a budget that grows with the region.
 pub fn source_windows(
     region: Region,
     classes: &[BlockClass],
@@ -60,12 +62,17 @@ pub fn source_windows(
         return Vec::new();
     }
     let (a, b) = (region.start, region.start + region.len);
-    // (shift, first target block, last target block) in priority order.
-    let mut spans: Vec<(i64, u64, u64)> = anchored
-        .iter()
-        .take(p.max_alignments)
-        .map(|al| (al.shift, al.tgt_first, al.tgt_last))
-        .collect();
+    // The budget grows with the region: a small changed file needs a small
+    // window, and a large prefix only costs time and longer match offsets.
+    let budget = (region.len * p.src_per_dst_block)
+        .max(p.min_src_blocks)
+        .min(p.max_src_blocks);
+    // (shift, first target block, last target block) in priority order:
+    // the nearest copied neighbours' alignments (a rewritten file usually sits
+    // where its old version sat, relative to its unchanged neighbours), the
+    // same offset, then alignments its content anchors vote for, for data
+    // that moved farther. Anchor alignments need two votes, or be the best.
+    let mut spans: Vec<(i64, u64, u64)> = Vec::new();
     let lo = a.saturating_sub(p.anchor_search_blocks);
     if let Some((i, j)) = (lo..a).rev().find_map(|i| match classes[i as usize] {
         BlockClass::Copy(j) => Some((i, j)),
@@ -81,6 +88,14 @@ pub fn source_windows(
         spans.push((j as i64 - i as i64, a, b - 1));
     }
     spans.push((0, a, b - 1));
+    let top_votes = anchored.first().map_or(0, |a| a.votes);
+    spans.extend(
+        anchored
+            .iter()
+            .take(p.max_alignments)
+            .filter(|al| al.votes >= 2 || al.votes == top_votes)
+            .map(|al| (al.shift, al.tgt_first, al.tgt_last)),
+    );
     let mut windows: Vec<Extent> = Vec::new();
     let mut total = 0u64;
     for (shift, first, last) in spans {
@@ -96,13 +111,13 @@ pub fn source_windows(
             fresh = fresh.into_iter().flat_map(|f| subtract(f, *w)).collect();
         }
         for f in fresh {
-            let take = f.num_blocks.min(p.max_src_blocks - total);
+            let take = f.num_blocks.min(budget - total);
             if take > 0 {
                 windows.push(Extent::new(f.start_block, take));
                 total += take;
             }
         }
-        if total >= p.max_src_blocks {
+        if total >= budget {
             break;
         }
     }
@@ -148,8 +163,8 @@ pub fn target_bytes(dst: &Partition, region: Region) -> Vec<u8> {
 }
 
 /// Encodes one region and keeps the smallest result. Every encoder first
-/// runs at a cheap trial level; the candidates within 10% of the best trial
-/// are then encoded at the final level and the smallest wins (ties go to the
+/// runs at a cheap trial level; the candidates close to the best trial
+/// (within 25%) are then encoded at the final level and the smallest wins (ties go to the
 /// cheaper one to apply: REPLACE, SOURCE_ZSTD, SOURCE_BSDIFF). bsdiff is
 /// tried only where the source evidently helps: its matcher is slow on
 /// unrelated data and would lose there anyway.
@@ -208,7 +223,7 @@ pub fn encode_region(
     let best_trial = trials.iter().map(|t| t.1).min().expect("non-empty");
     let mut best: Option<(OpKind, Vec<u8>)> = None;
     for (kind, size) in trials {
-        if size * 10 > best_trial * 11 {
+        if size * 4 > best_trial * 5 {
             continue;
         }
         let data = match (kind, trial_level == final_level) {

@@ -57,6 +57,10 @@ pub struct DiffOptions {
     pub margin_blocks: u64,
     /// Most source blocks one region reads.
     pub max_src_blocks: u64,
+    /// Fewest source blocks one region reads (when the source has them).
+    pub min_src_blocks: u64,
+    /// Source blocks a region may read per block it writes.
+    pub src_per_dst_block: u64,
     /// Most blocks in one SOURCE_COPY operation.
     pub copy_op_blocks: u64,
     /// Regions encoded per batch (bounds memory).
@@ -78,9 +82,11 @@ impl Default for DiffOptions {
             region_blocks: 512,
             margin_blocks: 64,
             max_src_blocks: 2048,
+            min_src_blocks: 128,
+            src_per_dst_block: 4,
             copy_op_blocks: 4096,
             batch_regions: 64,
-            trial_level: 3,
+            trial_level: 9,
             anchors: true,
             target_build: BuildInfo::default(),
             source_build: BuildInfo::default(),
@@ -340,6 +346,8 @@ fn diff_partition(
         level: opts.level,
         margin_blocks: opts.margin_blocks,
         max_src_blocks: opts.max_src_blocks,
+        min_src_blocks: opts.min_src_blocks,
+        src_per_dst_block: opts.src_per_dst_block,
         anchor_search_blocks: 4096,
         max_alignments: 16,
         trial_level: opts.trial_level,
