@@ -30,6 +30,8 @@ pub fn round_trip(dir: &Path, a: &[u8], b: &[u8], opts: &DiffOptions) -> Vec<u8>
     let src = Rom::open(&pa).unwrap();
     let dst = Rom::open(&pb).unwrap();
     romdelta_diff::write_package(Some(&src), &dst, opts, &pkg_path, &|_| {}).unwrap();
+    // Apply reads the source the way the CLI does: through bounded buffers.
+    let src = romdelta_apply::open_rom(&pa).unwrap();
     let file = PackageFile::open(&pkg_path).unwrap();
     let pkg = file.parse().unwrap();
     Plan::new(&pkg, Some(&src), &out)

@@ -177,3 +177,23 @@ fn output_is_deterministic_across_thread_counts() {
     }
     assert!(outputs[0] == outputs[1] && outputs[1] == outputs[2]);
 }
+
+#[test]
+fn generation_refuses_unmapped_images_with_an_error() {
+    // Regression: the CLI once opened diff inputs in read mode, which
+    // panicked deep in generation. Now it is an error up front.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("a.img");
+    std::fs::write(&p, vec![1u8; 10_000]).unwrap();
+    let unmapped = romdelta_apply::open_rom(&p).unwrap();
+    let err = romdelta_diff::write_package(
+        None,
+        &unmapped,
+        &fast_opts(),
+        &dir.path().join("o"),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("mapped"), "{err}");
+    assert!(!dir.path().join("o").exists());
+}

@@ -59,7 +59,10 @@ pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
         let t = Instant::now();
         let file = PackageFile::open(&pkg_path)?;
         let pkg = file.parse()?;
-        Plan::new(&pkg, src, &out)?.execute(&|_| {})?;
+        let apply_src = src
+            .map(|_| romdelta_apply::open_rom(&old_dir))
+            .transpose()?;
+        Plan::new(&pkg, apply_src.as_ref(), &out)?.execute(&|_| {})?;
         let apply_s = t.elapsed().as_secs_f64();
         for (name, bytes) in &new {
             let got = std::fs::read(out.join(format!("{name}.img")))

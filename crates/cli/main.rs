@@ -67,8 +67,14 @@ fn with_threads<T: Send>(
     Ok(pool.install(f))
 }
 
+/// Opens a ROM to read from during application or verification.
 fn open_rom(path: &Path) -> Result<Rom, Failure> {
     Ok(romdelta_apply::open_rom(path)?)
+}
+
+/// Opens a ROM for generation (memory-mapped).
+fn open_rom_mapped(path: &Path) -> Result<Rom, Failure> {
+    Ok(Rom::open(path).map_err(romdelta_apply::ApplyError::from)?)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -91,8 +97,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     )))
                 }
             };
-            let source = source.map(|s| open_rom(s)).transpose()?;
-            let target = open_rom(target)?;
+            let source = source.map(|s| open_rom_mapped(s)).transpose()?;
+            let target = open_rom_mapped(target)?;
             let mut opts = DiffOptions {
                 level,
                 ..DiffOptions::default()

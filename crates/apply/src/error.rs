@@ -125,3 +125,15 @@ impl From<Mismatch> for ApplyError {
         ApplyError::Mismatch(Box::new(m))
     }
 }
+
+impl From<romdelta_rom::RomError> for ApplyError {
+    fn from(e: romdelta_rom::RomError) -> Self {
+        match e {
+            romdelta_rom::RomError::Io { path, source } => ApplyError::Io { path, source },
+            romdelta_rom::RomError::Invalid { path, reason } => ApplyError::Io {
+                path,
+                source: std::io::Error::other(reason),
+            },
+        }
+    }
+}

@@ -78,10 +78,10 @@ fn mismatch(
 }
 
 /// Hashes the source bytes an operation reads.
-fn source_hash(src: &Partition, op: &Operation) -> Digest {
+fn source_hash(src: &Partition, op: &Operation) -> Result<Digest, ApplyError> {
     let mut h = sha2::Sha256::new();
-    src.for_each_piece(&op.src_extents, |b| h.update(b));
-    h.finalize().into()
+    src.for_each_piece(&op.src_extents, |b| h.update(b))?;
+    Ok(h.finalize().into())
 }
 
 fn check_source(
@@ -90,7 +90,7 @@ fn check_source(
     i: usize,
     op: &Operation,
 ) -> Result<(), ApplyError> {
-    let actual = source_hash(src, op);
+    let actual = source_hash(src, op)?;
     if actual != op.src_sha256 {
         return Err(mismatch(
             Hashed::Source,
@@ -151,7 +151,7 @@ fn run_op(
                 if res.is_ok() {
                     res = w.write(b);
                 }
-            });
+            })?;
             res?;
         }
         OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiff => {
@@ -160,7 +160,7 @@ fn run_op(
             let mut source = Vec::new();
             if op.kind.reads_source() {
                 let src = src.expect("plan: source reads have a source");
-                src.read_extents(&op.src_extents, &mut source);
+                src.read_extents(&op.src_extents, &mut source)?;
                 let actual = romdelta_format::sha256(&source);
                 if actual != op.src_sha256 {
                     return Err(mismatch(
@@ -190,14 +190,19 @@ fn run_op(
     Ok(w.written)
 }
 
-/// SHA-256 of a file's contents, read through a mapping.
+/// SHA-256 of the first `size` bytes of a file, read through a bounded buffer.
 fn file_hash(file: &File, path: &Path, size: u64) -> Result<Digest, ApplyError> {
-    if size == 0 {
-        return Ok(romdelta_format::sha256(&[]));
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; (1usize << 20).min(size as usize)];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = ((size - pos) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], pos)
+            .map_err(ApplyError::io(path))?;
+        h.update(&buf[..n]);
+        pos += n as u64;
     }
-    // SAFETY: the staged file is private to this process until renamed.
-    let map = unsafe { memmap2::Mmap::map(file) }.map_err(ApplyError::io(path))?;
-    Ok(romdelta_format::sha256(&map[..size as usize]))
+    Ok(h.finalize().into())
 }
 
 enum Staging {
@@ -397,7 +402,7 @@ pub fn verify(pkg: &Package<'_>, source: Option<&Rom>) -> Result<VerifyReport, A
             .zip(&sources)
             .try_for_each(|(p, s)| {
                 if let (Some(src), Some(old)) = (s, p.old) {
-                    let actual = romdelta_format::sha256(src.bytes());
+                    let actual = src.sha256()?;
                     if actual != old.sha256 {
                         return Err(mismatch(Hashed::SourceImage, p, None, old.sha256, actual));
                     }

@@ -199,15 +199,10 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Opens the source ROM at `path`, mapping errors to [`ApplyError::Io`].
+/// Opens the source ROM at `path` for application: read through bounded
+/// buffers, not mapped, so memory stays small whatever the image size.
 pub fn open_rom(path: &Path) -> Result<Rom, ApplyError> {
-    Rom::open(path).map_err(|e| match e {
-        romdelta_rom::RomError::Io { path, source } => ApplyError::Io { path, source },
-        romdelta_rom::RomError::Invalid { path, reason } => ApplyError::Io {
-            path,
-            source: std::io::Error::other(reason),
-        },
-    })
+    Ok(Rom::open_with(path, romdelta_rom::Access::Read)?)
 }
 
 pub use exec::verify;

@@ -158,7 +158,8 @@ fn merge(mut v: Vec<Extent>) -> Vec<Extent> {
 /// Reads the region's target bytes, zero-padded to whole blocks.
 pub fn target_bytes(dst: &Partition, region: Region) -> Vec<u8> {
     let mut v = Vec::with_capacity((region.len * BLOCK_SIZE) as usize);
-    dst.read_extents(&[Extent::new(region.start, region.len)], &mut v);
+    dst.read_extents(&[Extent::new(region.start, region.len)], &mut v)
+        .expect("reads of a mapped image do not fail");
     v
 }
 
@@ -205,7 +206,8 @@ pub fn encode_region(
         return replace(ops::encode_replace(&target, final_level));
     }
     let mut source = Vec::new();
-    src.read_extents(&windows, &mut source);
+    src.read_extents(&windows, &mut source)
+        .expect("reads of a mapped image do not fail");
     let zstd_trial = ops::encode_source_zstd(&source, &target, trial_level);
     let mut trials: Vec<(OpKind, usize)> = vec![
         (OpKind::Replace, replace_trial.len()),

@@ -163,6 +163,17 @@ pub fn write_package(
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<DiffSummary, DiffError> {
+    if let Some(p) = source
+        .into_iter()
+        .chain([target])
+        .flat_map(|r| &r.partitions)
+        .find(|p| !p.is_mapped())
+    {
+        return Err(DiffError::Invalid(format!(
+            "{}: generation needs images opened with Rom::open (mapped)",
+            p.path.display()
+        )));
+    }
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -252,7 +263,8 @@ fn plan_blocks(
             }
             let mut h = sha2::Sha256::new();
             src.expect("copies need a source")
-                .for_each_piece(src_e, |b| h.update(b));
+                .for_each_piece(src_e, |b| h.update(b))
+                .expect("reads of a mapped image do not fail");
             ops.push(Operation {
                 kind: OpKind::SourceCopy,
                 src_extents: std::mem::take(src_e),

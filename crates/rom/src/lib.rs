@@ -1,11 +1,13 @@
 //! A ROM build as romdelta reads it: one partition image, or a directory of
-//! `NAME.img` partition images. Images are memory-mapped; reads past the end
+//! `NAME.img` partition images. Images are memory-mapped for generation and
+//! read through bounded buffers for application; reads past the end
 //! of an image within its last block return zeros, so every image is a whole
 //! number of blocks to the algorithms that work on blocks.
 
 use memmap2::Mmap;
 use romdelta_format::{Extent, BLOCK_SIZE};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Why a ROM could not be read.
@@ -38,19 +40,35 @@ pub enum Layout {
     Directory,
 }
 
-/// One partition image, mapped read-only.
+/// How a partition's bytes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Memory-mapped: every byte addressable at once (generation).
+    Mapped,
+    /// Positioned reads into bounded buffers (application): memory stays
+    /// small whatever the image size, and read errors are reported, not
+    /// raised as signals.
+    Read,
+}
+
+/// Size of the buffer positioned reads go through.
+const READ_CHUNK: usize = 1 << 20;
+
+/// One partition image, opened read-only.
 #[derive(Debug)]
 pub struct Partition {
     /// Partition name (the file stem).
     pub name: String,
     /// Where it was read from.
     pub path: PathBuf,
+    file: File,
+    size: u64,
     map: Option<Mmap>,
 }
 
 impl Partition {
-    /// Opens and maps one image file as partition `name`.
-    pub fn open(name: &str, path: &Path) -> Result<Self, RomError> {
+    /// Opens one image file as partition `name`.
+    pub fn open(name: &str, path: &Path, access: Access) -> Result<Self, RomError> {
         let io = |source| RomError::Io {
             path: path.to_path_buf(),
             source,
@@ -65,8 +83,8 @@ impl Partition {
         }
         // SAFETY: the image is mapped read-only; romdelta never writes to a
         // file it has mapped, and images are not expected to change while a
-        // diff or apply runs (as with any tool that reads them).
-        let map = if meta.len() == 0 {
+        // diff runs (as with any tool that reads them).
+        let map = if meta.len() == 0 || access == Access::Read {
             None
         } else {
             Some(unsafe { Mmap::map(&file) }.map_err(io)?)
@@ -74,18 +92,32 @@ impl Partition {
         Ok(Partition {
             name: name.to_string(),
             path: path.to_path_buf(),
+            file,
+            size: meta.len(),
             map,
         })
     }
 
-    /// The image bytes.
+    /// The image bytes of a partition opened with [`Access::Mapped`].
+    ///
+    /// # Panics
+    /// If the partition was opened with [`Access::Read`].
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.map {
+            Some(m) => m,
+            None if self.size == 0 => &[],
+            None => panic!("{}: bytes() needs a mapped partition", self.path.display()),
+        }
+    }
+
+    /// Whether [`Partition::bytes`] is available.
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some() || self.size == 0
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.bytes().len() as u64
+        self.size
     }
 
     /// Number of blocks, counting a final partial block.
@@ -93,7 +125,8 @@ impl Partition {
         self.size().div_ceil(BLOCK_SIZE)
     }
 
-    /// The bytes of block `index`, zero-padded to a whole block; `None` past the end.
+    /// The bytes of block `index` of a mapped partition, zero-padded to a
+    /// whole block; `None` past the end.
     pub fn block(&self, index: u64) -> Option<std::borrow::Cow<'_, [u8]>> {
         let start = index.checked_mul(BLOCK_SIZE)?;
         let bytes = self.bytes();
@@ -111,35 +144,77 @@ impl Partition {
         }
     }
 
-    /// Appends the bytes of `extents` to `out`, zero-padding past the end of
-    /// the image. The caller has checked that every extent lies within
-    /// [`Partition::blocks`].
-    pub fn read_extents(&self, extents: &[Extent], out: &mut Vec<u8>) {
-        let bytes = self.bytes();
-        for e in extents {
-            let start = (e.byte_offset() as usize).min(bytes.len());
-            let end = ((e.byte_offset() + e.byte_len()) as usize).min(bytes.len());
-            out.extend_from_slice(&bytes[start..end]);
-            out.resize(out.len() + (e.byte_len() as usize - (end - start)), 0);
+    fn io_err(&self) -> impl Fn(std::io::Error) -> RomError + '_ {
+        |source| RomError::Io {
+            path: self.path.clone(),
+            source,
         }
     }
 
+    /// Appends the bytes of `extents` to `out`, zero-padding past the end of
+    /// the image. The caller has checked that every extent lies within
+    /// [`Partition::blocks`].
+    pub fn read_extents(&self, extents: &[Extent], out: &mut Vec<u8>) -> Result<(), RomError> {
+        self.for_each_piece(extents, |b| out.extend_from_slice(b))
+    }
+
     /// Feeds the bytes of `extents` (zero-padded like [`Partition::read_extents`])
-    /// to `f` in pieces, without copying them.
-    pub fn for_each_piece(&self, extents: &[Extent], mut f: impl FnMut(&[u8])) {
+    /// to `f` in pieces of at most 1 MiB when reading, without copying when mapped.
+    pub fn for_each_piece(
+        &self,
+        extents: &[Extent],
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), RomError> {
         const ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
-        let bytes = self.bytes();
+        let mut buf = Vec::new();
         for e in extents {
-            let start = (e.byte_offset() as usize).min(bytes.len());
-            let end = ((e.byte_offset() + e.byte_len()) as usize).min(bytes.len());
-            f(&bytes[start..end]);
-            let mut pad = e.byte_len() as usize - (end - start);
+            let start = e.byte_offset().min(self.size);
+            let end = (e.byte_offset() + e.byte_len()).min(self.size);
+            match &self.map {
+                Some(m) => f(&m[start as usize..end as usize]),
+                None => {
+                    let mut pos = start;
+                    while pos < end {
+                        let n = ((end - pos) as usize).min(READ_CHUNK);
+                        buf.resize(n, 0);
+                        self.file
+                            .read_exact_at(&mut buf, pos)
+                            .map_err(self.io_err())?;
+                        f(&buf);
+                        pos += n as u64;
+                    }
+                }
+            }
+            let mut pad = (e.byte_len() - (end - start)) as usize;
             while pad > 0 {
                 let n = pad.min(ZEROS.len());
                 f(&ZEROS[..n]);
                 pad -= n;
             }
         }
+        Ok(())
+    }
+
+    /// SHA-256 of exactly the image's bytes.
+    pub fn sha256(&self) -> Result<romdelta_format::Digest, RomError> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        match &self.map {
+            Some(m) => h.update(&m[..]),
+            None => {
+                let mut buf = vec![0u8; READ_CHUNK.min(self.size as usize)];
+                let mut pos = 0u64;
+                while pos < self.size {
+                    let n = ((self.size - pos) as usize).min(buf.len());
+                    self.file
+                        .read_exact_at(&mut buf[..n], pos)
+                        .map_err(self.io_err())?;
+                    h.update(&buf[..n]);
+                    pos += n as u64;
+                }
+            }
+        }
+        Ok(h.finalize().into())
     }
 }
 
@@ -163,14 +238,20 @@ pub fn name_for_image(path: &Path) -> String {
 }
 
 impl Rom {
-    /// Opens a ROM: an image file, or a directory whose `*.img` files are its partitions.
+    /// Opens a ROM for generation: an image file, or a directory whose
+    /// `*.img` files are its partitions, memory-mapped.
     pub fn open(path: &Path) -> Result<Rom, RomError> {
+        Self::open_with(path, Access::Mapped)
+    }
+
+    /// Opens a ROM with the given access mode.
+    pub fn open_with(path: &Path, access: Access) -> Result<Rom, RomError> {
         let meta = std::fs::metadata(path).map_err(|source| RomError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         if meta.is_file() {
-            let p = Partition::open(&name_for_image(path), path)?;
+            let p = Partition::open(&name_for_image(path), path, access)?;
             return Ok(Rom {
                 layout: Layout::Image,
                 partitions: vec![p],
@@ -202,7 +283,7 @@ impl Rom {
                 path: p.clone(),
                 reason: e.to_string(),
             })?;
-            partitions.push(Partition::open(&name, &p)?);
+            partitions.push(Partition::open(&name, &p, access)?);
         }
         if partitions.is_empty() {
             return Err(RomError::Invalid {
