@@ -181,3 +181,43 @@ fn wrong_source_is_refused_naming_partition_and_blocks() {
         .code(1)
         .stderr(predicate::str::contains("partition system"));
 }
+
+#[test]
+fn apply_streams_a_package_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = synth_roms(dir.path(), 6);
+    let pkg = dir.path().join("u.romdelta");
+    romdelta()
+        .args(["diff", "--level", "3"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(&pkg)
+        .assert()
+        .success();
+    let out = dir.path().join("out");
+    romdelta()
+        .args(["apply", "-", "--threads", "2", "--source"])
+        .arg(&old)
+        .arg("-o")
+        .arg(&out)
+        .write_stdin(std::fs::read(&pkg).unwrap())
+        .assert()
+        .success();
+    for name in listing(&new) {
+        assert!(std::fs::read(out.join(&name)).unwrap() == std::fs::read(new.join(&name)).unwrap());
+    }
+    // Bytes past the data section are refused too.
+    let mut longer = std::fs::read(&pkg).unwrap();
+    longer.push(0);
+    let out2 = dir.path().join("out2");
+    romdelta()
+        .args(["apply", "-", "--source"])
+        .arg(&old)
+        .arg("-o")
+        .arg(&out2)
+        .write_stdin(longer)
+        .assert()
+        .code(1);
+    assert!(!out2.exists());
+}

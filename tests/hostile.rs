@@ -1,5 +1,5 @@
 //! Damaged packages: every truncation and thousands of bit flips, fed to
-//! `inspect`, `verify` and `apply`. Each must end with exit 1 or 2 and a
+//! `inspect`, `verify`, `apply` and `apply -` (from a pipe). Each must end with exit 1 or 2 and a
 //! message, never a panic, never an output that looks finished.
 
 use crate::common::romdelta;
@@ -57,8 +57,16 @@ fn check_damaged(dir: &Path, src: &Path, bytes: &[u8], label: &str) {
             .arg(&out)
             .output()
             .unwrap(),
+        romdelta()
+            .args(["apply", "-", "--source"])
+            .arg(src)
+            .arg("-o")
+            .arg(&out)
+            .write_stdin(bytes.to_vec())
+            .output()
+            .unwrap(),
     ];
-    for (cmd, o) in ["inspect", "verify", "apply"].iter().zip(&runs) {
+    for (cmd, o) in ["inspect", "verify", "apply", "apply -"].iter().zip(&runs) {
         let code = o.status.code();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(

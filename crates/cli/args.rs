@@ -49,7 +49,7 @@ pub enum Command {
     },
     /// Apply a package, writing the new build to OUT (a file for an image, a directory for a ROM).
     Apply {
-        /// The package.
+        /// The package, or `-` to read it from standard input in one pass.
         package: PathBuf,
         /// The build the package was made from (needed for incremental packages).
         #[arg(long, value_name = "SOURCE")]

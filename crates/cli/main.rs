@@ -136,15 +136,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             threads,
             json,
         } => {
-            let file = PackageFile::open(&package)?;
-            let pkg = file.parse()?;
             let source = source.map(|s| open_rom(&s)).transpose()?;
-            let plan = Plan::new(&pkg, source.as_ref(), &output)?;
-            let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
-            let bar = progress::bar(json, total, "apply");
             let started = std::time::Instant::now();
-            let report = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
-            bar.finish_and_clear();
+            let report = if package.as_os_str() == "-" {
+                // One pass over standard input, no temporary copy.
+                let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
+                let prefix = romdelta_apply::read_stream_prefix(&mut input)?;
+                let plan = Plan::for_stream(&prefix.manifest, source.as_ref(), &output)?;
+                let total: u64 = prefix.manifest.partitions.iter().map(|p| p.new.size).sum();
+                let bar = progress::bar(json, total, "apply");
+                let r = with_threads(threads, || {
+                    plan.execute_stream(&mut input, &|n| bar.set_position(n))
+                })??;
+                bar.finish_and_clear();
+                r
+            } else {
+                let file = PackageFile::open(&package)?;
+                let pkg = file.parse()?;
+                let plan = Plan::new(&pkg, source.as_ref(), &output)?;
+                let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
+                let bar = progress::bar(json, total, "apply");
+                let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
+                bar.finish_and_clear();
+                r
+            };
             if json {
                 println!(
                     "{}",

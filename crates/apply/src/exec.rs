@@ -3,14 +3,17 @@
 use crate::{ApplyError, ApplyReport, Hashed, Mismatch, Plan};
 use rayon::prelude::*;
 use romdelta_format::{
-    hex_digest, ops, Digest, Extent, OpKind, Operation, Package, PartitionUpdate, BLOCK_SIZE,
+    hex_digest, ops, Digest, Extent, FormatError, OpKind, Operation, Package, PartitionUpdate,
+    BLOCK_SIZE,
 };
 use romdelta_rom::{Layout, Partition, Rom};
 use sha2::Digest as _;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Writes a byte stream into the destination extents of one operation,
 /// dropping bytes past the end of the image (its last block may be partial).
@@ -124,7 +127,7 @@ fn check_data(
 
 /// Runs one operation: checks, decodes, writes. Returns bytes written.
 fn run_op(
-    pkg: &Package<'_>,
+    data: &[u8],
     part: &PartitionUpdate,
     i: usize,
     src: Option<&Partition>,
@@ -155,7 +158,6 @@ fn run_op(
             res?;
         }
         OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiff => {
-            let data = pkg.op_data(op);
             check_data(data, part, i, op)?;
             let mut source = Vec::new();
             if op.kind.reads_source() {
@@ -224,24 +226,142 @@ fn sync_dir(dir: &Path) -> Result<(), ApplyError> {
 }
 
 impl Plan<'_> {
-    /// Runs the plan. `progress` is called with the bytes written so far.
+    /// Runs the plan on a package held in memory (see [`Plan::new`]).
+    /// `progress` is called with the bytes written so far.
     pub fn execute(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<ApplyReport, ApplyError> {
-        let m = &self.pkg.manifest;
-        let out = &self.output.path;
-        let parent = parent_of(out);
+        let data = self.data.ok_or_else(|| {
+            ApplyError::Refused("this plan reads its data from a stream: use execute_stream".into())
+        })?;
+        let m = self.manifest;
+        let (staging, outputs) = self.stage()?;
+        let jobs: Vec<(usize, usize)> = m
+            .partitions
+            .iter()
+            .enumerate()
+            .flat_map(|(pi, p)| (0..p.operations.len()).map(move |oi| (pi, oi)))
+            .collect();
+        let written = AtomicU64::new(0);
+        jobs.par_iter().try_for_each(|&(pi, oi)| {
+            let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
+            let op_data = if op.kind.has_data() {
+                let start = op.data_offset as usize;
+                &data[start..start + op.data_length as usize]
+            } else {
+                &[]
+            };
+            let n = run_op(op_data, p, oi, self.sources[pi], &outputs[pi])?;
+            progress(written.fetch_add(n, Ordering::Relaxed) + n);
+            Ok::<(), ApplyError>(())
+        })?;
+        self.finish(staging, outputs, written.load(Ordering::Relaxed))
+    }
+
+    /// Runs the plan while reading the data section from `data`, which must
+    /// be positioned at its first byte (see [`read_stream_prefix`]). Data is
+    /// read once, in order; each operation runs as soon as its data has
+    /// arrived, on as many workers as the current rayon pool has threads,
+    /// with at most a few operations' data in memory at once.
+    pub fn execute_stream(
+        &self,
+        data: &mut dyn Read,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<ApplyReport, ApplyError> {
+        let m = self.manifest;
+        let (staging, outputs) = self.stage()?;
+        let workers = rayon::current_num_threads().max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, usize, Vec<u8>)>(workers);
+        let rx = Mutex::new(rx);
+        let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
+        let failed = AtomicBool::new(false);
+        let written = AtomicU64::new(0);
+        let fail = |e: ApplyError| {
+            failed.store(true, Ordering::SeqCst);
+            first_error.lock().expect("not poisoned").get_or_insert(e);
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let job = rx.lock().expect("not poisoned").recv();
+                    let Ok((pi, oi, op_data)) = job else { break };
+                    if failed.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let p = &m.partitions[pi];
+                    match run_op(&op_data, p, oi, self.sources[pi], &outputs[pi]) {
+                        Ok(n) => progress(written.fetch_add(n, Ordering::Relaxed) + n),
+                        Err(e) => fail(e),
+                    }
+                });
+            }
+            // Operations without data first: they run while data arrives.
+            let indexed = || {
+                m.partitions.iter().enumerate().flat_map(|(pi, p)| {
+                    p.operations
+                        .iter()
+                        .enumerate()
+                        .map(move |(oi, op)| (pi, oi, op))
+                })
+            };
+            for (pi, oi, _) in indexed().filter(|(_, _, op)| !op.kind.has_data()) {
+                if failed.load(Ordering::SeqCst) || tx.send((pi, oi, Vec::new())).is_err() {
+                    break;
+                }
+            }
+            // Then the data section, in manifest order (the format requires it).
+            for (pi, oi, op) in indexed().filter(|(_, _, op)| op.kind.has_data()) {
+                if failed.load(Ordering::SeqCst) {
+                    break;
+                }
+                match read_exactly(data, op.data_length, "operation data") {
+                    Ok(buf) => {
+                        if tx.send((pi, oi, buf)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        fail(match e {
+                            ApplyError::Format(f) => ApplyError::Refused(format!(
+                                "partition {}, operation {oi}: the package stream ended early ({f})",
+                                m.partitions[pi].name
+                            )),
+                            other => other,
+                        });
+                        break;
+                    }
+                }
+            }
+            if !failed.load(Ordering::SeqCst) {
+                let mut one = [0u8; 1];
+                match read_full(data, &mut one) {
+                    Ok(0) => {}
+                    Ok(_) => fail(ApplyError::Format(FormatError::Trailing {
+                        what: "package stream",
+                        extra: 1,
+                    })),
+                    Err(e) => fail(e),
+                }
+            }
+            drop(tx);
+        });
+        if let Some(e) = first_error.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        self.finish(staging, outputs, written.load(Ordering::Relaxed))
+    }
+
+    /// Creates the staged output files, sized to their new images.
+    fn stage(&self) -> Result<(Staging, Vec<Output>), ApplyError> {
+        let m = self.manifest;
+        let parent = parent_of(&self.output.path);
         let staging_builder = || {
             let mut b = tempfile::Builder::new();
             b.prefix(".romdelta-").suffix(".partial");
             b
         };
-        let image_builder = || {
-            let mut b = staging_builder();
-            b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-            b
-        };
         let (staging, outputs) = match self.output.layout {
             Layout::Image => {
-                let t = image_builder()
+                let t = staging_builder()
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
                     .tempfile_in(&parent)
                     .map_err(ApplyError::io(&parent))?;
                 let file = t.as_file().try_clone().map_err(ApplyError::io(t.path()))?;
@@ -279,25 +399,20 @@ impl Plan<'_> {
                 .set_len(p.new.size)
                 .map_err(ApplyError::io(&o.path))?;
         }
-        let jobs: Vec<(usize, usize)> = m
-            .partitions
-            .iter()
-            .enumerate()
-            .flat_map(|(pi, p)| (0..p.operations.len()).map(move |oi| (pi, oi)))
-            .collect();
-        let written = AtomicU64::new(0);
-        jobs.par_iter().try_for_each(|&(pi, oi)| {
-            let n = run_op(
-                self.pkg,
-                &m.partitions[pi],
-                oi,
-                self.sources[pi],
-                &outputs[pi],
-            )?;
-            progress(written.fetch_add(n, Ordering::Relaxed) + n);
-            Ok::<(), ApplyError>(())
-        })?;
-        // Sync, then hash what is on disk; every partition must match.
+        Ok((staging, outputs))
+    }
+
+    /// Syncs and hashes every written image from disk and, only when all
+    /// match, renames the staged output into place.
+    fn finish(
+        &self,
+        staging: Staging,
+        outputs: Vec<Output>,
+        bytes_written: u64,
+    ) -> Result<ApplyReport, ApplyError> {
+        let m = self.manifest;
+        let out = &self.output.path;
+        let parent = parent_of(out);
         outputs
             .par_iter()
             .zip(&m.partitions)
@@ -317,7 +432,7 @@ impl Plan<'_> {
                 .map(|(p, o)| (o.name.clone(), p.new.size, hex_digest(&p.new.sha256)))
                 .collect(),
             output: out.clone(),
-            bytes_written: written.load(Ordering::Relaxed),
+            bytes_written,
         };
         drop(outputs);
         match staging {
@@ -349,6 +464,69 @@ impl Plan<'_> {
         sync_dir(&parent)?;
         Ok(report)
     }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ApplyError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ApplyError::io("<package stream>")(e)),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads exactly `len` bytes. The buffer grows only as bytes arrive, so a
+/// length field cannot make it allocate more than the stream really holds.
+fn read_exactly(r: &mut dyn Read, len: u64, what: &'static str) -> Result<Vec<u8>, ApplyError> {
+    const STEP: usize = 1 << 20;
+    let mut buf = Vec::new();
+    while (buf.len() as u64) < len {
+        let want = ((len - buf.len() as u64) as usize).min(STEP);
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let got = read_full(r, &mut buf[start..])?;
+        if got < want {
+            return Err(ApplyError::Format(FormatError::Truncated {
+                what,
+                need: len - (start + got) as u64,
+                have: 0,
+            }));
+        }
+    }
+    Ok(buf)
+}
+
+/// The sections of a package that precede its data, read from a stream.
+pub struct StreamPrefix {
+    /// The header.
+    pub header: romdelta_format::Header,
+    /// The manifest, validated.
+    pub manifest: romdelta_format::Manifest,
+    /// The raw manifest bytes (what signatures sign).
+    pub manifest_bytes: Vec<u8>,
+    /// The signatures.
+    pub signatures: Vec<romdelta_format::Signature>,
+}
+
+/// Reads and checks the header, manifest and signatures of a package from
+/// a stream, leaving it at the first byte of the data section.
+pub fn read_stream_prefix(r: &mut dyn Read) -> Result<StreamPrefix, ApplyError> {
+    let head = read_exactly(r, romdelta_format::HEADER_LEN, "header")?;
+    let header = romdelta_format::Header::decode(&head)?;
+    let manifest_bytes = read_exactly(r, header.manifest_len, "manifest")?;
+    let sig_bytes = read_exactly(r, header.signatures_len, "signatures")?;
+    let (manifest, signatures) = Package::parse_sections(&header, &manifest_bytes, &sig_bytes)?;
+    Ok(StreamPrefix {
+        header,
+        manifest,
+        manifest_bytes,
+        signatures,
+    })
 }
 
 /// What [`verify`] checked.
@@ -385,7 +563,7 @@ pub fn verify(pkg: &Package<'_>, source: Option<&Rom>) -> Result<VerifyReport, A
         .filter(|(pi, oi)| m.partitions[*pi].operations[*oi].kind.has_data())
         .count() as u64;
     if let Some(source) = source {
-        let sources = crate::match_sources(pkg, Some(source))?;
+        let sources = crate::match_sources(&pkg.manifest, Some(source))?;
         jobs.par_iter().try_for_each(|&(pi, oi)| {
             let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
             if let (Some(src), true) = (sources[pi], op.kind.reads_source()) {

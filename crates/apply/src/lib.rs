@@ -20,7 +20,7 @@ mod exec;
 pub use error::{ApplyError, Hashed, Mismatch};
 
 use memmap2::Mmap;
-use romdelta_format::{Package, PackageKind};
+use romdelta_format::{Manifest, Package, PackageKind};
 use romdelta_rom::{Layout, Partition, Rom};
 use std::path::{Path, PathBuf};
 
@@ -74,7 +74,9 @@ pub struct OutputSpec {
 
 /// A package checked against its source and output; the only thing that can be executed.
 pub struct Plan<'a> {
-    pub(crate) pkg: &'a Package<'a>,
+    pub(crate) manifest: &'a Manifest,
+    /// The data section, when the whole package is in memory.
+    pub(crate) data: Option<&'a [u8]>,
     /// For each partition update, the source partition it reads (if any).
     pub(crate) sources: Vec<Option<&'a Partition>>,
     pub(crate) output: OutputSpec,
@@ -93,10 +95,9 @@ pub struct ApplyReport {
 
 /// Finds the source partition each partition update reads, and checks its size.
 pub fn match_sources<'a>(
-    pkg: &Package<'_>,
+    m: &Manifest,
     source: Option<&'a Rom>,
 ) -> Result<Vec<Option<&'a Partition>>, ApplyError> {
-    let m = &pkg.manifest;
     if m.kind == PackageKind::Delta && source.is_none() {
         return Err(ApplyError::Refused(
             "this is an incremental package: it needs the source build (--source)".into(),
@@ -152,10 +153,22 @@ impl<'a> Plan<'a> {
         source: Option<&'a Rom>,
         out: &Path,
     ) -> Result<Self, ApplyError> {
-        let sources = match_sources(pkg, source)?;
+        let mut plan = Self::for_stream(&pkg.manifest, source, out)?;
+        plan.data = Some(pkg.data);
+        Ok(plan)
+    }
+
+    /// Like [`Plan::new`], for a package whose data section will be read
+    /// from a stream by [`Plan::execute_stream`].
+    pub fn for_stream(
+        manifest: &'a Manifest,
+        source: Option<&'a Rom>,
+        out: &Path,
+    ) -> Result<Self, ApplyError> {
+        let sources = match_sources(manifest, source)?;
         let layout = match source {
-            Some(s) if pkg.manifest.kind == PackageKind::Delta => s.layout,
-            _ if pkg.manifest.partitions.len() == 1 && !out.is_dir() => Layout::Image,
+            Some(s) if manifest.kind == PackageKind::Delta => s.layout,
+            _ if manifest.partitions.len() == 1 && !out.is_dir() => Layout::Image,
             _ => Layout::Directory,
         };
         match layout {
@@ -189,7 +202,8 @@ impl<'a> Plan<'a> {
             _ => {}
         }
         Ok(Plan {
-            pkg,
+            manifest,
+            data: None,
             sources,
             output: OutputSpec {
                 path: out.to_path_buf(),
@@ -205,4 +219,4 @@ pub fn open_rom(path: &Path) -> Result<Rom, ApplyError> {
     Ok(Rom::open_with(path, romdelta_rom::Access::Read)?)
 }
 
-pub use exec::verify;
+pub use exec::{read_stream_prefix, verify, StreamPrefix, VerifyReport};

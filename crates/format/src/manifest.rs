@@ -198,6 +198,9 @@ impl Operation {
                 if self.data_length == 0 {
                     return bad("no data");
                 }
+                if self.data_length > max_data_len(dst) {
+                    return bad("more data than any encoding of its destination needs");
+                }
             }
         }
         Ok(())
@@ -218,6 +221,14 @@ impl Operation {
             w.bytes(&self.src_sha256);
         }
     }
+}
+
+/// The most data an operation writing `dst_blocks` blocks may carry: a
+/// little above zstd's worst-case bound for that many bytes, so that REPLACE
+/// always fits and a reader of a stream never buffers more than this.
+pub fn max_data_len(dst_blocks: u64) -> u64 {
+    let n = dst_blocks * BLOCK_SIZE;
+    n + n / 128 + 1024
 }
 
 /// Size and hash of a partition image.
