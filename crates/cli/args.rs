@@ -121,6 +121,9 @@ pub struct Tuning {
     /// Do not use content anchors.
     #[arg(long, hide = true)]
     pub no_anchors: bool,
+    /// Source blocks kept around those the bsdiff matcher reads.
+    #[arg(long, hide = true)]
+    pub trim_slack_blocks: Option<u64>,
 }
 
 impl Tuning {
@@ -146,6 +149,9 @@ impl Tuning {
         }
         if self.no_anchors {
             o.anchors = false;
+        }
+        if let Some(v) = self.trim_slack_blocks {
+            o.trim_slack_blocks = v;
         }
     }
 }

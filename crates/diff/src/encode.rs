@@ -34,6 +34,8 @@ pub struct EncodeParams {
     pub max_alignments: usize,
     /// zstd level of the trial encodings that pick the encoder.
     pub trial_level: i32,
+    /// Source blocks kept around those a bsdiff patch reads.
+    pub trim_slack_blocks: u64,
 }
 
 /// The chosen encoding of one region.
@@ -213,15 +215,22 @@ pub fn encode_region(
         (OpKind::Replace, replace_trial.len()),
         (OpKind::SourceZstd, zstd_trial.len()),
     ];
-    let mut patch = None;
+    // Where the source helps, run the bsdiff matcher, then keep only the
+    // source blocks it reads (and a little around them): the final encoders
+    // and the applier then read, hash and index far less.
+    let mut trimmed = None;
     if zstd_trial.len() * 10 < replace_trial.len() * 9 {
         let pt = crate::bsdiff::diff(&source, &target);
         trials.push((
             OpKind::SourceBsdiff,
             ops::encode_bsdiff(&pt, trial_level).len(),
         ));
-        patch = Some(pt);
+        trimmed = Some(trim_source(&windows, &source, pt, p.trim_slack_blocks));
     }
+    let (final_windows, final_source) = match &trimmed {
+        Some(t) => (&t.extents, &t.source),
+        None => (&windows, &source),
+    };
     let best_trial = trials.iter().map(|t| t.1).min().expect("non-empty");
     let mut best: Option<(OpKind, Vec<u8>)> = None;
     for (kind, size) in trials {
@@ -231,9 +240,9 @@ pub fn encode_region(
         let data = match (kind, trial_level == final_level) {
             (OpKind::Replace, true) => replace_trial.clone(),
             (OpKind::Replace, false) => ops::encode_replace(&target, final_level),
-            (OpKind::SourceZstd, true) => zstd_trial.clone(),
-            (OpKind::SourceZstd, false) => ops::encode_source_zstd(&source, &target, final_level),
-            _ => ops::encode_bsdiff(patch.as_ref().expect("tried"), final_level),
+            (OpKind::SourceZstd, true) if trimmed.is_none() => zstd_trial.clone(),
+            (OpKind::SourceZstd, _) => ops::encode_source_zstd(final_source, &target, final_level),
+            _ => ops::encode_bsdiff(&trimmed.as_ref().expect("tried").patch, final_level),
         };
         if best.as_ref().is_none_or(|(_, b)| data.len() < b.len()) {
             best = Some((kind, data));
@@ -245,8 +254,169 @@ pub fn encode_region(
     }
     Encoded {
         kind,
-        src_extents: windows,
-        src_sha256: sha256(&source),
+        src_extents: final_windows.clone(),
+        src_sha256: sha256(final_source),
         data,
+    }
+}
+
+/// A source window cut down to the blocks a bsdiff patch reads.
+pub struct Trimmed {
+    /// The source extents kept, in order.
+    pub extents: Vec<Extent>,
+    /// Their bytes, concatenated.
+    pub source: Vec<u8>,
+    /// The patch, rewritten to read the kept bytes.
+    pub patch: ops::BsdiffPatch,
+}
+
+/// Keeps the blocks of `source` (the bytes of `windows`) that `patch`
+/// reads, plus `slack` blocks around each, and rewrites the patch's cursor
+/// moves for the shorter source. The diff and extra streams do not change.
+pub fn trim_source(
+    windows: &[Extent],
+    source: &[u8],
+    patch: ops::BsdiffPatch,
+    slack: u64,
+) -> Trimmed {
+    let bs = BLOCK_SIZE as usize;
+    let n = source.len() / bs;
+    // Absolute start of each entry's add segment in `source`.
+    let mut starts = Vec::with_capacity(patch.controls.len());
+    let mut keep = vec![false; n];
+    let mut pos = 0i64;
+    for c in &patch.controls {
+        starts.push(pos);
+        if c.add > 0 {
+            let (first, last) = (pos as usize / bs, (pos as usize + c.add as usize - 1) / bs);
+            let lo = first.saturating_sub(slack as usize);
+            let hi = (last + slack as usize).min(n - 1);
+            keep[lo..=hi].iter_mut().for_each(|k| *k = true);
+        }
+        pos += c.add as i64 + c.seek;
+    }
+    if !keep.contains(&true) {
+        return Trimmed {
+            extents: windows.to_vec(),
+            source: source.to_vec(),
+            patch,
+        };
+    }
+    // dropped[b]: blocks dropped before block b.
+    let mut dropped = Vec::with_capacity(n);
+    let mut d = 0usize;
+    for &k in &keep {
+        dropped.push(d);
+        if !k {
+            d += 1;
+        }
+    }
+    let remap = |p: i64| p - (dropped[p as usize / bs] * bs) as i64;
+    let mut controls: Vec<ops::Control> = Vec::with_capacity(patch.controls.len() + 1);
+    let mut cursor = 0i64; // where the new cursor is before each entry
+    let mut new_starts = Vec::with_capacity(starts.len());
+    for (c, &s) in patch.controls.iter().zip(&starts) {
+        let q = if c.add > 0 { remap(s) } else { cursor };
+        new_starts.push(q);
+        cursor = q + c.add as i64;
+    }
+    if new_starts.first().is_some_and(|&q| q != 0) {
+        controls.push(ops::Control {
+            add: 0,
+            copy: 0,
+            seek: new_starts[0],
+        });
+    }
+    for (i, c) in patch.controls.iter().enumerate() {
+        let next = new_starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(new_starts[i] + c.add as i64);
+        controls.push(ops::Control {
+            add: c.add,
+            copy: c.copy,
+            seek: next - (new_starts[i] + c.add as i64),
+        });
+    }
+    // The kept blocks, as source extents and bytes.
+    let mut extents: Vec<Extent> = Vec::new();
+    let mut bytes = Vec::with_capacity(source.len() - d * bs);
+    let mut rel = 0usize;
+    for w in windows {
+        for b in 0..w.num_blocks as usize {
+            if keep[rel + b] {
+                let abs = w.start_block + b as u64;
+                match extents.last_mut() {
+                    Some(e) if e.end_block() == abs => e.num_blocks += 1,
+                    _ => extents.push(Extent::new(abs, 1)),
+                }
+                bytes.extend_from_slice(&source[(rel + b) * bs..(rel + b + 1) * bs]);
+            }
+        }
+        rel += w.num_blocks as usize;
+    }
+    Trimmed {
+        extents,
+        source: bytes,
+        patch: ops::BsdiffPatch {
+            controls,
+            diff: patch.diff,
+            extra: patch.extra,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimmed_patches_decode_to_the_same_target() {
+        let bs = BLOCK_SIZE as usize;
+        // A 40-block source made of three windows; the target reuses pieces
+        // of blocks 3-5 and 30-31 (out of order) with edits and new bytes.
+        let windows = [
+            Extent::new(100, 10),
+            Extent::new(500, 20),
+            Extent::new(7, 10),
+        ];
+        let mut x = 99u32;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        };
+        let source: Vec<u8> = (0..40 * bs).map(|_| rnd()).collect();
+        let mut target = source[30 * bs..32 * bs].to_vec();
+        target.extend((0..3000).map(|_| rnd()));
+        target.extend_from_slice(&source[3 * bs + 100..6 * bs]);
+        target[5000] ^= 0xff;
+        let patch = crate::bsdiff::diff(&source, &target);
+        for slack in [0, 1, 2, 50] {
+            let t = trim_source(&windows, &source, patch.clone(), slack);
+            assert!(t.source.len() < source.len() || slack == 50);
+            assert_eq!(
+                t.source.len() as u64,
+                crate::blocks_in(&t.extents) * BLOCK_SIZE
+            );
+            let data = ops::encode_bsdiff(&t.patch, 3);
+            let mut out = vec![0; target.len()];
+            ops::decode_bsdiff(&data, &t.source, &mut out).unwrap();
+            assert_eq!(out, target, "slack {slack}");
+            // The extents name the kept blocks of the original source.
+            let mut rebuilt = Vec::new();
+            for e in &t.extents {
+                let mut rel = 0u64;
+                for w in &windows {
+                    if e.start_block >= w.start_block && e.end_block() <= w.end_block() {
+                        let off = (rel + e.start_block - w.start_block) as usize * bs;
+                        rebuilt.extend_from_slice(&source[off..off + e.byte_len() as usize]);
+                    }
+                    rel += w.num_blocks;
+                }
+            }
+            assert_eq!(rebuilt, t.source);
+        }
     }
 }

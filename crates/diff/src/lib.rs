@@ -18,6 +18,8 @@ pub mod blocks;
 pub mod bsdiff;
 pub mod encode;
 
+pub use romdelta_format::blocks_in;
+
 use blocks::{BlockClass, SourceIndex};
 use encode::{EncodeParams, Region};
 use rayon::prelude::*;
@@ -69,6 +71,9 @@ pub struct DiffOptions {
     pub trial_level: i32,
     /// Find source windows by content anchors (not only by offset).
     pub anchors: bool,
+    /// Source blocks kept around those the bsdiff matcher reads (the rest
+    /// of a region's source window is dropped before the final encodes).
+    pub trim_slack_blocks: u64,
     /// The build the package produces.
     pub target_build: BuildInfo,
     /// The build an incremental package applies to.
@@ -88,6 +93,7 @@ impl Default for DiffOptions {
             batch_regions: 64,
             trial_level: 9,
             anchors: true,
+            trim_slack_blocks: 2,
             target_build: BuildInfo::default(),
             source_build: BuildInfo::default(),
         }
@@ -363,6 +369,7 @@ fn diff_partition(
         anchor_search_blocks: 4096,
         max_alignments: 16,
         trial_level: opts.trial_level,
+        trim_slack_blocks: opts.trim_slack_blocks,
     };
     for batch in regions.chunks(opts.batch_regions.max(1)) {
         let encoded: Vec<_> = batch
