@@ -31,6 +31,7 @@ fn diff_apply_verify_inspect_on_a_rom_directory() {
         .arg(&pkg)
         .arg("--source")
         .arg(&old)
+        .arg("--insecure-no-verify")
         .assert()
         .success()
         .stdout(predicate::str::contains("OK"));
@@ -42,6 +43,7 @@ fn diff_apply_verify_inspect_on_a_rom_directory() {
         .arg(&old)
         .arg("-o")
         .arg(&out)
+        .arg("--insecure-no-verify")
         .assert()
         .success();
     assert_eq!(listing(&out), listing(&new));
@@ -95,6 +97,7 @@ fn full_package_needs_no_source() {
         .arg(&pkg)
         .arg("-o")
         .arg(&out)
+        .arg("--insecure-no-verify")
         .assert()
         .success();
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&img).unwrap());
@@ -113,6 +116,7 @@ fn full_package_needs_no_source() {
         .arg(&inc)
         .arg("-o")
         .arg(dir.path().join("x.img"))
+        .arg("--insecure-no-verify")
         .assert()
         .code(1)
         .stderr(predicate::str::contains("needs the source build"));
@@ -158,6 +162,7 @@ fn wrong_source_is_refused_naming_partition_and_blocks() {
         .arg(&old)
         .arg("-o")
         .arg(&out)
+        .arg("--insecure-no-verify")
         .assert()
         .code(1)
         .stderr(predicate::str::contains("partition system"))
@@ -177,6 +182,7 @@ fn wrong_source_is_refused_naming_partition_and_blocks() {
         .arg(&pkg)
         .arg("--source")
         .arg(&old)
+        .arg("--insecure-no-verify")
         .assert()
         .code(1)
         .stderr(predicate::str::contains("partition system"));
@@ -197,7 +203,14 @@ fn apply_streams_a_package_from_stdin() {
         .success();
     let out = dir.path().join("out");
     romdelta()
-        .args(["apply", "-", "--threads", "2", "--source"])
+        .args([
+            "apply",
+            "-",
+            "--insecure-no-verify",
+            "--threads",
+            "2",
+            "--source",
+        ])
         .arg(&old)
         .arg("-o")
         .arg(&out)
@@ -212,7 +225,7 @@ fn apply_streams_a_package_from_stdin() {
     longer.push(0);
     let out2 = dir.path().join("out2");
     romdelta()
-        .args(["apply", "-", "--source"])
+        .args(["apply", "-", "--insecure-no-verify", "--source"])
         .arg(&old)
         .arg("-o")
         .arg(&out2)
@@ -220,4 +233,118 @@ fn apply_streams_a_package_from_stdin() {
         .assert()
         .code(1);
     assert!(!out2.exists());
+}
+
+#[test]
+fn signed_packages_apply_only_with_a_trusted_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (old, new) = synth_roms(d, 8);
+    let (k1, k2) = (d.join("release.key"), d.join("other.key"));
+    for k in [&k1, &k2] {
+        romdelta().arg("keygen").arg("-o").arg(k).assert().success();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&k1), 0o600);
+    assert_eq!(mode(&d.join("release.key.pub")), 0o644);
+    // An existing key is never overwritten.
+    let before = std::fs::read(&k1).unwrap();
+    romdelta().arg("keygen").arg("-o").arg(&k1).assert().code(2);
+    assert_eq!(std::fs::read(&k1).unwrap(), before);
+
+    let (pub1, pub2) = (d.join("release.key.pub"), d.join("other.key.pub"));
+    let signed = d.join("signed.romdelta");
+    romdelta()
+        .args(["diff", "--level", "3", "--key"])
+        .arg(&k1)
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(&signed)
+        .assert()
+        .success();
+    romdelta()
+        .arg("inspect")
+        .arg(&signed)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("signed by Ed25519 key"));
+    let apply = |pkg: &std::path::Path, out: &str, extra: &[&std::ffi::OsStr]| {
+        let mut c = romdelta();
+        c.arg("apply")
+            .arg(pkg)
+            .arg("--source")
+            .arg(&old)
+            .arg("-o")
+            .arg(d.join(out))
+            .args(extra);
+        c.assert()
+    };
+    // Trusted: applies. Rotation: several trusted keys, one of them the signer.
+    apply(
+        &signed,
+        "ok1",
+        &[
+            "--trusted-key".as_ref(),
+            pub2.as_os_str(),
+            "--trusted-key".as_ref(),
+            pub1.as_os_str(),
+        ],
+    )
+    .success();
+    // No key given, a wrong key, or an unsigned package: refused, nothing written.
+    apply(&signed, "no-key", &[])
+        .code(1)
+        .stderr(predicate::str::contains("no trusted key given"));
+    apply(
+        &signed,
+        "wrong",
+        &["--trusted-key".as_ref(), pub2.as_os_str()],
+    )
+    .code(1)
+    .stderr(predicate::str::contains("none of them a trusted key"));
+    let unsigned = d.join("unsigned.romdelta");
+    romdelta()
+        .args(["diff", "--level", "3"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(&unsigned)
+        .assert()
+        .success();
+    apply(
+        &unsigned,
+        "unsigned",
+        &["--trusted-key".as_ref(), pub1.as_os_str()],
+    )
+    .code(1)
+    .stderr(predicate::str::contains("not signed"));
+    // A manifest changed after signing, with its checksum made valid again:
+    // only the signature can tell, and it does.
+    let bytes = std::fs::read(&signed).unwrap();
+    let pkg = romdelta_format::Package::parse(&bytes).unwrap();
+    let mut manifest = pkg.manifest.clone();
+    manifest.target_build.device = "evil".into();
+    let mut forged = romdelta_format::Package::encode_prefix(&manifest, &pkg.signatures);
+    forged.extend_from_slice(pkg.data);
+    let forged_path = d.join("forged.romdelta");
+    std::fs::write(&forged_path, forged).unwrap();
+    apply(
+        &forged_path,
+        "forged",
+        &["--trusted-key".as_ref(), pub1.as_os_str()],
+    )
+    .code(1)
+    .stderr(predicate::str::contains("the package was altered"));
+    romdelta()
+        .arg("verify")
+        .arg(&forged_path)
+        .arg("--trusted-key")
+        .arg(&pub1)
+        .assert()
+        .code(1);
+    for out in ["no-key", "wrong", "unsigned", "forged"] {
+        assert!(!d.join(out).exists(), "{out} was written");
+    }
 }

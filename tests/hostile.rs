@@ -7,7 +7,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 
-/// A small package that uses every operation kind, and its source image.
+/// The key the damaged packages are signed with.
+fn test_key() -> romdelta_format::signing::SigningKey {
+    romdelta_format::signing::SigningKey::from_bytes(&[42; 32])
+}
+
+/// A small signed package that uses every operation kind, and its source image.
 fn small_package(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let mut a = vec![0u8; 96 * 1024];
@@ -25,6 +30,7 @@ fn small_package(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
     std::fs::write(&pb, &b).unwrap();
     let opts = romdelta_diff::DiffOptions {
         region_blocks: 2,
+        signing_keys: vec![test_key()],
         ..crate::common::fast_opts()
     };
     let src = romdelta_rom::Rom::open(&pa).unwrap();
@@ -38,6 +44,14 @@ fn small_package(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
 fn check_damaged(dir: &Path, src: &Path, bytes: &[u8], label: &str) {
     let pkg = dir.join("bad.romdelta");
     std::fs::write(&pkg, bytes).unwrap();
+    let key = dir.join("trusted.pub");
+    if !key.exists() {
+        std::fs::write(
+            &key,
+            romdelta_format::signing::public_key_file(&test_key().verifying_key()),
+        )
+        .unwrap();
+    }
     let out = dir.join("out.img");
     let runs = [
         romdelta().arg("inspect").arg(&pkg).output().unwrap(),
@@ -46,6 +60,8 @@ fn check_damaged(dir: &Path, src: &Path, bytes: &[u8], label: &str) {
             .arg(&pkg)
             .arg("--source")
             .arg(src)
+            .arg("--trusted-key")
+            .arg(&key)
             .output()
             .unwrap(),
         romdelta()
@@ -53,6 +69,8 @@ fn check_damaged(dir: &Path, src: &Path, bytes: &[u8], label: &str) {
             .arg(&pkg)
             .arg("--source")
             .arg(src)
+            .arg("--trusted-key")
+            .arg(&key)
             .arg("-o")
             .arg(&out)
             .output()
@@ -60,6 +78,8 @@ fn check_damaged(dir: &Path, src: &Path, bytes: &[u8], label: &str) {
         romdelta()
             .args(["apply", "-", "--source"])
             .arg(src)
+            .arg("--trusted-key")
+            .arg(&key)
             .arg("-o")
             .arg(&out)
             .write_stdin(bytes.to_vec())

@@ -20,6 +20,17 @@ pub struct Threads {
     pub threads: Option<u16>,
 }
 
+/// Who may sign the packages this command accepts.
+#[derive(Args, Debug, Clone)]
+pub struct Trust {
+    /// A public key whose signature is accepted (repeat for key rotation).
+    #[arg(long = "trusted-key", value_name = "PUB")]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Accept packages without checking their signatures.
+    #[arg(long)]
+    pub insecure_no_verify: bool,
+}
+
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -36,6 +47,9 @@ pub enum Command {
         /// Write a full package (needs no source to apply).
         #[arg(long)]
         full: bool,
+        /// Sign the package with this private key (repeatable).
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<PathBuf>,
         /// zstd level of every encoder (1-22).
         #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(1..=22))]
         level: i32,
@@ -58,6 +72,8 @@ pub enum Command {
         #[arg(short, long, value_name = "OUT")]
         output: PathBuf,
         #[command(flatten)]
+        trust: Trust,
+        #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.
         #[arg(long)]
@@ -79,10 +95,18 @@ pub enum Command {
         #[arg(long, value_name = "SOURCE")]
         source: Option<PathBuf>,
         #[command(flatten)]
+        trust: Trust,
+        #[command(flatten)]
         threads: Threads,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make a signing key: KEY (private, mode 0600) and KEY.pub beside it.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(short, long, value_name = "KEY")]
+        output: PathBuf,
     },
     /// Build two small ROMs, diff, apply and verify them, and print a summary.
     Demo {

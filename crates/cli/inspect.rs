@@ -36,6 +36,7 @@ struct View<'a> {
     manifest_bytes: u64,
     data_bytes: u64,
     signatures: usize,
+    signers: Vec<String>,
     target_build: &'a BuildInfo,
     source_build: Option<&'a BuildInfo>,
     partitions: Vec<PartitionView>,
@@ -58,6 +59,11 @@ fn view<'a>(pkg: &'a Package<'_>, package_bytes: u64) -> View<'a> {
         manifest_bytes: pkg.header.manifest_len,
         data_bytes: m.data_len,
         signatures: pkg.signatures.len(),
+        signers: pkg
+            .signatures
+            .iter()
+            .map(|s| hex::encode(s.public_key))
+            .collect(),
         target_build: &m.target_build,
         source_build: m.source_build.as_ref(),
         partitions: m
@@ -137,6 +143,9 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
         human(v.data_bytes),
         v.signatures
     );
+    for key in &v.signers {
+        println!("signed by Ed25519 key {key} (not checked here: use verify --trusted-key)");
+    }
     if let Some(s) = v.source_build {
         println!("source build: {}", build_line(s));
     }

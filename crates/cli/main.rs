@@ -77,6 +77,75 @@ fn open_rom_mapped(path: &Path) -> Result<Rom, Failure> {
     Ok(Rom::open(path).map_err(romdelta_apply::ApplyError::from)?)
 }
 
+/// Reads a key file with `parse`; a bad file is a usage error (exit 2).
+fn read_key<T>(
+    path: &Path,
+    parse: fn(&str) -> Result<T, romdelta_format::FormatError>,
+) -> Result<T, Failure> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    parse(&text)
+        .with_context(|| format!("{}", path.display()))
+        .map_err(Failure::usage)
+}
+
+fn trusted_keys(
+    trust: &args::Trust,
+) -> Result<Vec<romdelta_format::signing::VerifyingKey>, Failure> {
+    trust
+        .trusted_keys
+        .iter()
+        .map(|p| read_key(p, romdelta_format::signing::parse_public_key))
+        .collect()
+}
+
+/// Writes a new key pair: KEY (0600) and KEY.pub (0644); never overwrites.
+fn keygen(output: &Path) -> Result<(), Failure> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| anyhow::anyhow!("no randomness from the operating system: {e}"))?;
+    let key = romdelta_format::signing::SigningKey::from_bytes(&seed);
+    let mut public = output.as_os_str().to_owned();
+    public.push(".pub");
+    let public = std::path::PathBuf::from(public);
+    for (path, text, mode) in [
+        (
+            output,
+            romdelta_format::signing::private_key_file(&key),
+            0o600,
+        ),
+        (
+            public.as_path(),
+            romdelta_format::signing::public_key_file(&key.verifying_key()),
+            0o644,
+        ),
+    ] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "creating {} (an existing key is never overwritten)",
+                    path.display()
+                )
+            })?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "wrote {} (private) and {} (public key {})",
+        output.display(),
+        public.display(),
+        hex::encode(key.verifying_key().to_bytes())
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Diff {
@@ -84,6 +153,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             output,
             full,
             level,
+            keys,
             threads,
             json,
             tuning,
@@ -104,6 +174,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ..DiffOptions::default()
             };
             tuning.apply(&mut opts);
+            opts.signing_keys = keys
+                .iter()
+                .map(|k| read_key(k, romdelta_format::signing::parse_private_key))
+                .collect::<Result<_, _>>()?;
             let bar = progress::bar(json, target.total_size(), "diff");
             let started = std::time::Instant::now();
             let summary = with_threads(threads, || {
@@ -133,15 +207,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             package,
             source,
             output,
+            trust,
             threads,
             json,
         } => {
+            let trusted = trusted_keys(&trust)?;
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let started = std::time::Instant::now();
             let report = if package.as_os_str() == "-" {
                 // One pass over standard input, no temporary copy.
                 let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
                 let prefix = romdelta_apply::read_stream_prefix(&mut input)?;
+                romdelta_apply::check_trust(
+                    &prefix.manifest_bytes,
+                    &prefix.signatures,
+                    &trusted,
+                    trust.insecure_no_verify,
+                )?;
                 let plan = Plan::for_stream(&prefix.manifest, source.as_ref(), &output)?;
                 let total: u64 = prefix.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
@@ -153,6 +235,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 let file = PackageFile::open(&package)?;
                 let pkg = file.parse()?;
+                romdelta_apply::check_trust(
+                    pkg.manifest_bytes,
+                    &pkg.signatures,
+                    &trusted,
+                    trust.insecure_no_verify,
+                )?;
                 let plan = Plan::new(&pkg, source.as_ref(), &output)?;
                 let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
@@ -189,11 +277,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Verify {
             package,
             source,
+            trust,
             threads,
             json,
         } => {
+            let trusted = trusted_keys(&trust)?;
             let file = PackageFile::open(&package)?;
             let pkg = file.parse()?;
+            romdelta_apply::check_trust(
+                pkg.manifest_bytes,
+                &pkg.signatures,
+                &trusted,
+                trust.insecure_no_verify,
+            )?;
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let report = with_threads(threads, || romdelta_apply::verify(&pkg, source.as_ref()))??;
             if json {
@@ -212,6 +308,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Keygen { output } => keygen(&output),
         Command::Demo {
             dir,
             scale,

@@ -213,6 +213,28 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// The signature policy of `apply` and `verify`: unless `insecure` is set,
+/// at least one signature by a key in `trusted` must verify over the
+/// manifest. Checked before anything is written.
+pub fn check_trust(
+    manifest_bytes: &[u8],
+    signatures: &[romdelta_format::Signature],
+    trusted: &[romdelta_format::signing::VerifyingKey],
+    insecure: bool,
+) -> Result<(), ApplyError> {
+    if insecure {
+        return Ok(());
+    }
+    if trusted.is_empty() {
+        return Err(ApplyError::Refused(
+            "no trusted key given: pass --trusted-key PUB (or --insecure-no-verify to accept a package nobody vouches for)".into(),
+        ));
+    }
+    romdelta_format::signing::check_trust(manifest_bytes, signatures, trusted)
+        .map(|_| ())
+        .map_err(|e| ApplyError::Refused(e.to_string()))
+}
+
 /// Opens the source ROM at `path` for application: read through bounded
 /// buffers, not mapped, so memory stays small whatever the image size.
 pub fn open_rom(path: &Path) -> Result<Rom, ApplyError> {

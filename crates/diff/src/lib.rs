@@ -74,6 +74,8 @@ pub struct DiffOptions {
     /// Source blocks kept around those the bsdiff matcher reads (the rest
     /// of a region's source window is dropped before the final encodes).
     pub trim_slack_blocks: u64,
+    /// Keys that sign the manifest (none: an unsigned package).
+    pub signing_keys: Vec<romdelta_format::signing::SigningKey>,
     /// The build the package produces.
     pub target_build: BuildInfo,
     /// The build an incremental package applies to.
@@ -94,6 +96,7 @@ impl Default for DiffOptions {
             trial_level: 9,
             anchors: true,
             trim_slack_blocks: 2,
+            signing_keys: Vec::new(),
             target_build: BuildInfo::default(),
             source_build: BuildInfo::default(),
         }
@@ -228,7 +231,13 @@ pub fn write_package(
     manifest
         .check()
         .map_err(|e| DiffError::Invalid(format!("generated manifest is invalid: {e}")))?;
-    let prefix = Package::encode_prefix(&manifest, &[]);
+    let manifest_bytes = manifest.encode();
+    let signatures: Vec<_> = opts
+        .signing_keys
+        .iter()
+        .map(|k| romdelta_format::signing::sign(&manifest_bytes, k))
+        .collect();
+    let prefix = Package::encode_prefix(&manifest, &signatures);
     let mut pkg = tempfile::Builder::new()
         .prefix(".romdelta-")
         .suffix(".partial")

@@ -15,6 +15,7 @@ mod extent;
 mod manifest;
 pub mod ops;
 mod package;
+pub mod signing;
 
 pub use codec::{Reader, Writer};
 pub use error::FormatError;
