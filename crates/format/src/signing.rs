@@ -139,7 +139,7 @@ mod tests {
         let k2 = SigningKey::from_bytes(&[2; 32]);
         let m = b"manifest bytes";
         let s1 = sign(m, &k1);
-        assert!(check_trust(m, &[s1.clone()], &[k1.verifying_key()]).is_ok());
+        assert!(check_trust(m, std::slice::from_ref(&s1), &[k1.verifying_key()]).is_ok());
         // Rotation: several trusted keys, several signatures.
         let s2 = sign(m, &k2);
         assert!(check_trust(m, &[s2.clone(), s1.clone()], &[k2.verifying_key()]).is_ok());
@@ -152,7 +152,11 @@ mod tests {
             Err(TrustError::Untrusted { .. })
         ));
         assert!(matches!(
-            check_trust(b"other manifest", &[s1.clone()], &[k1.verifying_key()]),
+            check_trust(
+                b"other manifest",
+                std::slice::from_ref(&s1),
+                &[k1.verifying_key()]
+            ),
             Err(TrustError::BadSignature { .. })
         ));
         let mut tampered = s1;
