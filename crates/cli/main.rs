@@ -146,6 +146,14 @@ fn keygen(output: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Prints `value` as pretty JSON on standard output.
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Diff {
@@ -187,10 +195,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })??;
             bar.finish_and_clear();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&summary).expect("serializable")
-                );
+                print_json(&summary);
             } else {
                 println!(
                     "wrote {} ({}, {:.2}% of the {} target) in {:.1} s",
@@ -249,10 +254,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 r
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("serializable")
-                );
+                print_json(&report);
             } else {
                 println!(
                     "applied {} to {} in {:.1} s; every partition verified:",
@@ -293,10 +295,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let report = with_threads(threads, || romdelta_apply::verify(&pkg, source.as_ref()))??;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("serializable")
-                );
+                print_json(&report);
             } else {
                 println!(
                     "{}: OK ({} data hashes, {} source hashes, {} source images checked)",

@@ -87,6 +87,21 @@ fn source_hash(src: &Partition, op: &Operation) -> Result<Digest, ApplyError> {
     Ok(h.finalize().into())
 }
 
+/// Fails with a [`Mismatch`] naming operation `i` when `actual` is not `expected`.
+fn expect_hash(
+    what: Hashed,
+    part: &PartitionUpdate,
+    i: usize,
+    op: &Operation,
+    expected: Digest,
+    actual: Digest,
+) -> Result<(), ApplyError> {
+    if actual != expected {
+        return Err(mismatch(what, part, Some((i, op)), expected, actual));
+    }
+    Ok(())
+}
+
 fn check_source(
     src: &Partition,
     part: &PartitionUpdate,
@@ -94,16 +109,7 @@ fn check_source(
     op: &Operation,
 ) -> Result<(), ApplyError> {
     let actual = source_hash(src, op)?;
-    if actual != op.src_sha256 {
-        return Err(mismatch(
-            Hashed::Source,
-            part,
-            Some((i, op)),
-            op.src_sha256,
-            actual,
-        ));
-    }
-    Ok(())
+    expect_hash(Hashed::Source, part, i, op, op.src_sha256, actual)
 }
 
 fn check_data(
@@ -113,16 +119,7 @@ fn check_data(
     op: &Operation,
 ) -> Result<(), ApplyError> {
     let actual = romdelta_format::sha256(data);
-    if actual != op.data_sha256 {
-        return Err(mismatch(
-            Hashed::Data,
-            part,
-            Some((i, op)),
-            op.data_sha256,
-            actual,
-        ));
-    }
-    Ok(())
+    expect_hash(Hashed::Data, part, i, op, op.data_sha256, actual)
 }
 
 /// Runs one operation: checks, decodes, writes. Returns bytes written.
@@ -164,15 +161,7 @@ fn run_op(
                 let src = src.expect("plan: source reads have a source");
                 src.read_extents(&op.src_extents, &mut source)?;
                 let actual = romdelta_format::sha256(&source);
-                if actual != op.src_sha256 {
-                    return Err(mismatch(
-                        Hashed::Source,
-                        part,
-                        Some((i, op)),
-                        op.src_sha256,
-                        actual,
-                    ));
-                }
+                expect_hash(Hashed::Source, part, i, op, op.src_sha256, actual)?;
             }
             let mut buf = vec![0u8; (op.dst_blocks() * BLOCK_SIZE) as usize];
             let decoded = match op.kind {
