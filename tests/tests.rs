@@ -4,3 +4,4 @@ mod cli;
 mod common;
 mod hostile;
 mod roundtrip;
+mod rules;

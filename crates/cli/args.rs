@@ -47,6 +47,12 @@ pub enum Command {
         /// Write a full package (needs no source to apply).
         #[arg(long)]
         full: bool,
+        /// build.prop of the source build (default: SOURCE/build.prop, if any).
+        #[arg(long, value_name = "FILE")]
+        source_build: Option<PathBuf>,
+        /// build.prop of the target build (default: TARGET/build.prop, if any).
+        #[arg(long, value_name = "FILE")]
+        target_build: Option<PathBuf>,
         /// Sign the package with this private key (repeatable).
         #[arg(long = "key", value_name = "KEY")]
         keys: Vec<PathBuf>,
@@ -73,6 +79,15 @@ pub enum Command {
         output: PathBuf,
         #[command(flatten)]
         trust: Trust,
+        /// build.prop of the installed build (default: SOURCE/build.prop, if any).
+        #[arg(long, value_name = "FILE")]
+        installed_build: Option<PathBuf>,
+        /// Allow installing a build older than the installed one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Allow a full package to move to another region or channel.
+        #[arg(long)]
+        allow_line_switch: bool,
         #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.

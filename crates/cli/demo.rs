@@ -43,6 +43,27 @@ pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join(", "),
     );
+    // Build identity, as a vendor's build system writes it beside the images.
+    let build = |version: &str, timestamp: u64| romdelta_format::BuildInfo {
+        device: "demo".into(),
+        region: "Global".into(),
+        channel: "stable".into(),
+        version: version.into(),
+        fingerprint: format!("romdelta/demo/demo:14/{version}:user/release-keys"),
+        security_patch: "2026-11-01".into(),
+        timestamp,
+    };
+    let (old_build, new_build) = (
+        build("V1.0.1.0", 1_761_955_200),
+        build("V1.0.2.0", 1_764_547_200),
+    );
+    for (d, b) in [(&old_dir, &old_build), (&new_dir, &new_build)] {
+        std::fs::write(
+            d.join("build.prop"),
+            romdelta_format::buildprop::build_prop_text(b),
+        )
+        .with_context(|| format!("writing {}/build.prop", d.display()))?;
+    }
     let source = Rom::open(&old_dir).context("opening the old ROM")?;
     let target = Rom::open(&new_dir).context("opening the new ROM")?;
     // Sign with a key made for the demo; apply only what it signed.
@@ -53,6 +74,8 @@ pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
     let trusted = [key.verifying_key()];
     let opts = DiffOptions {
         signing_keys: vec![key],
+        source_build: old_build.clone(),
+        target_build: new_build.clone(),
         ..DiffOptions::default()
     };
     let mut rows = Vec::new();
@@ -69,6 +92,7 @@ pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
         let file = PackageFile::open(&pkg_path)?;
         let pkg = file.parse()?;
         romdelta_apply::check_trust(pkg.manifest_bytes, &pkg.signatures, &trusted, false)?;
+        romdelta_apply::rules::check_rules(&pkg.manifest, Some(&old_build), Default::default())?;
         let apply_src = src
             .map(|_| romdelta_apply::open_rom(&old_dir))
             .transpose()?;
@@ -111,6 +135,9 @@ pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
             .collect();
         println!("  {:<8} {}", p.name, kinds.join(", "));
     }
-    println!("\nboth packages were signed, checked against the signing key, applied, and every image matched the new build byte for byte.");
+    println!(
+        "\nupdate {} -> {}: both packages were signed, checked against the signing key and the installed build, applied, and every image matched the new build byte for byte.",
+        old_build.version, new_build.version
+    );
     Ok(())
 }

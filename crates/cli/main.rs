@@ -89,6 +89,25 @@ fn read_key<T>(
         .map_err(Failure::usage)
 }
 
+/// Reads a build descriptor: `explicit`, else `build.prop` inside the ROM
+/// directory `rom`, else none.
+fn read_build(
+    explicit: Option<&Path>,
+    rom: Option<&Path>,
+) -> Result<Option<romdelta_format::BuildInfo>, Failure> {
+    let path = match (explicit, rom) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(r)) if r.join("build.prop").is_file() => r.join("build.prop"),
+        _ => return Ok(None),
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    romdelta_format::buildprop::parse_build_prop(&text)
+        .with_context(|| format!("{}", path.display()))
+        .map(Some)
+        .map_err(Failure::usage)
+}
+
 fn trusted_keys(
     trust: &args::Trust,
 ) -> Result<Vec<romdelta_format::signing::VerifyingKey>, Failure> {
@@ -161,6 +180,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             output,
             full,
             level,
+            source_build,
+            target_build,
             keys,
             threads,
             json,
@@ -175,6 +196,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     )))
                 }
             };
+            let source_info = read_build(source_build.as_deref(), source.map(|p| p.as_path()))?;
+            let target_info = read_build(target_build.as_deref(), Some(target.as_path()))?;
             let source = source.map(|s| open_rom_mapped(s)).transpose()?;
             let target = open_rom_mapped(target)?;
             let mut opts = DiffOptions {
@@ -182,6 +205,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ..DiffOptions::default()
             };
             tuning.apply(&mut opts);
+            opts.source_build = source_info.unwrap_or_default();
+            opts.target_build = target_info.unwrap_or_default();
             opts.signing_keys = keys
                 .iter()
                 .map(|k| read_key(k, romdelta_format::signing::parse_private_key))
@@ -213,10 +238,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             source,
             output,
             trust,
+            installed_build,
+            allow_downgrade,
+            allow_line_switch,
             threads,
             json,
         } => {
             let trusted = trusted_keys(&trust)?;
+            let installed = read_build(installed_build.as_deref(), source.as_deref())?;
+            let allow = romdelta_apply::rules::Allow {
+                downgrade: allow_downgrade,
+                line_switch: allow_line_switch,
+            };
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let started = std::time::Instant::now();
             let report = if package.as_os_str() == "-" {
@@ -229,6 +262,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     &trusted,
                     trust.insecure_no_verify,
                 )?;
+                romdelta_apply::rules::check_rules(&prefix.manifest, installed.as_ref(), allow)?;
                 let plan = Plan::for_stream(&prefix.manifest, source.as_ref(), &output)?;
                 let total: u64 = prefix.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
@@ -246,6 +280,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     &trusted,
                     trust.insecure_no_verify,
                 )?;
+                romdelta_apply::rules::check_rules(&pkg.manifest, installed.as_ref(), allow)?;
                 let plan = Plan::new(&pkg, source.as_ref(), &output)?;
                 let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");

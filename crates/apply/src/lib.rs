@@ -16,6 +16,7 @@
 
 mod error;
 mod exec;
+pub mod rules;
 
 pub use error::{ApplyError, Hashed, Mismatch};
 

@@ -9,6 +9,7 @@
 //! than the package itself holds. The byte layout is specified in
 //! `docs/FORMAT.md`.
 
+pub mod buildprop;
 mod codec;
 mod error;
 mod extent;

@@ -1,0 +1,123 @@
+//! The field's update rules: who may install what on top of which build.
+//!
+//! - the package's device must be the installed device;
+//! - an incremental applies only to the exact build it was made from, and
+//!   never moves to another line (region or channel);
+//! - a full package repairs anything, but moves to another line only when
+//!   asked (`allow_line_switch`);
+//! - an older build is never installed unless asked (`allow_downgrade`).
+//!
+//! Fields a build descriptor leaves empty (or a zero timestamp) are not
+//! compared: the rules check what both sides record.
+
+use crate::ApplyError;
+use romdelta_format::{BuildInfo, Manifest, PackageKind};
+
+/// What the user allows beyond the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allow {
+    /// Install a build older than the installed one.
+    pub downgrade: bool,
+    /// Let a full package move the device to another region or channel.
+    pub line_switch: bool,
+}
+
+/// A build, as messages name it.
+pub fn describe(b: &BuildInfo) -> String {
+    let mut s = String::new();
+    for (k, v) in [
+        ("device", &b.device),
+        ("region", &b.region),
+        ("channel", &b.channel),
+        ("version", &b.version),
+        ("fingerprint", &b.fingerprint),
+    ] {
+        if !v.is_empty() {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(&format!("{k}={v}"));
+        }
+    }
+    if b.timestamp != 0 {
+        s.push_str(&format!(" built={}", b.timestamp));
+    }
+    if s.is_empty() {
+        "(no identity recorded)".into()
+    } else {
+        s
+    }
+}
+
+fn differ(a: &str, b: &str) -> bool {
+    !a.is_empty() && !b.is_empty() && a != b
+}
+
+fn line_differs(a: &BuildInfo, b: &BuildInfo) -> bool {
+    differ(&a.region, &b.region) || differ(&a.channel, &b.channel)
+}
+
+/// The same build: by fingerprint where both have one, else by version.
+fn same_build(a: &BuildInfo, b: &BuildInfo) -> bool {
+    if !a.fingerprint.is_empty() && !b.fingerprint.is_empty() {
+        return a.fingerprint == b.fingerprint;
+    }
+    !differ(&a.version, &b.version) && !differ(&a.device, &b.device) && !line_differs(a, b)
+}
+
+/// Checks the package's builds against the installed build (when known).
+pub fn check_rules(
+    m: &Manifest,
+    installed: Option<&BuildInfo>,
+    allow: Allow,
+) -> Result<(), ApplyError> {
+    let target = &m.target_build;
+    let refuse = |why: String| Err(ApplyError::Refused(why));
+    if let Some(source) = &m.source_build {
+        if line_differs(source, target) {
+            return refuse(format!(
+                "an incremental never changes line: it goes from {} to {}; a full package can, with --allow-line-switch",
+                describe(source),
+                describe(target)
+            ));
+        }
+    }
+    let Some(installed) = installed else {
+        return Ok(());
+    };
+    if differ(&target.device, &installed.device) {
+        return refuse(format!(
+            "the package is for device {}, the installed build is for device {}",
+            target.device, installed.device
+        ));
+    }
+    match (m.kind, &m.source_build) {
+        (PackageKind::Delta, Some(source)) if !same_build(source, installed) => {
+            return refuse(format!(
+                "this incremental applies only to {}; installed is {}",
+                describe(source),
+                describe(installed)
+            ));
+        }
+        _ => {}
+    }
+    if m.kind == PackageKind::Full && line_differs(target, installed) && !allow.line_switch {
+        return refuse(format!(
+            "the package is {}, the installed build is {}: a full package may switch region or channel only with --allow-line-switch",
+            describe(target),
+            describe(installed)
+        ));
+    }
+    if target.timestamp != 0
+        && installed.timestamp != 0
+        && target.timestamp < installed.timestamp
+        && !allow.downgrade
+    {
+        return refuse(format!(
+            "the package's build ({}) is older than the installed one ({}): a downgrade needs --allow-downgrade",
+            describe(target),
+            describe(installed)
+        ));
+    }
+    Ok(())
+}
