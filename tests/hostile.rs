@@ -172,3 +172,147 @@ fn random_bit_flips_are_refused() {
         .collect();
     in_parallel(cases, &std::fs::read(src).unwrap());
 }
+
+/// A valid one-partition full manifest to break in one way at a time.
+fn base_manifest() -> romdelta_format::Manifest {
+    use romdelta_format::*;
+    Manifest {
+        kind: PackageKind::Full,
+        target_build: BuildInfo::default(),
+        source_build: None,
+        data_len: 10,
+        partitions: vec![PartitionUpdate {
+            name: "system".into(),
+            old: None,
+            new: PartitionInfo {
+                size: 8 * 4096,
+                sha256: [1; 32],
+            },
+            operations: vec![
+                Operation {
+                    kind: OpKind::Replace,
+                    src_extents: vec![],
+                    dst_extents: vec![Extent::new(0, 4)],
+                    data_offset: 0,
+                    data_length: 10,
+                    data_sha256: [2; 32],
+                    src_sha256: [0; 32],
+                },
+                Operation {
+                    kind: OpKind::Zero,
+                    src_extents: vec![],
+                    dst_extents: vec![Extent::new(4, 4)],
+                    data_offset: 0,
+                    data_length: 0,
+                    data_sha256: [0; 32],
+                    src_sha256: [0; 32],
+                },
+            ],
+        }],
+        removed: vec![],
+    }
+}
+
+#[test]
+fn each_hostile_manifest_is_refused_with_a_clear_error() {
+    use romdelta_format::*;
+    let ok = base_manifest();
+    Manifest::decode(&ok.encode()).expect("the base manifest is valid");
+    let refused = |label: &str, m: &Manifest, expect: &str| {
+        let err = Manifest::decode(&m.encode()).expect_err(label).to_string();
+        assert!(
+            err.contains(expect),
+            "{label}: {err:?} should mention {expect:?}"
+        );
+    };
+    for (name, why) in [
+        ("", "1 to 64"),
+        ("a/b", "only letters"),
+        ("..", "only letters"),
+        ("a\0b", "only letters"),
+        (".hidden", "only letters"),
+        ("-rf", "only letters"),
+    ] {
+        let mut m = ok.clone();
+        m.partitions[0].name = name.into();
+        refused(&format!("name {name:?}"), &m, why);
+    }
+    let mut m = ok.clone();
+    m.partitions.push(m.partitions[0].clone());
+    refused("duplicate partition", &m, "appears twice");
+    let mut m = ok.clone();
+    m.partitions[0].operations[1].dst_extents = vec![Extent::new(3, 2)];
+    refused("overlapping destinations", &m, "both write");
+    let mut m = ok.clone();
+    m.partitions[0].operations[1].dst_extents = vec![Extent::new(8, 1)];
+    refused("destination out of range", &m, "past the target");
+    let mut m = ok.clone();
+    m.data_len = 5;
+    refused("data past the end", &m, "past the data section");
+    let mut m = ok.clone();
+    m.kind = PackageKind::Delta;
+    m.source_build = Some(BuildInfo::default());
+    m.partitions[0].old = Some(PartitionInfo {
+        size: 4096,
+        sha256: [3; 32],
+    });
+    m.partitions[0].operations[1] = Operation {
+        kind: OpKind::SourceCopy,
+        src_extents: vec![Extent::new(0, 4)],
+        ..m.partitions[0].operations[1].clone()
+    };
+    refused("source read past the source", &m, "past the source");
+    let mut m = ok.clone();
+    m.partitions[0].operations[0].data_length = 1 << 40;
+    m.data_len = 1 << 40;
+    refused("data longer than any encoding", &m, "more data than");
+
+    // Byte-level cases the encoder cannot produce.
+    let bytes = ok.encode();
+    // Unknown operation kind: the first op's kind byte follows the op count.
+    // The same manifest without operations ends in [op count 0, removed count 0]:
+    // in the real one the op count sits at that place and the first kind right after.
+    let mut no_ops = ok.clone();
+    no_ops.partitions[0].operations.clear();
+    let op_at = no_ops.encode().len() - 2 + 1;
+    let mut b = bytes.clone();
+    assert_eq!(b[op_at], OpKind::Replace.code(), "offset arithmetic");
+    b[op_at] = 9;
+    assert!(Manifest::decode(&b)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown code 9"));
+    // A huge operation count with few bytes behind it.
+    let mut b = bytes[..op_at - 1].to_vec();
+    b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    assert!(Manifest::decode(&b)
+        .unwrap_err()
+        .to_string()
+        .contains("too large"));
+    // A format version from the future, and lengths past the end of the file.
+    let pkg = Package::encode_prefix(&ok, &[]);
+    let mut future = pkg.clone();
+    future[8] = 2;
+    assert!(Package::parse(&future)
+        .unwrap_err()
+        .to_string()
+        .contains("unsupported package format version 2"));
+    let mut long = pkg.clone();
+    long[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(Package::parse(&long).is_err());
+    // A valid signature over a different manifest.
+    let key = signing::SigningKey::from_bytes(&[5; 32]);
+    let mut other = ok.clone();
+    other.target_build.version = "2".into();
+    let sig = signing::sign(&other.encode(), &key);
+    let mut full = Package::encode_prefix(&ok, &[sig]);
+    full.extend_from_slice(&[0; 10]);
+    let parsed = Package::parse(&full).unwrap();
+    let err = signing::check_trust(
+        parsed.manifest_bytes,
+        &parsed.signatures,
+        &[key.verifying_key()],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("altered"), "{err}");
+}
