@@ -122,6 +122,15 @@ fn check_data(
     expect_hash(Hashed::Data, part, i, op, op.data_sha256, actual)
 }
 
+/// `(partition index, operation index)` of every operation, in manifest order.
+fn op_indices(m: &romdelta_format::Manifest) -> Vec<(usize, usize)> {
+    m.partitions
+        .iter()
+        .enumerate()
+        .flat_map(|(pi, p)| (0..p.operations.len()).map(move |oi| (pi, oi)))
+        .collect()
+}
+
 /// Runs one operation: checks, decodes, writes. Returns bytes written.
 fn run_op(
     data: &[u8],
@@ -223,12 +232,7 @@ impl Plan<'_> {
         })?;
         let m = self.manifest;
         let (staging, outputs) = self.stage()?;
-        let jobs: Vec<(usize, usize)> = m
-            .partitions
-            .iter()
-            .enumerate()
-            .flat_map(|(pi, p)| (0..p.operations.len()).map(move |oi| (pi, oi)))
-            .collect();
+        let jobs = op_indices(m);
         let written = AtomicU64::new(0);
         jobs.par_iter().try_for_each(|&(pi, oi)| {
             let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
@@ -534,12 +538,7 @@ pub struct VerifyReport {
 pub fn verify(pkg: &Package<'_>, source: Option<&Rom>) -> Result<VerifyReport, ApplyError> {
     let m = &pkg.manifest;
     let mut report = VerifyReport::default();
-    let jobs: Vec<(usize, usize)> = m
-        .partitions
-        .iter()
-        .enumerate()
-        .flat_map(|(pi, p)| (0..p.operations.len()).map(move |oi| (pi, oi)))
-        .collect();
+    let jobs = op_indices(m);
     jobs.par_iter().try_for_each(|&(pi, oi)| {
         let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
         if op.kind.has_data() {
