@@ -237,7 +237,7 @@ pub fn write_package(
         .iter()
         .map(|k| romdelta_format::signing::sign(&manifest_bytes, k))
         .collect();
-    let prefix = Package::encode_prefix(&manifest, &signatures);
+    let prefix = Package::encode_prefix_bytes(&manifest_bytes, manifest.data_len, &signatures);
     let mut pkg = tempfile::Builder::new()
         .prefix(".romdelta-")
         .suffix(".partial")

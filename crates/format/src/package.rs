@@ -259,18 +259,23 @@ impl<'a> Package<'a> {
 
     /// Assembles the bytes that precede the data section.
     pub fn encode_prefix(manifest: &Manifest, signatures: &[Signature]) -> Vec<u8> {
-        let m = manifest.encode();
+        Self::encode_prefix_bytes(&manifest.encode(), manifest.data_len, signatures)
+    }
+
+    /// Assembles the bytes that precede the data section around manifest
+    /// bytes already encoded (the very bytes the signatures were made over).
+    pub fn encode_prefix_bytes(m: &[u8], data_len: u64, signatures: &[Signature]) -> Vec<u8> {
         let s = Signature::encode_all(signatures);
         let mut header = Header {
             version: FORMAT_VERSION,
             manifest_len: m.len() as u64,
             signatures_len: s.len() as u64,
-            data_len: manifest.data_len,
+            data_len,
             checksum: [0; 32],
         };
-        header.checksum = header.compute_checksum(&m, &s);
+        header.checksum = header.compute_checksum(m, &s);
         let mut out = header.encode();
-        out.extend_from_slice(&m);
+        out.extend_from_slice(m);
         out.extend_from_slice(&s);
         out
     }
