@@ -190,21 +190,6 @@ fn run_op(
     Ok(w.written)
 }
 
-/// SHA-256 of the first `size` bytes of a file, read through a bounded buffer.
-fn file_hash(file: &File, path: &Path, size: u64) -> Result<Digest, ApplyError> {
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; (1usize << 20).min(size as usize)];
-    let mut pos = 0u64;
-    while pos < size {
-        let n = ((size - pos) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], pos)
-            .map_err(ApplyError::io(path))?;
-        h.update(&buf[..n]);
-        pos += n as u64;
-    }
-    Ok(h.finalize().into())
-}
-
 enum Staging {
     Image(tempfile::NamedTempFile),
     Dir(tempfile::TempDir),
@@ -411,7 +396,8 @@ impl Plan<'_> {
             .zip(&m.partitions)
             .try_for_each(|(o, p)| {
                 o.file.sync_all().map_err(ApplyError::io(&o.path))?;
-                let actual = file_hash(&o.file, &o.path, p.new.size)?;
+                let actual = romdelta_rom::sha256_file(&o.file, p.new.size)
+                    .map_err(ApplyError::io(&o.path))?;
                 if actual != p.new.sha256 {
                     return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
                 }

@@ -197,25 +197,26 @@ impl Partition {
 
     /// SHA-256 of exactly the image's bytes.
     pub fn sha256(&self) -> Result<romdelta_format::Digest, RomError> {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
         match &self.map {
-            Some(m) => h.update(&m[..]),
-            None => {
-                let mut buf = vec![0u8; READ_CHUNK.min(self.size as usize)];
-                let mut pos = 0u64;
-                while pos < self.size {
-                    let n = ((self.size - pos) as usize).min(buf.len());
-                    self.file
-                        .read_exact_at(&mut buf[..n], pos)
-                        .map_err(self.io_err())?;
-                    h.update(&buf[..n]);
-                    pos += n as u64;
-                }
-            }
+            Some(m) => Ok(romdelta_format::sha256(m)),
+            None => sha256_file(&self.file, self.size).map_err(self.io_err()),
         }
-        Ok(h.finalize().into())
     }
+}
+
+/// SHA-256 of the first `size` bytes of `file`, read through a 1 MiB buffer.
+pub fn sha256_file(file: &File, size: u64) -> std::io::Result<romdelta_format::Digest> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; READ_CHUNK.min(size as usize)];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = ((size - pos) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], pos)?;
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 /// A ROM build: its partitions, sorted by name.
