@@ -74,22 +74,19 @@ pub fn source_windows(
     // where its old version sat, relative to its unchanged neighbours), the
     // same offset, then alignments its content anchors vote for, for data
     // that moved farther. Anchor alignments need two votes, or be the best.
-    let mut spans: Vec<(i64, u64, u64)> = Vec::new();
+    let copy_shift = |i: u64| match classes[i as usize] {
+        BlockClass::Copy(j) => Some(j as i64 - i as i64),
+        _ => None,
+    };
     let lo = a.saturating_sub(p.anchor_search_blocks);
-    if let Some((i, j)) = (lo..a).rev().find_map(|i| match classes[i as usize] {
-        BlockClass::Copy(j) => Some((i, j)),
-        _ => None,
-    }) {
-        spans.push((j as i64 - i as i64, a, b - 1));
-    }
     let hi = (b + p.anchor_search_blocks).min(classes.len() as u64);
-    if let Some((i, j)) = (b..hi).find_map(|i| match classes[i as usize] {
-        BlockClass::Copy(j) => Some((i, j)),
-        _ => None,
-    }) {
-        spans.push((j as i64 - i as i64, a, b - 1));
-    }
-    spans.push((0, a, b - 1));
+    let before = (lo..a).rev().find_map(copy_shift);
+    let after = (b..hi).find_map(copy_shift);
+    let mut spans: Vec<(i64, u64, u64)> = [before, after, Some(0)]
+        .into_iter()
+        .flatten()
+        .map(|shift| (shift, a, b - 1))
+        .collect();
     let top_votes = anchored.first().map_or(0, |a| a.votes);
     spans.extend(
         anchored
@@ -398,7 +395,7 @@ mod tests {
             assert!(t.source.len() < source.len() || slack == 50);
             assert_eq!(
                 t.source.len() as u64,
-                crate::blocks_in(&t.extents) * BLOCK_SIZE
+                romdelta_format::blocks_in(&t.extents) * BLOCK_SIZE
             );
             let data = ops::encode_bsdiff(&t.patch, 3);
             let mut out = vec![0; target.len()];

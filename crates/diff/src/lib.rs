@@ -18,8 +18,6 @@ pub mod blocks;
 pub mod bsdiff;
 pub mod encode;
 
-pub use romdelta_format::blocks_in;
-
 use blocks::{BlockClass, SourceIndex};
 use encode::{EncodeParams, Region};
 use rayon::prelude::*;
