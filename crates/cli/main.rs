@@ -108,14 +108,37 @@ fn read_build(
         .map_err(Failure::usage)
 }
 
-fn trusted_keys(
-    trust: &args::Trust,
-) -> Result<Vec<romdelta_format::signing::VerifyingKey>, Failure> {
-    trust
-        .trusted_keys
-        .iter()
-        .map(|p| read_key(p, romdelta_format::signing::parse_public_key))
-        .collect()
+/// The signature policy from `--trusted-key` and `--insecure-no-verify`.
+struct TrustPolicy {
+    keys: Vec<romdelta_format::signing::VerifyingKey>,
+    insecure: bool,
+}
+
+impl TrustPolicy {
+    fn load(trust: &args::Trust) -> Result<Self, Failure> {
+        Ok(TrustPolicy {
+            keys: trust
+                .trusted_keys
+                .iter()
+                .map(|p| read_key(p, romdelta_format::signing::parse_public_key))
+                .collect::<Result<_, _>>()?,
+            insecure: trust.insecure_no_verify,
+        })
+    }
+
+    /// Refuses a package no trusted key vouches for (unless insecure).
+    fn admit(
+        &self,
+        manifest_bytes: &[u8],
+        signatures: &[romdelta_format::Signature],
+    ) -> Result<(), Failure> {
+        Ok(romdelta_apply::check_trust(
+            manifest_bytes,
+            signatures,
+            &self.keys,
+            self.insecure,
+        )?)
+    }
 }
 
 /// Writes a new key pair: KEY (0600) and KEY.pub (0644); never overwrites.
@@ -244,11 +267,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             threads,
             json,
         } => {
-            let trusted = trusted_keys(&trust)?;
+            let policy = TrustPolicy::load(&trust)?;
             let installed = read_build(installed_build.as_deref(), source.as_deref())?;
             let allow = romdelta_apply::rules::Allow {
                 downgrade: allow_downgrade,
                 line_switch: allow_line_switch,
+            };
+            // Signature, then the update rules: both before anything is written.
+            let admit = |bytes: &[u8], sigs: &[romdelta_format::Signature], m| {
+                policy.admit(bytes, sigs)?;
+                Ok::<_, Failure>(romdelta_apply::rules::check_rules(
+                    m,
+                    installed.as_ref(),
+                    allow,
+                )?)
             };
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let started = std::time::Instant::now();
@@ -256,13 +288,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 // One pass over standard input, no temporary copy.
                 let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
                 let prefix = romdelta_apply::read_stream_prefix(&mut input)?;
-                romdelta_apply::check_trust(
-                    &prefix.manifest_bytes,
-                    &prefix.signatures,
-                    &trusted,
-                    trust.insecure_no_verify,
-                )?;
-                romdelta_apply::rules::check_rules(&prefix.manifest, installed.as_ref(), allow)?;
+                admit(&prefix.manifest_bytes, &prefix.signatures, &prefix.manifest)?;
                 let plan = Plan::for_stream(&prefix.manifest, source.as_ref(), &output)?;
                 let total: u64 = prefix.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
@@ -274,13 +300,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 let file = PackageFile::open(&package)?;
                 let pkg = file.parse()?;
-                romdelta_apply::check_trust(
-                    pkg.manifest_bytes,
-                    &pkg.signatures,
-                    &trusted,
-                    trust.insecure_no_verify,
-                )?;
-                romdelta_apply::rules::check_rules(&pkg.manifest, installed.as_ref(), allow)?;
+                admit(pkg.manifest_bytes, &pkg.signatures, &pkg.manifest)?;
                 let plan = Plan::new(&pkg, source.as_ref(), &output)?;
                 let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
@@ -318,15 +338,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             threads,
             json,
         } => {
-            let trusted = trusted_keys(&trust)?;
+            let policy = TrustPolicy::load(&trust)?;
             let file = PackageFile::open(&package)?;
             let pkg = file.parse()?;
-            romdelta_apply::check_trust(
-                pkg.manifest_bytes,
-                &pkg.signatures,
-                &trusted,
-                trust.insecure_no_verify,
-            )?;
+            policy.admit(pkg.manifest_bytes, &pkg.signatures)?;
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let report = with_threads(threads, || romdelta_apply::verify(&pkg, source.as_ref()))??;
             if json {
