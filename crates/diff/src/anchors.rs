@@ -57,8 +57,9 @@ const MAX_OCCURRENCES: usize = 4;
 
 impl AnchorIndex {
     /// Indexes `src` in parallel pieces (anchors spanning a piece boundary
-    /// are missed: a negligible loss). Deterministic.
-    pub fn build(src: &[u8]) -> Self {
+    /// are missed: a negligible loss). Deterministic. `done(offset, len)` is
+    /// called after each piece is read (to release a mapping behind the pass).
+    pub fn build(src: &[u8], done: &(dyn Fn(u64, u64) + Sync)) -> Self {
         const PIECE: usize = 16 << 20;
         let mut entries: Vec<(u64, u64)> = src
             .par_chunks(PIECE)
@@ -66,6 +67,7 @@ impl AnchorIndex {
             .flat_map_iter(|(k, piece)| {
                 let mut v = Vec::with_capacity(piece.len() / 200);
                 for_each_anchor(piece, |pos, fp| v.push((fp, (k * PIECE + pos) as u64)));
+                done((k * PIECE) as u64, piece.len() as u64);
                 v
             })
             .collect();

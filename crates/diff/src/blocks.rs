@@ -17,6 +17,29 @@ pub enum BlockClass {
     Changed,
 }
 
+/// Blocks per piece of a whole-image pass: each piece is released after use,
+/// so a pass over a mapped image keeps one piece resident, not the image.
+const PIECE_BLOCKS: u64 = (crate::PASS_PIECE as u64) / romdelta_format::BLOCK_SIZE;
+
+/// `f` of every block index of `p`, computed in parallel one piece at a
+/// time; `after` runs after each piece (to release what `f` read elsewhere).
+fn by_pieces<T: Send>(p: &Partition, f: impl Fn(u64) -> T + Sync, after: impl Fn()) -> Vec<T> {
+    let n = p.blocks();
+    let mut out = Vec::with_capacity(n as usize);
+    let mut start = 0;
+    while start < n {
+        let end = (start + PIECE_BLOCKS).min(n);
+        out.par_extend((start..end).into_par_iter().map(&f));
+        p.release(
+            start * romdelta_format::BLOCK_SIZE,
+            (end - start) * romdelta_format::BLOCK_SIZE,
+        );
+        after();
+        start = end;
+    }
+    out
+}
+
 fn is_zero(b: &[u8]) -> bool {
     // Compare in 8-byte words; the compiler vectorises this.
     b.chunks_exact(8)
@@ -34,13 +57,14 @@ impl<'a> SourceIndex<'a> {
     /// Hashes every non-zero block of `src` (in parallel) and keeps, for
     /// each hash, the lowest block index, so the result is deterministic.
     pub fn build(src: &'a Partition) -> Self {
-        let hashes: Vec<Option<u64>> = (0..src.blocks())
-            .into_par_iter()
-            .map(|i| {
+        let hashes: Vec<Option<u64>> = by_pieces(
+            src,
+            |i| {
                 let b = src.block(i).expect("in range");
                 (!is_zero(&b)).then(|| xxh3_64(&b))
-            })
-            .collect();
+            },
+            || {},
+        );
         let mut first = HashMap::with_capacity(hashes.len());
         for (i, h) in hashes.into_iter().enumerate() {
             if let Some(h) = h {
@@ -67,19 +91,22 @@ impl<'a> SourceIndex<'a> {
 pub fn classify(dst: &Partition, index: Option<&SourceIndex<'_>>) -> Vec<BlockClass> {
     let n = dst.blocks();
     // Content lookups in parallel ...
-    let mut classes: Vec<BlockClass> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let b = dst.block(i).expect("in range");
-            if is_zero(&b) {
-                BlockClass::Zero
-            } else if let Some(j) = index.and_then(|ix| ix.lookup(&b)) {
-                BlockClass::Copy(j)
-            } else {
-                BlockClass::Changed
-            }
-        })
-        .collect();
+    let class_of = |i: u64| {
+        let b = dst.block(i).expect("in range");
+        if is_zero(&b) {
+            BlockClass::Zero
+        } else if let Some(j) = index.and_then(|ix| ix.lookup(&b)) {
+            BlockClass::Copy(j)
+        } else {
+            BlockClass::Changed
+        }
+    };
+    let release_src = || {
+        if let Some(ix) = index {
+            ix.src.release_all();
+        }
+    };
+    let mut classes: Vec<BlockClass> = by_pieces(dst, class_of, release_src);
     // ... then a sequential pass that keeps runs contiguous.
     if let Some(index) = index {
         let mut prev: Option<u64> = None;
@@ -96,7 +123,13 @@ pub fn classify(dst: &Partition, index: Option<&SourceIndex<'_>>) -> Vec<BlockCl
             } else {
                 prev = None;
             }
+            if (i + 1) % PIECE_BLOCKS == 0 {
+                dst.release_all();
+                index.src.release_all();
+            }
         }
+        dst.release_all();
+        index.src.release_all();
     }
     classes
 }

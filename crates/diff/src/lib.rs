@@ -130,11 +130,14 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
     }
 }
 
+/// Bytes a whole-image pass maps at a time before releasing them.
+pub(crate) const PASS_PIECE: usize = 64 << 20;
+
 /// SHA-256 of a whole partition image.
 pub fn partition_info(p: &Partition) -> PartitionInfo {
-    // Hash in 64 MiB pieces in parallel would change nothing: SHA-256 is sequential.
+    // SHA-256 is sequential; pieces only bound what stays resident.
     let mut h = sha2::Sha256::new();
-    h.update(p.bytes());
+    p.for_each_chunk(PASS_PIECE, |_, piece| h.update(piece));
     PartitionInfo {
         size: p.size(),
         sha256: h.finalize().into(),
@@ -360,7 +363,9 @@ fn diff_partition(
     drop(index);
     let anchors = match src {
         Some(s) if opts.anchors && classes.contains(&BlockClass::Changed) => {
-            Some(anchors::AnchorIndex::build(s.bytes()))
+            Some(anchors::AnchorIndex::build(s.bytes(), &|off, len| {
+                s.release(off, len)
+            }))
         }
         _ => None,
     };
@@ -397,6 +402,11 @@ fn diff_partition(
             });
             *data_len += e.data.len() as u64;
             progress((r.len * BLOCK_SIZE).min(dst.size()));
+        }
+        // What the next batch needs is mapped again on access.
+        dst.release_all();
+        if let Some(s) = src {
+            s.release_all();
         }
     }
     let mut by_kind: Vec<(OpKind, u64, u64, u64)> = Vec::new();

@@ -110,6 +110,50 @@ impl Partition {
         }
     }
 
+    /// Lets the kernel drop this process's mapping of bytes
+    /// `offset..offset + len` of a mapped partition: the pages stay in the
+    /// page cache and are mapped again on the next access, but no longer
+    /// count as resident here. Whole-image passes call it behind them, so a
+    /// diff of two large images does not hold both resident. A no-op for
+    /// partitions that are not mapped.
+    pub fn release(&self, offset: u64, len: u64) {
+        let Some(map) = &self.map else { return };
+        const PAGE: u64 = 4096;
+        // Only whole pages inside the range; the mapping starts page-aligned.
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset.saturating_add(len)).min(self.size) / PAGE * PAGE;
+        if end <= start {
+            return;
+        }
+        // SAFETY: the mapping is a read-only, shared mapping of a file; after
+        // MADV_DONTNEED the next access reads the same file contents again,
+        // so no reference into the mapping observes a change.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
+    }
+
+    /// [`Partition::release`] of the whole image.
+    pub fn release_all(&self) {
+        self.release(0, self.size);
+    }
+
+    /// Calls `f` on consecutive pieces of at most `piece` bytes of a mapped
+    /// partition (with their offsets), releasing each piece after use: a
+    /// whole-image pass whose resident memory is one piece, not the image.
+    pub fn for_each_chunk(&self, piece: usize, mut f: impl FnMut(u64, &[u8])) {
+        let bytes = self.bytes();
+        for (k, chunk) in bytes.chunks(piece.max(1)).enumerate() {
+            let off = (k * piece.max(1)) as u64;
+            f(off, chunk);
+            self.release(off, chunk.len() as u64);
+        }
+    }
+
     /// Whether [`Partition::bytes`] is available.
     pub fn is_mapped(&self) -> bool {
         self.map.is_some() || self.size == 0
@@ -307,5 +351,32 @@ impl Rom {
     /// Total bytes over all partitions.
     pub fn total_size(&self) -> u64 {
         self.partitions.iter().map(|p| p.size()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_pieces_read_back_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.img");
+        let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 123u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let p = Partition::open("p", &path, Access::Mapped).unwrap();
+        let mut seen = Vec::new();
+        p.for_each_chunk(1 << 20, |off, piece| {
+            assert_eq!(off as usize, seen.len());
+            seen.extend_from_slice(piece);
+        });
+        assert_eq!(seen, bytes);
+        p.release(5, 10_000);
+        p.release_all();
+        p.release(u64::MAX - 1, 10);
+        assert_eq!(p.bytes(), &bytes[..]);
+        // Not mapped: a no-op.
+        let r = Partition::open("p", &path, Access::Read).unwrap();
+        r.release_all();
     }
 }
