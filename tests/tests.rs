@@ -5,3 +5,4 @@ mod common;
 mod hostile;
 mod roundtrip;
 mod rules;
+mod sparse;

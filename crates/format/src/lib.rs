@@ -17,6 +17,7 @@ mod manifest;
 pub mod ops;
 mod package;
 pub mod signing;
+pub mod sparse;
 
 pub use codec::{Reader, Writer};
 pub use error::FormatError;

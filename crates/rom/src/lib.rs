@@ -5,6 +5,7 @@
 //! number of blocks to the algorithms that work on blocks.
 
 use memmap2::Mmap;
+use romdelta_format::sparse::{self, Chunk, ChunkData, SparseHeader, SparseLayout};
 use romdelta_format::{Extent, BLOCK_SIZE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -64,6 +65,11 @@ pub struct Partition {
     file: File,
     size: u64,
     map: Option<Mmap>,
+    /// Whether `map` maps the file itself (and so may be released).
+    file_backed: bool,
+    /// The chunk table when the file is an Android sparse image; `size` is
+    /// then the expanded size.
+    sparse: Option<Vec<Chunk>>,
 }
 
 impl Partition {
@@ -81,6 +87,38 @@ impl Partition {
                 reason: "not a regular file".into(),
             });
         }
+        let mut head = [0u8; sparse::FILE_HEADER_LEN];
+        let sparse = if meta.len() >= head.len() as u64
+            && file.read_exact_at(&mut head, 0).is_ok()
+            && sparse::is_sparse(&head)
+        {
+            Some(
+                read_sparse_table(&file, meta.len(), &head).map_err(|e| RomError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: format!("Android sparse image: {e}"),
+                })?,
+            )
+        } else {
+            None
+        };
+        if let Some((header, chunks)) = sparse {
+            let size = header.image_len();
+            let map = match access {
+                Access::Mapped if size > 0 => {
+                    Some(expand_sparse(&file, size, &chunks).map_err(io)?)
+                }
+                _ => None,
+            };
+            return Ok(Partition {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                file,
+                size,
+                map,
+                file_backed: false,
+                sparse: Some(chunks),
+            });
+        }
         // SAFETY: the image is mapped read-only; romdelta never writes to a
         // file it has mapped, and images are not expected to change while a
         // diff runs (as with any tool that reads them).
@@ -95,7 +133,24 @@ impl Partition {
             file,
             size: meta.len(),
             map,
+            file_backed: true,
+            sparse: None,
         })
+    }
+
+    /// Whether the file is an Android sparse image (read expanded).
+    pub fn is_sparse(&self) -> bool {
+        self.sparse.is_some()
+    }
+
+    /// Reads expanded image bytes at `pos` without a mapping.
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        match &self.sparse {
+            None => self.file.read_exact_at(buf, pos),
+            Some(chunks) => {
+                sparse::read_expanded(chunks, pos, buf, |off, b| self.file.read_exact_at(b, off))
+            }
+        }
     }
 
     /// The image bytes of a partition opened with [`Access::Mapped`].
@@ -117,7 +172,9 @@ impl Partition {
     /// diff of two large images does not hold both resident. A no-op for
     /// partitions that are not mapped.
     pub fn release(&self, offset: u64, len: u64) {
-        let Some(map) = &self.map else { return };
+        let Some(map) = self.map.as_ref().filter(|_| self.file_backed) else {
+            return;
+        };
         const PAGE: u64 = 4096;
         // Only whole pages inside the range; the mapping starts page-aligned.
         let start = offset.div_ceil(PAGE) * PAGE;
@@ -144,7 +201,8 @@ impl Partition {
 
     /// Calls `f` on consecutive pieces of at most `piece` bytes of a mapped
     /// partition (with their offsets), releasing each piece after use: a
-    /// whole-image pass whose resident memory is one piece, not the image.
+    /// whole-image pass whose resident memory is one piece, not the image
+    /// (except for sparse images, which are expanded in memory).
     pub fn for_each_chunk(&self, piece: usize, mut f: impl FnMut(u64, &[u8])) {
         let bytes = self.bytes();
         for (k, chunk) in bytes.chunks(piece.max(1)).enumerate() {
@@ -221,9 +279,7 @@ impl Partition {
                     while pos < end {
                         let n = ((end - pos) as usize).min(READ_CHUNK);
                         buf.resize(n, 0);
-                        self.file
-                            .read_exact_at(&mut buf, pos)
-                            .map_err(self.io_err())?;
+                        self.read_at(&mut buf, pos).map_err(self.io_err())?;
                         f(&buf);
                         pos += n as u64;
                     }
@@ -243,9 +299,59 @@ impl Partition {
     pub fn sha256(&self) -> Result<romdelta_format::Digest, RomError> {
         match &self.map {
             Some(m) => Ok(romdelta_format::sha256(m)),
+            None if self.sparse.is_some() => {
+                use sha2::Digest as _;
+                let mut h = sha2::Sha256::new();
+                let mut buf = vec![0u8; READ_CHUNK.min(self.size as usize)];
+                let mut pos = 0u64;
+                while pos < self.size {
+                    let n = ((self.size - pos) as usize).min(buf.len());
+                    self.read_at(&mut buf[..n], pos).map_err(self.io_err())?;
+                    h.update(&buf[..n]);
+                    pos += n as u64;
+                }
+                Ok(h.finalize().into())
+            }
             None => sha256_file(&self.file, self.size).map_err(self.io_err()),
         }
     }
+}
+
+/// Reads the chunk table of the sparse image `file` (of `file_len` bytes,
+/// starting with `head`), one chunk header at a time.
+fn read_sparse_table(
+    file: &File,
+    file_len: u64,
+    head: &[u8],
+) -> Result<(SparseHeader, Vec<Chunk>), String> {
+    let header = SparseHeader::decode(head).map_err(|e| e.to_string())?;
+    let mut layout = SparseLayout::new(header, file_len).map_err(|e| e.to_string())?;
+    let want = (header.chunk_header_len + 4) as usize;
+    let mut buf = vec![0u8; want.min(1 << 16)];
+    while let Some(at) = layout.next_header_offset() {
+        let n = ((file_len.saturating_sub(at)) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| e.to_string())?;
+        layout.push(&buf[..n]).map_err(|e| e.to_string())?;
+    }
+    let chunks = layout.finish().map_err(|e| e.to_string())?;
+    Ok((header, chunks))
+}
+
+/// The expanded bytes of a sparse image in anonymous memory: blocks that
+/// are DONT_CARE are never touched, so they cost no memory.
+fn expand_sparse(file: &File, size: u64, chunks: &[Chunk]) -> std::io::Result<Mmap> {
+    let len = usize::try_from(size).map_err(|_| std::io::Error::other("image too large"))?;
+    let mut map = memmap2::MmapOptions::new().len(len).map_anon()?;
+    for c in chunks {
+        let out = &mut map[c.offset as usize..(c.offset + c.len) as usize];
+        match c.data {
+            ChunkData::Raw { file_offset } => file.read_exact_at(out, file_offset)?,
+            ChunkData::Fill([0, 0, 0, 0]) | ChunkData::DontCare => {}
+            ChunkData::Fill(p) => out.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&p)),
+        }
+    }
+    map.make_read_only()
 }
 
 /// SHA-256 of the first `size` bytes of `file`, read through a 1 MiB buffer.
@@ -362,7 +468,9 @@ mod tests {
     fn released_pieces_read_back_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.img");
-        let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 123u32).map(|i| (i % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 123u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
         std::fs::write(&path, &bytes).unwrap();
         let p = Partition::open("p", &path, Access::Mapped).unwrap();
         let mut seen = Vec::new();
