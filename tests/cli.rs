@@ -123,6 +123,31 @@ fn full_package_needs_no_source() {
 }
 
 #[test]
+fn an_error_names_its_cause_once() {
+    // Regression: I/O errors printed their cause twice.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, new) = synth_roms(dir.path(), 4);
+    let pkg = dir.path().join("full.romdelta");
+    romdelta()
+        .args(["diff", "--full", "--level", "1", "-o"])
+        .arg(&pkg)
+        .arg(&new)
+        .assert()
+        .success();
+    let out = dir.path().join("busy");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("x"), b"x").unwrap();
+    let run = romdelta()
+        .args(["apply", "--insecure-no-verify", "-o"])
+        .arg(&out)
+        .arg(&pkg)
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+    assert_eq!(err.matches("not empty").count(), 1, "{err}");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     romdelta()
         .args(["diff", "only-one-path", "-o", "x"])

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod hostile;
+mod resume;
 mod roundtrip;
 mod rules;
 mod sparse;

@@ -317,6 +317,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     output.display(),
                     started.elapsed().as_secs_f64()
                 );
+                if report.resumed_ops > 0 {
+                    println!(
+                        "  resumed: {} operations were already written by an interrupted run",
+                        report.resumed_ops
+                    );
+                }
                 for (name, size, hash) in &report.partitions {
                     println!("  {name:<16} {:>12}  sha256 {hash}", progress::human(*size));
                 }
@@ -366,12 +372,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// The error and its causes on one line, each cause once: errors that
+/// already show their cause in their own message do not repeat it.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("romdelta: error: {:#}", f.error);
+            eprintln!("romdelta: error: {}", message(&f.error));
             ExitCode::from(f.code)
         }
     }

@@ -1,17 +1,18 @@
 //! Stages 3–4: run a validated plan, verify, and put the output in place.
 
+use crate::stage::{parent_of, sync_dir, Checkpointer, Output, Staged};
 use crate::{ApplyError, ApplyReport, Hashed, Mismatch, Plan};
 use rayon::prelude::*;
 use romdelta_format::{
     hex_digest, ops, Digest, Extent, FormatError, OpKind, Operation, Package, PartitionUpdate,
     BLOCK_SIZE,
 };
-use romdelta_rom::{Layout, Partition, Rom};
+use romdelta_rom::{Partition, Rom};
 use sha2::Digest as _;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -49,12 +50,6 @@ impl ExtentWriter<'_> {
         }
         Ok(())
     }
-}
-
-struct Output {
-    name: String,
-    file: File,
-    path: PathBuf,
 }
 
 fn mismatch(
@@ -190,24 +185,6 @@ fn run_op(
     Ok(w.written)
 }
 
-enum Staging {
-    Image(tempfile::NamedTempFile),
-    Dir(tempfile::TempDir),
-}
-
-fn parent_of(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ApplyError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ApplyError::io(dir))
-}
-
 impl Plan<'_> {
     /// Runs the plan on a package held in memory (see [`Plan::new`]).
     /// `progress` is called with the bytes written so far.
@@ -216,10 +193,19 @@ impl Plan<'_> {
             ApplyError::Refused("this plan reads its data from a stream: use execute_stream".into())
         })?;
         let m = self.manifest;
-        let (staging, outputs) = self.stage()?;
+        let staged = self.stage()?;
+        let cp = Checkpointer::new(
+            &staged.outputs,
+            &staged.staging.journal,
+            staged.journal.clone(),
+        );
+        let outputs = &staged.outputs;
         let jobs = op_indices(m);
         let written = AtomicU64::new(0);
-        jobs.par_iter().try_for_each(|&(pi, oi)| {
+        jobs.par_iter().enumerate().try_for_each(|(k, &(pi, oi))| {
+            if cp.is_done(k as u64) {
+                return Ok(());
+            }
             let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
             let op_data = if op.kind.has_data() {
                 let start = op.data_offset as usize;
@@ -229,9 +215,10 @@ impl Plan<'_> {
             };
             let n = run_op(op_data, p, oi, self.sources[pi], &outputs[pi])?;
             progress(written.fetch_add(n, Ordering::Relaxed) + n);
-            Ok::<(), ApplyError>(())
+            cp.done(k as u64, n)
         })?;
-        self.finish(staging, outputs, written.load(Ordering::Relaxed))
+        drop(cp);
+        self.finish(staged, written.load(Ordering::Relaxed))
     }
 
     /// Runs the plan while reading the data section from `data`, which must
@@ -245,9 +232,17 @@ impl Plan<'_> {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<ApplyReport, ApplyError> {
         let m = self.manifest;
-        let (staging, outputs) = self.stage()?;
+        let mut staged = self.stage()?;
+        let cp = Checkpointer::new(
+            &staged.outputs,
+            &staged.staging.journal,
+            staged.journal.clone(),
+        );
+        let outputs = &staged.outputs;
         let workers = rayon::current_num_threads().max(1);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, usize, Vec<u8>)>(workers);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, usize, u64, Vec<u8>)>(workers);
+        // Set when the stream stops early: the progress so far is kept.
+        let cut = AtomicBool::new(false);
         let rx = Mutex::new(rx);
         let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
         let failed = AtomicBool::new(false);
@@ -260,46 +255,62 @@ impl Plan<'_> {
             for _ in 0..workers {
                 scope.spawn(|| loop {
                     let job = rx.lock().expect("not poisoned").recv();
-                    let Ok((pi, oi, op_data)) = job else { break };
+                    let Ok((pi, oi, k, op_data)) = job else { break };
                     if failed.load(Ordering::SeqCst) {
                         continue;
                     }
                     let p = &m.partitions[pi];
-                    match run_op(&op_data, p, oi, self.sources[pi], &outputs[pi]) {
-                        Ok(n) => progress(written.fetch_add(n, Ordering::Relaxed) + n),
-                        Err(e) => fail(e),
+                    let ran =
+                        run_op(&op_data, p, oi, self.sources[pi], &outputs[pi]).and_then(|n| {
+                            progress(written.fetch_add(n, Ordering::Relaxed) + n);
+                            cp.done(k, n)
+                        });
+                    if let Err(e) = ran {
+                        fail(e);
                     }
                 });
             }
             // Operations without data first: they run while data arrives.
+            // (partition, operation, index in manifest order, operation).
             let indexed = || {
-                m.partitions.iter().enumerate().flat_map(|(pi, p)| {
-                    p.operations
-                        .iter()
-                        .enumerate()
-                        .map(move |(oi, op)| (pi, oi, op))
-                })
+                m.partitions
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(pi, p)| {
+                        p.operations
+                            .iter()
+                            .enumerate()
+                            .map(move |(oi, op)| (pi, oi, op))
+                    })
+                    .enumerate()
+                    .map(|(k, (pi, oi, op))| (pi, oi, k as u64, op))
             };
-            for (pi, oi, _) in indexed().filter(|(_, _, op)| !op.kind.has_data()) {
-                if failed.load(Ordering::SeqCst) || tx.send((pi, oi, Vec::new())).is_err() {
+            for (pi, oi, k, _) in indexed().filter(|(_, _, _, op)| !op.kind.has_data()) {
+                if cp.is_done(k) {
+                    continue;
+                }
+                if failed.load(Ordering::SeqCst) || tx.send((pi, oi, k, Vec::new())).is_err() {
                     break;
                 }
             }
             // Then the data section, in manifest order (the format requires it).
-            for (pi, oi, op) in indexed().filter(|(_, _, op)| op.kind.has_data()) {
+            for (pi, oi, k, op) in indexed().filter(|(_, _, _, op)| op.kind.has_data()) {
                 if failed.load(Ordering::SeqCst) {
                     break;
                 }
                 match read_exactly(data, op.data_length, "operation data") {
+                    // Done by an earlier run: its data is read past.
+                    Ok(_) if cp.is_done(k) => {}
                     Ok(buf) => {
-                        if tx.send((pi, oi, buf)).is_err() {
+                        if tx.send((pi, oi, k, buf)).is_err() {
                             break;
                         }
                     }
                     Err(e) => {
+                        cut.store(true, Ordering::SeqCst);
                         fail(match e {
                             ApplyError::Format(f) => ApplyError::Refused(format!(
-                                "partition {}, operation {oi}: the package stream ended early ({f})",
+                                "partition {}, operation {oi}: the package stream ended early ({f}); the operations before it are kept: run the same command again to resume",
                                 m.partitions[pi].name
                             )),
                             other => other,
@@ -322,75 +333,30 @@ impl Plan<'_> {
             drop(tx);
         });
         if let Some(e) = first_error.into_inner().expect("not poisoned") {
+            // A stream that stopped (a cut download) keeps what was written
+            // for the next run, if it can be made durable; any other failure
+            // removes the staged output.
+            if cut.load(Ordering::SeqCst) && cp.checkpoint().is_ok() {
+                staged.staging.keep();
+            }
             return Err(e);
         }
-        self.finish(staging, outputs, written.load(Ordering::Relaxed))
-    }
-
-    /// Creates the staged output files, sized to their new images.
-    fn stage(&self) -> Result<(Staging, Vec<Output>), ApplyError> {
-        let m = self.manifest;
-        let parent = parent_of(&self.output.path);
-        let staging_builder = || {
-            let mut b = tempfile::Builder::new();
-            b.prefix(".romdelta-").suffix(".partial");
-            b
-        };
-        let (staging, outputs) = match self.output.layout {
-            Layout::Image => {
-                let t = staging_builder()
-                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-                    .tempfile_in(&parent)
-                    .map_err(ApplyError::io(&parent))?;
-                let file = t.as_file().try_clone().map_err(ApplyError::io(t.path()))?;
-                let o = Output {
-                    name: m.partitions[0].name.clone(),
-                    file,
-                    path: t.path().to_path_buf(),
-                };
-                (Staging::Image(t), vec![o])
-            }
-            Layout::Directory => {
-                let d = staging_builder()
-                    .tempdir_in(&parent)
-                    .map_err(ApplyError::io(&parent))?;
-                let mut outs = Vec::new();
-                for p in &m.partitions {
-                    let path = d.path().join(format!("{}.img", p.name));
-                    let file = File::options()
-                        .read(true)
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .map_err(ApplyError::io(&path))?;
-                    outs.push(Output {
-                        name: p.name.clone(),
-                        file,
-                        path,
-                    });
-                }
-                (Staging::Dir(d), outs)
-            }
-        };
-        for (p, o) in m.partitions.iter().zip(&outputs) {
-            o.file
-                .set_len(p.new.size)
-                .map_err(ApplyError::io(&o.path))?;
-        }
-        Ok((staging, outputs))
+        drop(cp);
+        self.finish(staged, written.load(Ordering::Relaxed))
     }
 
     /// Syncs and hashes every written image from disk and, only when all
     /// match, renames the staged output into place.
-    fn finish(
-        &self,
-        staging: Staging,
-        outputs: Vec<Output>,
-        bytes_written: u64,
-    ) -> Result<ApplyReport, ApplyError> {
+    fn finish(&self, staged: Staged, bytes_written: u64) -> Result<ApplyReport, ApplyError> {
         let m = self.manifest;
         let out = &self.output.path;
         let parent = parent_of(out);
+        let Staged {
+            mut staging,
+            outputs,
+            resumed,
+            ..
+        } = staged;
         outputs
             .par_iter()
             .zip(&m.partitions)
@@ -412,34 +378,29 @@ impl Plan<'_> {
                 .collect(),
             output: out.clone(),
             bytes_written,
+            resumed_ops: resumed,
         };
         drop(outputs);
-        match staging {
-            Staging::Image(t) => {
-                t.persist(out).map_err(|e| ApplyError::Io {
-                    path: out.clone(),
-                    source: e.error,
-                })?;
-            }
-            Staging::Dir(d) => {
-                sync_dir(d.path())?;
-                if out.is_dir() {
-                    // Checked empty by the plan.
-                    std::fs::remove_dir(out).map_err(ApplyError::io(out))?;
-                }
-                let staged = d.keep();
-                let perms = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-                let moved = std::fs::set_permissions(&staged, perms)
-                    .and_then(|_| std::fs::rename(&staged, out));
-                if let Err(e) = moved {
-                    let _ = std::fs::remove_dir_all(&staged);
-                    return Err(ApplyError::Io {
-                        path: out.clone(),
-                        source: e,
-                    });
-                }
-            }
+        // The journal goes first: a crash after this point finds staged
+        // output without a journal and starts over, never trusting it.
+        match std::fs::remove_file(&staging.journal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ApplyError::io(&staging.journal)(e)),
         }
+        sync_dir(&parent)?;
+        if staging.dir {
+            sync_dir(&staging.staged)?;
+            if out.is_dir() {
+                // Checked empty by the plan.
+                std::fs::remove_dir(out).map_err(ApplyError::io(out))?;
+            }
+            let perms = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            std::fs::set_permissions(&staging.staged, perms)
+                .map_err(ApplyError::io(&staging.staged))?;
+        }
+        std::fs::rename(&staging.staged, out).map_err(ApplyError::io(out))?;
+        staging.keep();
         sync_dir(&parent)?;
         Ok(report)
     }

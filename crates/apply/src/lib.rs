@@ -17,6 +17,9 @@
 mod error;
 mod exec;
 pub mod rules;
+mod stage;
+
+pub use stage::staging_paths;
 
 pub use error::{ApplyError, Hashed, Mismatch};
 
@@ -90,8 +93,10 @@ pub struct ApplyReport {
     pub partitions: Vec<(String, u64, String)>,
     /// Where the output is.
     pub output: PathBuf,
-    /// Bytes written in all.
+    /// Bytes written in all (by this run).
     pub bytes_written: u64,
+    /// Operations an interrupted earlier run had finished, skipped by this one.
+    pub resumed_ops: u64,
 }
 
 /// Finds the source partition each partition update reads, and checks its size.

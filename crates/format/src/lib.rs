@@ -13,6 +13,7 @@ pub mod buildprop;
 mod codec;
 mod error;
 mod extent;
+pub mod journal;
 mod manifest;
 pub mod ops;
 mod package;

@@ -1,0 +1,375 @@
+//! The staged output and its resume journal.
+//!
+//! An apply writes its images under a hidden name beside the output,
+//! `.NAME.romdelta-partial` (a file, or a directory of `PART.img`), and keeps
+//! `.NAME.romdelta-journal` beside it: at checkpoints the staged images are
+//! synced, then the journal is rewritten (new file, synced, renamed) to list
+//! every operation whose writes are on disk. A run that finds a journal of
+//! the same package and source reopens the staged images and skips what the
+//! journal lists; a journal of anything else is refused. A run that fails
+//! with an error removes both; a run that is killed or loses power leaves
+//! them for the next run.
+
+use crate::{ApplyError, Plan};
+use romdelta_format::journal::Journal;
+use romdelta_format::{hex_digest, Digest, Manifest};
+use romdelta_rom::{Layout, Partition};
+use sha2::Digest as _;
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One staged image being written.
+pub(crate) struct Output {
+    pub(crate) name: String,
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+}
+
+/// Where the staged output and the journal of output `out` live.
+pub fn staging_paths(out: &Path) -> (PathBuf, PathBuf) {
+    let parent = parent_of(out);
+    let name = out.file_name().map(OsString::from).unwrap_or_default();
+    let with = |suffix: &str| {
+        let mut n = OsString::from(".");
+        n.push(&name);
+        n.push(suffix);
+        parent.join(n)
+    };
+    (with(".romdelta-partial"), with(".romdelta-journal"))
+}
+
+pub(crate) fn parent_of(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), ApplyError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ApplyError::io(dir))
+}
+
+/// The staged output: removed on drop unless kept (after success, or to
+/// resume after an interrupted stream).
+pub(crate) struct Staging {
+    pub(crate) staged: PathBuf,
+    pub(crate) journal: PathBuf,
+    pub(crate) dir: bool,
+    /// Held for the whole run: a second apply to the same output fails.
+    _lock: File,
+    armed: bool,
+}
+
+impl Staging {
+    /// Keeps the staged output and journal on disk when dropped.
+    pub(crate) fn keep(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.journal);
+            let _ = if self.dir {
+                std::fs::remove_dir_all(&self.staged)
+            } else {
+                std::fs::remove_file(&self.staged)
+            };
+        }
+    }
+}
+
+/// A fingerprint of the source files a plan reads: name, size, device,
+/// inode and modification time of each. A journal written while reading
+/// other files (another build put in place) does not match it.
+fn source_id(m: &Manifest, sources: &[Option<&Partition>]) -> Result<Digest, ApplyError> {
+    let mut h = sha2::Sha256::new();
+    for (p, s) in m.partitions.iter().zip(sources) {
+        h.update((p.name.len() as u64).to_le_bytes());
+        h.update(p.name.as_bytes());
+        if let Some(s) = s {
+            let meta = std::fs::metadata(&s.path).map_err(ApplyError::io(&s.path))?;
+            for v in [
+                s.size(),
+                meta.dev(),
+                meta.ino(),
+                meta.mtime() as u64,
+                meta.mtime_nsec() as u64,
+            ] {
+                h.update(v.to_le_bytes());
+            }
+        }
+    }
+    Ok(h.finalize().into())
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), ApplyError> {
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => ApplyError::Refused(format!(
+            "{} is being written by another romdelta apply",
+            path.display()
+        )),
+        std::fs::TryLockError::Error(e) => ApplyError::io(path)(e),
+    })
+}
+
+fn open_rw(path: &Path, create: bool) -> Result<File, ApplyError> {
+    let mut o = File::options();
+    o.read(true).write(true);
+    if create {
+        o.create_new(true);
+    }
+    o.open(path).map_err(ApplyError::io(path))
+}
+
+/// The staged output of a plan, with the journal to resume from.
+pub(crate) struct Staged {
+    pub(crate) staging: Staging,
+    pub(crate) outputs: Vec<Output>,
+    pub(crate) journal: Journal,
+    /// Operations the journal already listed as done.
+    pub(crate) resumed: u64,
+}
+
+impl Plan<'_> {
+    /// Creates the staged output, or reopens it when a journal of this
+    /// package and source says how far a previous run got.
+    pub(crate) fn stage(&self) -> Result<Staged, ApplyError> {
+        let m = self.manifest;
+        let (staged, journal_path) = staging_paths(&self.output.path);
+        let dir = self.output.layout == Layout::Directory;
+        let manifest_sha = romdelta_format::sha256(&m.encode());
+        let source = source_id(m, &self.sources)?;
+        let ops: u64 = m.partitions.iter().map(|p| p.operations.len() as u64).sum();
+        let image_path = |i: usize| {
+            if dir {
+                staged.join(format!("{}.img", m.partitions[i].name))
+            } else {
+                staged.clone()
+            }
+        };
+        if journal_path.exists() {
+            let journal = load_journal(&journal_path, ops, manifest_sha, source)?;
+            let how = |what: String| {
+                ApplyError::Refused(format!(
+                    "{what}; it does not match its journal {}: remove both to start over",
+                    journal_path.display()
+                ))
+            };
+            let lock_file = File::open(&staged)
+                .map_err(|e| how(format!("staged output {}: {e}", staged.display())))?;
+            lock(&lock_file, &staged)?;
+            let mut outputs = Vec::new();
+            for (i, p) in m.partitions.iter().enumerate() {
+                let path = image_path(i);
+                let file = open_rw(&path, false).map_err(|e| how(format!("staged image: {e}")))?;
+                let len = file.metadata().map_err(ApplyError::io(&path))?.len();
+                if len != p.new.size {
+                    return Err(how(format!(
+                        "staged image {} has {len} bytes, the package writes {}",
+                        path.display(),
+                        p.new.size
+                    )));
+                }
+                outputs.push(Output {
+                    name: p.name.clone(),
+                    file,
+                    path,
+                });
+            }
+            let resumed = journal.done_count();
+            return Ok(Staged {
+                staging: Staging {
+                    staged,
+                    journal: journal_path,
+                    dir,
+                    _lock: lock_file,
+                    armed: true,
+                },
+                outputs,
+                journal,
+                resumed,
+            });
+        }
+        // No journal: whatever is staged was never checkpointed (or was
+        // verified and is about to be renamed by a run that died): start over,
+        // unless another apply holds it.
+        if let Ok(f) = File::open(&staged) {
+            lock(&f, &staged)?;
+            drop(f);
+            let removed = if dir {
+                std::fs::remove_dir_all(&staged)
+            } else {
+                std::fs::remove_file(&staged)
+            };
+            removed.map_err(ApplyError::io(&staged))?;
+        }
+        let lock_file = if dir {
+            std::fs::create_dir(&staged).map_err(ApplyError::io(&staged))?;
+            File::open(&staged).map_err(ApplyError::io(&staged))?
+        } else {
+            let f = open_rw(&staged, true)?;
+            std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .map_err(ApplyError::io(&staged))?;
+            f
+        };
+        lock(&lock_file, &staged)?;
+        let staging = Staging {
+            staged: staged.clone(),
+            journal: journal_path,
+            dir,
+            _lock: lock_file,
+            armed: true,
+        };
+        let mut outputs = Vec::new();
+        for (i, p) in m.partitions.iter().enumerate() {
+            let path = image_path(i);
+            let file = if dir {
+                open_rw(&path, true)?
+            } else {
+                open_rw(&path, false)?
+            };
+            file.set_len(p.new.size).map_err(ApplyError::io(&path))?;
+            outputs.push(Output {
+                name: p.name.clone(),
+                file,
+                path,
+            });
+        }
+        Ok(Staged {
+            staging,
+            outputs,
+            journal: Journal::new(manifest_sha, source, ops),
+            resumed: 0,
+        })
+    }
+}
+
+/// Reads the journal at `path` and checks that it belongs to this package
+/// and source.
+fn load_journal(
+    path: &Path,
+    ops: u64,
+    manifest_sha: Digest,
+    source: Digest,
+) -> Result<Journal, ApplyError> {
+    let expected_len = 8 + 4 + 32 + 32 + 8 + ops.div_ceil(8) + 32;
+    let refuse = |what: String| {
+        ApplyError::Refused(format!(
+            "resume journal {}: {what}; remove it and the staged output beside it to start over",
+            path.display()
+        ))
+    };
+    let len = std::fs::metadata(path).map_err(ApplyError::io(path))?.len();
+    if len != expected_len {
+        return Err(refuse(format!(
+            "{len} bytes, a journal of this package has {expected_len}"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(ApplyError::io(path))?;
+    let j = Journal::decode(&bytes, ops).map_err(|e| refuse(e.to_string()))?;
+    if j.manifest_sha256 != manifest_sha {
+        return Err(refuse(format!(
+            "it belongs to another package (manifest sha256 {}, this package {})",
+            hex_digest(&j.manifest_sha256),
+            hex_digest(&manifest_sha)
+        )));
+    }
+    if j.source_id != source {
+        return Err(refuse(
+            "it was written while reading other source images (their size, inode or time changed)"
+                .into(),
+        ));
+    }
+    Ok(j)
+}
+
+/// Records finished operations and, at checkpoints, makes them durable:
+/// sync the staged images, then replace the journal.
+pub(crate) struct Checkpointer<'a> {
+    outputs: &'a [Output],
+    path: &'a Path,
+    journal: Mutex<Journal>,
+    /// Finished since the last checkpoint (not yet known to be on disk).
+    pending: Mutex<Vec<u64>>,
+    last: Mutex<Instant>,
+    bytes_since: AtomicU64,
+    interval: Duration,
+    bytes_interval: u64,
+}
+
+impl<'a> Checkpointer<'a> {
+    pub(crate) fn new(outputs: &'a [Output], path: &'a Path, journal: Journal) -> Self {
+        Checkpointer {
+            outputs,
+            path,
+            journal: Mutex::new(journal),
+            pending: Mutex::new(Vec::new()),
+            last: Mutex::new(Instant::now()),
+            bytes_since: AtomicU64::new(0),
+            interval: Duration::from_millis(500),
+            bytes_interval: 16 << 20,
+        }
+    }
+
+    /// Whether the journal lists operation `i` as done.
+    pub(crate) fn is_done(&self, i: u64) -> bool {
+        self.journal.lock().expect("not poisoned").is_done(i)
+    }
+
+    /// Notes that operation `i` finished writing `bytes`; checkpoints when
+    /// enough time or data has passed.
+    pub(crate) fn done(&self, i: u64, bytes: u64) -> Result<(), ApplyError> {
+        self.pending.lock().expect("not poisoned").push(i);
+        let since = self.bytes_since.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let due = since >= self.bytes_interval
+            || self.last.lock().expect("not poisoned").elapsed() >= self.interval;
+        if due {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the staged images and records every operation finished before
+    /// the sync began.
+    pub(crate) fn checkpoint(&self) -> Result<(), ApplyError> {
+        // One checkpoint at a time; the journal lock serialises them.
+        let mut journal = self.journal.lock().expect("not poisoned");
+        let batch = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
+        *self.last.lock().expect("not poisoned") = Instant::now();
+        self.bytes_since.store(0, Ordering::Relaxed);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for o in self.outputs {
+            o.file.sync_data().map_err(ApplyError::io(&o.path))?;
+        }
+        for i in batch {
+            journal.set_done(i);
+        }
+        write_durably(self.path, &journal.encode())
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file renamed over it.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(ApplyError::io(path))?;
+    sync_dir(&parent_of(path))
+}
