@@ -1,6 +1,7 @@
 //! The `romdelta` command: a thin layer over the romdelta libraries.
 
 mod args;
+mod bench;
 mod demo;
 mod inspect;
 mod progress;
@@ -363,6 +364,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             scale,
             threads,
         } => with_threads(threads, || demo::run(dir.as_deref(), scale as usize))?,
+        Command::Bench { .. } => bench::run(cli.command),
     }
 }
 
