@@ -138,6 +138,8 @@ pub fn write(report: &Report, path: &Path, font: Option<&Path>) -> anyhow::Resul
     }
     mesh.draw().map_err(plot_err)?;
 
+    // Labels go beside their point where they overlap no label placed before.
+    let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
     for (x, y, label, tool, input) in &points {
         let c = colour(*tool);
         let marker: DynElement<'_, _, (i32, i32)> = match input {
@@ -146,10 +148,12 @@ pub fn write(report: &Report, path: &Path, font: Option<&Path>) -> anyhow::Resul
         };
         let element = EmptyElement::at((*x, *y)) + marker;
         if text {
+            let (px, py) = chart.backend_coord(&(*x, *y));
+            let offset = label_offset(&mut placed, (px, py), label);
             let element = element
                 + plotters::element::Text::new(
                     label.clone(),
-                    (9, -16),
+                    offset,
                     ("sans-serif", 15).into_font().color(&c),
                 );
             chart
@@ -163,6 +167,35 @@ pub fn write(report: &Report, path: &Path, font: Option<&Path>) -> anyhow::Resul
     }
     root.present().map_err(plot_err)?;
     Ok(())
+}
+
+/// The first of a few offsets from the point at `at` where `label`'s box
+/// (estimated at 8 px a character, 16 px high) overlaps no box in `placed`;
+/// records the box it chose.
+fn label_offset(placed: &mut Vec<(i32, i32, i32, i32)>, at: (i32, i32), label: &str) -> (i32, i32) {
+    let (w, h) = (8 * label.chars().count() as i32, 16);
+    let candidates = [
+        (9, -20),
+        (9, 6),
+        (-9 - w, -20),
+        (-9 - w, 6),
+        (9, -38),
+        (9, 24),
+        (-9 - w, -38),
+        (-9 - w, 24),
+    ];
+    let boxed = |(dx, dy): (i32, i32)| (at.0 + dx, at.1 + dy, at.0 + dx + w, at.1 + dy + h);
+    let free = |b: (i32, i32, i32, i32)| {
+        placed
+            .iter()
+            .all(|p| b.2 <= p.0 || p.2 <= b.0 || b.3 <= p.1 || p.3 <= b.1)
+    };
+    let chosen = candidates
+        .into_iter()
+        .find(|&o| free(boxed(o)))
+        .unwrap_or(candidates[0]);
+    placed.push(boxed(chosen));
+    chosen
 }
 
 fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
