@@ -1,5 +1,6 @@
 //! romdelta's integration tests: one binary, one module per area.
 
+mod bench;
 mod cli;
 mod common;
 mod hostile;

@@ -134,6 +134,42 @@ pub enum Command {
         #[command(flatten)]
         threads: Threads,
     },
+    /// Run romdelta and its peers on one pair: a table, JSON and a chart.
+    ///
+    /// Every tool runs as a child process, one job at a time; see
+    /// docs/BENCHMARKS.md ("Running the harness").
+    Bench {
+        /// The source image (or directory of NAME.img images).
+        source: PathBuf,
+        /// The target image (or directory of NAME.img images).
+        target: PathBuf,
+        /// `all`, or a comma list of romdelta,bsdiff,xdelta3,zstd19,zstd22,hdiffpatch.
+        #[arg(long, default_value = "all", value_name = "LIST")]
+        peers: String,
+        /// Where results.md, results.json, chart.png and the job logs go.
+        #[arg(long, default_value = "bench-out", value_name = "DIR")]
+        out: PathBuf,
+        /// Time limit of each job, in seconds.
+        #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// Worker threads of romdelta diff and apply.
+        #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
+        /// Extra arguments for romdelta diff, e.g. "--level 22".
+        #[arg(
+            long,
+            default_value = "",
+            value_name = "ARGS",
+            allow_hyphen_values = true
+        )]
+        romdelta_args: String,
+        /// Leave the page cache alone (by default it is dropped before each job).
+        #[arg(long)]
+        keep_caches: bool,
+        /// Print the JSON results instead of the Markdown table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Generator tuning, for benchmarks and experiments (hidden from --help).

@@ -1,6 +1,7 @@
 //! The `romdelta` command: a thin layer over the romdelta libraries.
 
 mod args;
+mod bench;
 mod demo;
 mod inspect;
 mod progress;
@@ -369,6 +370,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             scale,
             threads,
         } => with_threads(threads, || demo::run(dir.as_deref(), scale as usize))?,
+        Command::Bench { .. } => bench::run(cli.command),
     }
 }
 
