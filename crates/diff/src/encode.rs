@@ -82,7 +82,9 @@ pub fn source_windows(
     let hi = (b + p.anchor_search_blocks).min(classes.len() as u64);
     let before = (lo..a).rev().find_map(copy_shift);
     let after = (b..hi).find_map(copy_shift);
-    let mut spans: Vec<(i64, u64, u64)> = [before, after, Some(0)]
+    // Unchanged blocks absorbed into the region give alignments too.
+    let inside = (a..b).find_map(copy_shift);
+    let mut spans: Vec<(i64, u64, u64)> = [before, after, inside, Some(0)]
         .into_iter()
         .flatten()
         .map(|shift| (shift, a, b - 1))

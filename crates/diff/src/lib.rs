@@ -63,6 +63,9 @@ pub struct DiffOptions {
     pub src_per_dst_block: u64,
     /// Most blocks in one SOURCE_COPY operation.
     pub copy_op_blocks: u64,
+    /// Runs of at most this many unchanged blocks between changed blocks
+    /// are encoded with them, as part of one region.
+    pub gap_blocks: u64,
     /// Regions encoded per batch (bounds memory).
     pub batch_regions: usize,
     /// zstd level of the trial encodings that pick each region's encoder.
@@ -91,6 +94,7 @@ impl Default for DiffOptions {
             src_per_dst_block: 4,
             copy_op_blocks: 4096,
             batch_regions: 64,
+            gap_blocks: 32,
             trial_level: 9,
             anchors: true,
             trim_slack_blocks: 2,
@@ -262,6 +266,30 @@ pub fn write_package(
     })
 }
 
+/// `classes` with every run of at most `gap` unchanged blocks that lies
+/// between changed blocks marked changed too: nearby edits then form one
+/// region (one operation, one compressed stream) instead of many small ones,
+/// and the few unchanged blocks between them cost next to nothing to encode.
+fn absorb_gaps(classes: &[BlockClass], gap: u64) -> Vec<BlockClass> {
+    let mut out = classes.to_vec();
+    let n = classes.len();
+    let mut i = 0;
+    while i < n {
+        if classes[i] == BlockClass::Changed {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && classes[i] != BlockClass::Changed {
+            i += 1;
+        }
+        if start > 0 && i < n && (i - start) as u64 <= gap {
+            out[start..i].fill(BlockClass::Changed);
+        }
+    }
+    out
+}
+
 /// Splits `classes` into ZERO and SOURCE_COPY operations and changed regions.
 fn plan_blocks(
     classes: &[BlockClass],
@@ -369,7 +397,9 @@ fn diff_partition(
         }
         _ => None,
     };
-    let (mut operations, regions) = plan_blocks(&classes, src, opts);
+    let planned = absorb_gaps(&classes, opts.gap_blocks);
+    let (mut operations, regions) = plan_blocks(&planned, src, opts);
+    drop(planned);
     let changed: u64 = regions.iter().map(|r| r.len).sum();
     progress(dst.size().saturating_sub(changed * BLOCK_SIZE));
     let params = EncodeParams {
@@ -433,4 +463,27 @@ fn diff_partition(
         },
         summary,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use BlockClass::{Changed as C, Copy as K, Zero as Z};
+
+    #[test]
+    fn short_gaps_between_changed_blocks_join_the_region() {
+        let classes = [K(0), C, K(7), Z, C, Z, Z, Z, C, Z, K(3)];
+        // Gaps of at most 2 blocks: the first joins, the 3-block one does
+        // not, and the unchanged edges never do.
+        assert_eq!(
+            absorb_gaps(&classes, 2),
+            [K(0), C, C, C, C, Z, Z, Z, C, Z, K(3)]
+        );
+        assert_eq!(
+            absorb_gaps(&classes, 3),
+            [K(0), C, C, C, C, C, C, C, C, Z, K(3)]
+        );
+        assert_eq!(absorb_gaps(&classes, 0), classes);
+        assert!(absorb_gaps(&[], 8).is_empty());
+    }
 }
