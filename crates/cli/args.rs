@@ -117,6 +117,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a BSDIFF40 patch from OLD to NEW, as Debian's `bsdiff` 4.3 does.
+    Bsdiff {
+        /// The old file.
+        old: PathBuf,
+        /// The new file.
+        new: PathBuf,
+        /// Where to write the patch.
+        patch: PathBuf,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a BSDIFF40 patch to OLD, writing NEW, as Debian's `bspatch` 4.3 does.
+    Bspatch {
+        /// The old file.
+        old: PathBuf,
+        /// Where to write the new file.
+        new: PathBuf,
+        /// The patch.
+        patch: PathBuf,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a signing key: KEY (private, mode 0600) and KEY.pub beside it.
     Keygen {
         /// Where to write the private key.

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bsdiff40;
 mod demo;
 mod inspect;
 mod progress;
@@ -190,7 +191,7 @@ fn keygen(output: &Path) -> Result<(), Failure> {
 }
 
 /// Prints `value` as pretty JSON on standard output.
-fn print_json(value: &impl serde::Serialize) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("serializable")
@@ -364,6 +365,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Bsdiff {
+            old,
+            new,
+            patch,
+            json,
+        } => bsdiff40::diff(&old, &new, &patch, json),
+        Command::Bspatch {
+            old,
+            new,
+            patch,
+            json,
+        } => bsdiff40::patch(&old, &new, &patch, json),
         Command::Keygen { output } => keygen(&output),
         Command::Demo {
             dir,

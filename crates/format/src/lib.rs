@@ -9,6 +9,7 @@
 //! than the package itself holds. The byte layout is specified in
 //! `docs/FORMAT.md`.
 
+pub mod bsdiff40;
 pub mod buildprop;
 mod codec;
 mod error;
