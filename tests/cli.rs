@@ -148,6 +148,27 @@ fn an_error_names_its_cause_once() {
 }
 
 #[test]
+fn completions_and_man_page_come_from_the_argument_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = romdelta().args(["completions", shell]).assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        for word in ["romdelta", "apply", "trusted-key", "bspatch"] {
+            assert!(text.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let out = romdelta().arg("man").assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH romdelta"),
+        "{text}"
+    );
+    for word in ["diff", "apply", "verify", "keygen", "bench"] {
+        assert!(text.contains(word), "man page lacks {word}");
+    }
+    romdelta().args(["completions", "tcsh"]).assert().code(2);
+}
+
+#[test]
 fn usage_errors_exit_2() {
     romdelta()
         .args(["diff", "only-one-path", "-o", "x"])

@@ -141,6 +141,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `romdelta man > romdelta.1`.
+    Man,
     /// Make a signing key: KEY (private, mode 0600) and KEY.pub beside it.
     Keygen {
         /// Where to write the private key.

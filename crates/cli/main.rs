@@ -377,6 +377,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             patch,
             json,
         } => bsdiff40::patch(&old, &new, &patch, json),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "romdelta", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
+            Ok(())
+        }
         Command::Keygen { output } => keygen(&output),
         Command::Demo {
             dir,
