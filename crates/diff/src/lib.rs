@@ -95,7 +95,7 @@ impl Default for DiffOptions {
             copy_op_blocks: 4096,
             batch_regions: 64,
             gap_blocks: 32,
-            trial_level: 9,
+            trial_level: 7,
             anchors: true,
             trim_slack_blocks: 2,
             signing_keys: Vec::new(),
