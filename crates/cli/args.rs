@@ -230,6 +230,9 @@ pub struct Tuning {
     /// Source blocks kept around those the bsdiff matcher reads.
     #[arg(long, hide = true)]
     pub trim_slack_blocks: Option<u64>,
+    /// Trial band (percent) of the candidates encoded at the final level.
+    #[arg(long, hide = true)]
+    pub band_percent: Option<u64>,
     /// Most unchanged blocks between changed ones encoded with them.
     #[arg(long, hide = true)]
     pub gap_blocks: Option<u64>,
@@ -261,6 +264,9 @@ impl Tuning {
         }
         if let Some(v) = self.trim_slack_blocks {
             o.trim_slack_blocks = v;
+        }
+        if let Some(v) = self.band_percent {
+            o.band_percent = v;
         }
         if let Some(v) = self.gap_blocks {
             o.gap_blocks = v;

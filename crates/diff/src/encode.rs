@@ -36,6 +36,9 @@ pub struct EncodeParams {
     pub trial_level: i32,
     /// Source blocks kept around those a bsdiff patch reads.
     pub trim_slack_blocks: u64,
+    /// Candidates whose trial is within this many percent of the best
+    /// trial are encoded at the final level.
+    pub band_percent: u64,
 }
 
 /// The chosen encoding of one region.
@@ -233,7 +236,7 @@ pub fn encode_region(
     let best_trial = trials.iter().map(|t| t.1).min().expect("non-empty");
     let mut best: Option<(OpKind, Vec<u8>)> = None;
     for (kind, size) in trials {
-        if size * 4 > best_trial * 5 {
+        if size as u64 * 100 > best_trial as u64 * (100 + p.band_percent) {
             continue;
         }
         let data = match (kind, trial_level == final_level) {

@@ -75,6 +75,9 @@ pub struct DiffOptions {
     /// Source blocks kept around those the bsdiff matcher reads (the rest
     /// of a region's source window is dropped before the final encodes).
     pub trim_slack_blocks: u64,
+    /// Candidates whose trial is within this many percent of the best are
+    /// encoded at the final level, and the smallest kept.
+    pub band_percent: u64,
     /// Keys that sign the manifest (none: an unsigned package).
     pub signing_keys: Vec<romdelta_format::signing::SigningKey>,
     /// The build the package produces.
@@ -98,6 +101,7 @@ impl Default for DiffOptions {
             trial_level: 7,
             anchors: true,
             trim_slack_blocks: 2,
+            band_percent: 25,
             signing_keys: Vec::new(),
             target_build: BuildInfo::default(),
             source_build: BuildInfo::default(),
@@ -412,6 +416,7 @@ fn diff_partition(
         max_alignments: 16,
         trial_level: opts.trial_level,
         trim_slack_blocks: opts.trim_slack_blocks,
+        band_percent: opts.band_percent,
     };
     for batch in regions.chunks(opts.batch_regions.max(1)) {
         let encoded: Vec<_> = batch
