@@ -5,6 +5,7 @@ mod bsdiff40;
 mod cli;
 mod common;
 mod hostile;
+mod recovery;
 mod resume;
 mod roundtrip;
 mod rules;

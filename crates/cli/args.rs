@@ -141,6 +141,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A simulated A/B device: install packages the way a recovery does.
+    Recovery {
+        /// What to do with the device.
+        #[command(subcommand)]
+        command: RecoveryCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -272,4 +278,51 @@ impl Tuning {
             o.gap_blocks = v;
         }
     }
+}
+
+/// `romdelta recovery` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RecoveryCommand {
+    /// Create a device whose two slots hold ROM, slot a active.
+    Init {
+        /// The device directory (new or empty).
+        #[arg(long, value_name = "DIR")]
+        device: PathBuf,
+        /// The ROM to install: a directory of NAME.img (with its build.prop) or one image.
+        #[arg(long, value_name = "ROM")]
+        from: PathBuf,
+        /// build.prop of that build (default: ROM/build.prop, if any).
+        #[arg(long, value_name = "FILE")]
+        build: Option<PathBuf>,
+    },
+    /// Show the active slot, each slot's build and any update in progress.
+    Status {
+        /// The device directory.
+        #[arg(long, value_name = "DIR")]
+        device: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a package into the inactive slot and switch to it once verified.
+    Install {
+        /// The package.
+        package: PathBuf,
+        /// The device directory.
+        #[arg(long, value_name = "DIR")]
+        device: PathBuf,
+        #[command(flatten)]
+        trust: Trust,
+        /// Allow installing a build older than the installed one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Allow a full package to move to another region or channel.
+        #[arg(long)]
+        allow_line_switch: bool,
+        #[command(flatten)]
+        threads: Threads,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -6,6 +6,7 @@ mod bsdiff40;
 mod demo;
 mod inspect;
 mod progress;
+mod recovery;
 
 use anyhow::Context as _;
 use args::{Cli, Command};
@@ -54,7 +55,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// Runs `f` on a rayon pool of the requested size.
-fn with_threads<T: Send>(
+pub(crate) fn with_threads<T: Send>(
     threads: args::Threads,
     f: impl FnOnce() -> T + Send,
 ) -> Result<T, Failure> {
@@ -93,7 +94,7 @@ fn read_key<T>(
 
 /// Reads a build descriptor: `explicit`, else `build.prop` inside the ROM
 /// directory `rom`, else none.
-fn read_build(
+pub(crate) fn read_build(
     explicit: Option<&Path>,
     rom: Option<&Path>,
 ) -> Result<Option<romdelta_format::BuildInfo>, Failure> {
@@ -111,13 +112,13 @@ fn read_build(
 }
 
 /// The signature policy from `--trusted-key` and `--insecure-no-verify`.
-struct TrustPolicy {
+pub(crate) struct TrustPolicy {
     keys: Vec<romdelta_format::signing::VerifyingKey>,
     insecure: bool,
 }
 
 impl TrustPolicy {
-    fn load(trust: &args::Trust) -> Result<Self, Failure> {
+    pub(crate) fn load(trust: &args::Trust) -> Result<Self, Failure> {
         Ok(TrustPolicy {
             keys: trust
                 .trusted_keys
@@ -128,8 +129,18 @@ impl TrustPolicy {
         })
     }
 
+    /// The trusted keys.
+    pub(crate) fn keys(&self) -> &[romdelta_format::signing::VerifyingKey] {
+        &self.keys
+    }
+
+    /// Whether signatures are not checked.
+    pub(crate) fn insecure(&self) -> bool {
+        self.insecure
+    }
+
     /// Refuses a package no trusted key vouches for (unless insecure).
-    fn admit(
+    pub(crate) fn admit(
         &self,
         manifest_bytes: &[u8],
         signatures: &[romdelta_format::Signature],
@@ -377,6 +388,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             patch,
             json,
         } => bsdiff40::patch(&old, &new, &patch, json),
+        Command::Recovery { command } => recovery::run(command),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "romdelta", &mut std::io::stdout());

@@ -449,6 +449,25 @@ impl Rom {
         })
     }
 
+    /// A ROM of the given `(partition name, image file)` pairs, laid out as
+    /// a directory (for images named other than `NAME.img`, such as a
+    /// device's `system_a.img`).
+    pub fn from_files(files: &[(String, PathBuf)], access: Access) -> Result<Rom, RomError> {
+        let mut partitions = Vec::new();
+        for (name, path) in files {
+            romdelta_format::check_partition_name(name).map_err(|e| RomError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            partitions.push(Partition::open(name, path, access)?);
+        }
+        partitions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Rom {
+            layout: Layout::Directory,
+            partitions,
+        })
+    }
+
     /// The partition called `name`.
     pub fn get(&self, name: &str) -> Option<&Partition> {
         self.partitions.iter().find(|p| p.name == name)

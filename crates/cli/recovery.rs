@@ -1,0 +1,102 @@
+//! `romdelta recovery`: the simulated device of `romdelta-recovery`.
+
+use crate::args::RecoveryCommand;
+use crate::{print_json, read_build, with_threads, Failure, TrustPolicy};
+use romdelta_apply::rules::{describe, Allow};
+use romdelta_recovery::{Device, RecoveryError, Slot};
+
+impl From<RecoveryError> for Failure {
+    fn from(e: RecoveryError) -> Self {
+        Failure {
+            code: e.exit_code() as u8,
+            error: e.into(),
+        }
+    }
+}
+
+fn build_line(b: &Option<romdelta_format::BuildInfo>) -> String {
+    b.as_ref().map_or("(unknown build)".into(), describe)
+}
+
+/// Runs one `romdelta recovery` subcommand.
+pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
+    match command {
+        RecoveryCommand::Init {
+            device,
+            from,
+            build,
+        } => {
+            let b = read_build(build.as_deref(), None)?;
+            let d = Device::init(&device, &from, b)?;
+            println!(
+                "device {}: slots a and b hold {} ({} partitions), slot a active",
+                device.display(),
+                build_line(&d.build(Slot::A)?),
+                d.state().partitions.len()
+            );
+            Ok(())
+        }
+        RecoveryCommand::Status { device, json } => {
+            let s = Device::open(&device)?.status()?;
+            if json {
+                print_json(&s);
+            } else {
+                println!("device {}", device.display());
+                println!("  active slot  {}", s.state.active.letter());
+                println!("  slot a       {}", build_line(&s.build_a));
+                println!("  slot b       {}", build_line(&s.build_b));
+                println!("  partitions   {}", s.state.partitions.join(", "));
+                match &s.state.update {
+                    None => println!("  update       none in progress"),
+                    Some(u) => println!(
+                        "  update       {} to slot {} (package manifest sha256 {})",
+                        u.status,
+                        u.target_slot.letter(),
+                        u.manifest_sha256
+                    ),
+                }
+            }
+            Ok(())
+        }
+        RecoveryCommand::Install {
+            package,
+            device,
+            trust,
+            allow_downgrade,
+            allow_line_switch,
+            threads,
+            json,
+        } => {
+            let policy = TrustPolicy::load(&trust)?;
+            let mut d = Device::open(&device)?;
+            let allow = Allow {
+                downgrade: allow_downgrade,
+                line_switch: allow_line_switch,
+            };
+            let admit = |m: &[u8], sigs: &[romdelta_format::Signature]| {
+                romdelta_apply::check_trust(m, sigs, policy.keys(), policy.insecure())
+            };
+            let started = std::time::Instant::now();
+            let report = with_threads(threads, || d.install(&package, &admit, allow))??;
+            if json {
+                print_json(&report);
+            } else {
+                println!(
+                    "installed {} into slot {} in {:.1} s; every partition verified; slot {} active: {}",
+                    package.display(),
+                    report.slot.letter(),
+                    started.elapsed().as_secs_f64(),
+                    report.slot.letter(),
+                    describe(&report.build)
+                );
+                if report.resumed_ops > 0 {
+                    println!(
+                        "  resumed: {} operations were already written by an interrupted install",
+                        report.resumed_ops
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! A simulated device that installs romdelta packages the way an A/B
+//! recovery or update client does.
+//!
+//! A device is a directory:
+//! - `NAME_a.img`, `NAME_b.img`: the partition images of slots `a` and `b`;
+//! - `build_a.prop`, `build_b.prop`: the build installed in each slot (the
+//!   `build.prop` keys romdelta reads), when known;
+//! - `state.json`: which slot is active, the partitions, and the update in
+//!   progress, if any; always replaced whole (written, synced, renamed).
+//!
+//! [`Device::install`] checks the package (signature, then the update rules
+//! against the build of the active slot) before writing anything, writes
+//! the inactive slot from the active one through a resumable apply, and
+//! switches the active slot only after every partition verified. Until that
+//! switch the active slot is untouched, so whatever happens during an
+//! install (an error, a kill, a power cut) the device still boots the old
+//! build; running the same install again resumes it.
+
+use romdelta_apply::rules::{check_rules, Allow};
+use romdelta_apply::{ApplyError, PackageFile, Plan};
+use romdelta_format::{buildprop, BuildInfo, PackageKind};
+use romdelta_rom::{Access, Rom};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Why a device operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// The package was refused or did not apply.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The device directory is not a usable device.
+    #[error("device {dir}: {reason}")]
+    Device {
+        /// The device directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl RecoveryError {
+    /// Exit code: 1 for a refused or failed package, 2 for anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RecoveryError::Apply(e) => e.exit_code(),
+            _ => 2,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A slot of an A/B device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Slot `a`.
+    A,
+    /// Slot `b`.
+    B,
+}
+
+impl Slot {
+    /// The suffix letter.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+/// An update being written to the inactive slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateState {
+    /// The slot being written.
+    pub target_slot: Slot,
+    /// SHA-256 (hex) of the manifest of the package being installed.
+    pub manifest_sha256: String,
+    /// `writing` until every partition verified, then `verified` until the
+    /// slot switch is recorded.
+    pub status: String,
+}
+
+/// The device's state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// State file version (1).
+    pub version: u32,
+    /// The slot the device boots.
+    pub active: Slot,
+    /// Partitions of each slot, by name.
+    pub partitions: Vec<String>,
+    /// The update in progress, if any.
+    pub update: Option<UpdateState>,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The state file.
+    pub state: State,
+    /// The build of slot `a`, if known.
+    pub build_a: Option<BuildInfo>,
+    /// The build of slot `b`, if known.
+    pub build_b: Option<BuildInfo>,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    /// The slot written, now active.
+    pub slot: Slot,
+    /// The build now active.
+    pub build: BuildInfo,
+    /// Partitions written: (name, size, sha256 hex).
+    pub partitions: Vec<(String, u64, String)>,
+    /// Operations an interrupted earlier attempt had finished.
+    pub resumed_ops: u64,
+}
+
+/// The signature check of an install: given the manifest bytes and the
+/// signatures, accept or refuse.
+pub type Admit<'a> = dyn Fn(&[u8], &[romdelta_format::Signature]) -> Result<(), ApplyError> + 'a;
+
+/// A simulated A/B device.
+pub struct Device {
+    dir: PathBuf,
+    state: State,
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), RecoveryError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(io(path))
+}
+
+impl Device {
+    /// Creates a device at `dir` (new or empty) with both slots holding the
+    /// images of `rom` (a directory of `NAME.img`, or one image), slot `a`
+    /// active. `build` is the build installed (default: `rom/build.prop`).
+    pub fn init(dir: &Path, rom: &Path, build: Option<BuildInfo>) -> Result<Device, RecoveryError> {
+        if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
+            return Err(RecoveryError::Device {
+                dir: dir.to_path_buf(),
+                reason: "exists and is not empty".into(),
+            });
+        }
+        let source = Rom::open_with(rom, Access::Read).map_err(|e| RecoveryError::Device {
+            dir: rom.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let build = match build {
+            Some(b) => Some(b),
+            None if rom.join("build.prop").is_file() => {
+                let p = rom.join("build.prop");
+                let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+                Some(
+                    buildprop::parse_build_prop(&text).map_err(|e| RecoveryError::Device {
+                        dir: p.clone(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        for p in &source.partitions {
+            for slot in [Slot::A, Slot::B] {
+                let to = dir.join(format!("{}_{}.img", p.name, slot.letter()));
+                std::fs::copy(&p.path, &to).map_err(io(&to))?;
+            }
+        }
+        let device = Device {
+            dir: dir.to_path_buf(),
+            state: State {
+                version: 1,
+                active: Slot::A,
+                partitions: source.partitions.iter().map(|p| p.name.clone()).collect(),
+                update: None,
+            },
+        };
+        if let Some(b) = &build {
+            for slot in [Slot::A, Slot::B] {
+                device.write_build(slot, b)?;
+            }
+        }
+        device.save()?;
+        Ok(device)
+    }
+
+    /// Opens the device at `dir`.
+    pub fn open(dir: &Path) -> Result<Device, RecoveryError> {
+        let path = dir.join("state.json");
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| RecoveryError::Device {
+            dir: dir.to_path_buf(),
+            reason: format!("state.json: {e}"),
+        })?;
+        if state.version != 1 {
+            return Err(RecoveryError::Device {
+                dir: dir.to_path_buf(),
+                reason: format!("state.json version {}, expected 1", state.version),
+            });
+        }
+        for name in &state.partitions {
+            romdelta_format::check_partition_name(name).map_err(|e| RecoveryError::Device {
+                dir: dir.to_path_buf(),
+                reason: format!("state.json: {e}"),
+            })?;
+        }
+        Ok(Device {
+            dir: dir.to_path_buf(),
+            state,
+        })
+    }
+
+    /// The state file as loaded.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn save(&self) -> Result<(), RecoveryError> {
+        let bytes = serde_json::to_vec_pretty(&self.state).expect("serializable");
+        write_durably(&self.dir.join("state.json"), &bytes)
+    }
+
+    fn build_path(&self, slot: Slot) -> PathBuf {
+        self.dir.join(format!("build_{}.prop", slot.letter()))
+    }
+
+    fn write_build(&self, slot: Slot, b: &BuildInfo) -> Result<(), RecoveryError> {
+        write_durably(
+            &self.build_path(slot),
+            buildprop::build_prop_text(b).as_bytes(),
+        )
+    }
+
+    /// The build installed in `slot`, if recorded.
+    pub fn build(&self, slot: Slot) -> Result<Option<BuildInfo>, RecoveryError> {
+        let p = self.build_path(slot);
+        match std::fs::read_to_string(&p) {
+            Ok(text) => {
+                buildprop::parse_build_prop(&text)
+                    .map(Some)
+                    .map_err(|e| RecoveryError::Device {
+                        dir: p.clone(),
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    /// The partition images of `slot`, as a ROM read through bounded buffers.
+    pub fn slot_rom(&self, slot: Slot) -> Result<Rom, RecoveryError> {
+        let files: Vec<(String, PathBuf)> = self
+            .state
+            .partitions
+            .iter()
+            .map(|n| (n.clone(), self.image_path(n, slot)))
+            .collect();
+        Rom::from_files(&files, Access::Read).map_err(|e| RecoveryError::Device {
+            dir: self.dir.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Where partition `name` of `slot` lives.
+    pub fn image_path(&self, name: &str, slot: Slot) -> PathBuf {
+        self.dir.join(format!("{name}_{}.img", slot.letter()))
+    }
+
+    /// The state and both slots' builds.
+    pub fn status(&self) -> Result<Status, RecoveryError> {
+        Ok(Status {
+            state: self.state.clone(),
+            build_a: self.build(Slot::A)?,
+            build_b: self.build(Slot::B)?,
+        })
+    }
+
+    /// Installs the package at `package` into the inactive slot and makes
+    /// it active. `admit` checks the signatures (it gets the manifest bytes
+    /// and signatures); the update rules are checked against the active
+    /// slot's build. Nothing is written before both pass.
+    pub fn install(
+        &mut self,
+        package: &Path,
+        admit: &Admit<'_>,
+        allow: Allow,
+    ) -> Result<InstallReport, RecoveryError> {
+        let file = PackageFile::open(package)?;
+        let pkg = file.parse()?;
+        admit(pkg.manifest_bytes, &pkg.signatures)?;
+        let active = self.state.active;
+        let installed = self.build(active)?;
+        check_rules(&pkg.manifest, installed.as_ref(), allow)?;
+        let target = active.other();
+        let manifest_sha =
+            romdelta_format::hex_digest(&romdelta_format::sha256(pkg.manifest_bytes));
+        let out = self.new_dir(target);
+        // A run of this package that verified every image and died before
+        // the switch has nothing left to write.
+        let verified = self.state.update.as_ref().is_some_and(|u| {
+            u.target_slot == target && u.manifest_sha256 == manifest_sha && u.status == "verified"
+        });
+        if self
+            .state
+            .update
+            .as_ref()
+            .is_some_and(|u| u.manifest_sha256 != manifest_sha)
+        {
+            // Another package was being written to the inactive slot: its
+            // progress cannot serve this one. Start over.
+            let (staged, journal) = romdelta_apply::staging_paths(&out);
+            let _ = std::fs::remove_file(journal);
+            let _ = std::fs::remove_dir_all(staged);
+        }
+        let source = match pkg.manifest.kind {
+            PackageKind::Delta => Some(self.slot_rom(active)?),
+            PackageKind::Full => None,
+        };
+        let mut resumed_ops = 0;
+        if !verified {
+            // Record the update before the first write to the inactive slot.
+            self.state.update = Some(UpdateState {
+                target_slot: target,
+                manifest_sha256: manifest_sha.clone(),
+                status: "writing".into(),
+            });
+            self.save()?;
+            if out.exists() {
+                std::fs::remove_dir_all(&out).map_err(io(&out))?;
+            }
+            std::fs::create_dir(&out).map_err(io(&out))?;
+            let plan = Plan::new(&pkg, source.as_ref(), &out)?;
+            resumed_ops = plan.execute(&|_| {})?.resumed_ops;
+        }
+        self.state.update.as_mut().expect("set above").status = "verified".into();
+        self.save()?;
+        // Move the verified images into the slot, then switch.
+        for p in &pkg.manifest.partitions {
+            let from = out.join(format!("{}.img", p.name));
+            let to = self.image_path(&p.name, target);
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(io(&to))?;
+            }
+        }
+        for name in &self.state.partitions {
+            if pkg.manifest.partitions.iter().all(|p| &p.name != name) {
+                let old = self.image_path(name, target);
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        let _ = std::fs::remove_dir(&out);
+        let build = pkg.manifest.target_build.clone();
+        self.write_build(target, &build)?;
+        self.state.partitions = pkg
+            .manifest
+            .partitions
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        self.state.active = target;
+        self.state.update = None;
+        self.save()?;
+        Ok(InstallReport {
+            slot: target,
+            build,
+            partitions: pkg
+                .manifest
+                .partitions
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.new.size,
+                        romdelta_format::hex_digest(&p.new.sha256),
+                    )
+                })
+                .collect(),
+            resumed_ops,
+        })
+    }
+
+    fn new_dir(&self, slot: Slot) -> PathBuf {
+        self.dir.join(format!("slot_{}.new", slot.letter()))
+    }
+}
