@@ -59,7 +59,7 @@ fn diff_apply_verify_inspect_on_a_rom_directory() {
     assert!(json.status.success());
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["kind"], "delta");
-    assert_eq!(v["removed"][0][0], "oem");
+    assert_eq!(v["removed"][0]["name"], "oem");
     let names: Vec<&str> = v["partitions"]
         .as_array()
         .unwrap()
@@ -166,6 +166,57 @@ fn completions_and_man_page_come_from_the_argument_definitions() {
         assert!(text.contains(word), "man page lacks {word}");
     }
     romdelta().args(["completions", "tcsh"]).assert().code(2);
+}
+
+#[test]
+fn quiet_json_and_json_progress_for_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = synth_roms(dir.path(), 6);
+    let pkg = dir.path().join("p.romdelta");
+    // -q: nothing on stdout or stderr.
+    let run = romdelta()
+        .args(["-q", "diff", "--level", "1", "-o"])
+        .arg(&pkg)
+        .arg(&old)
+        .arg(&new)
+        .assert()
+        .success();
+    assert!(run.get_output().stdout.is_empty() && run.get_output().stderr.is_empty());
+    // --progress json: every stderr line is a JSON object, the last says done.
+    let run = romdelta()
+        .args([
+            "apply",
+            "--progress",
+            "json",
+            "--insecure-no-verify",
+            "--json",
+            "-o",
+        ])
+        .arg(dir.path().join("out"))
+        .arg("--source")
+        .arg(&old)
+        .arg(&pkg)
+        .assert()
+        .success();
+    let err = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let last = events.last().expect("progress events");
+    assert_eq!(last["event"], "done");
+    assert_eq!(last["command"], "apply");
+    assert_eq!(last["bytes_done"], last["bytes_total"]);
+    let report: serde_json::Value = serde_json::from_slice(&run.get_output().stdout).unwrap();
+    assert!(report["partitions"].is_array());
+    // --json on keygen.
+    let run = romdelta()
+        .args(["keygen", "--json", "-o"])
+        .arg(dir.path().join("k"))
+        .assert()
+        .success();
+    let k: serde_json::Value = serde_json::from_slice(&run.get_output().stdout).unwrap();
+    assert_eq!(k["public_key_hex"].as_str().unwrap().len(), 64);
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn small_package(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
     std::fs::write(&pb, &b).unwrap();
     let opts = romdelta_diff::DiffOptions {
         region_blocks: 2,
+        gap_blocks: 0,
         signing_keys: vec![test_key()],
         ..crate::common::fast_opts()
     };
@@ -96,10 +97,22 @@ fn check_damaged(dir: &Path, src: &Path, bytes: &[u8], label: &str) {
         assert!(!err.contains("panicked"), "{label}: {cmd} panicked: {err}");
     }
     assert!(!out.exists(), "{label}: apply left an output behind");
+    // Only a stream that ended early keeps its staged progress (to resume
+    // from), and says so; every other failure leaves nothing.
+    let stream_err = String::from_utf8_lossy(&runs[3].stderr);
+    let (staged, journal) = romdelta_apply::staging_paths(&out);
+    if staged.exists() || journal.exists() {
+        assert!(
+            stream_err.contains("ended early") && stream_err.contains("resume"),
+            "{label}: staged output kept after {stream_err:?}"
+        );
+        let _ = std::fs::remove_file(&staged);
+        let _ = std::fs::remove_file(&journal);
+    }
     for e in std::fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
-            !name.starts_with(".romdelta-"),
+            !name.contains(".romdelta-"),
             "{label}: staging file {name} left behind"
         );
     }

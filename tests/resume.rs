@@ -90,10 +90,10 @@ fn apply_killed_at_random_moments_resumes_to_the_exact_target() {
         if after_checkpoint && ready_at.is_some() {
             kills_after_checkpoint += 1;
         }
-        assert!(
-            !out.exists(),
-            "a killed apply left output that looks finished"
-        );
+        if out.exists() {
+            // Killed after it put the verified output in place: finished.
+            break;
+        }
     }
     if !out.exists() {
         let done = romdelta()

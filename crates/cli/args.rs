@@ -10,6 +10,23 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Print nothing but errors (and what --json asks for).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Progress on stderr: a bar on a terminal (auto), JSON lines, or none.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// How progress is shown.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar when stderr is a terminal (and neither --json nor -q is given).
+    Auto,
+    /// One JSON object per line on stderr: {"event":"progress",...}.
+    Json,
+    /// No progress.
+    None,
 }
 
 /// Options shared by commands that do heavy work.
@@ -159,6 +176,9 @@ pub enum Command {
         /// Where to write the private key.
         #[arg(short, long, value_name = "KEY")]
         output: PathBuf,
+        /// Print the paths and the public key as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Build two small ROMs, diff, apply and verify them, and print a summary.
     Demo {
@@ -170,6 +190,9 @@ pub enum Command {
         scale: u16,
         #[command(flatten)]
         threads: Threads,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run romdelta and its peers on one pair: a table, JSON and a chart.
     ///
@@ -294,6 +317,9 @@ pub enum RecoveryCommand {
         /// build.prop of that build (default: ROM/build.prop, if any).
         #[arg(long, value_name = "FILE")]
         build: Option<PathBuf>,
+        /// Print the new device's status as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the active slot, each slot's build and any update in progress.
     Status {

@@ -30,7 +30,11 @@ pub fn run(command: Command) -> Result<(), Failure> {
     cfg.threads = threads;
     cfg.romdelta_args = romdelta_args.split_whitespace().map(String::from).collect();
     cfg.drop_caches = !keep_caches;
-    let report = romdelta_bench::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
+    let report = romdelta_bench::run(&cfg, &mut |line| {
+        if !crate::progress::quiet() {
+            eprintln!("bench: {line}")
+        }
+    })?;
     let report = romdelta_bench::write_outputs(report, &cfg.out_dir)?;
     if json {
         println!("{}", report.to_json());

@@ -63,7 +63,7 @@ fn report(old: &Path, new: &Path, patch: &Path, json: bool, verb: &str) -> Resul
     if json {
         print_json(&r);
     } else {
-        println!(
+        say!(
             "{verb}: {} ({} bytes) -> {} ({} bytes), patch {} ({} bytes)",
             old.display(),
             r.old_bytes,

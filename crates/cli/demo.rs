@@ -11,7 +11,7 @@ use std::time::Instant;
 
 /// Builds two ROMs, writes an incremental and a full package, applies both,
 /// checks the results byte for byte, and prints a table.
-pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
+pub fn run(dir: Option<&Path>, scale: usize, json: bool) -> Result<(), Failure> {
     let tmp;
     let dir = match dir {
         Some(d) => {
@@ -31,18 +31,20 @@ pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
         }
         romdelta_synth::write_rom(d, rom).with_context(|| format!("writing {}", d.display()))?;
     }
-    println!(
-        "demo ROMs in {}: old = {} , new = {}",
-        dir.display(),
-        old.iter()
-            .map(|(n, b)| format!("{n} {}", human(b.len() as u64)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        new.iter()
-            .map(|(n, b)| format!("{n} {}", human(b.len() as u64)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    if !json {
+        say!(
+            "demo ROMs in {}: old = {} , new = {}",
+            dir.display(),
+            old.iter()
+                .map(|(n, b)| format!("{n} {}", human(b.len() as u64)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            new.iter()
+                .map(|(n, b)| format!("{n} {}", human(b.len() as u64)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
     // Build identity, as a vendor's build system writes it beside the images.
     let build = |version: &str, timestamp: u64| romdelta_format::BuildInfo {
         device: "demo".into(),
@@ -110,32 +112,54 @@ pub fn run(dir: Option<&Path>, scale: usize) -> Result<(), Failure> {
         rows.push((label, summary, diff_s, apply_s));
     }
     let full_size = target.total_size();
-    println!();
-    println!("| package     |     size | % of new ROM | diff s | apply s |");
-    println!("|-------------|---------:|-------------:|-------:|--------:|");
-    println!(
+    if json {
+        let packages: Vec<_> = rows
+            .iter()
+            .map(|(label, s, d, a)| {
+                serde_json::json!({
+                    "package": label.trim(),
+                    "package_bytes": s.package_bytes,
+                    "target_bytes": full_size,
+                    "diff_seconds": d,
+                    "apply_seconds": a,
+                    "partitions": s.partitions,
+                })
+            })
+            .collect();
+        crate::print_json(&serde_json::json!({
+            "old_build": old_build,
+            "new_build": new_build,
+            "packages": packages,
+            "verified": true,
+        }));
+        return Ok(());
+    }
+    say!();
+    say!("| package     |     size | % of new ROM | diff s | apply s |");
+    say!("|-------------|---------:|-------------:|-------:|--------:|");
+    say!(
         "| (new ROM)   | {:>8} |      100.00% |        |         |",
         human(full_size)
     );
     for (label, s, d, a) in &rows {
-        println!(
+        say!(
             "| {label:<11} | {:>8} | {:>11.2}% | {d:>6.2} | {a:>7.2} |",
             human(s.package_bytes),
             100.0 * s.package_bytes as f64 / full_size as f64
         );
     }
     let (_, delta, _, _) = &rows[0];
-    println!();
-    println!("incremental package, operations by kind:");
+    say!();
+    say!("incremental package, operations by kind:");
     for p in &delta.partitions {
         let kinds: Vec<String> = p
             .by_kind
             .iter()
-            .map(|(k, n, _, bytes)| format!("{k} x{n} ({})", human(*bytes)))
+            .map(|k| format!("{} x{} ({})", k.kind, k.operations, human(k.data_bytes)))
             .collect();
-        println!("  {:<8} {}", p.name, kinds.join(", "));
+        say!("  {:<8} {}", p.name, kinds.join(", "));
     }
-    println!(
+    say!(
         "\nupdate {} -> {}: both packages were signed, checked against the signing key and the installed build, applied, and every image matched the new build byte for byte.",
         old_build.version, new_build.version
     );

@@ -19,6 +19,12 @@ struct Image {
 }
 
 #[derive(Serialize)]
+struct Removed {
+    name: String,
+    old: Image,
+}
+
+#[derive(Serialize)]
 struct PartitionView {
     name: String,
     old: Option<Image>,
@@ -40,7 +46,7 @@ struct View<'a> {
     target_build: &'a BuildInfo,
     source_build: Option<&'a BuildInfo>,
     partitions: Vec<PartitionView>,
-    removed: Vec<(String, Image)>,
+    removed: Vec<Removed>,
 }
 
 fn image(i: &romdelta_format::PartitionInfo) -> Image {
@@ -92,7 +98,10 @@ fn view<'a>(pkg: &'a Package<'_>, package_bytes: u64) -> View<'a> {
         removed: m
             .removed
             .iter()
-            .map(|r| (r.name.clone(), image(&r.old)))
+            .map(|r| Removed {
+                name: r.name.clone(),
+                old: image(&r.old),
+            })
             .collect(),
     }
 }
@@ -125,7 +134,7 @@ fn build_line(b: &BuildInfo) -> String {
 pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
     let v = view(pkg, package_bytes);
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&v).expect("serializable")
         );
@@ -135,7 +144,7 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
         PackageKind::Delta => "incremental",
         PackageKind::Full => "full",
     };
-    println!(
+    say!(
         "romdelta package v{}, {kind}, {} ({} manifest, {} data), {} signature(s)",
         v.format_version,
         human(v.package_bytes),
@@ -144,16 +153,16 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
         v.signatures
     );
     for key in &v.signers {
-        println!("signed by Ed25519 key {key} (not checked here: use verify --trusted-key)");
+        say!("signed by Ed25519 key {key} (not checked here: use verify --trusted-key)");
     }
     if let Some(s) = v.source_build {
-        println!("source build: {}", build_line(s));
+        say!("source build: {}", build_line(s));
     }
-    println!("target build: {}", build_line(v.target_build));
+    say!("target build: {}", build_line(v.target_build));
     for p in &v.partitions {
-        println!();
+        say!();
         match &p.old {
-            Some(o) => println!(
+            Some(o) => say!(
                 "{}: {} -> {}  ({} operations, {} data)",
                 p.name,
                 human(o.size),
@@ -161,7 +170,7 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
                 p.operations,
                 human(p.data_bytes)
             ),
-            None => println!(
+            None => say!(
                 "{}: new, {}  ({} operations, {} data)",
                 p.name,
                 human(p.new.size),
@@ -170,11 +179,11 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
             ),
         }
         if let Some(o) = &p.old {
-            println!("  old sha256 {}", o.sha256);
+            say!("  old sha256 {}", o.sha256);
         }
-        println!("  new sha256 {}", p.new.sha256);
+        say!("  new sha256 {}", p.new.sha256);
         for k in &p.by_kind {
-            println!(
+            say!(
                 "  {:<14} {:>7} ops {:>10} blocks {:>12} data",
                 k.kind.name(),
                 k.operations,
@@ -183,11 +192,12 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
             );
         }
     }
-    for (name, old) in &v.removed {
-        println!(
-            "\n{name}: removed ({}, sha256 {})",
-            human(old.size),
-            old.sha256
+    for r in &v.removed {
+        say!(
+            "\n{}: removed ({}, sha256 {})",
+            r.name,
+            human(r.old.size),
+            r.old.sha256
         );
     }
 }

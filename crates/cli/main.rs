@@ -1,11 +1,12 @@
 //! The `romdelta` command: a thin layer over the romdelta libraries.
 
+#[macro_use]
+mod progress;
 mod args;
 mod bench;
 mod bsdiff40;
 mod demo;
 mod inspect;
-mod progress;
 mod recovery;
 
 use anyhow::Context as _;
@@ -155,7 +156,7 @@ impl TrustPolicy {
 }
 
 /// Writes a new key pair: KEY (0600) and KEY.pub (0644); never overwrites.
-fn keygen(output: &Path) -> Result<(), Failure> {
+fn keygen(output: &Path, json: bool) -> Result<(), Failure> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut seed = [0u8; 32];
@@ -192,12 +193,20 @@ fn keygen(output: &Path) -> Result<(), Failure> {
             .and_then(|_| f.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    println!(
-        "wrote {} (private) and {} (public key {})",
-        output.display(),
-        public.display(),
-        hex::encode(key.verifying_key().to_bytes())
-    );
+    let public_hex = hex::encode(key.verifying_key().to_bytes());
+    if json {
+        print_json(&serde_json::json!({
+            "private_key": output,
+            "public_key": public,
+            "public_key_hex": public_hex,
+        }));
+    } else {
+        say!(
+            "wrote {} (private) and {} (public key {public_hex})",
+            output.display(),
+            public.display(),
+        );
+    }
     Ok(())
 }
 
@@ -254,11 +263,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     bar.set_position(n)
                 })
             })??;
-            bar.finish_and_clear();
+            bar.finish();
             if json {
                 print_json(&summary);
             } else {
-                println!(
+                say!(
                     "wrote {} ({}, {:.2}% of the {} target) in {:.1} s",
                     output.display(),
                     progress::human(summary.package_bytes),
@@ -308,7 +317,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let r = with_threads(threads, || {
                     plan.execute_stream(&mut input, &|n| bar.set_position(n))
                 })??;
-                bar.finish_and_clear();
+                bar.finish();
                 r
             } else {
                 let file = PackageFile::open(&package)?;
@@ -318,26 +327,31 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
                 let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
-                bar.finish_and_clear();
+                bar.finish();
                 r
             };
             if json {
                 print_json(&report);
             } else {
-                println!(
+                say!(
                     "applied {} to {} in {:.1} s; every partition verified:",
                     package.display(),
                     output.display(),
                     started.elapsed().as_secs_f64()
                 );
                 if report.resumed_ops > 0 {
-                    println!(
+                    say!(
                         "  resumed: {} operations were already written by an interrupted run",
                         report.resumed_ops
                     );
                 }
-                for (name, size, hash) in &report.partitions {
-                    println!("  {name:<16} {:>12}  sha256 {hash}", progress::human(*size));
+                for p in &report.partitions {
+                    say!(
+                        "  {:<16} {:>12}  sha256 {}",
+                        p.name,
+                        progress::human(p.size),
+                        p.sha256
+                    );
                 }
             }
             Ok(())
@@ -366,7 +380,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&report);
             } else {
-                println!(
+                say!(
                     "{}: OK ({} data hashes, {} source hashes, {} source images checked)",
                     package.display(),
                     report.data_hashes,
@@ -401,12 +415,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .context("writing the manual page")?;
             Ok(())
         }
-        Command::Keygen { output } => keygen(&output),
+        Command::Keygen { output, json } => keygen(&output, json),
         Command::Demo {
             dir,
             scale,
             threads,
-        } => with_threads(threads, || demo::run(dir.as_deref(), scale as usize))?,
+            json,
+        } => with_threads(threads, || demo::run(dir.as_deref(), scale as usize, json))?,
         Command::Bench { .. } => bench::run(cli.command),
     }
 }
@@ -427,6 +442,7 @@ fn message(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    progress::configure(cli.quiet, cli.progress);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

@@ -25,10 +25,15 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             device,
             from,
             build,
+            json,
         } => {
             let b = read_build(build.as_deref(), None)?;
             let d = Device::init(&device, &from, b)?;
-            println!(
+            if json {
+                print_json(&d.status()?);
+                return Ok(());
+            }
+            say!(
                 "device {}: slots a and b hold {} ({} partitions), slot a active",
                 device.display(),
                 build_line(&d.build(Slot::A)?),
@@ -41,14 +46,14 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             if json {
                 print_json(&s);
             } else {
-                println!("device {}", device.display());
-                println!("  active slot  {}", s.state.active.letter());
-                println!("  slot a       {}", build_line(&s.build_a));
-                println!("  slot b       {}", build_line(&s.build_b));
-                println!("  partitions   {}", s.state.partitions.join(", "));
+                say!("device {}", device.display());
+                say!("  active slot  {}", s.state.active.letter());
+                say!("  slot a       {}", build_line(&s.build_a));
+                say!("  slot b       {}", build_line(&s.build_b));
+                say!("  partitions   {}", s.state.partitions.join(", "));
                 match &s.state.update {
-                    None => println!("  update       none in progress"),
-                    Some(u) => println!(
+                    None => say!("  update       none in progress"),
+                    Some(u) => say!(
                         "  update       {} to slot {} (package manifest sha256 {})",
                         u.status,
                         u.target_slot.letter(),
@@ -81,7 +86,7 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             if json {
                 print_json(&report);
             } else {
-                println!(
+                say!(
                     "installed {} into slot {} in {:.1} s; every partition verified; slot {} active: {}",
                     package.display(),
                     report.slot.letter(),
@@ -90,7 +95,7 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
                     describe(&report.build)
                 );
                 if report.resumed_ops > 0 {
-                    println!(
+                    say!(
                         "  resumed: {} operations were already written by an interrupted install",
                         report.resumed_ops
                     );

@@ -374,7 +374,11 @@ impl Plan<'_> {
                 .partitions
                 .iter()
                 .zip(&outputs)
-                .map(|(p, o)| (o.name.clone(), p.new.size, hex_digest(&p.new.sha256)))
+                .map(|(p, o)| crate::WrittenPartition {
+                    name: o.name.clone(),
+                    size: p.new.size,
+                    sha256: hex_digest(&p.new.sha256),
+                })
                 .collect(),
             output: out.clone(),
             bytes_written,

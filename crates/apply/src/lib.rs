@@ -86,11 +86,22 @@ pub struct Plan<'a> {
     pub(crate) output: OutputSpec,
 }
 
+/// One partition image written and verified.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WrittenPartition {
+    /// Partition name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
 /// What an application did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApplyReport {
-    /// Partitions written: (name, size, sha256 hex).
-    pub partitions: Vec<(String, u64, String)>,
+    /// Partitions written.
+    pub partitions: Vec<WrittenPartition>,
     /// Where the output is.
     pub output: PathBuf,
     /// Bytes written in all (by this run).

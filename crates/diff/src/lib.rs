@@ -120,6 +120,19 @@ pub struct DiffSummary {
     pub partitions: Vec<PartitionSummary>,
 }
 
+/// The operations of one kind in a partition.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KindSummary {
+    /// The kind.
+    pub kind: OpKind,
+    /// How many operations.
+    pub operations: u64,
+    /// Blocks they write.
+    pub blocks: u64,
+    /// Bytes of data they carry.
+    pub data_bytes: u64,
+}
+
 /// Per-partition statistics.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PartitionSummary {
@@ -127,8 +140,8 @@ pub struct PartitionSummary {
     pub name: String,
     /// New size.
     pub size: u64,
-    /// (kind, operations, blocks written, data bytes), for kinds present.
-    pub by_kind: Vec<(OpKind, u64, u64, u64)>,
+    /// Per operation kind present.
+    pub by_kind: Vec<KindSummary>,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
@@ -444,14 +457,19 @@ fn diff_partition(
             s.release_all();
         }
     }
-    let mut by_kind: Vec<(OpKind, u64, u64, u64)> = Vec::new();
+    let mut by_kind: Vec<KindSummary> = Vec::new();
     for k in OpKind::ALL {
         let of_kind = operations.iter().filter(|o| o.kind == k);
         let (n, blocks, bytes) = of_kind.fold((0, 0, 0), |(n, b, d), o| {
             (n + 1, b + o.dst_blocks(), d + o.data_length)
         });
         if n > 0 {
-            by_kind.push((k, n, blocks, bytes));
+            by_kind.push(KindSummary {
+                kind: k,
+                operations: n,
+                blocks,
+                data_bytes: bytes,
+            });
         }
     }
     let summary = PartitionSummary {

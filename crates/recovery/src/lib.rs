@@ -134,8 +134,8 @@ pub struct InstallReport {
     pub slot: Slot,
     /// The build now active.
     pub build: BuildInfo,
-    /// Partitions written: (name, size, sha256 hex).
-    pub partitions: Vec<(String, u64, String)>,
+    /// Partitions written.
+    pub partitions: Vec<romdelta_apply::WrittenPartition>,
     /// Operations an interrupted earlier attempt had finished.
     pub resumed_ops: u64,
 }
@@ -403,12 +403,10 @@ impl Device {
                 .manifest
                 .partitions
                 .iter()
-                .map(|p| {
-                    (
-                        p.name.clone(),
-                        p.new.size,
-                        romdelta_format::hex_digest(&p.new.sha256),
-                    )
+                .map(|p| romdelta_apply::WrittenPartition {
+                    name: p.name.clone(),
+                    size: p.new.size,
+                    sha256: romdelta_format::hex_digest(&p.new.sha256),
                 })
                 .collect(),
             resumed_ops,
