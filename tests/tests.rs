@@ -1,6 +1,7 @@
 //! romdelta's integration tests: one binary, one module per area.
 
 mod bench;
+mod archives;
 mod bsdiff40;
 mod cli;
 mod common;

@@ -96,7 +96,7 @@ fn source_id(m: &Manifest, sources: &[Option<&Partition>]) -> Result<Digest, App
         h.update((p.name.len() as u64).to_le_bytes());
         h.update(p.name.as_bytes());
         if let Some(s) = s {
-            let meta = std::fs::metadata(&s.path).map_err(ApplyError::io(&s.path))?;
+            let meta = s.file_metadata().map_err(ApplyError::io(&s.path))?;
             for v in [
                 s.size(),
                 meta.dev(),

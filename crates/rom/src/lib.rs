@@ -138,6 +138,12 @@ impl Partition {
         })
     }
 
+    /// Metadata of the file the partition was read from (the image, or the
+    /// archive holding it): what tells one source file from another.
+    pub fn file_metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
     /// Whether the file is an Android sparse image (read expanded).
     pub fn is_sparse(&self) -> bool {
         self.sparse.is_some()
@@ -159,10 +165,75 @@ impl Partition {
     /// If the partition was opened with [`Access::Read`].
     pub fn bytes(&self) -> &[u8] {
         match &self.map {
-            Some(m) => m,
+            Some(m) => &m[..self.size as usize],
             None if self.size == 0 => &[],
             None => panic!("{}: bytes() needs a mapped partition", self.path.display()),
         }
+    }
+
+    /// A partition read out of an archive: `len` bytes from `reader`,
+    /// expanded when they are an Android sparse image, held in anonymous
+    /// memory. `archive` is the archive file, `path` names the member.
+    fn from_reader(
+        name: &str,
+        path: PathBuf,
+        archive: &File,
+        reader: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<Self, RomError> {
+        let invalid = |reason: String| RomError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        if len > romdelta_format::limits::MAX_PARTITION_SIZE {
+            return Err(invalid(format!("{len} bytes is larger than any partition")));
+        }
+        let io = |source| RomError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut map = memmap2::MmapOptions::new()
+            .len((len as usize).max(1))
+            .map_anon()
+            .map_err(io)?;
+        reader.read_exact(&mut map[..len as usize]).map_err(io)?;
+        let mut one = [0u8; 1];
+        if reader.read(&mut one).map_err(io)? != 0 {
+            return Err(invalid(format!(
+                "holds more than the {len} bytes it declares"
+            )));
+        }
+        let bytes = &map[..len as usize];
+        let (map, size) = if sparse::is_sparse(bytes) {
+            let chunks =
+                sparse::parse(bytes).map_err(|e| invalid(format!("Android sparse image: {e}")))?;
+            let size = SparseHeader::decode(bytes)
+                .map_err(|e| invalid(e.to_string()))?
+                .image_len();
+            let mut out = memmap2::MmapOptions::new()
+                .len((size as usize).max(1))
+                .map_anon()
+                .map_err(io)?;
+            sparse::read_expanded(&chunks, 0, &mut out[..size as usize], |off, b| {
+                b.copy_from_slice(&bytes[off as usize..off as usize + b.len()]);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .expect("infallible");
+            (out, size)
+        } else {
+            (map, len)
+        };
+        let file = archive.try_clone().map_err(io)?;
+        let map = map.make_read_only().map_err(io)?;
+        Ok(Partition {
+            name: name.to_string(),
+            path,
+            file,
+            size,
+            map: Some(map),
+            file_backed: false,
+            sparse: None,
+        })
     }
 
     /// Lets the kernel drop this process's mapping of bytes
@@ -369,6 +440,118 @@ pub fn sha256_file(file: &File, size: u64) -> std::io::Result<romdelta_format::D
     Ok(h.finalize().into())
 }
 
+/// Archive kinds a ROM may come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Archive {
+    /// A target-files style zip (`IMAGES/*.img`).
+    Zip,
+    /// A fastboot ROM tarball (`*/images/*.img`), optionally gzipped.
+    Tar { gzip: bool },
+}
+
+fn archive_kind(path: &Path) -> Option<Archive> {
+    let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+    if name.ends_with(".zip") {
+        Some(Archive::Zip)
+    } else if name.ends_with(".tgz") || name.ends_with(".tar.gz") {
+        Some(Archive::Tar { gzip: true })
+    } else if name.ends_with(".tar") {
+        Some(Archive::Tar { gzip: false })
+    } else {
+        None
+    }
+}
+
+/// The partition an archive member stands for: `IMAGES/NAME.img` or
+/// `.../images/NAME.img` (any case of the directory name).
+fn member_partition(member: &str) -> Option<String> {
+    let p = Path::new(member);
+    let dir = p.parent()?.file_name()?.to_str()?;
+    if !dir.eq_ignore_ascii_case("images") || p.extension()?.to_str()? != "img" {
+        return None;
+    }
+    let name = p.file_stem()?.to_str()?;
+    romdelta_format::check_partition_name(name)
+        .ok()
+        .map(|_| name.to_string())
+}
+
+/// Reads every `IMAGES/*.img` (zip) or `images/*.img` (tar) member of the
+/// archive at `path` into memory, without unpacking anything to disk.
+fn open_archive(path: &Path) -> Result<Rom, RomError> {
+    let io = |source| RomError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let invalid = |reason: String| RomError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(io)?;
+    let mut partitions: Vec<Partition> = Vec::new();
+    match archive_kind(path).expect("checked by the caller") {
+        Archive::Zip => {
+            let mut zip = zip::ZipArchive::new(file.try_clone().map_err(io)?)
+                .map_err(|e| invalid(format!("zip: {e}")))?;
+            for i in 0..zip.len() {
+                let mut entry = zip
+                    .by_index(i)
+                    .map_err(|e| invalid(format!("zip entry {i}: {e}")))?;
+                let entry_name = entry
+                    .name()
+                    .map_err(|e| invalid(format!("zip entry {i}: {e}")))?
+                    .into_owned();
+                let Some(name) = member_partition(&entry_name) else {
+                    continue;
+                };
+                let member = path.join(&entry_name);
+                let len = entry.size();
+                partitions.push(Partition::from_reader(
+                    &name, member, &file, &mut entry, len,
+                )?);
+            }
+        }
+        Archive::Tar { gzip } => {
+            let reader: Box<dyn std::io::Read> = if gzip {
+                Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(
+                    file.try_clone().map_err(io)?,
+                )))
+            } else {
+                Box::new(std::io::BufReader::new(file.try_clone().map_err(io)?))
+            };
+            let mut tar = tar::Archive::new(reader);
+            for entry in tar.entries().map_err(io)? {
+                let mut entry = entry.map_err(io)?;
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
+                let member_name = entry.path().map_err(io)?.to_string_lossy().into_owned();
+                let Some(name) = member_partition(&member_name) else {
+                    continue;
+                };
+                let len = entry.size();
+                let member = path.join(&member_name);
+                partitions.push(Partition::from_reader(
+                    &name, member, &file, &mut entry, len,
+                )?);
+            }
+        }
+    }
+    if partitions.is_empty() {
+        return Err(invalid(
+            "archive holds no IMAGES/NAME.img or images/NAME.img partition images".into(),
+        ));
+    }
+    partitions.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = partitions.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(invalid(format!("partition {} appears twice", w[0].name)));
+    }
+    Ok(Rom {
+        layout: Layout::Directory,
+        partitions,
+    })
+}
+
 /// A ROM build: its partitions, sorted by name.
 #[derive(Debug)]
 pub struct Rom {
@@ -401,6 +584,9 @@ impl Rom {
             path: path.to_path_buf(),
             source,
         })?;
+        if meta.is_file() && archive_kind(path).is_some() {
+            return open_archive(path);
+        }
         if meta.is_file() {
             let p = Partition::open(&name_for_image(path), path, access)?;
             return Ok(Rom {
