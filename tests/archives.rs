@@ -69,7 +69,10 @@ fn zip_and_tarball_roms_give_the_same_package_as_directories() {
     fastboot_tarball(&new, &new_tgz, dir.path());
     let from_dirs = dir.path().join("dirs.romdelta");
     let from_archives = dir.path().join("archives.romdelta");
-    for (s, t, p) in [(&old, &new, &from_dirs), (&old_zip, &new_tgz, &from_archives)] {
+    for (s, t, p) in [
+        (&old, &new, &from_dirs),
+        (&old_zip, &new_tgz, &from_archives),
+    ] {
         romdelta()
             .args(["diff", "--level", "3", "-o"])
             .arg(p)

@@ -128,3 +128,54 @@ fn a_damaged_sparse_image_is_refused_with_its_name() {
     );
     assert!(!dir.path().join("p").exists());
 }
+
+#[test]
+fn apply_writes_sparse_images_that_simg2img_expands_to_the_target() {
+    if !have_img2simg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = synth_roms(dir.path(), 8);
+    let pkg = dir.path().join("p.romdelta");
+    romdelta()
+        .args(["diff", "--level", "1", "-o"])
+        .arg(&pkg)
+        .arg(&old)
+        .arg(&new)
+        .assert()
+        .success();
+    let out = dir.path().join("out");
+    romdelta()
+        .args(["apply", "--sparse", "--insecure-no-verify", "-o"])
+        .arg(&out)
+        .arg("--source")
+        .arg(&old)
+        .arg(&pkg)
+        .assert()
+        .success();
+    let mut sparse = 0;
+    for e in std::fs::read_dir(&new).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "img") {
+            continue;
+        }
+        let want = std::fs::read(&p).unwrap();
+        let got = out.join(p.file_name().unwrap());
+        if want.len() % 4096 != 0 {
+            // Not a whole number of blocks: written raw.
+            assert!(std::fs::read(&got).unwrap() == want);
+            continue;
+        }
+        let expanded = dir.path().join("expanded.img");
+        assert!(Command::new("simg2img")
+            .arg(&got)
+            .arg(&expanded)
+            .status()
+            .unwrap()
+            .success());
+        assert!(std::fs::read(&expanded).unwrap() == want, "{}", p.display());
+        assert!(std::fs::metadata(&got).unwrap().len() < want.len() as u64);
+        sparse += 1;
+    }
+    assert!(sparse >= 2);
+}

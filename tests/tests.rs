@@ -1,7 +1,7 @@
 //! romdelta's integration tests: one binary, one module per area.
 
-mod bench;
 mod archives;
+mod bench;
 mod bsdiff40;
 mod cli;
 mod common;

@@ -105,6 +105,9 @@ pub enum Command {
         /// Allow a full package to move to another region or channel.
         #[arg(long)]
         allow_line_switch: bool,
+        /// Write Android sparse images (as img2simg does) instead of raw ones.
+        #[arg(long)]
+        sparse: bool,
         #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.

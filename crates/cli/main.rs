@@ -286,6 +286,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             installed_build,
             allow_downgrade,
             allow_line_switch,
+            sparse,
             threads,
             json,
         } => {
@@ -311,7 +312,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
                 let prefix = romdelta_apply::read_stream_prefix(&mut input)?;
                 admit(&prefix.manifest_bytes, &prefix.signatures, &prefix.manifest)?;
-                let plan = Plan::for_stream(&prefix.manifest, source.as_ref(), &output)?;
+                let plan = Plan::for_stream(&prefix.manifest, source.as_ref(), &output)?
+                    .sparse_output(sparse);
                 let total: u64 = prefix.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
                 let r = with_threads(threads, || {
@@ -323,7 +325,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let file = PackageFile::open(&package)?;
                 let pkg = file.parse()?;
                 admit(pkg.manifest_bytes, &pkg.signatures, &pkg.manifest)?;
-                let plan = Plan::new(&pkg, source.as_ref(), &output)?;
+                let plan = Plan::new(&pkg, source.as_ref(), &output)?.sparse_output(sparse);
                 let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
                 let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;

@@ -369,6 +369,19 @@ impl Plan<'_> {
                 }
                 Ok(())
             })?;
+        if self.output.sparse {
+            for (o, p) in outputs.iter().zip(&m.partitions) {
+                if p.new.size % BLOCK_SIZE == 0 {
+                    to_sparse(o, p.new.size)?;
+                    // What was written expands to the verified image.
+                    let written = Partition::open(&o.name, &o.path, romdelta_rom::Access::Read)?;
+                    let actual = written.sha256()?;
+                    if actual != p.new.sha256 {
+                        return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
+                    }
+                }
+            }
+        }
         let report = ApplyReport {
             partitions: m
                 .partitions
@@ -408,6 +421,32 @@ impl Plan<'_> {
         sync_dir(&parent)?;
         Ok(report)
     }
+}
+
+/// Rewrites the verified staged image `o` as an Android sparse image
+/// (through a synced temporary file renamed over it).
+fn to_sparse(o: &Output, size: u64) -> Result<(), ApplyError> {
+    let mut tmp = o.path.as_os_str().to_owned();
+    tmp.push(".sparse");
+    let tmp = std::path::PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let f = File::create(&tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &f);
+        romdelta_format::sparse::write_sparse(
+            size,
+            BLOCK_SIZE as u32,
+            |off, buf| o.file.read_exact_at(buf, off),
+            &mut w,
+        )?;
+        std::io::Write::flush(&mut w)?;
+        drop(w);
+        f.sync_all()?;
+        std::fs::rename(&tmp, &o.path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ApplyError::io(&o.path)(e)
+    })
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.

@@ -74,6 +74,9 @@ pub struct OutputSpec {
     pub path: PathBuf,
     /// Image file or directory of images.
     pub layout: Layout,
+    /// Write each verified image as an Android sparse image (images whose
+    /// size is not a whole number of 4 KiB blocks stay raw).
+    pub sparse: bool,
 }
 
 /// A package checked against its source and output; the only thing that can be executed.
@@ -175,6 +178,12 @@ impl<'a> Plan<'a> {
         Ok(plan)
     }
 
+    /// Writes the verified images as Android sparse images.
+    pub fn sparse_output(mut self, sparse: bool) -> Self {
+        self.output.sparse = sparse;
+        self
+    }
+
     /// Like [`Plan::new`], for a package whose data section will be read
     /// from a stream by [`Plan::execute_stream`].
     pub fn for_stream(
@@ -225,6 +234,7 @@ impl<'a> Plan<'a> {
             output: OutputSpec {
                 path: out.to_path_buf(),
                 layout,
+                sparse: false,
             },
         })
     }

@@ -465,3 +465,143 @@ mod tests {
         assert!(parse(&v).is_err());
     }
 }
+
+/// How one run of blocks is stored when writing a sparse image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Raw,
+    Fill([u8; 4]),
+    DontCare,
+}
+
+fn run_of(block: &[u8]) -> Run {
+    let p = [block[0], block[1], block[2], block[3]];
+    if block.chunks_exact(4).all(|w| w == p) {
+        if p == [0; 4] {
+            Run::DontCare
+        } else {
+            Run::Fill(p)
+        }
+    } else {
+        Run::Raw
+    }
+}
+
+/// Writes an image of `len` bytes as an Android sparse image of
+/// `block_size`-byte blocks (`len` must be a whole number of blocks):
+/// zero blocks become DONT_CARE, blocks of one repeated 4-byte pattern FILL,
+/// the rest RAW. `read(offset, buf)` reads the image; it is called twice
+/// per block (once to classify, once to copy RAW blocks).
+pub fn write_sparse<W: std::io::Write>(
+    len: u64,
+    block_size: u32,
+    mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    out: &mut W,
+) -> std::io::Result<()> {
+    let bs = block_size as u64;
+    if bs == 0 || !bs.is_multiple_of(4) || !len.is_multiple_of(bs) {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes is not a whole number of {block_size}-byte blocks"
+        )));
+    }
+    let blocks = len / bs;
+    if blocks > u32::MAX as u64 {
+        return Err(std::io::Error::other("too many blocks for a sparse image"));
+    }
+    // First pass: runs of blocks of the same kind (runs of RAW capped so a
+    // chunk's byte size fits its 32-bit field).
+    let max_raw = ((u32::MAX as u64 - CHUNK_HEADER_LEN as u64) / bs).max(1);
+    let mut runs: Vec<(Run, u64)> = Vec::new();
+    let mut buf = vec![0u8; bs as usize];
+    for b in 0..blocks {
+        read(b * bs, &mut buf)?;
+        let r = run_of(&buf);
+        match runs.last_mut() {
+            Some((last, n))
+                if *last == r && (r != Run::Raw || *n < max_raw) && *n < u32::MAX as u64 =>
+            {
+                *n += 1
+            }
+            _ => runs.push((r, 1)),
+        }
+    }
+    let mut h = Vec::with_capacity(FILE_HEADER_LEN);
+    h.extend(SPARSE_MAGIC.to_le_bytes());
+    h.extend(1u16.to_le_bytes());
+    h.extend(0u16.to_le_bytes());
+    h.extend((FILE_HEADER_LEN as u16).to_le_bytes());
+    h.extend((CHUNK_HEADER_LEN as u16).to_le_bytes());
+    h.extend(block_size.to_le_bytes());
+    h.extend((blocks as u32).to_le_bytes());
+    h.extend((runs.len() as u32).to_le_bytes());
+    h.extend(0u32.to_le_bytes());
+    out.write_all(&h)?;
+    let mut at = 0u64;
+    for (r, n) in runs {
+        let (kind, payload) = match r {
+            Run::Raw => (CHUNK_RAW, n * bs),
+            Run::Fill(_) => (CHUNK_FILL, 4),
+            Run::DontCare => (CHUNK_DONT_CARE, 0),
+        };
+        let mut c = Vec::with_capacity(CHUNK_HEADER_LEN);
+        c.extend(kind.to_le_bytes());
+        c.extend(0u16.to_le_bytes());
+        c.extend((n as u32).to_le_bytes());
+        c.extend(((CHUNK_HEADER_LEN as u64 + payload) as u32).to_le_bytes());
+        out.write_all(&c)?;
+        match r {
+            Run::Raw => {
+                for b in 0..n {
+                    read((at + b) * bs, &mut buf)?;
+                    out.write_all(&buf)?;
+                }
+            }
+            Run::Fill(p) => out.write_all(&p)?,
+            Run::DontCare => {}
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn written_sparse_images_expand_to_the_original() {
+        let bs = 4096usize;
+        let mut img = vec![0u8; 9 * bs];
+        img[..bs]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        img[2 * bs..4 * bs]
+            .chunks_exact_mut(4)
+            .for_each(|w| w.copy_from_slice(&[1, 2, 3, 4]));
+        img[6 * bs..7 * bs].fill(0xff);
+        img[8 * bs + 5] = 1;
+        let mut out = Vec::new();
+        write_sparse(
+            img.len() as u64,
+            4096,
+            |off, b| {
+                b.copy_from_slice(&img[off as usize..off as usize + b.len()]);
+                Ok(())
+            },
+            &mut out,
+        )
+        .unwrap();
+        let chunks = parse(&out).unwrap();
+        // RAW, DONT_CARE, FILL, DONT_CARE, FILL(ff), DONT_CARE, RAW.
+        assert_eq!(chunks.len(), 7);
+        let mut back = vec![0xeeu8; img.len()];
+        read_expanded(&chunks, 0, &mut back, |off, b: &mut [u8]| {
+            b.copy_from_slice(&out[off as usize..off as usize + b.len()]);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(back, img);
+        assert!(write_sparse(4095, 4096, |_, _| Ok(()), &mut Vec::new()).is_err());
+    }
+}
