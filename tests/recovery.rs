@@ -118,6 +118,18 @@ fn install(s: &Setup, pkg: &Path, extra: &[&str]) -> assert_cmd::assert::Assert 
         .assert()
 }
 
+/// Installs `pkg`, expecting a refusal (exit 1) that changes no file of
+/// the device; returns the message.
+fn refused(s: &Setup, pkg: &Path) -> String {
+    let before = snapshot(&s.dev);
+    let out = install(s, pkg, &[]).code(1);
+    assert!(
+        snapshot(&s.dev) == before,
+        "a refused install wrote to the device"
+    );
+    String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+}
+
 #[test]
 fn a_signed_incremental_installs_into_the_other_slot_and_only_once() {
     let s = setup();
@@ -161,14 +173,11 @@ fn a_signed_incremental_installs_into_the_other_slot_and_only_once() {
     slot_holds(&s.dev, "b", &s.new);
     slot_holds(&s.dev, "a", &s.old);
     // The same incremental again: the installed build is not its source.
-    let before = snapshot(&s.dev);
-    let out = install(&s, &pkg, &[]).code(1);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let err = refused(&s, &pkg);
     assert!(
         err.contains("applies only to") && err.contains("installed is"),
         "{err}"
     );
-    assert!(snapshot(&s.dev) == before);
 }
 
 #[test]
@@ -190,14 +199,11 @@ fn a_full_package_of_another_line_needs_allow_line_switch() {
         .arg(&pkg)
         .assert()
         .success();
-    let before = snapshot(&s.dev);
-    let out = install(&s, &pkg, &[]).code(1);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let err = refused(&s, &pkg);
     assert!(
         err.contains("region=CN") && err.contains("region=Global"),
         "{err}"
     );
-    assert!(snapshot(&s.dev) == before);
     install(&s, &pkg, &["--allow-line-switch"]).success();
     let st = status(&s.dev);
     assert_eq!(st["state"]["active"], "b");

@@ -270,17 +270,7 @@ impl Runner<'_> {
         row.diff_wall_s = Some(m.wall.as_secs_f64());
         row.diff_peak_rss_bytes = Some(m.peak_rss_bytes);
         if !m.exit.success() {
-            row.status = if m.exit == measure::Exit::TimedOut {
-                Status::TimedOut
-            } else {
-                Status::Failed
-            };
-            row.note = match m.exit {
-                measure::Exit::TimedOut => {
-                    format!("diff timed out after {} s", cfg.timeout.as_secs())
-                }
-                e => format!("diff: {e}: {}", last_line(&diff_log)),
-            };
+            mark_failed(&mut row, "diff", m.exit, cfg.timeout, &diff_log);
             remove(&patch);
             return Ok(row);
         }
@@ -295,17 +285,7 @@ impl Runner<'_> {
         row.apply_wall_s = Some(m.wall.as_secs_f64());
         row.apply_peak_rss_bytes = Some(m.peak_rss_bytes);
         if !m.exit.success() {
-            row.status = if m.exit == measure::Exit::TimedOut {
-                Status::TimedOut
-            } else {
-                Status::Failed
-            };
-            row.note = match m.exit {
-                measure::Exit::TimedOut => {
-                    format!("apply timed out after {} s", cfg.timeout.as_secs())
-                }
-                e => format!("apply: {e}: {}", last_line(&apply_log)),
-            };
+            mark_failed(&mut row, "apply", m.exit, cfg.timeout, &apply_log);
         } else {
             row.status = Status::Ok;
             let exact = pair.target_rom.matches(&output);
@@ -327,6 +307,20 @@ impl Runner<'_> {
 }
 
 /// Writes the first `bytes` bytes of `from` into `to`.
+/// Marks `row` as timed out or failed in its `what` job (diff or apply),
+/// with the last line of the job's log as the reason.
+fn mark_failed(row: &mut Row, what: &str, exit: measure::Exit, timeout: Duration, log: &Path) {
+    row.status = if exit == measure::Exit::TimedOut {
+        Status::TimedOut
+    } else {
+        Status::Failed
+    };
+    row.note = match exit {
+        measure::Exit::TimedOut => format!("{what} timed out after {} s", timeout.as_secs()),
+        e => format!("{what}: {e}: {}", last_line(log)),
+    };
+}
+
 fn write_prefix(from: &Path, to: &Path, bytes: u64) -> anyhow::Result<()> {
     use std::io::Read as _;
     let mut src = File::open(from)
