@@ -243,8 +243,10 @@ fn an_install_killed_midway_leaves_the_old_slot_active_and_resumes() {
             if child.try_wait().unwrap().is_some() {
                 break true;
             }
-            if std::fs::read(&journal).ok() != before || started.elapsed() > Duration::from_secs(30)
-            {
+            let checkpointed = std::fs::read(&journal)
+                .ok()
+                .is_some_and(|j| Some(&j) != before.as_ref());
+            if checkpointed || started.elapsed() > Duration::from_secs(30) {
                 break false;
             }
             std::thread::sleep(Duration::from_micros(500));
@@ -261,9 +263,14 @@ fn an_install_killed_midway_leaves_the_old_slot_active_and_resumes() {
         slot_holds(&s.dev, "a", &s.old);
     }
     assert!(killed >= 1);
+    // Unless the last kill fell between the apply's removal of its journal
+    // and its rename, the next install resumes.
+    let resumable = journal.exists();
     let out = install(&s, &pkg, &["--json"]).success();
     let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    assert!(report["resumed_ops"].as_u64().unwrap() > 0, "{report}");
+    if resumable {
+        assert!(report["resumed_ops"].as_u64().unwrap() > 0, "{report}");
+    }
     assert_eq!(status(&s.dev)["state"]["active"], "b");
     slot_holds(&s.dev, "b", &s.new);
 }
