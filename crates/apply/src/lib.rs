@@ -19,7 +19,7 @@ mod exec;
 pub mod rules;
 mod stage;
 
-pub use stage::staging_paths;
+pub use stage::{staging_paths, write_durably};
 
 pub use error::{ApplyError, Hashed, Mismatch};
 

@@ -298,6 +298,8 @@ pub(crate) struct Checkpointer<'a> {
     outputs: &'a [Output],
     path: &'a Path,
     journal: Mutex<Journal>,
+    /// The journal as loaded: which operations an earlier run finished.
+    loaded: Journal,
     /// Finished since the last checkpoint (not yet known to be on disk).
     pending: Mutex<Vec<u64>>,
     last: Mutex<Instant>,
@@ -311,6 +313,7 @@ impl<'a> Checkpointer<'a> {
         Checkpointer {
             outputs,
             path,
+            loaded: journal.clone(),
             journal: Mutex::new(journal),
             pending: Mutex::new(Vec::new()),
             last: Mutex::new(Instant::now()),
@@ -320,9 +323,10 @@ impl<'a> Checkpointer<'a> {
         }
     }
 
-    /// Whether the journal lists operation `i` as done.
+    /// Whether an earlier run finished operation `i` (read from the journal
+    /// as loaded, so workers never wait on a checkpoint's sync to ask).
     pub(crate) fn is_done(&self, i: u64) -> bool {
-        self.journal.lock().expect("not poisoned").is_done(i)
+        self.loaded.is_done(i)
     }
 
     /// Notes that operation `i` finished writing `bytes`; checkpoints when
@@ -359,8 +363,10 @@ impl<'a> Checkpointer<'a> {
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file renamed over it.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
+/// Writes `bytes` to `path` through a synced temporary file renamed over
+/// it, then syncs the directory: after a crash `path` holds either the old
+/// bytes or the new ones.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);

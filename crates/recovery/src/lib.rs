@@ -150,21 +150,6 @@ pub struct Device {
     state: State,
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), RecoveryError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(io(path))
-}
-
 impl Device {
     /// Creates a device at `dir` (new or empty) with both slots holding the
     /// images of `rom` (a directory of `NAME.img`, or one image), slot `a`
@@ -252,7 +237,10 @@ impl Device {
 
     fn save(&self) -> Result<(), RecoveryError> {
         let bytes = serde_json::to_vec_pretty(&self.state).expect("serializable");
-        write_durably(&self.dir.join("state.json"), &bytes)
+        Ok(romdelta_apply::write_durably(
+            &self.dir.join("state.json"),
+            &bytes,
+        )?)
     }
 
     fn build_path(&self, slot: Slot) -> PathBuf {
@@ -260,10 +248,10 @@ impl Device {
     }
 
     fn write_build(&self, slot: Slot, b: &BuildInfo) -> Result<(), RecoveryError> {
-        write_durably(
+        Ok(romdelta_apply::write_durably(
             &self.build_path(slot),
             buildprop::build_prop_text(b).as_bytes(),
-        )
+        )?)
     }
 
     /// The build installed in `slot`, if recorded.
