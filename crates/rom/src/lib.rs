@@ -370,20 +370,10 @@ impl Partition {
     pub fn sha256(&self) -> Result<romdelta_format::Digest, RomError> {
         match &self.map {
             Some(m) => Ok(romdelta_format::sha256(m)),
-            None if self.sparse.is_some() => {
-                use sha2::Digest as _;
-                let mut h = sha2::Sha256::new();
-                let mut buf = vec![0u8; READ_CHUNK.min(self.size as usize)];
-                let mut pos = 0u64;
-                while pos < self.size {
-                    let n = ((self.size - pos) as usize).min(buf.len());
-                    self.read_at(&mut buf[..n], pos).map_err(self.io_err())?;
-                    h.update(&buf[..n]);
-                    pos += n as u64;
-                }
-                Ok(h.finalize().into())
+            // Raw or sparse: `read_at` reads the image's bytes either way.
+            None => {
+                sha256_read(self.size, |buf, pos| self.read_at(buf, pos)).map_err(self.io_err())
             }
-            None => sha256_file(&self.file, self.size).map_err(self.io_err()),
         }
     }
 }
@@ -427,13 +417,21 @@ fn expand_sparse(file: &File, size: u64, chunks: &[Chunk]) -> std::io::Result<Mm
 
 /// SHA-256 of the first `size` bytes of `file`, read through a 1 MiB buffer.
 pub fn sha256_file(file: &File, size: u64) -> std::io::Result<romdelta_format::Digest> {
+    sha256_read(size, |buf, pos| file.read_exact_at(buf, pos))
+}
+
+/// SHA-256 of `size` bytes read through `read(buf, offset)` into a 1 MiB buffer.
+fn sha256_read(
+    size: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<romdelta_format::Digest> {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; READ_CHUNK.min(size as usize)];
     let mut pos = 0u64;
     while pos < size {
         let n = ((size - pos) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], pos)?;
+        read(&mut buf[..n], pos)?;
         h.update(&buf[..n]);
         pos += n as u64;
     }
