@@ -8,10 +8,9 @@ use romdelta_format::{
     BLOCK_SIZE,
 };
 use romdelta_rom::{Partition, Rom};
+use romdelta_storage::{OpenMode, StorageFile};
 use sha2::Digest as _;
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -19,7 +18,7 @@ use std::sync::Mutex;
 /// Writes a byte stream into the destination extents of one operation,
 /// dropping bytes past the end of the image (its last block may be partial).
 struct ExtentWriter<'a> {
-    file: &'a File,
+    file: &'a dyn StorageFile,
     path: &'a Path,
     extents: &'a [Extent],
     image_size: u64,
@@ -37,7 +36,7 @@ impl ExtentWriter<'_> {
             if pos < self.image_size {
                 let keep = n.min(self.image_size - pos) as usize;
                 self.file
-                    .write_all_at(&buf[..keep], pos)
+                    .write_at(&buf[..keep], pos)
                     .map_err(ApplyError::io(self.path))?;
                 self.written += keep as u64;
             }
@@ -136,7 +135,7 @@ fn run_op(
 ) -> Result<u64, ApplyError> {
     let op = &part.operations[i];
     let mut w = ExtentWriter {
-        file: &out.file,
+        file: &*out.file,
         path: &out.path,
         extents: &op.dst_extents,
         image_size: part.new.size,
@@ -195,9 +194,11 @@ impl Plan<'_> {
         let m = self.manifest;
         let staged = self.stage()?;
         let cp = Checkpointer::new(
+            self.storage,
             &staged.outputs,
             &staged.staging.journal,
             staged.journal.clone(),
+            self.checkpoint,
         );
         let outputs = &staged.outputs;
         let jobs = op_indices(m);
@@ -234,9 +235,11 @@ impl Plan<'_> {
         let m = self.manifest;
         let mut staged = self.stage()?;
         let cp = Checkpointer::new(
+            self.storage,
             &staged.outputs,
             &staged.staging.journal,
             staged.journal.clone(),
+            self.checkpoint,
         );
         let outputs = &staged.outputs;
         let workers = rayon::current_num_threads().max(1);
@@ -347,7 +350,8 @@ impl Plan<'_> {
 
     /// Syncs and hashes every written image from disk and, only when all
     /// match, renames the staged output into place.
-    fn finish(&self, staged: Staged, bytes_written: u64) -> Result<ApplyReport, ApplyError> {
+    fn finish(&self, staged: Staged<'_>, bytes_written: u64) -> Result<ApplyReport, ApplyError> {
+        let fs = self.storage;
         let m = self.manifest;
         let out = &self.output.path;
         let parent = parent_of(out);
@@ -361,8 +365,8 @@ impl Plan<'_> {
             .par_iter()
             .zip(&m.partitions)
             .try_for_each(|(o, p)| {
-                o.file.sync_all().map_err(ApplyError::io(&o.path))?;
-                let actual = romdelta_rom::sha256_file(&o.file, p.new.size)
+                o.file.sync().map_err(ApplyError::io(&o.path))?;
+                let actual = romdelta_rom::sha256_read(p.new.size, |b, off| o.file.read_at(b, off))
                     .map_err(ApplyError::io(&o.path))?;
                 if actual != p.new.sha256 {
                     return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
@@ -372,7 +376,7 @@ impl Plan<'_> {
         if self.output.sparse {
             for (o, p) in outputs.iter().zip(&m.partitions) {
                 if p.new.size % BLOCK_SIZE == 0 {
-                    to_sparse(o, p.new.size)?;
+                    to_sparse(fs, o, p.new.size)?;
                     // What was written expands to the verified image.
                     let written = Partition::open(&o.name, &o.path, romdelta_rom::Access::Read)?;
                     let actual = written.sha256()?;
@@ -400,51 +404,55 @@ impl Plan<'_> {
         drop(outputs);
         // The journal goes first: a crash after this point finds staged
         // output without a journal and starts over, never trusting it.
-        match std::fs::remove_file(&staging.journal) {
+        match fs.remove_file(&staging.journal) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(ApplyError::io(&staging.journal)(e)),
         }
-        sync_dir(&parent)?;
+        sync_dir(fs, &parent)?;
         if staging.dir {
-            sync_dir(&staging.staged)?;
-            if out.is_dir() {
+            sync_dir(fs, &staging.staged)?;
+            if fs.entry(out).map_err(ApplyError::io(out))?.is_some() {
                 // Checked empty by the plan.
-                std::fs::remove_dir(out).map_err(ApplyError::io(out))?;
+                fs.remove_dir(out).map_err(ApplyError::io(out))?;
             }
-            let perms = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-            std::fs::set_permissions(&staging.staged, perms)
+            fs.set_mode(&staging.staged, 0o755)
                 .map_err(ApplyError::io(&staging.staged))?;
         }
-        std::fs::rename(&staging.staged, out).map_err(ApplyError::io(out))?;
+        fs.rename(&staging.staged, out)
+            .map_err(ApplyError::io(out))?;
         staging.keep();
-        sync_dir(&parent)?;
+        sync_dir(fs, &parent)?;
         Ok(report)
     }
 }
 
 /// Rewrites the verified staged image `o` as an Android sparse image
 /// (through a synced temporary file renamed over it).
-fn to_sparse(o: &Output, size: u64) -> Result<(), ApplyError> {
+fn to_sparse(fs: &dyn romdelta_storage::Storage, o: &Output, size: u64) -> Result<(), ApplyError> {
     let mut tmp = o.path.as_os_str().to_owned();
     tmp.push(".sparse");
     let tmp = std::path::PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
-        let f = File::create(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, &f);
+        if romdelta_storage::exists(fs, &tmp)? {
+            fs.remove_file(&tmp)?;
+        }
+        let f = fs.open(&tmp, OpenMode::CreateNew)?;
+        let mut w =
+            std::io::BufWriter::with_capacity(1 << 20, romdelta_storage::FileWriter::new(&*f, 0));
         romdelta_format::sparse::write_sparse(
             size,
             BLOCK_SIZE as u32,
-            |off, buf| o.file.read_exact_at(buf, off),
+            |off, buf| o.file.read_at(buf, off),
             &mut w,
         )?;
         std::io::Write::flush(&mut w)?;
         drop(w);
-        f.sync_all()?;
-        std::fs::rename(&tmp, &o.path)
+        f.sync()?;
+        fs.rename(&tmp, &o.path)
     };
     write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs.remove_file(&tmp);
         ApplyError::io(&o.path)(e)
     })
 }

@@ -19,13 +19,14 @@ mod exec;
 pub mod rules;
 mod stage;
 
-pub use stage::{staging_paths, write_durably};
+pub use stage::{staging_paths, CheckpointEvery};
 
 pub use error::{ApplyError, Hashed, Mismatch};
 
 use memmap2::Mmap;
 use romdelta_format::{Manifest, Package, PackageKind};
 use romdelta_rom::{Layout, Partition, Rom};
+use romdelta_storage::{EntryKind, RealFs, Storage};
 use std::path::{Path, PathBuf};
 
 /// A package file, mapped into memory.
@@ -87,6 +88,10 @@ pub struct Plan<'a> {
     /// For each partition update, the source partition it reads (if any).
     pub(crate) sources: Vec<Option<&'a Partition>>,
     pub(crate) output: OutputSpec,
+    /// Where the output is written.
+    pub(crate) storage: &'a dyn Storage,
+    /// How often progress is made durable.
+    pub(crate) checkpoint: CheckpointEvery,
 }
 
 /// One partition image written and verified.
@@ -173,7 +178,18 @@ impl<'a> Plan<'a> {
         source: Option<&'a Rom>,
         out: &Path,
     ) -> Result<Self, ApplyError> {
-        let mut plan = Self::for_stream(&pkg.manifest, source, out)?;
+        Self::new_on(pkg, source, out, &RealFs)
+    }
+
+    /// Like [`Plan::new`], writing the output through `storage` instead of
+    /// the real file system (the recovery harness's simulated device).
+    pub fn new_on(
+        pkg: &'a Package<'a>,
+        source: Option<&'a Rom>,
+        out: &Path,
+        storage: &'a dyn Storage,
+    ) -> Result<Self, ApplyError> {
+        let mut plan = Self::for_stream_on(&pkg.manifest, source, out, storage)?;
         plan.data = Some(pkg.data);
         Ok(plan)
     }
@@ -184,6 +200,13 @@ impl<'a> Plan<'a> {
         self
     }
 
+    /// Makes progress durable after `every.bytes` bytes or `every.interval`,
+    /// whichever comes first (default: 16 MiB or 0.5 s).
+    pub fn checkpoint_every(mut self, every: CheckpointEvery) -> Self {
+        self.checkpoint = every;
+        self
+    }
+
     /// Like [`Plan::new`], for a package whose data section will be read
     /// from a stream by [`Plan::execute_stream`].
     pub fn for_stream(
@@ -191,42 +214,24 @@ impl<'a> Plan<'a> {
         source: Option<&'a Rom>,
         out: &Path,
     ) -> Result<Self, ApplyError> {
+        Self::for_stream_on(manifest, source, out, &RealFs)
+    }
+
+    /// [`Plan::for_stream`] through `storage`.
+    pub fn for_stream_on(
+        manifest: &'a Manifest,
+        source: Option<&'a Rom>,
+        out: &Path,
+        storage: &'a dyn Storage,
+    ) -> Result<Self, ApplyError> {
         let sources = match_sources(manifest, source)?;
+        let out_is_dir = storage.entry(out).map_err(ApplyError::io(out))? == Some(EntryKind::Dir);
         let layout = match source {
             Some(s) if manifest.kind == PackageKind::Delta => s.layout,
-            _ if manifest.partitions.len() == 1 && !out.is_dir() => Layout::Image,
+            _ if manifest.partitions.len() == 1 && !out_is_dir => Layout::Image,
             _ => Layout::Directory,
         };
-        match layout {
-            Layout::Image if out.is_dir() => {
-                return Err(ApplyError::Io {
-                    path: out.to_path_buf(),
-                    source: std::io::Error::other(
-                        "is a directory; the output of this package is one image file",
-                    ),
-                })
-            }
-            Layout::Directory if out.is_file() => {
-                return Err(ApplyError::Io {
-                    path: out.to_path_buf(),
-                    source: std::io::Error::other(
-                        "is a file; the output of this package is a directory of images",
-                    ),
-                })
-            }
-            Layout::Directory if out.is_dir() => {
-                let mut entries = std::fs::read_dir(out).map_err(ApplyError::io(out))?;
-                if entries.next().is_some() {
-                    return Err(ApplyError::Io {
-                        path: out.to_path_buf(),
-                        source: std::io::Error::other(
-                            "directory is not empty; give a new or empty directory",
-                        ),
-                    });
-                }
-            }
-            _ => {}
-        }
+        check_output(storage, out, layout)?;
         Ok(Plan {
             manifest,
             data: None,
@@ -236,7 +241,35 @@ impl<'a> Plan<'a> {
                 layout,
                 sparse: false,
             },
+            storage,
+            checkpoint: CheckpointEvery::default(),
         })
+    }
+}
+
+/// Checks that `out` can take an output of `layout`: an image file goes
+/// where no directory is, a directory of images into a new or empty one.
+fn check_output(fs: &dyn Storage, out: &Path, layout: Layout) -> Result<(), ApplyError> {
+    let refuse = |why: &str| ApplyError::Io {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(why.to_string()),
+    };
+    match (layout, fs.entry(out).map_err(ApplyError::io(out))?) {
+        (Layout::Image, Some(EntryKind::Dir)) => Err(refuse(
+            "is a directory; the output of this package is one image file",
+        )),
+        (Layout::Directory, Some(EntryKind::File(_))) => Err(refuse(
+            "is a file; the output of this package is a directory of images",
+        )),
+        (Layout::Directory, Some(EntryKind::Dir)) => {
+            if !fs.read_dir(out).map_err(ApplyError::io(out))?.is_empty() {
+                return Err(refuse(
+                    "directory is not empty; give a new or empty directory",
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -14,19 +14,18 @@ use crate::{ApplyError, Plan};
 use romdelta_format::journal::Journal;
 use romdelta_format::{hex_digest, Digest, Manifest};
 use romdelta_rom::{Layout, Partition};
+use romdelta_storage::{EntryKind, OpenMode, Storage, StorageFile};
 use sha2::Digest as _;
 use std::ffi::OsString;
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One staged image being written.
 pub(crate) struct Output {
     pub(crate) name: String,
-    pub(crate) file: File,
+    pub(crate) file: Arc<dyn StorageFile>,
     pub(crate) path: PathBuf,
 }
 
@@ -43,46 +42,36 @@ pub fn staging_paths(out: &Path) -> (PathBuf, PathBuf) {
     (with(".romdelta-partial"), with(".romdelta-journal"))
 }
 
-pub(crate) fn parent_of(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
+pub(crate) use romdelta_storage::parent_of;
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), ApplyError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ApplyError::io(dir))
+pub(crate) fn sync_dir(fs: &dyn Storage, dir: &Path) -> Result<(), ApplyError> {
+    fs.sync_dir(dir).map_err(ApplyError::io(dir))
 }
 
 /// The staged output: removed on drop unless kept (after success, or to
 /// resume after an interrupted stream).
-pub(crate) struct Staging {
+pub(crate) struct Staging<'a> {
+    pub(crate) fs: &'a dyn Storage,
     pub(crate) staged: PathBuf,
     pub(crate) journal: PathBuf,
     pub(crate) dir: bool,
     /// Held for the whole run: a second apply to the same output fails.
-    _lock: File,
+    _lock: Arc<dyn StorageFile>,
     armed: bool,
 }
 
-impl Staging {
+impl Staging<'_> {
     /// Keeps the staged output and journal on disk when dropped.
     pub(crate) fn keep(&mut self) {
         self.armed = false;
     }
 }
 
-impl Drop for Staging {
+impl Drop for Staging<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = std::fs::remove_file(&self.journal);
-            let _ = if self.dir {
-                std::fs::remove_dir_all(&self.staged)
-            } else {
-                std::fs::remove_file(&self.staged)
-            };
+            let _ = self.fs.remove_file(&self.journal);
+            let _ = romdelta_storage::remove_all(self.fs, &self.staged);
         }
     }
 }
@@ -96,14 +85,9 @@ fn source_id(m: &Manifest, sources: &[Option<&Partition>]) -> Result<Digest, App
         h.update((p.name.len() as u64).to_le_bytes());
         h.update(p.name.as_bytes());
         if let Some(s) = s {
-            let meta = s.file_metadata().map_err(ApplyError::io(&s.path))?;
-            for v in [
-                s.size(),
-                meta.dev(),
-                meta.ino(),
-                meta.mtime() as u64,
-                meta.mtime_nsec() as u64,
-            ] {
+            let id = s.identity().map_err(ApplyError::io(&s.path))?;
+            h.update(s.size().to_le_bytes());
+            for v in id {
                 h.update(v.to_le_bytes());
             }
         }
@@ -111,38 +95,44 @@ fn source_id(m: &Manifest, sources: &[Option<&Partition>]) -> Result<Digest, App
     Ok(h.finalize().into())
 }
 
-fn lock(file: &File, path: &Path) -> Result<(), ApplyError> {
-    file.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::WouldBlock => ApplyError::Refused(format!(
+fn lock(file: &dyn StorageFile, path: &Path) -> Result<(), ApplyError> {
+    match file.try_lock() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApplyError::Refused(format!(
             "{} is being written by another romdelta apply",
             path.display()
-        )),
-        std::fs::TryLockError::Error(e) => ApplyError::io(path)(e),
-    })
+        ))),
+        Err(e) => Err(ApplyError::io(path)(e)),
+    }
 }
 
-fn open_rw(path: &Path, create: bool) -> Result<File, ApplyError> {
-    let mut o = File::options();
-    o.read(true).write(true);
-    if create {
-        o.create_new(true);
-    }
-    o.open(path).map_err(ApplyError::io(path))
+fn open_rw(
+    fs: &dyn Storage,
+    path: &Path,
+    create: bool,
+) -> Result<Arc<dyn StorageFile>, ApplyError> {
+    let mode = if create {
+        OpenMode::CreateNew
+    } else {
+        OpenMode::ReadWrite
+    };
+    fs.open(path, mode).map_err(ApplyError::io(path))
 }
 
 /// The staged output of a plan, with the journal to resume from.
-pub(crate) struct Staged {
-    pub(crate) staging: Staging,
+pub(crate) struct Staged<'a> {
+    pub(crate) staging: Staging<'a>,
     pub(crate) outputs: Vec<Output>,
     pub(crate) journal: Journal,
     /// Operations the journal already listed as done.
     pub(crate) resumed: u64,
 }
 
-impl Plan<'_> {
+impl<'a> Plan<'a> {
     /// Creates the staged output, or reopens it when a journal of this
     /// package and source says how far a previous run got.
-    pub(crate) fn stage(&self) -> Result<Staged, ApplyError> {
+    pub(crate) fn stage(&self) -> Result<Staged<'a>, ApplyError> {
+        let fs = self.storage;
         let m = self.manifest;
         let (staged, journal_path) = staging_paths(&self.output.path);
         let dir = self.output.layout == Layout::Directory;
@@ -156,22 +146,24 @@ impl Plan<'_> {
                 staged.clone()
             }
         };
-        if journal_path.exists() {
-            let journal = load_journal(&journal_path, ops, manifest_sha, source)?;
+        let exists = |p: &Path| romdelta_storage::exists(fs, p).map_err(ApplyError::io(p));
+        if exists(&journal_path)? {
+            let journal = load_journal(fs, &journal_path, ops, manifest_sha, source)?;
             let how = |what: String| {
                 ApplyError::Refused(format!(
                     "{what}; it does not match its journal {}: remove both to start over",
                     journal_path.display()
                 ))
             };
-            let lock_file = File::open(&staged)
+            let lock_file = open_lock(fs, &staged, dir)
                 .map_err(|e| how(format!("staged output {}: {e}", staged.display())))?;
-            lock(&lock_file, &staged)?;
+            lock(&*lock_file, &staged)?;
             let mut outputs = Vec::new();
             for (i, p) in m.partitions.iter().enumerate() {
                 let path = image_path(i);
-                let file = open_rw(&path, false).map_err(|e| how(format!("staged image: {e}")))?;
-                let len = file.metadata().map_err(ApplyError::io(&path))?.len();
+                let file =
+                    open_rw(fs, &path, false).map_err(|e| how(format!("staged image: {e}")))?;
+                let len = file.len().map_err(ApplyError::io(&path))?;
                 if len != p.new.size {
                     return Err(how(format!(
                         "staged image {} has {len} bytes, the package writes {}",
@@ -188,6 +180,7 @@ impl Plan<'_> {
             let resumed = journal.done_count();
             return Ok(Staged {
                 staging: Staging {
+                    fs,
                     staged,
                     journal: journal_path,
                     dir,
@@ -202,27 +195,25 @@ impl Plan<'_> {
         // No journal: whatever is staged was never checkpointed (or was
         // verified and is about to be renamed by a run that died): start over,
         // unless another apply holds it.
-        if let Ok(f) = File::open(&staged) {
-            lock(&f, &staged)?;
+        if let Some(kind) = fs.entry(&staged).map_err(ApplyError::io(&staged))? {
+            let f =
+                open_lock(fs, &staged, kind == EntryKind::Dir).map_err(ApplyError::io(&staged))?;
+            lock(&*f, &staged)?;
             drop(f);
-            let removed = if dir {
-                std::fs::remove_dir_all(&staged)
-            } else {
-                std::fs::remove_file(&staged)
-            };
-            removed.map_err(ApplyError::io(&staged))?;
+            romdelta_storage::remove_all(fs, &staged).map_err(ApplyError::io(&staged))?;
         }
         let lock_file = if dir {
-            std::fs::create_dir(&staged).map_err(ApplyError::io(&staged))?;
-            File::open(&staged).map_err(ApplyError::io(&staged))?
+            fs.create_dir(&staged).map_err(ApplyError::io(&staged))?;
+            open_lock(fs, &staged, true).map_err(ApplyError::io(&staged))?
         } else {
-            let f = open_rw(&staged, true)?;
-            std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            let f = open_rw(fs, &staged, true)?;
+            fs.set_mode(&staged, 0o644)
                 .map_err(ApplyError::io(&staged))?;
             f
         };
-        lock(&lock_file, &staged)?;
+        lock(&*lock_file, &staged)?;
         let staging = Staging {
+            fs,
             staged: staged.clone(),
             journal: journal_path,
             dir,
@@ -232,11 +223,7 @@ impl Plan<'_> {
         let mut outputs = Vec::new();
         for (i, p) in m.partitions.iter().enumerate() {
             let path = image_path(i);
-            let file = if dir {
-                open_rw(&path, true)?
-            } else {
-                open_rw(&path, false)?
-            };
+            let file = open_rw(fs, &path, dir)?;
             file.set_len(p.new.size).map_err(ApplyError::io(&path))?;
             outputs.push(Output {
                 name: p.name.clone(),
@@ -256,6 +243,7 @@ impl Plan<'_> {
 /// Reads the journal at `path` and checks that it belongs to this package
 /// and source.
 fn load_journal(
+    fs: &dyn Storage,
     path: &Path,
     ops: u64,
     manifest_sha: Digest,
@@ -268,13 +256,17 @@ fn load_journal(
             path.display()
         ))
     };
-    let len = std::fs::metadata(path).map_err(ApplyError::io(path))?.len();
+    let len = match fs.entry(path).map_err(ApplyError::io(path))? {
+        Some(EntryKind::File(len)) => len,
+        _ => return Err(refuse("not a file".into())),
+    };
     if len != expected_len {
         return Err(refuse(format!(
             "{len} bytes, a journal of this package has {expected_len}"
         )));
     }
-    let bytes = std::fs::read(path).map_err(ApplyError::io(path))?;
+    let bytes =
+        romdelta_storage::read_file(fs, path, expected_len).map_err(ApplyError::io(path))?;
     let j = Journal::decode(&bytes, ops).map_err(|e| refuse(e.to_string()))?;
     if j.manifest_sha256 != manifest_sha {
         return Err(refuse(format!(
@@ -295,6 +287,7 @@ fn load_journal(
 /// Records finished operations and, at checkpoints, makes them durable:
 /// sync the staged images, then replace the journal.
 pub(crate) struct Checkpointer<'a> {
+    fs: &'a dyn Storage,
     outputs: &'a [Output],
     path: &'a Path,
     journal: Mutex<Journal>,
@@ -309,8 +302,15 @@ pub(crate) struct Checkpointer<'a> {
 }
 
 impl<'a> Checkpointer<'a> {
-    pub(crate) fn new(outputs: &'a [Output], path: &'a Path, journal: Journal) -> Self {
+    pub(crate) fn new(
+        fs: &'a dyn Storage,
+        outputs: &'a [Output],
+        path: &'a Path,
+        journal: Journal,
+        every: CheckpointEvery,
+    ) -> Self {
         Checkpointer {
+            fs,
             outputs,
             path,
             loaded: journal.clone(),
@@ -318,8 +318,8 @@ impl<'a> Checkpointer<'a> {
             pending: Mutex::new(Vec::new()),
             last: Mutex::new(Instant::now()),
             bytes_since: AtomicU64::new(0),
-            interval: Duration::from_millis(500),
-            bytes_interval: 16 << 20,
+            interval: every.interval,
+            bytes_interval: every.bytes,
         }
     }
 
@@ -354,28 +354,39 @@ impl<'a> Checkpointer<'a> {
             return Ok(());
         }
         for o in self.outputs {
-            o.file.sync_data().map_err(ApplyError::io(&o.path))?;
+            o.file.sync().map_err(ApplyError::io(&o.path))?;
         }
         for i in batch {
             journal.set_done(i);
         }
-        write_durably(self.path, &journal.encode())
+        romdelta_storage::write_durably(self.fs, self.path, &journal.encode())
+            .map_err(ApplyError::io(self.path))
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file renamed over
-/// it, then syncs the directory: after a crash `path` holds either the old
-/// bytes or the new ones.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(ApplyError::io(path))?;
-    sync_dir(&parent_of(path))
+/// How often an apply makes its progress durable: after this much data
+/// or this much time, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointEvery {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Time.
+    pub interval: Duration,
+}
+
+impl Default for CheckpointEvery {
+    fn default() -> Self {
+        CheckpointEvery {
+            bytes: 16 << 20,
+            interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Opens what `flock` is taken on: the staged image, or the staged directory.
+fn open_lock(fs: &dyn Storage, path: &Path, dir: bool) -> std::io::Result<Arc<dyn StorageFile>> {
+    if dir && fs.entry(path)? != Some(EntryKind::Dir) {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    fs.open(path, OpenMode::Read)
 }

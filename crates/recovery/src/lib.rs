@@ -20,8 +20,10 @@ use romdelta_apply::rules::{check_rules, Allow};
 use romdelta_apply::{ApplyError, PackageFile, Plan};
 use romdelta_format::{buildprop, BuildInfo, PackageKind};
 use romdelta_rom::{Access, Rom};
+use romdelta_storage::{OpenMode, RealFs, Storage};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why a device operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,8 @@ pub type Admit<'a> = dyn Fn(&[u8], &[romdelta_format::Signature]) -> Result<(), 
 
 /// A simulated A/B device.
 pub struct Device {
+    fs: Arc<dyn Storage>,
+    checkpoint: romdelta_apply::CheckpointEvery,
     dir: PathBuf,
     state: State,
 }
@@ -155,7 +159,19 @@ impl Device {
     /// images of `rom` (a directory of `NAME.img`, or one image), slot `a`
     /// active. `build` is the build installed (default: `rom/build.prop`).
     pub fn init(dir: &Path, rom: &Path, build: Option<BuildInfo>) -> Result<Device, RecoveryError> {
-        if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
+        Self::init_on(Arc::new(RealFs), dir, rom, build)
+    }
+
+    /// [`Device::init`] with the device's files on `fs` (the ROM is read
+    /// from the real file system).
+    pub fn init_on(
+        fs: Arc<dyn Storage>,
+        dir: &Path,
+        rom: &Path,
+        build: Option<BuildInfo>,
+    ) -> Result<Device, RecoveryError> {
+        let exists = fs.entry(dir).map_err(io(dir))?.is_some();
+        if exists && !fs.read_dir(dir).map_err(io(dir))?.is_empty() {
             return Err(RecoveryError::Device {
                 dir: dir.to_path_buf(),
                 reason: "exists and is not empty".into(),
@@ -179,14 +195,21 @@ impl Device {
             }
             None => None,
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        if !exists {
+            fs.create_dir(dir).map_err(io(dir))?;
+            let parent = romdelta_storage::parent_of(dir);
+            fs.sync_dir(&parent).map_err(io(&parent))?;
+        }
         for p in &source.partitions {
             for slot in [Slot::A, Slot::B] {
                 let to = dir.join(format!("{}_{}.img", p.name, slot.letter()));
-                std::fs::copy(&p.path, &to).map_err(io(&to))?;
+                copy_in(&*fs, p, &to)?;
             }
         }
+        fs.sync_dir(dir).map_err(io(dir))?;
         let device = Device {
+            fs,
+            checkpoint: Default::default(),
             dir: dir.to_path_buf(),
             state: State {
                 version: 1,
@@ -206,8 +229,13 @@ impl Device {
 
     /// Opens the device at `dir`.
     pub fn open(dir: &Path) -> Result<Device, RecoveryError> {
+        Self::open_on(Arc::new(RealFs), dir)
+    }
+
+    /// [`Device::open`] on `fs`.
+    pub fn open_on(fs: Arc<dyn Storage>, dir: &Path) -> Result<Device, RecoveryError> {
         let path = dir.join("state.json");
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let bytes = romdelta_storage::read_file(&*fs, &path, 1 << 20).map_err(io(&path))?;
         let state: State = serde_json::from_slice(&bytes).map_err(|e| RecoveryError::Device {
             dir: dir.to_path_buf(),
             reason: format!("state.json: {e}"),
@@ -225,6 +253,8 @@ impl Device {
             })?;
         }
         Ok(Device {
+            fs,
+            checkpoint: Default::default(),
             dir: dir.to_path_buf(),
             state,
         })
@@ -237,10 +267,8 @@ impl Device {
 
     fn save(&self) -> Result<(), RecoveryError> {
         let bytes = serde_json::to_vec_pretty(&self.state).expect("serializable");
-        Ok(romdelta_apply::write_durably(
-            &self.dir.join("state.json"),
-            &bytes,
-        )?)
+        let path = self.dir.join("state.json");
+        romdelta_storage::write_durably(&*self.fs, &path, &bytes).map_err(io(&path))
     }
 
     fn build_path(&self, slot: Slot) -> PathBuf {
@@ -248,16 +276,17 @@ impl Device {
     }
 
     fn write_build(&self, slot: Slot, b: &BuildInfo) -> Result<(), RecoveryError> {
-        Ok(romdelta_apply::write_durably(
-            &self.build_path(slot),
-            buildprop::build_prop_text(b).as_bytes(),
-        )?)
+        let path = self.build_path(slot);
+        romdelta_storage::write_durably(&*self.fs, &path, buildprop::build_prop_text(b).as_bytes())
+            .map_err(io(&path))
     }
 
     /// The build installed in `slot`, if recorded.
     pub fn build(&self, slot: Slot) -> Result<Option<BuildInfo>, RecoveryError> {
         let p = self.build_path(slot);
-        match std::fs::read_to_string(&p) {
+        let text = romdelta_storage::read_file(&*self.fs, &p, 1 << 20)
+            .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("not UTF-8")));
+        match text {
             Ok(text) => {
                 buildprop::parse_build_prop(&text)
                     .map(Some)
@@ -279,7 +308,7 @@ impl Device {
             .iter()
             .map(|n| (n.clone(), self.image_path(n, slot)))
             .collect();
-        Rom::from_files(&files, Access::Read).map_err(|e| RecoveryError::Device {
+        Rom::from_storage(&files, &*self.fs).map_err(|e| RecoveryError::Device {
             dir: self.dir.clone(),
             reason: e.to_string(),
         })
@@ -333,8 +362,9 @@ impl Device {
             // Another package was being written to the inactive slot: its
             // progress cannot serve this one. Start over.
             let (staged, journal) = romdelta_apply::staging_paths(&out);
-            let _ = std::fs::remove_file(journal);
-            let _ = std::fs::remove_dir_all(staged);
+            let fs = &*self.fs;
+            let _ = fs.remove_file(&journal);
+            let _ = romdelta_storage::remove_all(fs, &staged);
         }
         let source = match pkg.manifest.kind {
             PackageKind::Delta => Some(self.slot_rom(active)?),
@@ -349,30 +379,31 @@ impl Device {
                 status: "writing".into(),
             });
             self.save()?;
-            if out.exists() {
-                std::fs::remove_dir_all(&out).map_err(io(&out))?;
-            }
-            std::fs::create_dir(&out).map_err(io(&out))?;
-            let plan = Plan::new(&pkg, source.as_ref(), &out)?;
+            let fs = &*self.fs;
+            romdelta_storage::remove_all(fs, &out).map_err(io(&out))?;
+            fs.create_dir(&out).map_err(io(&out))?;
+            let plan =
+                Plan::new_on(&pkg, source.as_ref(), &out, fs)?.checkpoint_every(self.checkpoint);
             resumed_ops = plan.execute(&|_| {})?.resumed_ops;
         }
         self.state.update.as_mut().expect("set above").status = "verified".into();
         self.save()?;
         // Move the verified images into the slot, then switch.
+        let fs = &*self.fs;
         for p in &pkg.manifest.partitions {
             let from = out.join(format!("{}.img", p.name));
             let to = self.image_path(&p.name, target);
-            if from.exists() {
-                std::fs::rename(&from, &to).map_err(io(&to))?;
+            if romdelta_storage::exists(fs, &from).map_err(io(&from))? {
+                fs.rename(&from, &to).map_err(io(&to))?;
             }
         }
         for name in &self.state.partitions {
             if pkg.manifest.partitions.iter().all(|p| &p.name != name) {
                 let old = self.image_path(name, target);
-                let _ = std::fs::remove_file(old);
+                let _ = fs.remove_file(&old);
             }
         }
-        let _ = std::fs::remove_dir(&out);
+        let _ = fs.remove_dir(&out);
         let build = pkg.manifest.target_build.clone();
         self.write_build(target, &build)?;
         self.state.partitions = pkg
@@ -401,7 +432,33 @@ impl Device {
         })
     }
 
+    /// Makes installs checkpoint at `every` (default: 16 MiB or 0.5 s).
+    pub fn checkpoint_every(&mut self, every: romdelta_apply::CheckpointEvery) {
+        self.checkpoint = every;
+    }
+
     fn new_dir(&self, slot: Slot) -> PathBuf {
         self.dir.join(format!("slot_{}.new", slot.letter()))
     }
+}
+
+/// Copies the image of `p` to `to` on `fs`, synced.
+fn copy_in(fs: &dyn Storage, p: &romdelta_rom::Partition, to: &Path) -> Result<(), RecoveryError> {
+    let f = fs.open(to, OpenMode::CreateNew).map_err(io(to))?;
+    let mut at = 0u64;
+    let mut res = Ok(());
+    let extent = romdelta_format::Extent::new(0, p.blocks());
+    p.for_each_piece(&[extent], |b| {
+        if res.is_ok() && at < p.size() {
+            let n = (b.len() as u64).min(p.size() - at) as usize;
+            res = f.write_at(&b[..n], at);
+            at += n as u64;
+        }
+    })
+    .map_err(|e| RecoveryError::Device {
+        dir: p.path.clone(),
+        reason: e.to_string(),
+    })?;
+    res.map_err(io(to))?;
+    f.sync().map_err(io(to))
 }

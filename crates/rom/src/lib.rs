@@ -7,9 +7,11 @@
 use memmap2::Mmap;
 use romdelta_format::sparse::{self, Chunk, ChunkData, SparseHeader, SparseLayout};
 use romdelta_format::{Extent, BLOCK_SIZE};
+use romdelta_storage::StorageFile;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why a ROM could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,32 @@ pub enum Access {
 /// Size of the buffer positioned reads go through.
 const READ_CHUNK: usize = 1 << 20;
 
+/// What a partition's bytes are read from.
+enum Backing {
+    /// A file of the real file system (the image, or the archive holding it).
+    File(File),
+    /// A file opened through a [`romdelta_storage::Storage`].
+    Storage(Arc<dyn StorageFile>),
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backing::File(file) => f.debug_tuple("File").field(file).finish(),
+            Backing::Storage(_) => f.write_str("Storage"),
+        }
+    }
+}
+
+impl Backing {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<()> {
+        match self {
+            Backing::File(f) => f.read_exact_at(buf, pos),
+            Backing::Storage(f) => f.read_at(buf, pos),
+        }
+    }
+}
+
 /// One partition image, opened read-only.
 #[derive(Debug)]
 pub struct Partition {
@@ -62,7 +90,7 @@ pub struct Partition {
     pub name: String,
     /// Where it was read from.
     pub path: PathBuf,
-    file: File,
+    file: Backing,
     size: u64,
     map: Option<Mmap>,
     /// Whether `map` maps the file itself (and so may be released).
@@ -112,7 +140,7 @@ impl Partition {
             return Ok(Partition {
                 name: name.to_string(),
                 path: path.to_path_buf(),
-                file,
+                file: Backing::File(file),
                 size,
                 map,
                 file_backed: false,
@@ -130,7 +158,7 @@ impl Partition {
         Ok(Partition {
             name: name.to_string(),
             path: path.to_path_buf(),
-            file,
+            file: Backing::File(file),
             size: meta.len(),
             map,
             file_backed: true,
@@ -138,10 +166,40 @@ impl Partition {
         })
     }
 
-    /// Metadata of the file the partition was read from (the image, or the
-    /// archive holding it): what tells one source file from another.
-    pub fn file_metadata(&self) -> std::io::Result<std::fs::Metadata> {
-        self.file.metadata()
+    /// A raw image read through `file`, a file of some [`romdelta_storage::Storage`]
+    /// (a device's partition image in the recovery harness): never mapped.
+    pub fn from_storage(
+        name: &str,
+        path: &Path,
+        file: Arc<dyn StorageFile>,
+    ) -> Result<Self, RomError> {
+        let size = file.len().map_err(|source| RomError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Partition {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            file: Backing::Storage(file),
+            size,
+            map: None,
+            file_backed: false,
+            sparse: None,
+        })
+    }
+
+    /// What tells the file the partition was read from (the image, or the
+    /// archive holding it) from another one put in its place: device,
+    /// inode, modification time (seconds, nanoseconds).
+    pub fn identity(&self) -> std::io::Result<[u64; 4]> {
+        match &self.file {
+            Backing::File(f) => {
+                use std::os::unix::fs::MetadataExt;
+                let m = f.metadata()?;
+                Ok([m.dev(), m.ino(), m.mtime() as u64, m.mtime_nsec() as u64])
+            }
+            Backing::Storage(f) => f.identity(),
+        }
     }
 
     /// Whether the file is an Android sparse image (read expanded).
@@ -228,7 +286,7 @@ impl Partition {
         Ok(Partition {
             name: name.to_string(),
             path,
-            file,
+            file: Backing::File(file),
             size,
             map: Some(map),
             file_backed: false,
@@ -421,7 +479,7 @@ pub fn sha256_file(file: &File, size: u64) -> std::io::Result<romdelta_format::D
 }
 
 /// SHA-256 of `size` bytes read through `read(buf, offset)` into a 1 MiB buffer.
-fn sha256_read(
+pub fn sha256_read(
     size: u64,
     mut read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
 ) -> std::io::Result<romdelta_format::Digest> {
@@ -644,6 +702,33 @@ impl Rom {
                 reason: e.to_string(),
             })?;
             partitions.push(Partition::open(name, path, access)?);
+        }
+        partitions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Rom {
+            layout: Layout::Directory,
+            partitions,
+        })
+    }
+
+    /// A ROM of the given `(partition name, image file)` pairs read through
+    /// `fs`, laid out as a directory.
+    pub fn from_storage(
+        files: &[(String, PathBuf)],
+        fs: &dyn romdelta_storage::Storage,
+    ) -> Result<Rom, RomError> {
+        let mut partitions = Vec::new();
+        for (name, path) in files {
+            romdelta_format::check_partition_name(name).map_err(|e| RomError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let file = fs
+                .open(path, romdelta_storage::OpenMode::Read)
+                .map_err(|source| RomError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            partitions.push(Partition::from_storage(name, path, file)?);
         }
         partitions.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Rom {

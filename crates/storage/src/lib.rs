@@ -1,0 +1,292 @@
+//! The file-system interface romdelta writes images through.
+//!
+//! Everything an apply or an install changes on disk — staged images, the
+//! resume journal, stash files, the device state — goes through a
+//! [`Storage`]: [`RealFs`] in production, [`sim::SimFs`] in the recovery
+//! harness, where a power cut loses (or tears, 4 KiB at a time) every write
+//! that was not synced, and where a full disk or a bad block can be injected
+//! at a chosen place.
+//!
+//! The contract is the POSIX one, stated here because the simulated file
+//! system holds code to it: file data is durable after [`StorageFile::sync`]
+//! on that file; a directory's entries (files created, renamed, removed in
+//! it) are durable after [`Storage::sync_dir`] on it. Metadata changes reach
+//! the disk in the order they were made, each whole (a rename is atomic).
+
+pub mod sim;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How [`Storage::open`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// An existing file, read only.
+    Read,
+    /// An existing file, read and write.
+    ReadWrite,
+    /// A new, empty file, read and write; fails if the path exists.
+    CreateNew,
+}
+
+/// What a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file of this many bytes.
+    File(u64),
+    /// A directory.
+    Dir,
+}
+
+/// An open file.
+pub trait StorageFile: Send + Sync {
+    /// Fills `buf` from `offset`; fails with `UnexpectedEof` past the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, growing the file if needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Truncates or extends (with zeros) to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the data and length durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Takes an exclusive advisory lock held until the file is dropped;
+    /// `false` when another holder has it.
+    fn try_lock(&self) -> io::Result<bool>;
+    /// Numbers that tell this file apart from another one put at the same
+    /// path (device, inode) and from itself after a change (modification
+    /// time, seconds and nanoseconds).
+    fn identity(&self) -> io::Result<[u64; 4]>;
+}
+
+/// A file system.
+pub trait Storage: Send + Sync {
+    /// Opens the file at `path`.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
+    /// What `path` names, or `None` when nothing is there.
+    fn entry(&self, path: &Path) -> io::Result<Option<EntryKind>>;
+    /// Creates an empty directory (its parent must exist).
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// The names in directory `path`, sorted.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>>;
+    /// Renames `from` to `to`, replacing a file at `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Makes the entries of directory `path` durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Sets the permission bits of `path` (where the file system has them).
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()>;
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Whether anything is at `path`.
+pub fn exists(fs: &dyn Storage, path: &Path) -> io::Result<bool> {
+    Ok(fs.entry(path)?.is_some())
+}
+
+/// Removes `path` and, when it is a directory, everything below it.
+/// Nothing there is not an error.
+pub fn remove_all(fs: &dyn Storage, path: &Path) -> io::Result<()> {
+    match fs.entry(path)? {
+        None => Ok(()),
+        Some(EntryKind::File(_)) => fs.remove_file(path),
+        Some(EntryKind::Dir) => {
+            for name in fs.read_dir(path)? {
+                remove_all(fs, &path.join(name))?;
+            }
+            fs.remove_dir(path)
+        }
+    }
+}
+
+/// Reads the whole file at `path`, refusing one longer than `max` bytes.
+pub fn read_file(fs: &dyn Storage, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let f = fs.open(path, OpenMode::Read)?;
+    let len = f.len()?;
+    if len > max {
+        return Err(io::Error::other(format!(
+            "{len} bytes, more than the {max} expected at most"
+        )));
+    }
+    let mut buf = vec![0u8; len as usize];
+    f.read_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+/// Writes `bytes` to `path` through a synced temporary file (`PATH.new`)
+/// renamed over it, then syncs the directory: after a crash `path` holds
+/// either its old bytes or the new ones.
+pub fn write_durably(fs: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    if exists(fs, &tmp)? {
+        fs.remove_file(&tmp)?;
+    }
+    let f = fs.open(&tmp, OpenMode::CreateNew)?;
+    f.write_at(bytes, 0)?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(&parent_of(path))
+}
+
+/// A [`std::io::Write`] that appends to a [`StorageFile`] from an offset.
+pub struct FileWriter<'a> {
+    file: &'a dyn StorageFile,
+    offset: u64,
+}
+
+impl<'a> FileWriter<'a> {
+    /// Writes into `file` from `offset` on.
+    pub fn new(file: &'a dyn StorageFile, offset: u64) -> Self {
+        FileWriter { file, offset }
+    }
+    /// Where the next byte goes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl io::Write for FileWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_at(buf, self.offset)?;
+        self.offset += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealFs;
+
+/// A file of the real file system.
+#[derive(Debug)]
+pub struct RealFile(std::fs::File);
+
+impl RealFile {
+    /// The open file.
+    pub fn file(&self) -> &std::fs::File {
+        &self.0
+    }
+}
+
+impl StorageFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+    fn try_lock(&self) -> io::Result<bool> {
+        match self.0.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+    fn identity(&self) -> io::Result<[u64; 4]> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.0.metadata()?;
+        Ok([m.dev(), m.ino(), m.mtime() as u64, m.mtime_nsec() as u64])
+    }
+}
+
+impl Storage for RealFs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        let mut o = std::fs::File::options();
+        match mode {
+            OpenMode::Read => o.read(true),
+            OpenMode::ReadWrite => o.read(true).write(true),
+            OpenMode::CreateNew => o.read(true).write(true).create_new(true),
+        };
+        Ok(Arc::new(RealFile(o.open(path)?)))
+    }
+    fn entry(&self, path: &Path) -> io::Result<Option<EntryKind>> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Some(EntryKind::Dir)),
+            Ok(m) => Ok(Some(EntryKind::File(m.len()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let mut names = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()?;
+        names.sort();
+        Ok(names)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::File::open(path)?.sync_all()
+    }
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_durably_replaces_and_remove_all_clears_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs;
+        let p = dir.path().join("state");
+        write_durably(&fs, &p, b"one").unwrap();
+        write_durably(&fs, &p, b"two").unwrap();
+        assert_eq!(read_file(&fs, &p, 16).unwrap(), b"two");
+        assert!(read_file(&fs, &p, 2).is_err());
+        let tree = dir.path().join("t");
+        fs.create_dir(&tree).unwrap();
+        fs.create_dir(&tree.join("sub")).unwrap();
+        let f = fs.open(&tree.join("sub/x"), OpenMode::CreateNew).unwrap();
+        f.write_at(b"abc", 5).unwrap();
+        assert_eq!(f.len().unwrap(), 8);
+        drop(f);
+        assert_eq!(fs.read_dir(&tree).unwrap(), vec![OsString::from("sub")]);
+        remove_all(&fs, &tree).unwrap();
+        assert_eq!(fs.entry(&tree).unwrap(), None);
+    }
+}
