@@ -5,6 +5,7 @@ mod bench;
 mod bsdiff40;
 mod cli;
 mod common;
+mod faults;
 mod hostile;
 mod recovery;
 mod resume;

@@ -231,6 +231,13 @@ impl<'a> Plan<'a> {
                 path,
             });
         }
+        // The staged images' names must be on disk before any journal
+        // lists their contents: a journal surviving a power cut without
+        // the files it describes could never be resumed.
+        if dir {
+            sync_dir(fs, &staged)?;
+        }
+        sync_dir(fs, &parent_of(&staged))?;
         Ok(Staged {
             staging,
             outputs,

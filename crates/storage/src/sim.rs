@@ -10,8 +10,9 @@
 //!   unsynced creations, renames and removals never happened;
 //! - [`CutMode::Torn`]: what was synced plus a random part of the rest:
 //!   every unsynced 4 KiB page of a file independently either reached the
-//!   disk or not, and every unsynced namespace change (each one whole, a
-//!   rename is atomic) independently either reached it or not.
+//!   disk or not, and the unsynced namespace changes reached it up to a
+//!   random one, in the order they were made (each whole: a rename is
+//!   atomic), as a journaling file system commits them.
 //!
 //! File data is durable only after [`StorageFile::sync`] of that file, a
 //! directory's entries only after [`Storage::sync_dir`] of that directory:
@@ -355,10 +356,11 @@ impl SimFs {
         }
         let mut names = s.synced_names.clone();
         if torn {
-            for c in &s.pending {
-                if rng.random_bool(0.5) {
-                    c.apply(&mut names);
-                }
+            // Namespace changes reach the disk in order (as a journaling
+            // file system commits them): some first part of what is pending.
+            let reached = rng.random_range(0..=s.pending.len());
+            for c in &s.pending[..reached] {
+                c.apply(&mut names);
             }
         }
         // An entry whose directory did not survive is unreachable.

@@ -1,0 +1,313 @@
+//! The recovery harness with faults injected into the device's storage:
+//! power cuts at hundreds of points of an install (unsynced writes lost,
+//! or torn 4 KiB at a time), a full disk, a bad block, a cut-off or
+//! corrupted package. After each, the device boots the old build intact or
+//! the exact new build, and running the install again finishes it.
+
+use romdelta_apply::CheckpointEvery;
+use romdelta_format::BuildInfo;
+use romdelta_recovery::{Device, RecoveryError, Slot};
+use romdelta_storage::sim::{CutMode, SimFs};
+use romdelta_storage::Storage;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The device directory inside the simulated file system.
+const DEV: &str = "/device";
+
+fn build(version: &str, timestamp: u64) -> BuildInfo {
+    BuildInfo {
+        device: "demo".into(),
+        region: "Global".into(),
+        channel: "stable".into(),
+        version: version.into(),
+        fingerprint: format!("romdelta/demo/demo:14/{version}:user/release-keys"),
+        security_patch: "2026-11-01".into(),
+        timestamp,
+    }
+}
+
+/// A small ROM pair (a few MiB: boot of an odd size, system, vendor; a
+/// partition only the old build has and one only the new has), its
+/// package, and a simulated device holding the old build.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    /// The images of the old and new build, by partition name.
+    pub old: Vec<(String, Vec<u8>)>,
+    pub new: Vec<(String, Vec<u8>)>,
+    /// The incremental package.
+    pub package: PathBuf,
+    /// The device, as initialised (fork it for each run).
+    pub base: SimFs,
+    pub old_build: BuildInfo,
+    pub new_build: BuildInfo,
+}
+
+impl Fixture {
+    pub fn new(seed: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = romdelta_synth::rom_pair(seed, 1);
+        let cut = |rom: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
+            rom.into_iter()
+                .map(|(name, mut img)| {
+                    let keep = match name.as_str() {
+                        "boot" => (1 << 20) + 1234,
+                        "system" => 3 << 20,
+                        _ => 1 << 20,
+                    };
+                    img.truncate(keep);
+                    (name, img)
+                })
+                .collect()
+        };
+        let (old, new) = (cut(old), cut(new));
+        let (o, n) = (dir.path().join("old"), dir.path().join("new"));
+        romdelta_synth::write_rom(&o, &old).unwrap();
+        romdelta_synth::write_rom(&n, &new).unwrap();
+        let (old_build, new_build) = (build("V1.0.1.0", 1761955200), build("V1.0.2.0", 1764547200));
+        let package = dir.path().join("update.romdelta");
+        let opts = romdelta_diff::DiffOptions {
+            level: 3,
+            source_build: old_build.clone(),
+            target_build: new_build.clone(),
+            ..Default::default()
+        };
+        let (src, dst) = (
+            romdelta_rom::Rom::open(&o).unwrap(),
+            romdelta_rom::Rom::open(&n).unwrap(),
+        );
+        romdelta_diff::write_package(Some(&src), &dst, &opts, &package, &|_| {}).unwrap();
+        let base = SimFs::new();
+        base.mkdir_all(Path::new("/"));
+        Device::init_on(
+            Arc::new(base.clone()),
+            Path::new(DEV),
+            &o,
+            Some(old_build.clone()),
+        )
+        .unwrap();
+        Fixture {
+            _dir: dir,
+            old,
+            new,
+            package,
+            base,
+            old_build,
+            new_build,
+        }
+    }
+}
+
+fn accept_any(
+    _: &[u8],
+    _: &[romdelta_format::Signature],
+) -> Result<(), romdelta_apply::ApplyError> {
+    Ok(())
+}
+
+/// Installs `package` on the device in `fs` on one worker thread (so that a
+/// power-cut point names the same moment in every run), checkpointing
+/// every 64 KiB so that a resume has progress to find.
+pub fn install(fs: &SimFs, package: &Path) -> Result<Slot, RecoveryError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut d = Device::open_on(Arc::new(fs.clone()), Path::new(DEV))?;
+        d.checkpoint_every(CheckpointEvery {
+            bytes: 64 << 10,
+            interval: Duration::from_secs(3600),
+        });
+        Ok(d.install(package, &accept_any, Default::default())?.slot)
+    })
+}
+
+/// Which build the device boots: its active slot must hold exactly the
+/// images of the build recorded for it, and that build must be the old or
+/// the new one. Panics with `what` otherwise.
+pub fn booted(fx: &Fixture, fs: &SimFs, what: &str) -> &'static str {
+    let d = Device::open_on(Arc::new(fs.clone()), Path::new(DEV))
+        .unwrap_or_else(|e| panic!("{what}: the device does not open: {e}"));
+    let slot = d.state().active;
+    let b = d.build(slot).unwrap();
+    let (name, images) = if b.as_ref() == Some(&fx.old_build) {
+        ("old", &fx.old)
+    } else if b.as_ref() == Some(&fx.new_build) {
+        ("new", &fx.new)
+    } else {
+        panic!("{what}: slot {slot:?} records build {b:?}");
+    };
+    let mut listed: Vec<&String> = d.state().partitions.iter().collect();
+    let mut expected: Vec<&String> = images.iter().map(|(n, _)| n).collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected, "{what}: partitions of the {name} build");
+    for (part, bytes) in images {
+        let got = fs.get(&d.image_path(part, slot));
+        assert!(
+            got.as_deref() == Some(bytes.as_slice()),
+            "{what}: partition {part} of slot {slot:?} is not the {name} build's"
+        );
+    }
+    name
+}
+
+/// Up to `n` distinct points in `1..=total`, spread evenly, always
+/// including the first and the last.
+pub fn spread(total: u64, n: u64) -> Vec<u64> {
+    if total <= n {
+        return (1..=total).collect();
+    }
+    let mut v: Vec<u64> = (0..n).map(|i| 1 + i * (total - 1) / (n - 1)).collect();
+    v.dedup();
+    v
+}
+
+#[test]
+fn power_cuts_at_every_point_of_an_ab_install_leave_a_bootable_device() {
+    let fx = Fixture::new(41);
+    // A clean run: how many changing calls an install makes.
+    let clean = fx.base.fork();
+    let before = clean.points();
+    assert_eq!(install(&clean, &fx.package).unwrap(), Slot::B);
+    assert_eq!(booted(&fx, &clean, "clean install"), "new");
+    let total = clean.points() - before;
+    let points = spread(total, 240);
+    assert!(
+        points.len() >= 200,
+        "only {} points in {total}",
+        points.len()
+    );
+    let outcomes = sweep(&fx, &points, total);
+    eprintln!(
+        "A/B: {} power-cut points of {total}, 2 modes each: {} booted the old build and resumed to the new one, {} booted the new build",
+        points.len(),
+        outcomes.0,
+        outcomes.1
+    );
+    assert_eq!(outcomes.0 + outcomes.1, 2 * points.len());
+}
+
+/// Cuts the power at each of `points` in both modes, reboots, checks the
+/// device boots the old or the new build, and finishes the install.
+/// Returns (booted old and resumed, booted new). Runs on two threads.
+fn sweep(fx: &Fixture, points: &[u64], total: u64) -> (usize, usize) {
+    let one = |n: u64, mode: CutMode| -> bool {
+        let what = format!("power cut at point {n} of {total} ({mode:?})");
+        let fs = fx.base.fork();
+        fs.cut_power_at(n);
+        let r = install(&fs, &fx.package);
+        assert!(
+            r.is_err() && fs.is_cut(),
+            "{what}: the install did not stop"
+        );
+        fs.reboot(mode);
+        match booted(fx, &fs, &what) {
+            "old" => {
+                // The restart resumes (or restarts) the update.
+                install(&fs, &fx.package).unwrap_or_else(|e| panic!("{what}: resume: {e}"));
+                assert_eq!(booted(fx, &fs, &what), "new", "{what}: after resume");
+                true
+            }
+            _ => false,
+        }
+    };
+    let half = points.len() / 2;
+    let run = |pts: &[u64]| {
+        let mut old = 0;
+        for &n in pts {
+            for mode in [CutMode::Lost, CutMode::Torn(n)] {
+                old += one(n, mode) as usize;
+            }
+        }
+        (old, 2 * pts.len() - old)
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let h = s.spawn(|| run(&points[..half]));
+        let b = run(&points[half..]);
+        (h.join().unwrap(), b)
+    });
+    (a.0 + b.0, a.1 + b.1)
+}
+
+/// Every file of the simulated device and its bytes.
+fn snapshot(fs: &SimFs) -> Vec<(PathBuf, Vec<u8>)> {
+    fs.files()
+}
+
+fn err_text(e: RecoveryError) -> String {
+    e.to_string()
+}
+
+#[test]
+fn a_full_disk_a_bad_block_and_a_damaged_package_fail_cleanly_and_recover() {
+    let fx = Fixture::new(43);
+
+    // Full disk: the install stops with ENOSPC; the old build still boots;
+    // with room made, the same install succeeds.
+    let fs = fx.base.fork();
+    fs.set_capacity(Some(fs.used() + (2 << 20)));
+    let e = err_text(install(&fs, &fx.package).unwrap_err());
+    assert!(e.contains("No space left on device"), "{e}");
+    assert_eq!(booted(&fx, &fs, "after ENOSPC"), "old");
+    fs.set_capacity(None);
+    install(&fs, &fx.package).unwrap();
+    assert_eq!(booted(&fx, &fs, "after ENOSPC and more room"), "new");
+
+    // A read error on a block of the active slot: the install stops naming
+    // the image; nothing of the old build changed; once the block reads
+    // again the install succeeds.
+    let fs = fx.base.fork();
+    let system_a = Path::new(DEV).join("system_a.img");
+    fs.fail_block(&system_a, 100).unwrap();
+    let e = err_text(install(&fs, &fx.package).unwrap_err());
+    assert!(
+        e.contains("system_a.img") && e.contains("Input/output error"),
+        "{e}"
+    );
+    assert_eq!(booted(&fx, &fs, "after EIO"), "old");
+    fs.heal();
+    install(&fs, &fx.package).unwrap();
+    assert_eq!(booted(&fx, &fs, "after EIO healed"), "new");
+
+    // A package cut off anywhere, or damaged in its manifest: refused
+    // before anything is written. Damaged data: the operation that reads
+    // it fails on its hash and the old build still boots.
+    let bytes = std::fs::read(&fx.package).unwrap();
+    let cut = fx.package.with_extension("cut");
+    let fs = fx.base.fork();
+    let before = snapshot(&fs);
+    for len in spread(bytes.len() as u64 - 1, 40) {
+        std::fs::write(&cut, &bytes[..len as usize]).unwrap();
+        let e = err_text(install(&fs, &cut).unwrap_err());
+        assert!(
+            e.contains("truncated") || e.contains("package") || e.contains("bytes"),
+            "cut at {len}: {e}"
+        );
+        assert!(snapshot(&fs) == before, "cut at {len}: the device changed");
+    }
+    let pkg = romdelta_format::Package::parse(&bytes).unwrap();
+    let data_start = bytes.len() - pkg.data.len();
+    for at in [100, data_start - 10, data_start + 100, bytes.len() - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(&cut, &bad).unwrap();
+        let fs = fx.base.fork();
+        let e = err_text(install(&fs, &cut).unwrap_err());
+        if at < data_start {
+            assert!(e.contains("checksum"), "byte {at}: {e}");
+            assert!(snapshot(&fs) == before, "byte {at}: the device changed");
+        } else {
+            assert!(e.contains("data") && e.contains("sha256"), "byte {at}: {e}");
+        }
+        assert_eq!(booted(&fx, &fs, "after a damaged package"), "old");
+        // The intact package then installs.
+        install(&fs, &fx.package).unwrap();
+        assert_eq!(
+            booted(&fx, &fs, "intact package after a damaged one"),
+            "new"
+        );
+    }
+}
