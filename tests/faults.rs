@@ -8,7 +8,6 @@ use romdelta_apply::CheckpointEvery;
 use romdelta_format::BuildInfo;
 use romdelta_recovery::{Device, RecoveryError, Slot};
 use romdelta_storage::sim::{CutMode, SimFs};
-use romdelta_storage::Storage;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
