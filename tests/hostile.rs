@@ -191,6 +191,7 @@ fn base_manifest() -> romdelta_format::Manifest {
     use romdelta_format::*;
     Manifest {
         kind: PackageKind::Full,
+        in_place: false,
         target_build: BuildInfo::default(),
         source_build: None,
         data_len: 10,
@@ -221,6 +222,7 @@ fn base_manifest() -> romdelta_format::Manifest {
                     src_sha256: [0; 32],
                 },
             ],
+            stages: vec![],
         }],
         removed: vec![],
     }
@@ -305,11 +307,11 @@ fn each_hostile_manifest_is_refused_with_a_clear_error() {
     // A format version from the future, and lengths past the end of the file.
     let pkg = Package::encode_prefix(&ok, &[]);
     let mut future = pkg.clone();
-    future[8] = 2;
+    future[8] = 3;
     assert!(Package::parse(&future)
         .unwrap_err()
         .to_string()
-        .contains("unsupported package format version 2"));
+        .contains("unsupported package format version 3"));
     let mut long = pkg.clone();
     long[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(Package::parse(&long).is_err());

@@ -244,6 +244,7 @@ pub fn write_package(
         } else {
             PackageKind::Full
         },
+        in_place: false,
         target_build: opts.target_build.clone(),
         source_build: source.map(|_| opts.source_build.clone()),
         data_len,
@@ -483,6 +484,7 @@ fn diff_partition(
             old: old_info,
             new: new_info,
             operations,
+            stages: Vec::new(),
         },
         summary,
     ))

@@ -1,4 +1,4 @@
-//! The romdelta package format, version 1.
+//! The romdelta package format, version 2.
 //!
 //! This crate is the only place in romdelta that parses untrusted bytes. It
 //! does no I/O of its own: it turns bytes into typed, structurally valid
@@ -14,6 +14,7 @@ pub mod buildprop;
 mod codec;
 mod error;
 mod extent;
+pub mod inplace;
 pub mod journal;
 mod manifest;
 pub mod ops;
@@ -33,7 +34,7 @@ pub use package::{Header, Package, Signature, HEADER_LEN, MAGIC};
 /// Size of a block in bytes; every extent counts blocks of this size.
 pub const BLOCK_SIZE: u64 = 4096;
 /// The package format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 
@@ -58,6 +59,8 @@ pub mod limits {
     pub const MAX_COPY_BLOCKS: u64 = 1 << 18;
     /// Largest partition accepted (16 TiB).
     pub const MAX_PARTITION_SIZE: u64 = 1 << 44;
+    /// Most blocks the stash of one in-place stage may hold (256 MiB).
+    pub const MAX_STAGE_STASH_BLOCKS: u64 = 1 << 16;
 }
 
 /// SHA-256 of `data`.

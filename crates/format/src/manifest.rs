@@ -270,6 +270,10 @@ pub struct PartitionUpdate {
     pub new: PartitionInfo,
     /// Operations, in the order their data is stored.
     pub operations: Vec<Operation>,
+    /// In-place packages only: the operations, in order, form consecutive
+    /// stages of `stages[i]` operations each (see [`crate::inplace`]).
+    /// Empty in A/B packages.
+    pub stages: Vec<u64>,
 }
 
 /// A partition present in the source build and absent from the target.
@@ -332,6 +336,11 @@ impl BuildInfo {
 pub struct Manifest {
     /// Delta or full.
     pub kind: PackageKind,
+    /// How the package installs: `false` for A/B (a new image is written
+    /// beside the old one; operations run in any order), `true` for in
+    /// place (the new image is written over the old one, stage by stage;
+    /// see [`crate::inplace`]).
+    pub in_place: bool,
     /// The build the package produces.
     pub target_build: BuildInfo,
     /// The build a delta package applies to.
@@ -378,6 +387,16 @@ impl Manifest {
                 ))
             }
         };
+        let in_place = match r.u8("install mode")? {
+            0 => false,
+            1 => true,
+            k => {
+                return Err(FormatError::invalid(
+                    "install mode",
+                    format!("unknown code {k} (0 = A/B, 1 = in place)"),
+                ))
+            }
+        };
         let block_size = r.varint("block size")?;
         if block_size != BLOCK_SIZE {
             return Err(FormatError::invalid(
@@ -408,11 +427,20 @@ impl Manifest {
             for _ in 0..n_ops {
                 operations.push(Operation::decode(&mut r)?);
             }
+            let mut stages = Vec::new();
+            if in_place {
+                let n_stages = r.count("stage count", 1, u64::MAX)?;
+                stages.reserve_exact(n_stages);
+                for _ in 0..n_stages {
+                    stages.push(r.varint("stage operation count")?);
+                }
+            }
             partitions.push(PartitionUpdate {
                 name,
                 old,
                 new,
                 operations,
+                stages,
             });
         }
         let n = r.count("removed partition count", 34, MAX_PARTITIONS)?;
@@ -428,6 +456,7 @@ impl Manifest {
         r.finish("manifest")?;
         let m = Manifest {
             kind,
+            in_place,
             target_build,
             source_build,
             data_len,
@@ -439,8 +468,9 @@ impl Manifest {
     }
 
     /// Rules that tie the manifest together: unique names, data within the
-    /// data section, extents within partitions, destinations disjoint, and a
-    /// full package that reads no source.
+    /// data section, extents within partitions, destinations disjoint, a
+    /// full package that reads no source, and for an in-place package the
+    /// stage rules of [`crate::inplace`] (an A/B package has no stages).
     pub fn check(&self) -> Result<(), FormatError> {
         let mut names = std::collections::BTreeSet::new();
         for name in self
@@ -470,6 +500,7 @@ impl Manifest {
         let mut next = 0u64;
         for p in &self.partitions {
             p.check(self.kind, self.data_len)?;
+            crate::inplace::check_partition(p, self.in_place)?;
             for (i, op) in p.operations.iter().enumerate() {
                 if op.kind.has_data() {
                     if op.data_offset != next {
@@ -504,6 +535,7 @@ impl Manifest {
             PackageKind::Delta => 0,
             PackageKind::Full => 1,
         });
+        w.u8(u8::from(self.in_place));
         w.varint(BLOCK_SIZE);
         self.target_build.encode(&mut w);
         match &self.source_build {
@@ -527,6 +559,10 @@ impl Manifest {
             p.new.encode(&mut w);
             w.varint(p.operations.len() as u64);
             p.operations.iter().for_each(|op| op.encode(&mut w));
+            if self.in_place {
+                w.varint(p.stages.len() as u64);
+                p.stages.iter().for_each(|&n| w.varint(n));
+            }
         }
         w.varint(self.removed.len() as u64);
         for r in &self.removed {

@@ -13,7 +13,7 @@ const FIELDS_LEN: usize = 40;
 /// The fixed-size header at the start of a package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Format version (1).
+    /// Format version ([`FORMAT_VERSION`]).
     pub version: u32,
     /// Length of the manifest that follows the header.
     pub manifest_len: u64,
@@ -45,7 +45,7 @@ impl Header {
         if flags != 0 {
             return Err(FormatError::invalid(
                 "header flags",
-                format!("{flags:#x} (no flags are defined in version 1)"),
+                format!("{flags:#x} (no flags are defined in version {FORMAT_VERSION})"),
             ));
         }
         let manifest_len = r.u64_le("manifest length")?;
