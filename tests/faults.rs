@@ -84,6 +84,7 @@ impl Fixture {
             Path::new(DEV),
             &o,
             Some(old_build.clone()),
+            romdelta_recovery::Slots::Ab,
         )
         .unwrap();
         Fixture {

@@ -92,11 +92,17 @@ pub enum Command {
         #[arg(long, value_name = "SOURCE")]
         source: Option<PathBuf>,
         /// Where to write the new build.
-        #[arg(short, long, value_name = "OUT")]
-        output: PathBuf,
+        #[arg(short, long, value_name = "OUT", required_unless_present = "in_place")]
+        output: Option<PathBuf>,
+        /// Update this image (or directory of NAME.img) in place, as a
+        /// single-slot device does: needs a package made with `diff
+        /// --in-place` (or a full package); resumes after any interruption.
+        #[arg(long, value_name = "IMAGE_OR_DIR", conflicts_with_all = ["source", "output", "sparse"])]
+        in_place: Option<PathBuf>,
         #[command(flatten)]
         trust: Trust,
-        /// build.prop of the installed build (default: SOURCE/build.prop, if any).
+        /// build.prop of the installed build (default: SOURCE/build.prop, or
+        /// IMAGE_OR_DIR/build.prop in place, if any).
         #[arg(long, value_name = "FILE")]
         installed_build: Option<PathBuf>,
         /// Allow installing a build older than the installed one.
@@ -320,6 +326,9 @@ pub enum RecoveryCommand {
         /// build.prop of that build (default: ROM/build.prop, if any).
         #[arg(long, value_name = "FILE")]
         build: Option<PathBuf>,
+        /// One slot, updated in place (in-place packages), instead of A/B.
+        #[arg(long)]
+        single_slot: bool,
         /// Print the new device's status as JSON.
         #[arg(long)]
         json: bool,

@@ -282,6 +282,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             package,
             source,
             output,
+            in_place,
             trust,
             installed_build,
             allow_downgrade,
@@ -291,7 +292,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
         } => {
             let policy = TrustPolicy::load(&trust)?;
-            let installed = read_build(installed_build.as_deref(), source.as_deref())?;
+            let build_dir = source
+                .as_deref()
+                .or(in_place.as_deref().filter(|p| p.is_dir()));
+            let installed = read_build(installed_build.as_deref(), build_dir)?;
             let allow = romdelta_apply::rules::Allow {
                 downgrade: allow_downgrade,
                 line_switch: allow_line_switch,
@@ -307,6 +311,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let started = std::time::Instant::now();
+            let output = match (output, in_place) {
+                (Some(o), None) => o,
+                (None, Some(target)) => {
+                    if package.as_os_str() == "-" {
+                        return Err(Failure::usage(anyhow::anyhow!(
+                            "an in-place update reads its package from a file (it may need to resume from it): save the stream first"
+                        )));
+                    }
+                    let file = PackageFile::open(&package)?;
+                    let pkg = file.parse()?;
+                    admit(pkg.manifest_bytes, &pkg.signatures, &pkg.manifest)?;
+                    let plan = romdelta_apply::InPlacePlan::new(&pkg, &target)?;
+                    let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
+                    let bar = progress::bar(json, total, "apply");
+                    let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
+                    bar.finish();
+                    return report_apply(&r, &package, &target, started, json);
+                }
+                _ => unreachable!("clap: exactly one of --output and --in-place"),
+            };
             let report = if package.as_os_str() == "-" {
                 // One pass over standard input, no temporary copy.
                 let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
@@ -332,31 +356,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 bar.finish();
                 r
             };
-            if json {
-                print_json(&report);
-            } else {
-                say!(
-                    "applied {} to {} in {:.1} s; every partition verified:",
-                    package.display(),
-                    output.display(),
-                    started.elapsed().as_secs_f64()
-                );
-                if report.resumed_ops > 0 {
-                    say!(
-                        "  resumed: {} operations were already written by an interrupted run",
-                        report.resumed_ops
-                    );
-                }
-                for p in &report.partitions {
-                    say!(
-                        "  {:<16} {:>12}  sha256 {}",
-                        p.name,
-                        progress::human(p.size),
-                        p.sha256
-                    );
-                }
-            }
-            Ok(())
+            report_apply(&report, &package, &output, started, json)
         }
         Command::Inspect { package, json } => {
             let file = PackageFile::open(&package)?;
@@ -452,4 +452,39 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// Prints what an apply did.
+fn report_apply(
+    report: &romdelta_apply::ApplyReport,
+    package: &Path,
+    output: &Path,
+    started: std::time::Instant,
+    json: bool,
+) -> Result<(), Failure> {
+    if json {
+        print_json(report);
+        return Ok(());
+    }
+    say!(
+        "applied {} to {} in {:.1} s; every partition verified:",
+        package.display(),
+        output.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if report.resumed_ops > 0 {
+        say!(
+            "  resumed: {} operations were already written by an interrupted run",
+            report.resumed_ops
+        );
+    }
+    for p in &report.partitions {
+        say!(
+            "  {:<16} {:>12}  sha256 {}",
+            p.name,
+            progress::human(p.size),
+            p.sha256
+        );
+    }
+    Ok(())
 }

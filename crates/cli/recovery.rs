@@ -25,10 +25,16 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             device,
             from,
             build,
+            single_slot,
             json,
         } => {
             let b = read_build(build.as_deref(), None)?;
-            let d = Device::init(&device, &from, b)?;
+            let slots = if single_slot {
+                romdelta_recovery::Slots::Single
+            } else {
+                romdelta_recovery::Slots::Ab
+            };
+            let d = Device::init(&device, &from, b, slots)?;
             if json {
                 print_json(&d.status()?);
                 return Ok(());

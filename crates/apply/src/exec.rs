@@ -51,7 +51,7 @@ impl ExtentWriter<'_> {
     }
 }
 
-fn mismatch(
+pub(crate) fn mismatch(
     what: Hashed,
     part: &PartitionUpdate,
     op: Option<(usize, &Operation)>,
@@ -74,10 +74,32 @@ fn mismatch(
     .into()
 }
 
+/// Where an operation's source bytes come from: a source partition (A/B),
+/// or the image being updated and its stage's stash (in place).
+pub(crate) trait SourceBytes: Sync {
+    /// Feeds the bytes of `extents`, in order, to `f` in pieces; bytes past
+    /// the end of the source image are zeros.
+    fn for_each_piece(
+        &self,
+        extents: &[Extent],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), ApplyError>;
+}
+
+impl SourceBytes for Partition {
+    fn for_each_piece(
+        &self,
+        extents: &[Extent],
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), ApplyError> {
+        Ok(Partition::for_each_piece(self, extents, f)?)
+    }
+}
+
 /// Hashes the source bytes an operation reads.
-fn source_hash(src: &Partition, op: &Operation) -> Result<Digest, ApplyError> {
+fn source_hash(src: &dyn SourceBytes, op: &Operation) -> Result<Digest, ApplyError> {
     let mut h = sha2::Sha256::new();
-    src.for_each_piece(&op.src_extents, |b| h.update(b))?;
+    src.for_each_piece(&op.src_extents, &mut |b| h.update(b))?;
     Ok(h.finalize().into())
 }
 
@@ -97,7 +119,7 @@ fn expect_hash(
 }
 
 fn check_source(
-    src: &Partition,
+    src: &dyn SourceBytes,
     part: &PartitionUpdate,
     i: usize,
     op: &Operation,
@@ -106,7 +128,7 @@ fn check_source(
     expect_hash(Hashed::Source, part, i, op, op.src_sha256, actual)
 }
 
-fn check_data(
+pub(crate) fn check_data(
     data: &[u8],
     part: &PartitionUpdate,
     i: usize,
@@ -126,12 +148,15 @@ fn op_indices(m: &romdelta_format::Manifest) -> Vec<(usize, usize)> {
 }
 
 /// Runs one operation: checks, decodes, writes. Returns bytes written.
-fn run_op(
+/// A/B outputs start as zeros, so ZERO writes nothing there; in place
+/// (`write_zeros`) it writes its zeros.
+pub(crate) fn run_op(
     data: &[u8],
     part: &PartitionUpdate,
     i: usize,
-    src: Option<&Partition>,
+    src: Option<&dyn SourceBytes>,
     out: &Output,
+    write_zeros: bool,
 ) -> Result<u64, ApplyError> {
     let op = &part.operations[i];
     let mut w = ExtentWriter {
@@ -145,12 +170,21 @@ fn run_op(
     };
     match op.kind {
         // A staged image is created empty (all zeros): nothing to write.
-        OpKind::Zero => return Ok(0),
+        OpKind::Zero if !write_zeros => return Ok(0),
+        OpKind::Zero => {
+            let zeros = vec![0u8; (op.dst_blocks() * BLOCK_SIZE).min(1 << 20) as usize];
+            let mut left = op.dst_blocks() * BLOCK_SIZE;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                w.write(&zeros[..n])?;
+                left -= n as u64;
+            }
+        }
         OpKind::SourceCopy => {
             let src = src.expect("plan: copies have a source");
             check_source(src, part, i, op)?;
             let mut res = Ok(());
-            src.for_each_piece(&op.src_extents, |b| {
+            src.for_each_piece(&op.src_extents, &mut |b| {
                 if res.is_ok() {
                     res = w.write(b);
                 }
@@ -162,7 +196,8 @@ fn run_op(
             let mut source = Vec::new();
             if op.kind.reads_source() {
                 let src = src.expect("plan: source reads have a source");
-                src.read_extents(&op.src_extents, &mut source)?;
+                source.reserve_exact((op.src_blocks() * BLOCK_SIZE) as usize);
+                src.for_each_piece(&op.src_extents, &mut |b| source.extend_from_slice(b))?;
                 let actual = romdelta_format::sha256(&source);
                 expect_hash(Hashed::Source, part, i, op, op.src_sha256, actual)?;
             }
@@ -214,7 +249,8 @@ impl Plan<'_> {
             } else {
                 &[]
             };
-            let n = run_op(op_data, p, oi, self.sources[pi], &outputs[pi])?;
+            let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
+            let n = run_op(op_data, p, oi, src, &outputs[pi], false)?;
             progress(written.fetch_add(n, Ordering::Relaxed) + n);
             cp.done(k as u64, n)
         })?;
@@ -263,11 +299,11 @@ impl Plan<'_> {
                         continue;
                     }
                     let p = &m.partitions[pi];
-                    let ran =
-                        run_op(&op_data, p, oi, self.sources[pi], &outputs[pi]).and_then(|n| {
-                            progress(written.fetch_add(n, Ordering::Relaxed) + n);
-                            cp.done(k, n)
-                        });
+                    let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
+                    let ran = run_op(&op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
+                        progress(written.fetch_add(n, Ordering::Relaxed) + n);
+                        cp.done(k, n)
+                    });
                     if let Err(e) = ran {
                         fail(e);
                     }
@@ -553,7 +589,7 @@ pub fn verify(pkg: &Package<'_>, source: Option<&Rom>) -> Result<VerifyReport, A
         jobs.par_iter().try_for_each(|&(pi, oi)| {
             let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
             if let (Some(src), true) = (sources[pi], op.kind.reads_source()) {
-                check_source(src, p, oi, op)?;
+                check_source(src as &dyn SourceBytes, p, oi, op)?;
             }
             Ok::<(), ApplyError>(())
         })?;

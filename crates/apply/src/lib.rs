@@ -16,12 +16,14 @@
 
 mod error;
 mod exec;
+mod inplace;
 pub mod rules;
 mod stage;
 
 pub use stage::{staging_paths, CheckpointEvery};
 
 pub use error::{ApplyError, Hashed, Mismatch};
+pub use inplace::{check_in_place_package, in_place_paths, InPlacePlan};
 
 use memmap2::Mmap;
 use romdelta_format::{Manifest, Package, PackageKind};
@@ -224,6 +226,11 @@ impl<'a> Plan<'a> {
         out: &Path,
         storage: &'a dyn Storage,
     ) -> Result<Self, ApplyError> {
+        if manifest.in_place && manifest.kind == PackageKind::Delta {
+            return Err(ApplyError::Refused(
+                "this package updates images in place (made with `romdelta diff --in-place`): apply it with --in-place IMAGE_OR_DIR, not to a new output".into(),
+            ));
+        }
         let sources = match_sources(manifest, source)?;
         let out_is_dir = storage.entry(out).map_err(ApplyError::io(out))? == Some(EntryKind::Dir);
         let layout = match source {

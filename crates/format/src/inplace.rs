@@ -41,7 +41,11 @@ use std::ops::Range;
 pub fn stage_ranges(p: &PartitionUpdate) -> Vec<Range<usize>> {
     let n = p.operations.len();
     if p.stages.is_empty() {
-        return if n == 0 { Vec::new() } else { std::iter::once(0..n).collect() };
+        return if n == 0 {
+            Vec::new()
+        } else {
+            std::iter::once(0..n).collect()
+        };
     }
     let mut out = Vec::with_capacity(p.stages.len().min(n));
     let mut start = 0usize;

@@ -105,11 +105,27 @@ pub struct UpdateState {
     pub status: String,
 }
 
+/// How a device keeps its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slots {
+    /// Two slots: an update writes the inactive one, then switches.
+    #[default]
+    Ab,
+    /// One slot, updated in place (`NAME.img`, `build.prop`): between the
+    /// first write and the last, the device boots only into recovery, which
+    /// resumes the update.
+    Single,
+}
+
 /// The device's state file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// State file version (1).
     pub version: u32,
+    /// A/B or single slot.
+    #[serde(default)]
+    pub slots: Slots,
     /// The slot the device boots.
     pub active: Slot,
     /// Partitions of each slot, by name.
@@ -158,8 +174,13 @@ impl Device {
     /// Creates a device at `dir` (new or empty) with both slots holding the
     /// images of `rom` (a directory of `NAME.img`, or one image), slot `a`
     /// active. `build` is the build installed (default: `rom/build.prop`).
-    pub fn init(dir: &Path, rom: &Path, build: Option<BuildInfo>) -> Result<Device, RecoveryError> {
-        Self::init_on(Arc::new(RealFs), dir, rom, build)
+    pub fn init(
+        dir: &Path,
+        rom: &Path,
+        build: Option<BuildInfo>,
+        slots: Slots,
+    ) -> Result<Device, RecoveryError> {
+        Self::init_on(Arc::new(RealFs), dir, rom, build, slots)
     }
 
     /// [`Device::init`] with the device's files on `fs` (the ROM is read
@@ -169,6 +190,7 @@ impl Device {
         dir: &Path,
         rom: &Path,
         build: Option<BuildInfo>,
+        slots: Slots,
     ) -> Result<Device, RecoveryError> {
         let exists = fs.entry(dir).map_err(io(dir))?.is_some();
         if exists && !fs.read_dir(dir).map_err(io(dir))?.is_empty() {
@@ -200,26 +222,26 @@ impl Device {
             let parent = romdelta_storage::parent_of(dir);
             fs.sync_dir(&parent).map_err(io(&parent))?;
         }
-        for p in &source.partitions {
-            for slot in [Slot::A, Slot::B] {
-                let to = dir.join(format!("{}_{}.img", p.name, slot.letter()));
-                copy_in(&*fs, p, &to)?;
-            }
-        }
-        fs.sync_dir(dir).map_err(io(dir))?;
         let device = Device {
             fs,
             checkpoint: Default::default(),
             dir: dir.to_path_buf(),
             state: State {
                 version: 1,
+                slots,
                 active: Slot::A,
                 partitions: source.partitions.iter().map(|p| p.name.clone()).collect(),
                 update: None,
             },
         };
+        for p in &source.partitions {
+            for slot in device.slots() {
+                copy_in(&*device.fs, p, &device.image_path(&p.name, slot))?;
+            }
+        }
+        device.fs.sync_dir(dir).map_err(io(dir))?;
         if let Some(b) = &build {
-            for slot in [Slot::A, Slot::B] {
+            for slot in device.slots() {
                 device.write_build(slot, b)?;
             }
         }
@@ -271,8 +293,19 @@ impl Device {
         romdelta_storage::write_durably(&*self.fs, &path, &bytes).map_err(io(&path))
     }
 
+    /// The slots the device has: `a` and `b`, or only `a`.
+    pub fn slots(&self) -> Vec<Slot> {
+        match self.state.slots {
+            Slots::Ab => vec![Slot::A, Slot::B],
+            Slots::Single => vec![Slot::A],
+        }
+    }
+
     fn build_path(&self, slot: Slot) -> PathBuf {
-        self.dir.join(format!("build_{}.prop", slot.letter()))
+        match self.state.slots {
+            Slots::Ab => self.dir.join(format!("build_{}.prop", slot.letter())),
+            Slots::Single => self.dir.join("build.prop"),
+        }
     }
 
     fn write_build(&self, slot: Slot, b: &BuildInfo) -> Result<(), RecoveryError> {
@@ -316,7 +349,10 @@ impl Device {
 
     /// Where partition `name` of `slot` lives.
     pub fn image_path(&self, name: &str, slot: Slot) -> PathBuf {
-        self.dir.join(format!("{name}_{}.img", slot.letter()))
+        match self.state.slots {
+            Slots::Ab => self.dir.join(format!("{name}_{}.img", slot.letter())),
+            Slots::Single => self.dir.join(format!("{name}.img")),
+        }
     }
 
     /// The state and both slots' builds.
@@ -324,7 +360,10 @@ impl Device {
         Ok(Status {
             state: self.state.clone(),
             build_a: self.build(Slot::A)?,
-            build_b: self.build(Slot::B)?,
+            build_b: match self.state.slots {
+                Slots::Ab => self.build(Slot::B)?,
+                Slots::Single => None,
+            },
         })
     }
 
@@ -344,6 +383,9 @@ impl Device {
         let active = self.state.active;
         let installed = self.build(active)?;
         check_rules(&pkg.manifest, installed.as_ref(), allow)?;
+        if self.state.slots == Slots::Single {
+            return self.install_in_place(&pkg);
+        }
         let target = active.other();
         let manifest_sha =
             romdelta_format::hex_digest(&romdelta_format::sha256(pkg.manifest_bytes));
@@ -418,18 +460,79 @@ impl Device {
         Ok(InstallReport {
             slot: target,
             build,
-            partitions: pkg
-                .manifest
-                .partitions
-                .iter()
-                .map(|p| romdelta_apply::WrittenPartition {
-                    name: p.name.clone(),
-                    size: p.new.size,
-                    sha256: romdelta_format::hex_digest(&p.new.sha256),
-                })
-                .collect(),
+            partitions: written(&pkg.manifest),
             resumed_ops,
         })
+    }
+
+    /// Updates a single-slot device in place; run again after any
+    /// interruption, it resumes.
+    fn install_in_place(
+        &mut self,
+        pkg: &romdelta_format::Package<'_>,
+    ) -> Result<InstallReport, RecoveryError> {
+        let fs = &*self.fs;
+        romdelta_apply::check_in_place_package(&pkg.manifest)?;
+        let manifest_sha =
+            romdelta_format::hex_digest(&romdelta_format::sha256(pkg.manifest_bytes));
+        let (journal, _) = romdelta_apply::in_place_paths(&self.dir, false);
+        let has_journal = romdelta_storage::exists(fs, &journal).map_err(io(&journal))?;
+        let same = self
+            .state
+            .update
+            .as_ref()
+            .is_some_and(|u| u.manifest_sha256 == manifest_sha);
+        // This package already wrote and verified every image, and the run
+        // stopped before recording the new build: nothing left to write.
+        let finished = same && !has_journal && self.images_match(pkg)?;
+        let mut resumed_ops = 0;
+        if !finished {
+            self.state.update = Some(UpdateState {
+                target_slot: Slot::A,
+                manifest_sha256: manifest_sha,
+                status: "writing".into(),
+            });
+            self.save()?;
+            let fs = &*self.fs;
+            let plan = romdelta_apply::InPlacePlan::new_on(pkg, &self.dir, fs)?
+                .checkpoint_every(self.checkpoint);
+            resumed_ops = plan.execute(&|_| {})?.resumed_ops;
+        }
+        let build = pkg.manifest.target_build.clone();
+        self.write_build(Slot::A, &build)?;
+        self.state.partitions = pkg
+            .manifest
+            .partitions
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        self.state.update = None;
+        self.save()?;
+        Ok(InstallReport {
+            slot: Slot::A,
+            build,
+            partitions: written(&pkg.manifest),
+            resumed_ops,
+        })
+    }
+
+    /// Whether every image already is the package's target image.
+    fn images_match(&self, pkg: &romdelta_format::Package<'_>) -> Result<bool, RecoveryError> {
+        for p in &pkg.manifest.partitions {
+            let path = self.image_path(&p.name, Slot::A);
+            let Ok(f) = self.fs.open(&path, OpenMode::Read) else {
+                return Ok(false);
+            };
+            if f.len().map_err(io(&path))? != p.new.size {
+                return Ok(false);
+            }
+            let h = romdelta_rom::sha256_read(p.new.size, |b, off| f.read_at(b, off))
+                .map_err(io(&path))?;
+            if h != p.new.sha256 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Makes installs checkpoint at `every` (default: 16 MiB or 0.5 s).
@@ -461,4 +564,16 @@ fn copy_in(fs: &dyn Storage, p: &romdelta_rom::Partition, to: &Path) -> Result<(
     })?;
     res.map_err(io(to))?;
     f.sync().map_err(io(to))
+}
+
+/// The partitions a package writes, as an install reports them.
+fn written(m: &romdelta_format::Manifest) -> Vec<romdelta_apply::WrittenPartition> {
+    m.partitions
+        .iter()
+        .map(|p| romdelta_apply::WrittenPartition {
+            name: p.name.clone(),
+            size: p.new.size,
+            sha256: romdelta_format::hex_digest(&p.new.sha256),
+        })
+        .collect()
 }
