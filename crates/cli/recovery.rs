@@ -3,7 +3,7 @@
 use crate::args::RecoveryCommand;
 use crate::{print_json, read_build, with_threads, Failure, TrustPolicy};
 use romdelta_apply::rules::{describe, Allow};
-use romdelta_recovery::{Device, RecoveryError, Slot};
+use romdelta_recovery::{Device, RecoveryError, Slot, Slots};
 
 impl From<RecoveryError> for Failure {
     fn from(e: RecoveryError) -> Self {
@@ -39,11 +39,20 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
                 print_json(&d.status()?);
                 return Ok(());
             }
+            let holds = match slots {
+                Slots::Ab => "slots a and b hold",
+                Slots::Single => "its single slot holds",
+            };
             say!(
-                "device {}: slots a and b hold {} ({} partitions), slot a active",
+                "device {}: {holds} {} ({} partitions){}",
                 device.display(),
                 build_line(&d.build(Slot::A)?),
-                d.state().partitions.len()
+                d.state().partitions.len(),
+                if slots == Slots::Ab {
+                    ", slot a active"
+                } else {
+                    ""
+                }
             );
             Ok(())
         }
@@ -53,12 +62,22 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
                 print_json(&s);
             } else {
                 say!("device {}", device.display());
-                say!("  active slot  {}", s.state.active.letter());
-                say!("  slot a       {}", build_line(&s.build_a));
-                say!("  slot b       {}", build_line(&s.build_b));
+                if s.state.slots == Slots::Single {
+                    say!("  slots        one, updated in place");
+                    say!("  build        {}", build_line(&s.build_a));
+                } else {
+                    say!("  active slot  {}", s.state.active.letter());
+                    say!("  slot a       {}", build_line(&s.build_a));
+                    say!("  slot b       {}", build_line(&s.build_b));
+                }
                 say!("  partitions   {}", s.state.partitions.join(", "));
                 match &s.state.update {
                     None => say!("  update       none in progress"),
+                    Some(u) if s.state.slots == Slots::Single => say!(
+                        "  update       {} in place (package manifest sha256 {}): the device boots into recovery until the same package finishes it, or a full package repairs it",
+                        u.status,
+                        u.manifest_sha256
+                    ),
                     Some(u) => say!(
                         "  update       {} to slot {} (package manifest sha256 {})",
                         u.status,
@@ -92,7 +111,15 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             if json {
                 print_json(&report);
             } else {
-                say!(
+                if d.state().slots == Slots::Single {
+                    say!(
+                        "installed {} in place in {:.1} s; every partition verified: {}",
+                        package.display(),
+                        started.elapsed().as_secs_f64(),
+                        describe(&report.build)
+                    );
+                } else {
+                    say!(
                     "installed {} into slot {} in {:.1} s; every partition verified; slot {} active: {}",
                     package.display(),
                     report.slot.letter(),
@@ -100,6 +127,7 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
                     report.slot.letter(),
                     describe(&report.build)
                 );
+                }
                 if report.resumed_ops > 0 {
                     say!(
                         "  resumed: {} operations were already written by an interrupted install",
