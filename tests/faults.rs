@@ -6,7 +6,7 @@
 
 use romdelta_apply::CheckpointEvery;
 use romdelta_format::BuildInfo;
-use romdelta_recovery::{Device, RecoveryError, Slot};
+use romdelta_recovery::{Device, RecoveryError, Slot, Slots};
 use romdelta_storage::sim::{CutMode, SimFs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +44,13 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// An A/B device and an A/B package.
     pub fn new(seed: u64) -> Fixture {
+        Self::with(seed, Slots::Ab)
+    }
+
+    /// A device with `slots`, and a package for it (in place for a single slot).
+    pub fn with(seed: u64, slots: Slots) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = romdelta_synth::rom_pair(seed, 1);
         let cut = |rom: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
@@ -68,6 +74,7 @@ impl Fixture {
         let package = dir.path().join("update.romdelta");
         let opts = romdelta_diff::DiffOptions {
             level: 3,
+            in_place: slots == Slots::Single,
             source_build: old_build.clone(),
             target_build: new_build.clone(),
             ..Default::default()
@@ -84,7 +91,7 @@ impl Fixture {
             Path::new(DEV),
             &o,
             Some(old_build.clone()),
-            romdelta_recovery::Slots::Ab,
+            slots,
         )
         .unwrap();
         Fixture {
@@ -126,32 +133,37 @@ pub fn install(fs: &SimFs, package: &Path) -> Result<Slot, RecoveryError> {
 
 /// Which build the device boots: its active slot must hold exactly the
 /// images of the build recorded for it, and that build must be the old or
-/// the new one. Panics with `what` otherwise.
+/// the new one. A single-slot device may instead be in the middle of an
+/// in-place update that its state records ("updating": it boots into
+/// recovery, which resumes). Panics with `what` otherwise.
 pub fn booted(fx: &Fixture, fs: &SimFs, what: &str) -> &'static str {
     let d = Device::open_on(Arc::new(fs.clone()), Path::new(DEV))
         .unwrap_or_else(|e| panic!("{what}: the device does not open: {e}"));
     let slot = d.state().active;
     let b = d.build(slot).unwrap();
-    let (name, images) = if b.as_ref() == Some(&fx.old_build) {
-        ("old", &fx.old)
-    } else if b.as_ref() == Some(&fx.new_build) {
-        ("new", &fx.new)
-    } else {
-        panic!("{what}: slot {slot:?} records build {b:?}");
+    let holds = |images: &[(String, Vec<u8>)]| {
+        let mut listed: Vec<&String> = d.state().partitions.iter().collect();
+        let mut expected: Vec<&String> = images.iter().map(|(n, _)| n).collect();
+        listed.sort();
+        expected.sort();
+        listed == expected
+            && images.iter().all(|(part, bytes)| {
+                fs.get(&d.image_path(part, slot)).as_deref() == Some(bytes.as_slice())
+            })
     };
-    let mut listed: Vec<&String> = d.state().partitions.iter().collect();
-    let mut expected: Vec<&String> = images.iter().map(|(n, _)| n).collect();
-    listed.sort();
-    expected.sort();
-    assert_eq!(listed, expected, "{what}: partitions of the {name} build");
-    for (part, bytes) in images {
-        let got = fs.get(&d.image_path(part, slot));
-        assert!(
-            got.as_deref() == Some(bytes.as_slice()),
-            "{what}: partition {part} of slot {slot:?} is not the {name} build's"
-        );
+    if b.as_ref() == Some(&fx.old_build) && holds(&fx.old) {
+        return "old";
     }
-    name
+    if b.as_ref() == Some(&fx.new_build) && holds(&fx.new) {
+        return "new";
+    }
+    if d.state().slots == Slots::Single && d.state().update.is_some() {
+        return "updating";
+    }
+    panic!(
+        "{what}: slot {slot:?} records build {:?} and holds neither build, with no update under way",
+        b.map(|b| b.version)
+    );
 }
 
 /// Up to `n` distinct points in `1..=total`, spread evenly, always
@@ -165,14 +177,14 @@ pub fn spread(total: u64, n: u64) -> Vec<u64> {
     v
 }
 
-#[test]
-fn power_cuts_at_every_point_of_an_ab_install_leave_a_bootable_device() {
-    let fx = Fixture::new(41);
+/// Sweeps power cuts over an install of `fx`'s package; returns the
+/// number of points and the outcomes.
+fn power_cut_sweep(fx: &Fixture) -> (usize, u64, Outcomes) {
     // A clean run: how many changing calls an install makes.
     let clean = fx.base.fork();
     let before = clean.points();
-    assert_eq!(install(&clean, &fx.package).unwrap(), Slot::B);
-    assert_eq!(booted(&fx, &clean, "clean install"), "new");
+    install(&clean, &fx.package).unwrap();
+    assert_eq!(booted(fx, &clean, "clean install"), "new");
     let total = clean.points() - before;
     let points = spread(total, 240);
     assert!(
@@ -180,21 +192,51 @@ fn power_cuts_at_every_point_of_an_ab_install_leave_a_bootable_device() {
         "only {} points in {total}",
         points.len()
     );
-    let outcomes = sweep(&fx, &points, total);
+    let o = sweep(fx, &points, total);
+    assert_eq!(o.old + o.updating + o.new, 2 * points.len());
+    (points.len(), total, o)
+}
+
+#[test]
+fn power_cuts_at_every_point_of_an_ab_install_leave_a_bootable_device() {
+    let fx = Fixture::new(41);
+    let (n, total, o) = power_cut_sweep(&fx);
     eprintln!(
-        "A/B: {} power-cut points of {total}, 2 modes each: {} booted the old build and resumed to the new one, {} booted the new build",
-        points.len(),
-        outcomes.0,
-        outcomes.1
+        "A/B: {n} power-cut points of {total}, 2 modes each: {} booted the old build and resumed to the new one, {} booted the new build",
+        o.old, o.new
     );
-    assert_eq!(outcomes.0 + outcomes.1, 2 * points.len());
+    assert_eq!(o.updating, 0);
+    assert!(o.old > 0);
+}
+
+#[test]
+fn power_cuts_at_every_point_of_an_in_place_install_resume_to_the_new_build() {
+    let fx = Fixture::with(47, Slots::Single);
+    let (n, total, o) = power_cut_sweep(&fx);
+    eprintln!(
+        "in place: {n} power-cut points of {total}, 2 modes each: {} booted the old build intact, {} booted recovery with the update under way, {} booted the new build; every one ended with the exact new build",
+        o.old, o.updating, o.new
+    );
+    assert!(o.old > 0 && o.updating > 0);
+}
+
+/// What the device booted after each power cut and reboot.
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcomes {
+    /// The old build, intact (then the install ran again to the new one).
+    old: usize,
+    /// Recovery, with an in-place update under way (then resumed to the new one).
+    updating: usize,
+    /// The new build.
+    new: usize,
 }
 
 /// Cuts the power at each of `points` in both modes, reboots, checks the
-/// device boots the old or the new build, and finishes the install.
-/// Returns (booted old and resumed, booted new). Runs on two threads.
-fn sweep(fx: &Fixture, points: &[u64], total: u64) -> (usize, usize) {
-    let one = |n: u64, mode: CutMode| -> bool {
+/// device boots the old build, the new one, or (single slot) recovery with
+/// the update recorded, then runs the install again and checks it ends
+/// with the exact new build. Runs on two threads.
+fn sweep(fx: &Fixture, points: &[u64], total: u64) -> Outcomes {
+    let one = |n: u64, mode: CutMode, o: &mut Outcomes| {
         let what = format!("power cut at point {n} of {total} ({mode:?})");
         let fs = fx.base.fork();
         fs.cut_power_at(n);
@@ -205,31 +247,39 @@ fn sweep(fx: &Fixture, points: &[u64], total: u64) -> (usize, usize) {
         );
         fs.reboot(mode);
         match booted(fx, &fs, &what) {
-            "old" => {
+            "new" => o.new += 1,
+            b => {
+                if b == "old" {
+                    o.old += 1;
+                } else {
+                    o.updating += 1;
+                }
                 // The restart resumes (or restarts) the update.
                 install(&fs, &fx.package).unwrap_or_else(|e| panic!("{what}: resume: {e}"));
                 assert_eq!(booted(fx, &fs, &what), "new", "{what}: after resume");
-                true
             }
-            _ => false,
         }
     };
     let half = points.len() / 2;
     let run = |pts: &[u64]| {
-        let mut old = 0;
+        let mut o = Outcomes::default();
         for &n in pts {
             for mode in [CutMode::Lost, CutMode::Torn(n)] {
-                old += one(n, mode) as usize;
+                one(n, mode, &mut o);
             }
         }
-        (old, 2 * pts.len() - old)
+        o
     };
     let (a, b) = std::thread::scope(|s| {
         let h = s.spawn(|| run(&points[..half]));
         let b = run(&points[half..]);
         (h.join().unwrap(), b)
     });
-    (a.0 + b.0, a.1 + b.1)
+    Outcomes {
+        old: a.old + b.old,
+        updating: a.updating + b.updating,
+        new: a.new + b.new,
+    }
 }
 
 /// Every file of the simulated device and its bytes.

@@ -206,3 +206,70 @@ fn a_journal_of_another_package_is_refused_and_kept() {
         .success();
     same_tree(&out, &target);
 }
+
+#[test]
+fn an_in_place_apply_killed_at_random_moments_resumes_to_the_exact_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = romdelta_synth::rom_pair(23, 2);
+    let (o, n) = (dir.path().join("old"), dir.path().join("new"));
+    romdelta_synth::write_rom(&o, &old).unwrap();
+    romdelta_synth::write_rom(&n, &new).unwrap();
+    let pkg = dir.path().join("inplace.romdelta");
+    romdelta()
+        .args(["diff", "--in-place", "--level", "1", "-o"])
+        .arg(&pkg)
+        .arg(&o)
+        .arg(&n)
+        .assert()
+        .success();
+    // The device's images: the old build, updated where they are.
+    let dev = dir.path().join("dev");
+    romdelta_synth::write_rom(&dev, &old).unwrap();
+    let (journal, _) = romdelta_apply::in_place_paths(&dev, false);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (mut kills, mut kills_mid_update) = (0, 0);
+    for _ in 0..30 {
+        let mut child = Command::new(bin())
+            .args(["apply", "--insecure-no-verify", "--threads", "2", "--in-place"])
+            .arg(&dev)
+            .arg(&pkg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = Duration::from_millis(rng.random_range(5..400));
+        let started = Instant::now();
+        let finished = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if started.elapsed() >= delay {
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        };
+        if finished {
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        kills_mid_update += journal.exists() as usize;
+    }
+    // The same command finishes the update, from wherever the last kill
+    // left it (or, run after the update finished, finds nothing to do).
+    let done = romdelta()
+        .args(["apply", "--insecure-no-verify", "--json", "--in-place"])
+        .arg(&dev)
+        .arg(&pkg)
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&done.get_output().stdout).unwrap();
+    eprintln!(
+        "in place: killed {kills} times, {kills_mid_update} with the update under way; the last run resumed {} operations",
+        report["resumed_ops"]
+    );
+    assert!(kills_mid_update >= 3, "only {kills_mid_update} kills mid-update");
+    same_tree(&dev, &n);
+    assert!(!journal.exists());
+}

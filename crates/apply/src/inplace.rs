@@ -168,7 +168,14 @@ impl<'a> InPlacePlan<'a> {
             }
         }
         if loaded.is_none() {
-            self.check_old_images()?;
+            if let Err(e) = self.check_old_images() {
+                // Run again after it finished (say, killed right after
+                // removing its journal): nothing left to do.
+                if self.images_are_new()? {
+                    return Ok(self.report(0, 0));
+                }
+                return Err(e);
+            }
         }
         let outputs = self.open_images(loaded.is_none())?;
         let source = image_ids(&outputs)?;
@@ -298,6 +305,53 @@ impl<'a> InPlacePlan<'a> {
             }
             Ok(())
         })
+    }
+
+    /// Whether every image already is its new image (and the partitions
+    /// the target drops are gone).
+    fn images_are_new(&self) -> Result<bool, ApplyError> {
+        let fs = self.storage;
+        for p in &self.manifest.partitions {
+            let path = self.image_path(&p.name);
+            let Ok(f) = fs.open(&path, OpenMode::Read) else {
+                return Ok(false);
+            };
+            if f.len().map_err(ApplyError::io(&path))? != p.new.size {
+                return Ok(false);
+            }
+            let h = romdelta_rom::sha256_read(p.new.size, |b, off| f.read_at(b, off))
+                .map_err(ApplyError::io(&path))?;
+            if h != p.new.sha256 {
+                return Ok(false);
+            }
+        }
+        for r in &self.manifest.removed {
+            if !self.single
+                && romdelta_storage::exists(fs, &self.image_path(&r.name))
+                    .map_err(ApplyError::io(&self.target))?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn report(&self, bytes_written: u64, resumed_ops: u64) -> ApplyReport {
+        ApplyReport {
+            partitions: self
+                .manifest
+                .partitions
+                .iter()
+                .map(|p| WrittenPartition {
+                    name: p.name.clone(),
+                    size: p.new.size,
+                    sha256: hex_digest(&p.new.sha256),
+                })
+                .collect(),
+            output: self.target.clone(),
+            bytes_written,
+            resumed_ops,
+        }
     }
 
     /// Opens every image for writing; a partition new in the target gets a
@@ -460,20 +514,7 @@ impl<'a> InPlacePlan<'a> {
             .map_err(ApplyError::io(journal_path))?;
         let dir = romdelta_storage::parent_of(journal_path);
         fs.sync_dir(&dir).map_err(ApplyError::io(&dir))?;
-        Ok(ApplyReport {
-            partitions: m
-                .partitions
-                .iter()
-                .map(|p| WrittenPartition {
-                    name: p.name.clone(),
-                    size: p.new.size,
-                    sha256: hex_digest(&p.new.sha256),
-                })
-                .collect(),
-            output: self.target.clone(),
-            bytes_written,
-            resumed_ops: resumed,
-        })
+        Ok(self.report(bytes_written, resumed))
     }
 }
 
