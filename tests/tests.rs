@@ -6,6 +6,7 @@ mod bsdiff40;
 mod cli;
 mod common;
 mod hostile;
+mod inplace;
 mod recovery;
 mod resume;
 mod roundtrip;
