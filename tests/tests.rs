@@ -5,6 +5,7 @@ mod bench;
 mod bsdiff40;
 mod cli;
 mod common;
+mod fuzz_seeds;
 mod hostile;
 mod inplace;
 mod recovery;
