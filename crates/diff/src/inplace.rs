@@ -10,8 +10,11 @@
 //! 3. its strongly connected components (iteratively, whatever their size),
 //!    each of which has to run in one stage;
 //! 4. a component whose stash (the blocks it reads and also writes) is over
-//!    the limit is broken by turning operations into REPLACE, the one that
-//!    reads most of the component's writes first, until every component fits;
+//!    the limit is broken by turning operations into REPLACE, one at a time,
+//!    until every component fits: among the operations that read most of
+//!    the component's writes (its largest contributors), the one that
+//!    removes the most excess stash per byte its REPLACE is estimated to add
+//!    (a quick zstd pass over its target blocks, less the data it carries);
 //! 5. the components, in a topological order that follows the image, are
 //!    packed into as few stages as the stash limit allows.
 
@@ -23,7 +26,7 @@ use romdelta_format::{blocks_in, limits, Extent, OpKind, Operation, BLOCK_SIZE};
 use romdelta_rom::Partition;
 use sha2::Digest as _;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::Write;
 
 /// What the in-place ordering did to one partition.
@@ -54,6 +57,9 @@ pub(crate) struct Ordered {
     /// Statistics.
     pub stats: InPlaceStats,
 }
+
+/// zstd level of the estimates of what a REPLACE would cost.
+const ESTIMATE_LEVEL: i32 = 1;
 
 /// Most extents in one rebuilt ZERO or SOURCE_COPY operation, as in A/B generation.
 const MAX_OP_EXTENTS: usize = 1024;
@@ -103,7 +109,14 @@ pub(crate) fn order(
         None => operations,
     };
     let mut graph = Graph::new(&ops);
-    let converted = break_cycles(&mut ops, &mut graph, max_stash);
+    let estimate = |op: &Operation| {
+        let mut target = Vec::with_capacity((op.dst_blocks() * BLOCK_SIZE) as usize);
+        dst.read_extents(&op.dst_extents, &mut target)
+            .expect("reads of a mapped image do not fail");
+        let replace = romdelta_format::ops::encode_replace(&target, ESTIMATE_LEVEL).len() as u64;
+        replace.saturating_sub(op.data_length)
+    };
+    let converted = break_cycles(&mut ops, &mut graph, max_stash, &estimate);
     stats.converted_to_replace = converted.len() as u64;
     if !converted.is_empty() {
         ops = convert_to_replace(ops, &converted, dst, opts.level, data, data_len)?;
@@ -319,19 +332,22 @@ impl Graph {
 
     /// Step 3: the strongly connected components of the subgraph on
     /// `nodes` (Tarjan's algorithm with an explicit stack), each sorted.
+    /// Its memory and time are proportional to the subgraph, not the graph.
     fn components(&self, nodes: &[usize]) -> Vec<Vec<usize>> {
         const NONE: u32 = u32::MAX;
-        let n = self.succ.len();
-        let mut member = vec![false; n];
-        nodes.iter().for_each(|&v| member[v] = true);
-        let mut index = vec![NONE; n];
-        let mut low = vec![0u32; n];
-        let mut on_stack = vec![false; n];
+        let mut nodes = nodes.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let local = |v: usize| nodes.binary_search(&v).ok();
+        let m = nodes.len();
+        let mut index = vec![NONE; m];
+        let mut low = vec![0u32; m];
+        let mut on_stack = vec![false; m];
         let mut stack: Vec<usize> = Vec::new();
         let mut calls: Vec<(usize, usize)> = Vec::new();
         let mut next = 0u32;
         let mut out = Vec::new();
-        for &root in nodes {
+        for root in 0..m {
             if index[root] != NONE {
                 continue;
             }
@@ -342,12 +358,11 @@ impl Graph {
             on_stack[root] = true;
             calls.push((root, 0));
             while let Some(&mut (v, ref mut pos)) = calls.last_mut() {
-                if let Some(&w) = self.succ[v].get(*pos) {
+                if let Some(&w) = self.succ[nodes[v]].get(*pos) {
                     *pos += 1;
-                    let w = w as usize;
-                    if !member[w] {
+                    let Some(w) = local(w as usize) else {
                         continue;
-                    }
+                    };
                     if index[w] == NONE {
                         index[w] = next;
                         low[w] = next;
@@ -369,7 +384,7 @@ impl Graph {
                     loop {
                         let w = stack.pop().expect("v is on the stack");
                         on_stack[w] = false;
-                        comp.push(w);
+                        comp.push(nodes[w]);
                         if w == v {
                             break;
                         }
@@ -399,28 +414,79 @@ fn writes_of(ops: &[Operation], comp: &[usize]) -> Vec<Extent> {
     )
 }
 
-/// Step 4: while a component's stash is over `max_stash`, the operation of
-/// it that reads most of the component's writes stops reading (it is marked
-/// for REPLACE: its reads and edges are cleared), and the component is split
-/// again. Returns the marked operations, sorted.
-fn break_cycles(ops: &mut [Operation], graph: &mut Graph, max_stash: u64) -> Vec<usize> {
+/// How many of a component's largest contributors step 4 weighs.
+const CANDIDATES: usize = 16;
+
+/// Blocks of `comps` stashed beyond `max_stash`, over all of them.
+fn excess(ops: &[Operation], comps: &[Vec<usize>], max_stash: u64) -> u64 {
+    comps
+        .iter()
+        .map(|c| stash_blocks(ops, c).saturating_sub(max_stash))
+        .sum()
+}
+
+/// Blocks the operations `comp` would stash as one stage.
+fn stash_blocks(ops: &[Operation], comp: &[usize]) -> u64 {
+    blocks_in(&intersect_extents(
+        &reads_of(ops, comp),
+        &writes_of(ops, comp),
+    ))
+}
+
+/// Step 4: while a component's stash is over `max_stash`, one of its
+/// operations stops reading (it is marked for REPLACE: its reads and edges
+/// are cleared) and the component is split again. The operation is chosen
+/// among the component's largest contributors (those that read most of the
+/// component's writes): the one that removes the most excess stash, over
+/// what the component and the pieces it falls into would stash, per byte
+/// its REPLACE is estimated to add (`cost`). Returns the marked operations,
+/// sorted.
+fn break_cycles(
+    ops: &mut [Operation],
+    graph: &mut Graph,
+    max_stash: u64,
+    cost: &(dyn Fn(&Operation) -> u64 + Sync),
+) -> Vec<usize> {
     let mut converted = Vec::new();
+    let mut costs: HashMap<usize, u64> = HashMap::new();
     let mut work = graph.components(&(0..ops.len()).collect::<Vec<_>>());
     while let Some(comp) = work.pop() {
-        let writes = writes_of(ops, &comp);
-        let stash = blocks_in(&intersect_extents(&reads_of(ops, &comp), &writes));
-        if stash <= max_stash {
+        let before = stash_blocks(ops, &comp).saturating_sub(max_stash);
+        if before == 0 {
             continue;
         }
-        let (_, worst) = comp
+        let writes = writes_of(ops, &comp);
+        let mut candidates: Vec<(u64, usize)> = comp
             .iter()
             .map(|&i| {
                 let own = merge_extents(ops[i].src_extents.iter().copied());
-                (blocks_in(&intersect_extents(&own, &writes)), Reverse(i))
+                (blocks_in(&intersect_extents(&own, &writes)), i)
             })
-            .max()
-            .expect("a component is never empty");
-        let x = worst.0;
+            .filter(|&(c, _)| c > 0)
+            .collect();
+        candidates.sort_unstable_by_key(|&(c, i)| (Reverse(c), i));
+        candidates.truncate(CANDIDATES);
+        let missing: Vec<usize> = candidates
+            .iter()
+            .map(|&(_, i)| i)
+            .filter(|i| !costs.contains_key(i))
+            .collect();
+        let found: Vec<u64> = missing.par_iter().map(|&i| cost(&ops[i]).max(1)).collect();
+        costs.extend(missing.into_iter().zip(found));
+        // Each candidate, tried: its excess removed per byte it costs.
+        let mut best: Option<(f64, usize)> = None;
+        for &(_, x) in &candidates {
+            let src = std::mem::take(&mut ops[x].src_extents);
+            let succ = std::mem::take(&mut graph.succ[x]);
+            let after = excess(ops, &graph.components(&comp), max_stash);
+            ops[x].src_extents = src;
+            graph.succ[x] = succ;
+            let score = (before - after) as f64 / costs[&x] as f64;
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, x));
+            }
+        }
+        let (_, x) = best.expect("a component over its stash has a reader");
         ops[x].src_extents.clear();
         ops[x].kind = OpKind::Replace;
         graph.succ[x].clear();
@@ -636,17 +702,36 @@ mod tests {
     }
 
     #[test]
-    fn cycles_too_large_to_stash_lose_their_largest_reader() {
-        // A reads 8 blocks B writes, B reads 2 blocks A writes.
-        let mut ops = vec![copy(10, 0, 2), op(OpKind::SourceZstd, &[(0, 8)], &[(4, 8)])];
-        ops[0].src_extents = vec![Extent::new(4, 8)];
+    fn cycles_too_large_to_stash_lose_the_cheapest_of_their_largest_readers() {
+        // Op 0 reads 8 blocks op 1 writes, op 1 reads 2 blocks op 0 writes
+        // (and 4 of its own): together they stash 10 blocks.
+        let mut ops = vec![copy(4, 0, 8), op(OpKind::SourceZstd, &[(0, 8)], &[(4, 8)])];
         ops[0].dst_extents = vec![Extent::new(0, 2), Extent::new(20, 6)];
-        let mut g = Graph::new(&ops);
+        let flat = |_: &Operation| 100;
         let mut fits = ops.clone();
-        assert!(break_cycles(&mut fits, &mut g, 10).is_empty());
         let mut g = Graph::new(&ops);
-        assert_eq!(break_cycles(&mut ops, &mut g, 9), vec![0]);
-        assert!(ops[0].src_extents.is_empty());
+        assert!(break_cycles(&mut fits, &mut g, 10, &flat).is_empty());
+        // Either conversion brings it within 9; at equal cost the larger
+        // reader goes, otherwise the cheaper one.
+        let mut first = ops.clone();
+        let mut g = Graph::new(&ops);
+        assert_eq!(break_cycles(&mut first, &mut g, 9, &flat), vec![0]);
+        assert!(first[0].src_extents.is_empty() && first[0].kind == OpKind::Replace);
+        assert!(g.succ[0].is_empty());
+        let dear_copy = |o: &Operation| {
+            if o.kind == OpKind::SourceCopy {
+                1000
+            } else {
+                10
+            }
+        };
+        let mut g = Graph::new(&ops);
+        assert_eq!(break_cycles(&mut ops, &mut g, 9, &dear_copy), vec![1]);
+        // No stash at all: both must stop reading what the other writes.
+        let mut none = vec![copy(4, 0, 4), copy(0, 4, 4)];
+        let mut g = Graph::new(&none);
+        assert_eq!(break_cycles(&mut none, &mut g, 0, &flat), vec![0]);
+        assert_eq!(g.components(&[0, 1]).len(), 2);
     }
 
     /// Operations in `stages`, checked by the format's validator and its
