@@ -12,8 +12,9 @@ fn test_key() -> romdelta_format::signing::SigningKey {
     romdelta_format::signing::SigningKey::from_bytes(&[42; 32])
 }
 
-/// A small signed package that uses every operation kind, and its source image.
-fn small_package(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
+/// A small signed package that uses every operation kind, and its source
+/// image; A/B or in place.
+fn small_package(dir: &Path, in_place: bool) -> (Vec<u8>, std::path::PathBuf) {
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let mut a = vec![0u8; 96 * 1024];
     rng.fill(&mut a[8192..60_000]);
@@ -32,6 +33,7 @@ fn small_package(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
         region_blocks: 2,
         gap_blocks: 0,
         signing_keys: vec![test_key()],
+        in_place,
         ..crate::common::fast_opts()
     };
     let src = romdelta_rom::Rom::open(&pa).unwrap();
@@ -149,7 +151,7 @@ fn in_parallel(cases: Vec<(String, Vec<u8>)>, src_img: &[u8]) {
 #[test]
 fn every_truncation_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (pkg, src) = small_package(dir.path());
+    let (pkg, src) = small_package(dir.path(), false);
     assert!(
         pkg.len() < 8192,
         "keep the package small: {} bytes",
@@ -170,9 +172,35 @@ fn every_truncation_is_refused() {
 }
 
 #[test]
+fn truncations_of_an_in_place_package_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pkg, src) = small_package(dir.path(), true);
+    let parsed = romdelta_format::Package::parse(&pkg).unwrap();
+    assert!(parsed.manifest.in_place);
+    // Every cut in the header, around the install byte and in the last 64
+    // bytes of the manifest and the signatures (where the stage lists and
+    // what follows them lie), and a sample of the rest; the format's own
+    // tests cut an in-place package at every byte.
+    let sections = parsed.header.data_offset() as usize;
+    let manifest_end = 72 + parsed.header.manifest_len as usize;
+    let cases = (0..pkg.len())
+        .filter(|&n| {
+            n <= 80 || (manifest_end.saturating_sub(64)..=sections).contains(&n) || n % 97 == 0
+        })
+        .map(|n| {
+            (
+                format!("in-place package truncated to {n}"),
+                pkg[..n].to_vec(),
+            )
+        })
+        .collect();
+    in_parallel(cases, &std::fs::read(src).unwrap());
+}
+
+#[test]
 fn random_bit_flips_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (pkg, src) = small_package(dir.path());
+    let (pkg, src) = small_package(dir.path(), false);
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
     let cases = (0..2000)
         .map(|_| {

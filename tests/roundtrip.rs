@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// An edit of the kinds ROM images see between builds.
 #[derive(Debug, Clone)]
-enum Edit {
+pub(crate) enum Edit {
     Insert { at: f64, len: usize },
     Delete { at: f64, len: usize },
     Overwrite { at: f64, len: usize },
@@ -17,7 +17,7 @@ enum Edit {
     Grow { len: usize },
 }
 
-fn edit() -> impl Strategy<Value = Edit> {
+pub(crate) fn edit() -> impl Strategy<Value = Edit> {
     let len = prop_oneof![1usize..64, 1usize..8192, 4096usize..600_000];
     prop_oneof![
         (0.0..1.0f64, len.clone()).prop_map(|(at, len)| Edit::Insert { at, len }),
@@ -35,7 +35,7 @@ fn edit() -> impl Strategy<Value = Edit> {
 }
 
 /// Image content with structure: runs of random bytes, repeated text, and zeros.
-fn image(rng: &mut ChaCha8Rng, size: usize) -> Vec<u8> {
+pub(crate) fn image(rng: &mut ChaCha8Rng, size: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(size);
     while v.len() < size {
         let n = rng.random_range(1..65536).min(size - v.len());
@@ -52,7 +52,7 @@ fn image(rng: &mut ChaCha8Rng, size: usize) -> Vec<u8> {
     v
 }
 
-fn apply_edits(rng: &mut ChaCha8Rng, mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+pub(crate) fn apply_edits(rng: &mut ChaCha8Rng, mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
     let pos = |b: &Vec<u8>, f: f64| ((b.len() as f64) * f) as usize;
     for e in edits {
         match *e {
@@ -98,7 +98,7 @@ fn apply_edits(rng: &mut ChaCha8Rng, mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> 
     b
 }
 
-fn size() -> impl Strategy<Value = usize> {
+pub(crate) fn size() -> impl Strategy<Value = usize> {
     prop_oneof![
         3 => Just(0usize),
         3 => 1usize..5000,

@@ -64,6 +64,17 @@ pub enum Command {
         /// Write a full package (needs no source to apply).
         #[arg(long)]
         full: bool,
+        /// Write an in-place package: the new image is written over the old
+        /// one, in stages whose order keeps every read ahead of the writes
+        /// that would spoil it (for devices with one copy of each partition).
+        #[arg(long)]
+        in_place: bool,
+        /// In place: most MiB one stage may set aside (stash) to break
+        /// dependency cycles; cycles that need more are re-encoded from
+        /// scratch (REPLACE).
+        #[arg(long, value_name = "MIB", requires = "in_place", default_value_t = 64,
+              value_parser = clap::value_parser!(u64).range(0..=256))]
+        max_stash: u64,
         /// build.prop of the source build (default: SOURCE/build.prop, if any).
         #[arg(long, value_name = "FILE")]
         source_build: Option<PathBuf>,

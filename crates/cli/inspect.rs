@@ -1,7 +1,9 @@
 //! `romdelta inspect`: what a package holds.
 
 use crate::progress::human;
-use romdelta_format::{hex_digest, BuildInfo, OpKind, Package, PackageKind};
+use romdelta_format::{
+    blocks_in, hex_digest, inplace, BuildInfo, OpKind, Package, PackageKind, BLOCK_SIZE,
+};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -32,12 +34,18 @@ struct PartitionView {
     operations: u64,
     data_bytes: u64,
     by_kind: Vec<KindStats>,
+    /// In place: the number of stages (`null` for A/B).
+    stages: Option<u64>,
+    /// In place: blocks in the largest stash of a stage (`null` for A/B).
+    largest_stash_blocks: Option<u64>,
 }
 
 #[derive(Serialize)]
 struct View<'a> {
     format_version: u32,
     kind: PackageKind,
+    /// `ab` or `in-place`.
+    install: &'static str,
     package_bytes: u64,
     manifest_bytes: u64,
     data_bytes: u64,
@@ -61,6 +69,7 @@ fn view<'a>(pkg: &'a Package<'_>, package_bytes: u64) -> View<'a> {
     View {
         format_version: pkg.header.version,
         kind: m.kind,
+        install: if m.in_place { "in-place" } else { "ab" },
         package_bytes,
         manifest_bytes: pkg.header.manifest_len,
         data_bytes: m.data_len,
@@ -93,6 +102,13 @@ fn view<'a>(pkg: &'a Package<'_>, package_bytes: u64) -> View<'a> {
                         })
                     })
                     .collect(),
+                stages: m.in_place.then_some(p.stages.len() as u64),
+                largest_stash_blocks: m.in_place.then(|| {
+                    (0..p.stages.len())
+                        .map(|s| blocks_in(&inplace::stage_stash(p, s)))
+                        .max()
+                        .unwrap_or(0)
+                }),
             })
             .collect(),
         removed: m
@@ -144,8 +160,13 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
         PackageKind::Delta => "incremental",
         PackageKind::Full => "full",
     };
+    let install = if v.install == "in-place" {
+        "installs in place"
+    } else {
+        "installs A/B"
+    };
     say!(
-        "romdelta package v{}, {kind}, {} ({} manifest, {} data), {} signature(s)",
+        "romdelta package v{}, {kind}, {install}, {} ({} manifest, {} data), {} signature(s)",
         v.format_version,
         human(v.package_bytes),
         human(v.manifest_bytes),
@@ -182,6 +203,12 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
             say!("  old sha256 {}", o.sha256);
         }
         say!("  new sha256 {}", p.new.sha256);
+        if let (Some(stages), Some(stash)) = (p.stages, p.largest_stash_blocks) {
+            say!(
+                "  in place: {stages} stage(s), largest stash {stash} blocks ({})",
+                human(stash * BLOCK_SIZE)
+            );
+        }
         for k in &p.by_kind {
             say!(
                 "  {:<14} {:>7} ops {:>10} blocks {:>12} data",

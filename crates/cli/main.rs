@@ -224,6 +224,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             paths,
             output,
             full,
+            in_place,
+            max_stash,
             level,
             source_build,
             target_build,
@@ -250,6 +252,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ..DiffOptions::default()
             };
             tuning.apply(&mut opts);
+            opts.in_place = in_place;
+            opts.max_stash_blocks = max_stash * ((1 << 20) / romdelta_format::BLOCK_SIZE);
             opts.source_build = source_info.unwrap_or_default();
             opts.target_build = target_info.unwrap_or_default();
             opts.signing_keys = keys
@@ -275,6 +279,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     progress::human(summary.target_bytes),
                     started.elapsed().as_secs_f64()
                 );
+                for p in &summary.partitions {
+                    if let Some(ip) = &p.in_place {
+                        say!(
+                            "  {}: in place in {} stage(s), largest stash {}; {} operation(s) re-encoded as REPLACE; left in place: {} copied and {} zero block(s)",
+                            p.name,
+                            ip.stages,
+                            progress::human(ip.largest_stash_blocks * romdelta_format::BLOCK_SIZE),
+                            ip.converted_to_replace,
+                            ip.identity_copy_blocks_dropped,
+                            ip.zero_blocks_dropped
+                        );
+                    }
+                }
             }
             Ok(())
         }

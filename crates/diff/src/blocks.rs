@@ -40,7 +40,8 @@ fn by_pieces<T: Send>(p: &Partition, f: impl Fn(u64) -> T + Sync, after: impl Fn
     out
 }
 
-fn is_zero(b: &[u8]) -> bool {
+/// Whether every byte of `b` is zero.
+pub(crate) fn is_zero(b: &[u8]) -> bool {
     // Compare in 8-byte words; the compiler vectorises this.
     b.chunks_exact(8)
         .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
@@ -89,6 +90,17 @@ impl<'a> SourceIndex<'a> {
 /// the previous block's source (so runs stay contiguous), the same block
 /// index, then the first source block with equal content.
 pub fn classify(dst: &Partition, index: Option<&SourceIndex<'_>>) -> Vec<BlockClass> {
+    classify_with(dst, index, false)
+}
+
+/// [`classify`], except that with `same_block_first` a copy prefers the
+/// same block index above all: in place, a block equal to the source block
+/// it replaces needs no operation at all.
+pub fn classify_with(
+    dst: &Partition,
+    index: Option<&SourceIndex<'_>>,
+    same_block_first: bool,
+) -> Vec<BlockClass> {
     let n = dst.blocks();
     // Content lookups in parallel ...
     let class_of = |i: u64| {
@@ -114,6 +126,7 @@ pub fn classify(dst: &Partition, index: Option<&SourceIndex<'_>>) -> Vec<BlockCl
             if let BlockClass::Copy(j) = classes[i as usize] {
                 let b = dst.block(i).expect("in range");
                 let pick = match prev {
+                    _ if same_block_first && (j == i || index.equal(i, &b)) => i,
                     Some(p) if p + 1 != j && index.equal(p + 1, &b) => p + 1,
                     _ if j != i && index.equal(i, &b) && prev.is_none_or(|p| p + 1 != j) => i,
                     _ => j,

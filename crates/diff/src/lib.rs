@@ -11,12 +11,15 @@
 //! 4. regions are encoded in parallel on the current rayon pool, in batches,
 //!    so memory is bounded by the batch, not by the image;
 //! 5. the output is deterministic: the same inputs give the same bytes,
-//!    whatever the thread count.
+//!    whatever the thread count;
+//! 6. for an in-place package, each partition's operations are then ordered
+//!    into stages ([`inplace`]), and the data section is rebuilt in that order.
 
 pub mod anchors;
 pub mod blocks;
 pub mod bsdiff;
 pub mod encode;
+pub mod inplace;
 
 use blocks::{BlockClass, SourceIndex};
 use encode::{EncodeParams, Region};
@@ -84,6 +87,13 @@ pub struct DiffOptions {
     pub target_build: BuildInfo,
     /// The build an incremental package applies to.
     pub source_build: BuildInfo,
+    /// Write an in-place package (install = 1): operations ordered into
+    /// stages so that the new image can be written over the old one.
+    pub in_place: bool,
+    /// In place: most blocks a stage may stash (capped at
+    /// [`limits::MAX_STAGE_STASH_BLOCKS`]); dependency cycles that need more
+    /// are broken by turning operations into REPLACE.
+    pub max_stash_blocks: u64,
 }
 
 impl Default for DiffOptions {
@@ -105,6 +115,8 @@ impl Default for DiffOptions {
             signing_keys: Vec::new(),
             target_build: BuildInfo::default(),
             source_build: BuildInfo::default(),
+            in_place: false,
+            max_stash_blocks: 16384,
         }
     }
 }
@@ -140,8 +152,11 @@ pub struct PartitionSummary {
     pub name: String,
     /// New size.
     pub size: u64,
-    /// Per operation kind present.
+    /// Per operation kind present (the operations as written).
     pub by_kind: Vec<KindSummary>,
+    /// In-place packages only: stages and what the ordering did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<inplace::InPlaceStats>,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
@@ -226,6 +241,23 @@ pub fn write_package(
     }
     data.flush().map_err(io_err(&dir))?;
     drop(data);
+    // In place, operations were reordered (and some re-encoded): the data
+    // section must follow the new order, so note where each operation's
+    // data lies in the scratch file and give it its place in the package.
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    if opts.in_place {
+        let mut next = 0u64;
+        for op in partitions
+            .iter_mut()
+            .flat_map(|p: &mut PartitionUpdate| &mut p.operations)
+            .filter(|op| op.kind.has_data())
+        {
+            pieces.push((op.data_offset, op.data_length));
+            op.data_offset = next;
+            next += op.data_length;
+        }
+        data_len = next;
+    }
     let removed = match source {
         Some(s) if !(s.layout == Layout::Image && target.layout == Layout::Image) => s
             .partitions
@@ -244,7 +276,7 @@ pub fn write_package(
         } else {
             PackageKind::Full
         },
-        in_place: false,
+        in_place: opts.in_place,
         target_build: opts.target_build.clone(),
         source_build: source.map(|_| opts.source_build.clone()),
         data_len,
@@ -268,10 +300,16 @@ pub fn write_package(
         .tempfile_in(&dir)
         .map_err(io_err(&dir))?;
     pkg.write_all(&prefix).map_err(io_err(out))?;
-    data_file
-        .seek(std::io::SeekFrom::Start(0))
-        .map_err(io_err(&dir))?;
-    std::io::copy(&mut data_file, pkg.as_file_mut()).map_err(io_err(out))?;
+    if opts.in_place {
+        let mut w = BufWriter::with_capacity(1 << 20, pkg.as_file_mut());
+        copy_pieces(&data_file, &pieces, &mut w).map_err(io_err(out))?;
+        w.flush().map_err(io_err(out))?;
+    } else {
+        data_file
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(io_err(&dir))?;
+        std::io::copy(&mut data_file, pkg.as_file_mut()).map_err(io_err(out))?;
+    }
     pkg.as_file().sync_all().map_err(io_err(out))?;
     pkg.persist(out).map_err(|e| DiffError::Io {
         path: out.to_path_buf(),
@@ -282,6 +320,26 @@ pub fn write_package(
         target_bytes: target.total_size(),
         partitions: summaries,
     })
+}
+
+/// Copies the byte ranges `(offset, length)` of `file`, in order, to `out`.
+fn copy_pieces(
+    file: &std::fs::File,
+    pieces: &[(u64, u64)],
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; 1 << 20];
+    for &(offset, len) in pieces {
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], offset + done)?;
+            out.write_all(&buf[..n])?;
+            done += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// `classes` with every run of at most `gap` unchanged blocks that lies
@@ -405,7 +463,7 @@ fn diff_partition(
         || src.map(SourceIndex::build),
         || rayon::join(|| partition_info(dst), || src.map(partition_info)),
     );
-    let classes = blocks::classify(dst, index.as_ref());
+    let classes = blocks::classify_with(dst, index.as_ref(), opts.in_place);
     drop(index);
     let anchors = match src {
         Some(s) if opts.anchors && classes.contains(&BlockClass::Changed) => {
@@ -458,6 +516,12 @@ fn diff_partition(
             s.release_all();
         }
     }
+    let (operations, stages, in_place) = if opts.in_place {
+        let o = inplace::order(operations, src, dst, opts, data, data_len)?;
+        (o.operations, o.stages, Some(o.stats))
+    } else {
+        (operations, Vec::new(), None)
+    };
     let mut by_kind: Vec<KindSummary> = Vec::new();
     for k in OpKind::ALL {
         let of_kind = operations.iter().filter(|o| o.kind == k);
@@ -477,6 +541,7 @@ fn diff_partition(
         name: dst.name.clone(),
         size: dst.size(),
         by_kind,
+        in_place,
     };
     Ok((
         PartitionUpdate {
@@ -484,7 +549,7 @@ fn diff_partition(
             old: old_info,
             new: new_info,
             operations,
-            stages: Vec::new(),
+            stages,
         },
         summary,
     ))

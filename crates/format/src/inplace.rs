@@ -124,18 +124,32 @@ fn stash_of(p: &PartitionUpdate, ops: Range<usize>) -> Vec<Extent> {
     intersect_extents(&reads, &writes)
 }
 
-/// A set of blocks kept as disjoint, non-adjacent intervals
-/// (`start → end`), for the reverse sweep of rule 1.
-#[derive(Default)]
-struct BlockSet {
+/// A set of blocks, kept as sorted, disjoint, non-adjacent runs: adding an
+/// extent and asking which blocks of an extent are in the set cost
+/// O(log n) plus the runs involved.
+#[derive(Debug, Clone, Default)]
+pub struct BlockSet {
     runs: BTreeMap<u64, u64>,
 }
 
 impl BlockSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the set holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
     /// Adds the blocks of `e`, joining the runs it overlaps or touches.
     /// Each run is removed at most once after it was added, so a sequence
     /// of inserts costs O(n log n) overall.
-    fn insert(&mut self, e: Extent) {
+    pub fn insert(&mut self, e: Extent) {
+        if e.num_blocks == 0 {
+            return;
+        }
         let (mut start, mut end) = (e.start_block, e.end_block());
         while let Some((&s, &t)) = self.runs.range(..=end).next_back() {
             if t < start {
@@ -149,17 +163,26 @@ impl BlockSet {
     }
 
     /// The lowest block of `e` in the set, if any.
-    fn first_in(&self, e: Extent) -> Option<u64> {
+    pub fn first_in(&self, e: Extent) -> Option<u64> {
+        self.overlapping(e).next().map(|x| x.start_block)
+    }
+
+    /// The blocks of `e` in the set, as sorted extents.
+    pub fn overlapping(&self, e: Extent) -> impl Iterator<Item = Extent> + '_ {
         let (start, end) = (e.start_block, e.end_block());
-        if let Some((_, &t)) = self.runs.range(..=start).next_back() {
-            if t > start {
-                return Some(start);
-            }
-        }
-        self.runs
-            .range(start.saturating_add(1)..end)
-            .next()
-            .map(|(&s, _)| s)
+        // The run that starts at or before `start` may reach into `e`.
+        let first = self
+            .runs
+            .range(..=start)
+            .next_back()
+            .filter(|(_, &t)| t > start)
+            .map(|(_, &t)| Extent::new(start, t.min(end) - start));
+        let after = start.saturating_add(1);
+        let rest = self
+            .runs
+            .range(after..end.max(after))
+            .map(move |(&s, &t)| Extent::new(s, t.min(end) - s));
+        first.into_iter().chain(rest).filter(|x| x.num_blocks > 0)
     }
 }
 
@@ -209,7 +232,7 @@ pub(crate) fn check_partition(p: &PartitionUpdate, in_place: bool) -> Result<(),
         }
     }
     // Rule 1: a reverse sweep, keeping the blocks that later stages read.
-    let mut later_reads = BlockSet::default();
+    let mut later_reads = BlockSet::new();
     for (s, r) in ranges.iter().enumerate().rev() {
         for i in r.clone() {
             for e in &p.operations[i].dst_extents {
@@ -717,6 +740,28 @@ mod tests {
             accepted > 500 && refused > 500,
             "accepted {accepted}, refused {refused}"
         );
+    }
+
+    #[test]
+    fn block_sets_join_runs_and_answer_overlaps() {
+        let mut s = BlockSet::new();
+        assert!(s.is_empty());
+        for (a, n) in [(10, 2), (20, 5), (12, 3), (30, 1), (0, 1), (1, 0)] {
+            s.insert(Extent::new(a, n));
+        }
+        let all: Vec<Extent> = s.overlapping(Extent::new(0, 100)).collect();
+        let want = [(0, 1), (10, 5), (20, 5), (30, 1)].map(|(a, n)| Extent::new(a, n));
+        assert_eq!(all, want);
+        assert_eq!(s.first_in(Extent::new(13, 10)), Some(13));
+        assert_eq!(s.first_in(Extent::new(15, 5)), None);
+        assert_eq!(s.first_in(Extent::new(15, 6)), Some(20));
+        let some: Vec<Extent> = s.overlapping(Extent::new(11, 12)).collect();
+        assert_eq!(some, vec![Extent::new(11, 4), Extent::new(20, 3)]);
+        assert_eq!(s.overlapping(Extent::new(12, 0)).count(), 0);
+        // One extent over everything joins every run.
+        s.insert(Extent::new(1, 29));
+        let all: Vec<Extent> = s.overlapping(Extent::new(0, u64::MAX)).collect();
+        assert_eq!(all, vec![Extent::new(0, 31)]);
     }
 
     /// Many stages and many extents: the checks stay near-linear (a

@@ -1,0 +1,160 @@
+//! The committed fuzz seeds that hold packages or manifests
+//! (`fuzz/corpus/{package_parse,apply_package,manifest_decode,inplace_check}/seed-*`)
+//! are valid inputs of the current format version, so that fuzzing starts
+//! from inputs that reach deep. They are made here, from fixed images:
+//!
+//! ```sh
+//! ROMDELTA_WRITE_FUZZ_SEEDS=1 cargo test --release --test integration fuzz_seeds
+//! ```
+//!
+//! writes them anew (after a format change); without the variable the test
+//! only checks the committed ones.
+
+use crate::common::fast_opts;
+use romdelta_diff::DiffOptions;
+use romdelta_format::{Manifest, Package};
+use std::path::{Path, PathBuf};
+
+/// The source image of the `apply_package` fuzz target (it must match the
+/// one in `fuzz/fuzz_targets/apply_package.rs`): 64 KiB.
+fn fuzz_source() -> Vec<u8> {
+    (0..64 * 1024u32).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// A target for it that needs every kind of operation: edits inside blocks,
+/// a zeroed block, two whole blocks that trade places, and new data past
+/// the old end (an odd size).
+fn fuzz_target_image() -> Vec<u8> {
+    const B: usize = 4096;
+    let a = fuzz_source();
+    let mut b = a.clone();
+    b[1000..1010].copy_from_slice(b"0123456789");
+    b[5 * B + 77..5 * B + 140].fill(0xee);
+    b[7 * B..8 * B].fill(0);
+    b[10 * B..11 * B].copy_from_slice(&a[13 * B..14 * B]);
+    b[13 * B..14 * B].copy_from_slice(&a[10 * B..11 * B]);
+    b.extend((0..6000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    b
+}
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus")
+}
+
+/// Writes a package from `a` (none: full) to `b` and returns its bytes.
+fn package(dir: &Path, a: Option<&[u8]>, b: &[u8], opts: &DiffOptions) -> Vec<u8> {
+    let pb = dir.join("b.img");
+    std::fs::write(&pb, b).unwrap();
+    let src = a.map(|a| {
+        let pa = dir.join("a.img");
+        std::fs::write(&pa, a).unwrap();
+        romdelta_rom::Rom::open(&pa).unwrap()
+    });
+    let dst = romdelta_rom::Rom::open(&pb).unwrap();
+    let out = dir.join("seed.romdelta");
+    romdelta_diff::write_package(src.as_ref(), &dst, opts, &out, &|_| {}).unwrap();
+    std::fs::read(&out).unwrap()
+}
+
+/// The seeds, by target directory and file name.
+fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (fuzz_source(), fuzz_target_image());
+    let small = DiffOptions {
+        region_blocks: 2,
+        gap_blocks: 0,
+        copy_op_blocks: 1,
+        ..fast_opts()
+    };
+    let in_place = |max_stash_blocks| DiffOptions {
+        in_place: true,
+        max_stash_blocks,
+        ..small.clone()
+    };
+    let packages = [
+        ("delta", package(dir.path(), Some(&a), &b, &small)),
+        ("full", package(dir.path(), None, &b, &small)),
+        (
+            "in-place",
+            package(dir.path(), Some(&a), &b, &in_place(16384)),
+        ),
+        (
+            "in-place-no-stash",
+            package(dir.path(), Some(&a), &b, &in_place(0)),
+        ),
+        (
+            "in-place-full",
+            package(dir.path(), None, &b, &in_place(16384)),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, bytes) in packages {
+        let pkg = Package::parse(&bytes).unwrap();
+        let manifest = pkg.manifest_bytes.to_vec();
+        if pkg.manifest.in_place {
+            out.push(("inplace_check", format!("seed-{name}"), manifest.clone()));
+        }
+        out.push(("manifest_decode", format!("seed-{name}"), manifest));
+        out.push(("package_parse", format!("seed-{name}"), bytes.clone()));
+        out.push(("apply_package", format!("seed-{name}"), bytes));
+    }
+    out
+}
+
+#[test]
+fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
+    if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
+        for target in [
+            "package_parse",
+            "apply_package",
+            "manifest_decode",
+            "inplace_check",
+        ] {
+            let dir = corpus().join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                if path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("seed-")
+                {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+        }
+        for (target, name, bytes) in seeds() {
+            std::fs::write(corpus().join(target).join(name), bytes).unwrap();
+        }
+    }
+    let mut in_place = 0;
+    for target in [
+        "package_parse",
+        "apply_package",
+        "manifest_decode",
+        "inplace_check",
+    ] {
+        let mut n = 0;
+        for e in std::fs::read_dir(corpus().join(target)).unwrap() {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let manifest = match target {
+                "package_parse" | "apply_package" => Package::parse(&bytes).map(|p| p.manifest),
+                _ => Manifest::decode(&bytes),
+            }
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if target == "inplace_check" {
+                assert!(manifest.in_place, "{}", path.display());
+                for p in &manifest.partitions {
+                    romdelta_format::inplace::simulate(p, &mut |r| r.rev().collect())
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                }
+            }
+            in_place += usize::from(manifest.in_place);
+            n += 1;
+        }
+        assert!(n >= 2, "{target}: {n} seeds");
+    }
+    assert!(in_place >= 9, "{in_place} in-place seeds");
+}
