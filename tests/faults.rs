@@ -35,8 +35,12 @@ pub struct Fixture {
     /// The images of the old and new build, by partition name.
     pub old: Vec<(String, Vec<u8>)>,
     pub new: Vec<(String, Vec<u8>)>,
-    /// The incremental package.
+    /// The incremental package for the device (in place for a single slot).
     pub package: PathBuf,
+    /// The incremental package of the other install mode.
+    pub other_package: PathBuf,
+    /// A full package of the new build.
+    pub full_package: PathBuf,
     /// The device, as initialised (fork it for each run).
     pub base: SimFs,
     pub old_build: BuildInfo,
@@ -53,13 +57,20 @@ impl Fixture {
     pub fn with(seed: u64, slots: Slots) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = romdelta_synth::rom_pair(seed, 1);
+        // In place leaves out what is already in place, so it makes fewer
+        // writes: twice the data gives it as many points to cut at.
+        let mib = if slots == Slots::Single {
+            2 << 20
+        } else {
+            1 << 20
+        };
         let cut = |rom: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
             rom.into_iter()
                 .map(|(name, mut img)| {
                     let keep = match name.as_str() {
-                        "boot" => (1 << 20) + 1234,
-                        "system" => 3 << 20,
-                        _ => 1 << 20,
+                        "boot" => mib + 1234,
+                        "system" => 3 * mib,
+                        _ => mib,
                     };
                     img.truncate(keep);
                     (name, img)
@@ -71,19 +82,27 @@ impl Fixture {
         romdelta_synth::write_rom(&o, &old).unwrap();
         romdelta_synth::write_rom(&n, &new).unwrap();
         let (old_build, new_build) = (build("V1.0.1.0", 1761955200), build("V1.0.2.0", 1764547200));
-        let package = dir.path().join("update.romdelta");
-        let opts = romdelta_diff::DiffOptions {
-            level: 3,
-            in_place: slots == Slots::Single,
-            source_build: old_build.clone(),
-            target_build: new_build.clone(),
-            ..Default::default()
-        };
         let (src, dst) = (
             romdelta_rom::Rom::open(&o).unwrap(),
             romdelta_rom::Rom::open(&n).unwrap(),
         );
-        romdelta_diff::write_package(Some(&src), &dst, &opts, &package, &|_| {}).unwrap();
+        let make = |name: &str, in_place: bool, full: bool| {
+            let path = dir.path().join(name);
+            let opts = romdelta_diff::DiffOptions {
+                level: 3,
+                in_place,
+                source_build: old_build.clone(),
+                target_build: new_build.clone(),
+                ..Default::default()
+            };
+            let source = (!full).then_some(&src);
+            romdelta_diff::write_package(source, &dst, &opts, &path, &|_| {}).unwrap();
+            path
+        };
+        let single = slots == Slots::Single;
+        let package = make("update.romdelta", single, false);
+        let other_package = make("other.romdelta", !single, false);
+        let full_package = make("full.romdelta", false, true);
         let base = SimFs::new();
         base.mkdir_all(Path::new("/"));
         Device::init_on(
@@ -99,6 +118,8 @@ impl Fixture {
             old,
             new,
             package,
+            other_package,
+            full_package,
             base,
             old_build,
             new_build,
@@ -115,7 +136,7 @@ fn accept_any(
 
 /// Installs `package` on the device in `fs` on one worker thread (so that a
 /// power-cut point names the same moment in every run), checkpointing
-/// every 64 KiB so that a resume has progress to find.
+/// every 16 KiB so that a resume has progress to find.
 pub fn install(fs: &SimFs, package: &Path) -> Result<Slot, RecoveryError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -124,7 +145,7 @@ pub fn install(fs: &SimFs, package: &Path) -> Result<Slot, RecoveryError> {
     pool.install(|| {
         let mut d = Device::open_on(Arc::new(fs.clone()), Path::new(DEV))?;
         d.checkpoint_every(CheckpointEvery {
-            bytes: 64 << 10,
+            bytes: 16 << 10,
             interval: Duration::from_secs(3600),
         });
         Ok(d.install(package, &accept_any, Default::default())?.slot)
@@ -360,4 +381,99 @@ fn a_full_disk_a_bad_block_and_a_damaged_package_fail_cleanly_and_recover() {
             "new"
         );
     }
+}
+
+#[test]
+fn in_place_faults_have_defined_outcomes_and_a_full_package_repairs() {
+    let fx = Fixture::with(53, Slots::Single);
+    let dev = Path::new(DEV);
+
+    // Each install mode refuses the other's incremental, before writing.
+    let fs = fx.base.fork();
+    let before = snapshot(&fs);
+    let e = err_text(install(&fs, &fx.other_package).unwrap_err());
+    assert!(e.contains("A/B") && e.contains("--in-place"), "{e}");
+    assert!(
+        snapshot(&fs) == before,
+        "a refused package changed the device"
+    );
+    let ab = Fixture::new(53);
+    let fs = ab.base.fork();
+    let before = snapshot(&fs);
+    let e = err_text(install(&fs, &ab.other_package).unwrap_err());
+    assert!(e.contains("in place"), "{e}");
+    assert!(
+        snapshot(&fs) == before,
+        "a refused package changed the device"
+    );
+
+    // A full disk when a stage's stash is saved: the update stops with
+    // ENOSPC, recorded as under way; with room made, it resumes.
+    let fs = fx.base.fork();
+    fs.set_capacity(Some(fs.used() + (64 << 10)));
+    let e = err_text(install(&fs, &fx.package).unwrap_err());
+    assert!(e.contains("No space left on device"), "{e}");
+    fs.set_capacity(None);
+    install(&fs, &fx.package).unwrap();
+    assert_eq!(booted(&fx, &fs, "after ENOSPC and more room"), "new");
+
+    // A bad block of the image being updated: the update stops naming the
+    // image and the error; once the block reads again it resumes.
+    let fs = fx.base.fork();
+    let clean = fx.base.fork();
+    install(&clean, &fx.package).unwrap();
+    // A block the update reads: one where the old and new system differ.
+    let old_sys = &fx.old.iter().find(|(n, _)| n == "system").unwrap().1;
+    let new_sys = &fx.new.iter().find(|(n, _)| n == "system").unwrap().1;
+    let block = (0..old_sys.len() / 4096)
+        .rev()
+        .find(|&b| old_sys[b * 4096..(b + 1) * 4096] != new_sys[b * 4096..(b + 1) * 4096])
+        .unwrap() as u64;
+    fs.fail_block(&dev.join("system.img"), block).unwrap();
+    let e = err_text(install(&fs, &fx.package).unwrap_err());
+    assert!(
+        e.contains("system.img") && e.contains("Input/output error"),
+        "{e}"
+    );
+    fs.heal();
+    install(&fs, &fx.package).unwrap();
+    assert_eq!(booted(&fx, &fs, "after EIO healed"), "new");
+
+    // Damaged data found in the middle of the update: it stops on the
+    // operation's hash; the intact package then resumes it.
+    let bytes = std::fs::read(&fx.package).unwrap();
+    let pkg = romdelta_format::Package::parse(&bytes).unwrap();
+    let data_start = bytes.len() - pkg.data.len();
+    let mut bad = bytes.clone();
+    let at = bytes.len() - 1;
+    assert!(at > data_start);
+    bad[at] ^= 0x40;
+    let damaged = fx.package.with_extension("damaged");
+    std::fs::write(&damaged, &bad).unwrap();
+    let fs = fx.base.fork();
+    let e = err_text(install(&fs, &damaged).unwrap_err());
+    assert!(e.contains("data") && e.contains("sha256"), "{e}");
+    install(&fs, &fx.package).unwrap();
+    assert_eq!(
+        booted(&fx, &fs, "intact package after a damaged one"),
+        "new"
+    );
+
+    // Cut the power in the middle of the update; after the reboot a full
+    // package repairs the device, whatever state the update left.
+    let fs = fx.base.fork();
+    fs.cut_power_at(150);
+    assert!(install(&fs, &fx.package).is_err());
+    fs.reboot(CutMode::Torn(3));
+    assert_eq!(booted(&fx, &fs, "cut mid-update"), "updating");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut d = Device::open_on(Arc::new(fs.clone()), dev).unwrap();
+        d.install(&fx.full_package, &accept_any, Default::default())
+            .unwrap();
+    });
+    assert_eq!(booted(&fx, &fs, "repaired by the full package"), "new");
 }

@@ -230,7 +230,13 @@ fn an_in_place_apply_killed_at_random_moments_resumes_to_the_exact_target() {
     let (mut kills, mut kills_mid_update) = (0, 0);
     for _ in 0..30 {
         let mut child = Command::new(bin())
-            .args(["apply", "--insecure-no-verify", "--threads", "2", "--in-place"])
+            .args([
+                "apply",
+                "--insecure-no-verify",
+                "--threads",
+                "2",
+                "--in-place",
+            ])
             .arg(&dev)
             .arg(&pkg)
             .stdout(Stdio::null())
@@ -269,7 +275,10 @@ fn an_in_place_apply_killed_at_random_moments_resumes_to_the_exact_target() {
         "in place: killed {kills} times, {kills_mid_update} with the update under way; the last run resumed {} operations",
         report["resumed_ops"]
     );
-    assert!(kills_mid_update >= 3, "only {kills_mid_update} kills mid-update");
+    assert!(
+        kills_mid_update >= 3,
+        "only {kills_mid_update} kills mid-update"
+    );
     same_tree(&dev, &n);
     assert!(!journal.exists());
 }

@@ -146,20 +146,28 @@ impl<'a> InPlacePlan<'a> {
             romdelta_storage::exists(fs, &journal_path).map_err(ApplyError::io(&journal_path))?;
         let mut loaded = None;
         if has_journal {
-            let bytes = read_journal(fs, &journal_path, ops)?;
-            match Journal::decode(&bytes, ops) {
-                Ok(j) if j.manifest_sha256 == manifest_sha => loaded = Some(j),
-                // A full package reads nothing: it may replace any other
-                // update that was under way.
-                _ if m.kind == PackageKind::Full => {}
-                Ok(j) => {
+            let bytes = read_journal(fs, &journal_path, ops);
+            match bytes.map(|b| Journal::decode(&b, ops)) {
+                Ok(Ok(j)) if j.manifest_sha256 == manifest_sha => loaded = Some(j),
+                // A full package reads nothing: it replaces whatever update
+                // was under way, and that update's stash with it.
+                _ if m.kind == PackageKind::Full => {
+                    match fs.remove_file(&stash_path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(ApplyError::io(&stash_path)(e))
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => return Err(e),
+                Ok(Ok(j)) => {
                     return Err(ApplyError::Refused(format!(
                         "an in-place update with another package (manifest sha256 {}) is under way in {}: its images are neither the old build nor the new one; finish it with that package, or install a full package",
                         hex_digest(&j.manifest_sha256),
                         self.target.display()
                     )))
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     return Err(ApplyError::Refused(format!(
                         "resume journal {}: {e}; the images may be partly updated: install a full package to repair them",
                         journal_path.display()
@@ -538,14 +546,26 @@ pub fn in_place_paths(target: &Path, single: bool) -> (PathBuf, PathBuf) {
     }
 }
 
+/// Reads the journal of an in-place update of a package of `ops`
+/// operations; one of another length belongs to another package.
 fn read_journal(fs: &dyn Storage, path: &Path, ops: u64) -> Result<Vec<u8>, ApplyError> {
-    let max = 8 + 4 + 32 + 32 + 8 + ops.div_ceil(8) + 32;
-    romdelta_storage::read_file(fs, path, max).map_err(|e| {
+    let want = 8 + 4 + 32 + 32 + 8 + ops.div_ceil(8) + 32;
+    let refuse = |what: String| {
         ApplyError::Refused(format!(
-            "resume journal {}: {e}; the images may be partly updated: install a full package to repair them",
+            "resume journal {}: {what}; the images may be partly updated by another package: finish the update with that package, or install a full package to repair them",
             path.display()
         ))
-    })
+    };
+    match fs.entry(path).map_err(ApplyError::io(path))? {
+        Some(EntryKind::File(len)) if len == want => {}
+        Some(EntryKind::File(len)) => {
+            return Err(refuse(format!(
+                "{len} bytes, where a journal of this package has {want}"
+            )))
+        }
+        _ => return Err(refuse("not a file".into())),
+    }
+    romdelta_storage::read_file(fs, path, want).map_err(|e| refuse(e.to_string()))
 }
 
 /// What tells the images apart from others put in their place: device and

@@ -226,11 +226,7 @@ impl<'a> Plan<'a> {
         out: &Path,
         storage: &'a dyn Storage,
     ) -> Result<Self, ApplyError> {
-        if manifest.in_place && manifest.kind == PackageKind::Delta {
-            return Err(ApplyError::Refused(
-                "this package updates images in place (made with `romdelta diff --in-place`): apply it with --in-place IMAGE_OR_DIR, not to a new output".into(),
-            ));
-        }
+        check_ab_package(manifest)?;
         let sources = match_sources(manifest, source)?;
         let out_is_dir = storage.entry(out).map_err(ApplyError::io(out))? == Some(EntryKind::Dir);
         let layout = match source {
@@ -252,6 +248,18 @@ impl<'a> Plan<'a> {
             checkpoint: CheckpointEvery::default(),
         })
     }
+}
+
+/// Refuses an incremental package made for in-place installation, with
+/// what to do instead: A/B application writes a new image and runs
+/// operations in any order.
+pub fn check_ab_package(m: &Manifest) -> Result<(), ApplyError> {
+    if m.in_place && m.kind == PackageKind::Delta {
+        return Err(ApplyError::Refused(
+            "this package updates images in place (made with `romdelta diff --in-place`): apply it with --in-place IMAGE_OR_DIR, or install it on a single-slot device; an A/B install needs a package made without --in-place".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that `out` can take an output of `layout`: an image file goes
