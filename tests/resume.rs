@@ -210,7 +210,7 @@ fn a_journal_of_another_package_is_refused_and_kept() {
 #[test]
 fn an_in_place_apply_killed_at_random_moments_resumes_to_the_exact_target() {
     let dir = tempfile::tempdir().unwrap();
-    let (old, new) = romdelta_synth::rom_pair(23, 2);
+    let (old, new) = romdelta_synth::rom_pair(23, 4);
     let (o, n) = (dir.path().join("old"), dir.path().join("new"));
     romdelta_synth::write_rom(&o, &old).unwrap();
     romdelta_synth::write_rom(&n, &new).unwrap();
@@ -243,7 +243,7 @@ fn an_in_place_apply_killed_at_random_moments_resumes_to_the_exact_target() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(rng.random_range(5..400));
+        let delay = Duration::from_millis(rng.random_range(2..150));
         let started = Instant::now();
         let finished = loop {
             if child.try_wait().unwrap().is_some() {
