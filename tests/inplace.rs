@@ -369,6 +369,62 @@ fn the_cli_writes_and_shows_in_place_packages() {
         &mut ChaCha8Rng::seed_from_u64(0),
     );
     assert!(img == b);
+    // The real applier: each install mode refuses the other's incremental;
+    // the in-place package updates a copy of the old image where it lies.
+    let ip = dir.path().join("ip.romdelta");
+    let dev = dir.path().join("device.img");
+    std::fs::write(&dev, &a).unwrap();
+    let out = romdelta()
+        .args(["apply", "--insecure-no-verify", "--in-place"])
+        .arg(&dev)
+        .arg(&ab)
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("A/B") && err.contains("--in-place"), "{err}");
+    let out = romdelta()
+        .args(["apply", "--insecure-no-verify", "--source"])
+        .arg(&pa)
+        .arg("-o")
+        .arg(dir.path().join("new.img"))
+        .arg(&ip)
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("in place"), "{err}");
+    assert!(!dir.path().join("new.img").exists());
+    assert!(std::fs::read(&dev).unwrap() == a, "a refused apply wrote");
+    romdelta()
+        .args(["apply", "--insecure-no-verify", "--in-place"])
+        .arg(&dev)
+        .arg(&ip)
+        .assert()
+        .success();
+    assert!(std::fs::read(&dev).unwrap() == b);
+    // Run again once finished: nothing to do.
+    romdelta()
+        .args(["apply", "--insecure-no-verify", "--in-place"])
+        .arg(&dev)
+        .arg(&ip)
+        .assert()
+        .success();
+    // A full package, in place or not, installs either way.
+    let full_ab = dir.path().join("full-ab.romdelta");
+    romdelta()
+        .args(["diff", "--full", "--level", "3"])
+        .arg(&pb)
+        .arg("-o")
+        .arg(&full_ab)
+        .assert()
+        .success();
+    std::fs::write(&dev, &a).unwrap();
+    romdelta()
+        .args(["apply", "--insecure-no-verify", "--in-place"])
+        .arg(&dev)
+        .arg(&full_ab)
+        .assert()
+        .success();
+    assert!(std::fs::read(&dev).unwrap() == b);
 }
 
 #[test]
