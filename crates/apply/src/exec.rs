@@ -400,15 +400,7 @@ impl Plan<'_> {
         outputs
             .par_iter()
             .zip(&m.partitions)
-            .try_for_each(|(o, p)| {
-                o.file.sync().map_err(ApplyError::io(&o.path))?;
-                let actual = romdelta_rom::sha256_read(p.new.size, |b, off| o.file.read_at(b, off))
-                    .map_err(ApplyError::io(&o.path))?;
-                if actual != p.new.sha256 {
-                    return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
-                }
-                Ok(())
-            })?;
+            .try_for_each(|(o, p)| sync_and_verify(o, p))?;
         if self.output.sparse {
             for (o, p) in outputs.iter().zip(&m.partitions) {
                 if p.new.size % BLOCK_SIZE == 0 {
@@ -461,6 +453,17 @@ impl Plan<'_> {
         sync_dir(fs, &parent)?;
         Ok(report)
     }
+}
+
+/// Syncs the written image `o` and checks it is partition `p`'s new image.
+pub(crate) fn sync_and_verify(o: &Output, p: &PartitionUpdate) -> Result<(), ApplyError> {
+    o.file.sync().map_err(ApplyError::io(&o.path))?;
+    let actual = romdelta_rom::sha256_read(p.new.size, |b, off| o.file.read_at(b, off))
+        .map_err(ApplyError::io(&o.path))?;
+    if actual != p.new.sha256 {
+        return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
+    }
+    Ok(())
 }
 
 /// Rewrites the verified staged image `o` as an Android sparse image

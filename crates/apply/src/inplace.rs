@@ -25,7 +25,7 @@
 //! run read (the stash is never rewritten once the stage started, and no
 //! earlier stage wrote what the stage reads).
 
-use crate::exec::{check_data, mismatch, run_op, SourceBytes};
+use crate::exec::{check_data, mismatch, run_op, sync_and_verify, SourceBytes};
 use crate::stage::{CheckpointEvery, Checkpointer, Output};
 use crate::{ApplyError, ApplyReport, Hashed, WrittenPartition};
 use rayon::prelude::*;
@@ -316,8 +316,8 @@ impl<'a> InPlacePlan<'a> {
     }
 
     /// Whether every image already is its new image (and the partitions
-    /// the target drops are gone).
-    fn images_are_new(&self) -> Result<bool, ApplyError> {
+    /// the target drops are gone): the update has nothing left to do.
+    pub fn images_are_new(&self) -> Result<bool, ApplyError> {
         let fs = self.storage;
         for p in &self.manifest.partitions {
             let path = self.image_path(&p.name);
@@ -499,13 +499,7 @@ impl<'a> InPlacePlan<'a> {
                         .set_len(p.new.size)
                         .map_err(ApplyError::io(&o.path))?;
                 }
-                o.file.sync().map_err(ApplyError::io(&o.path))?;
-                let actual = romdelta_rom::sha256_read(p.new.size, |b, off| o.file.read_at(b, off))
-                    .map_err(ApplyError::io(&o.path))?;
-                if actual != p.new.sha256 {
-                    return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
-                }
-                Ok(())
+                sync_and_verify(o, p)
             })?;
         if !self.single {
             for r in &m.removed {

@@ -494,7 +494,9 @@ impl Device {
             .is_some_and(|u| u.manifest_sha256 == manifest_sha);
         // This package already wrote and verified every image, and the run
         // stopped before recording the new build: nothing left to write.
-        let finished = same && !has_journal && self.images_match(pkg)?;
+        let plan = romdelta_apply::InPlacePlan::new_on(pkg, &self.dir, fs)?
+            .checkpoint_every(self.checkpoint);
+        let finished = same && !has_journal && plan.images_are_new()?;
         let mut resumed_ops = 0;
         if !finished {
             self.state.update = Some(UpdateState {
@@ -503,9 +505,6 @@ impl Device {
                 status: "writing".into(),
             });
             self.save()?;
-            let fs = &*self.fs;
-            let plan = romdelta_apply::InPlacePlan::new_on(pkg, &self.dir, fs)?
-                .checkpoint_every(self.checkpoint);
             resumed_ops = plan.execute(&|_| {})?.resumed_ops;
         }
         let build = pkg.manifest.target_build.clone();
@@ -524,25 +523,6 @@ impl Device {
             partitions: written(&pkg.manifest),
             resumed_ops,
         })
-    }
-
-    /// Whether every image already is the package's target image.
-    fn images_match(&self, pkg: &romdelta_format::Package<'_>) -> Result<bool, RecoveryError> {
-        for p in &pkg.manifest.partitions {
-            let path = self.image_path(&p.name, Slot::A);
-            let Ok(f) = self.fs.open(&path, OpenMode::Read) else {
-                return Ok(false);
-            };
-            if f.len().map_err(io(&path))? != p.new.size {
-                return Ok(false);
-            }
-            let h = romdelta_rom::sha256_read(p.new.size, |b, off| f.read_at(b, off))
-                .map_err(io(&path))?;
-            if h != p.new.sha256 {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Makes installs checkpoint at `every` (default: 16 MiB or 0.5 s).
