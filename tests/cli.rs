@@ -166,6 +166,19 @@ fn completions_and_man_page_come_from_the_argument_definitions() {
         assert!(text.contains(word), "man page lacks {word}");
     }
     romdelta().args(["completions", "tcsh"]).assert().code(2);
+    // A reader that closes the pipe early (`romdelta man | head`) is no error.
+    for args in [&["man"][..], &["completions", "bash"][..]] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("romdelta"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.is_empty(), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -424,14 +424,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Recovery { command } => recovery::run(command),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "romdelta", &mut std::io::stdout());
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "romdelta", &mut text);
+            write_stdout(&text).context("writing the completions")?;
             Ok(())
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
+                .render(&mut text)
                 .context("writing the manual page")?;
+            write_stdout(&text).context("writing the manual page")?;
             Ok(())
         }
         Command::Keygen { output, json } => keygen(&output, json),
@@ -504,4 +508,15 @@ fn report_apply(
         );
     }
     Ok(())
+}
+
+/// Writes `bytes` to standard output. A reader that stops early (`romdelta
+/// man | head`) has all it wanted: a closed pipe is not an error.
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
