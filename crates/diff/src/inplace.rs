@@ -4,17 +4,19 @@
 //! The A/B operations of a partition are turned into stages in five steps:
 //! 1. what is already in place is left out: the pieces of SOURCE_COPY
 //!    operations that copy a block onto itself, and ZERO blocks whose block
-//!    already reads as zero ([`drop_in_place`]);
+//!    already reads as zero;
 //! 2. a dependency graph: operation `a` must run before operation `b` when
 //!    `a` reads a block `b` writes (one sweep over sorted extents);
 //! 3. its strongly connected components (iteratively, whatever their size),
 //!    each of which has to run in one stage;
 //! 4. a component whose stash (the blocks it reads and also writes) is over
-//!    the limit is broken by turning operations into REPLACE, one at a time,
-//!    until every component fits: among the operations that read most of
-//!    the component's writes (its largest contributors), the one that
-//!    removes the most excess stash per byte its REPLACE is estimated to add
-//!    (a quick zstd pass over its target blocks, less the data it carries);
+//!    the limit is broken by turning operations into REPLACE until every
+//!    component fits: each time, of a few candidates (its
+//!    largest contributors, i.e. the operations that read most of its
+//!    writes; the contributors that read most per byte of cost; and the
+//!    cheapest cut into a piece that fits and the rest), the one that
+//!    removes the most excess stash per byte its REPLACEs would add (known
+//!    from the region's encoder trial, or a quick zstd pass) is taken;
 //! 5. the components, in a topological order that follows the image, are
 //!    packed into as few stages as the stash limit allows.
 
