@@ -63,6 +63,10 @@ pub(crate) struct Ordered {
 /// zstd level of the estimates of what a REPLACE would cost.
 const ESTIMATE_LEVEL: i32 = 1;
 
+/// Most blocks of one SOURCE_COPY piece while operations are ordered; the
+/// pieces of a stage are joined again at the end.
+const COPY_PIECE: u64 = 256;
+
 /// Most extents in one rebuilt ZERO or SOURCE_COPY operation, as in A/B generation.
 const MAX_OP_EXTENTS: usize = 1024;
 
@@ -137,6 +141,12 @@ pub(crate) fn order(
     }
     let comps = graph.components(&(0..ops.len()).collect::<Vec<_>>());
     let (operations, stages) = pack_stages(&ops, &graph, comps, max_stash);
+    let (operations, stages) = finish_copies(
+        operations,
+        &stages,
+        src,
+        opts.copy_op_blocks.clamp(1, limits::MAX_COPY_BLOCKS),
+    );
     stats.stages = stages.len() as u64;
     let mut start = 0usize;
     for &n in &stages {
@@ -157,7 +167,9 @@ pub(crate) fn order(
 
 /// Step 1: leaves out the SOURCE_COPY pieces that copy a block onto itself
 /// and the ZERO blocks that already read as zero, rebuilding the operations
-/// from what is left (copies get a new source hash).
+/// from what is left. Copies are cut into pieces of at most [`COPY_PIECE`]
+/// blocks, so that the graph sees which blocks depend on which rather than
+/// a few large copies that each tie many places together.
 fn drop_in_place(
     operations: Vec<Operation>,
     src: &Partition,
@@ -172,7 +184,7 @@ fn drop_in_place(
         .into_par_iter()
         .map(|op| match op.kind {
             OpKind::SourceCopy => {
-                let (ops, dropped) = drop_identity_copies(op, src, sizes);
+                let (ops, dropped) = split_copy(op, sizes);
                 (ops, dropped, 0)
             }
             OpKind::Zero => {
@@ -224,53 +236,98 @@ fn push_joined(v: &mut Vec<Extent>, e: Extent) {
     }
 }
 
-fn drop_identity_copies(op: Operation, src: &Partition, sizes: Sizes) -> (Vec<Operation>, u64) {
-    let mut kept: Vec<(u64, u64, u64)> = Vec::new();
+/// A SOURCE_COPY as copies of contiguous pieces of at most [`COPY_PIECE`]
+/// blocks, without the blocks it would copy onto themselves (and the number
+/// of those). The pieces' source hashes are left to [`finish_copies`].
+fn split_copy(op: Operation, sizes: Sizes) -> (Vec<Operation>, u64) {
+    let mut out = Vec::new();
     let mut dropped = 0;
+    let piece = |s: u64, d: u64, n: u64, out: &mut Vec<Operation>| {
+        let mut k = 0;
+        while k < n {
+            let len = (n - k).min(COPY_PIECE);
+            out.push(Operation {
+                kind: OpKind::SourceCopy,
+                src_extents: vec![Extent::new(s + k, len)],
+                dst_extents: vec![Extent::new(d + k, len)],
+                data_offset: 0,
+                data_length: 0,
+                data_sha256: [0; 32],
+                src_sha256: [0; 32],
+            });
+            k += len;
+        }
+    };
     for (s, d, n) in copy_pieces(&op) {
         if s != d {
-            kept.push((s, d, n));
+            piece(s, d, n, &mut out);
             continue;
         }
         for b in d..d + n {
             if sizes.holds_source(b) {
                 dropped += 1;
             } else {
-                kept.push((b, b, 1));
+                piece(b, b, 1, &mut out);
             }
         }
     }
-    if dropped == 0 {
-        return (vec![op], 0);
-    }
-    let mut out = Vec::new();
-    let (mut src_e, mut dst_e) = (Vec::new(), Vec::new());
-    let flush = |src_e: &mut Vec<Extent>, dst_e: &mut Vec<Extent>, out: &mut Vec<Operation>| {
-        if dst_e.is_empty() {
-            return;
-        }
-        let mut h = sha2::Sha256::new();
-        src.for_each_piece(src_e, |b| h.update(b))
-            .expect("reads of a mapped image do not fail");
-        out.push(Operation {
-            kind: OpKind::SourceCopy,
-            src_extents: std::mem::take(src_e),
-            dst_extents: std::mem::take(dst_e),
-            data_offset: 0,
-            data_length: 0,
-            data_sha256: [0; 32],
-            src_sha256: h.finalize().into(),
-        });
-    };
-    for (s, d, n) in kept {
-        push_joined(&mut src_e, Extent::new(s, n));
-        push_joined(&mut dst_e, Extent::new(d, n));
-        if src_e.len() >= MAX_OP_EXTENTS || dst_e.len() >= MAX_OP_EXTENTS {
-            flush(&mut src_e, &mut dst_e, &mut out);
-        }
-    }
-    flush(&mut src_e, &mut dst_e, &mut out);
     (out, dropped)
+}
+
+/// Joins the SOURCE_COPY operations of each stage into operations of at
+/// most `max_blocks` blocks and [`MAX_OP_EXTENTS`] extents (the stage reads
+/// and writes the same blocks, so its stash is unchanged) and gives every
+/// SOURCE_COPY its source hash. Returns the operations and stage sizes.
+fn finish_copies(
+    ops: Vec<Operation>,
+    stages: &[u64],
+    src: Option<&Partition>,
+    max_blocks: u64,
+) -> (Vec<Operation>, Vec<u64>) {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut sizes = Vec::with_capacity(stages.len());
+    let mut ops = ops.into_iter();
+    for &n in stages {
+        let stage: Vec<Operation> = ops.by_ref().take(n as usize).collect();
+        let (mut copies, others): (Vec<Operation>, Vec<Operation>) = stage
+            .into_iter()
+            .partition(|o| o.kind == OpKind::SourceCopy);
+        copies.sort_by_key(|o| o.dst_extents.first().map(|e| e.start_block));
+        let before = out.len();
+        let mut cur: Option<Operation> = None;
+        for c in copies {
+            if let Some(op) = cur.as_mut() {
+                let fits = op.dst_blocks() + c.dst_blocks() <= max_blocks
+                    && op.src_extents.len() + c.src_extents.len() <= MAX_OP_EXTENTS
+                    && op.dst_extents.len() + c.dst_extents.len() <= MAX_OP_EXTENTS;
+                if fits {
+                    c.src_extents
+                        .iter()
+                        .for_each(|e| push_joined(&mut op.src_extents, *e));
+                    c.dst_extents
+                        .iter()
+                        .for_each(|e| push_joined(&mut op.dst_extents, *e));
+                    continue;
+                }
+            }
+            out.extend(cur.replace(c));
+        }
+        out.extend(cur);
+        out.extend(others);
+        sizes.push((out.len() - before) as u64);
+    }
+    if let Some(src) = src {
+        out.par_iter_mut()
+            .filter(|o| o.kind == OpKind::SourceCopy)
+            .for_each(|o| {
+                let mut h = sha2::Sha256::new();
+                src.for_each_piece(&o.src_extents, |b| h.update(b))
+                    .expect("reads of a mapped image do not fail");
+                o.src_sha256 = h.finalize().into();
+            });
+        src.release_all();
+    }
+    (out, sizes)
 }
 
 fn drop_zeros(op: Operation, src: &Partition, sizes: Sizes) -> (Vec<Operation>, u64) {
