@@ -52,6 +52,9 @@ pub struct Encoded {
     pub src_sha256: Digest,
     /// The operation data.
     pub data: Vec<u8>,
+    /// Length of a REPLACE of the region (at the trial level, or the data
+    /// itself when REPLACE won): what carrying the region whole would cost.
+    pub replace_len: u64,
 }
 
 /// Source extents worth reading for `region`, most promising first, within
@@ -189,6 +192,7 @@ pub fn encode_region(
         kind: OpKind::Replace,
         src_extents: Vec::new(),
         src_sha256: [0; 32],
+        replace_len: data.len() as u64,
         data,
     };
     let Some(src) = src else {
@@ -259,6 +263,7 @@ pub fn encode_region(
         src_extents: final_windows.clone(),
         src_sha256: sha256(final_source),
         data,
+        replace_len: replace_trial.len() as u64,
     }
 }
 

@@ -4,17 +4,19 @@
 //! The A/B operations of a partition are turned into stages in five steps:
 //! 1. what is already in place is left out: the pieces of SOURCE_COPY
 //!    operations that copy a block onto itself, and ZERO blocks whose block
-//!    already reads as zero ([`drop_in_place`]);
+//!    already reads as zero;
 //! 2. a dependency graph: operation `a` must run before operation `b` when
 //!    `a` reads a block `b` writes (one sweep over sorted extents);
 //! 3. its strongly connected components (iteratively, whatever their size),
 //!    each of which has to run in one stage;
 //! 4. a component whose stash (the blocks it reads and also writes) is over
-//!    the limit is broken by turning operations into REPLACE, one at a time,
-//!    until every component fits: among the operations that read most of
-//!    the component's writes (its largest contributors), the one that
-//!    removes the most excess stash per byte its REPLACE is estimated to add
-//!    (a quick zstd pass over its target blocks, less the data it carries);
+//!    the limit is broken by turning operations into REPLACE until every
+//!    component fits: each time, of a few candidates (its
+//!    largest contributors, i.e. the operations that read most of its
+//!    writes; the contributors that read most per byte of cost; and the
+//!    cheapest cut into a piece that fits and the rest), the one that
+//!    removes the most excess stash per byte its REPLACEs would add (known
+//!    from the region's encoder trial, or a quick zstd pass) is taken;
 //! 5. the components, in a topological order that follows the image, are
 //!    packed into as few stages as the stash limit allows.
 
@@ -61,6 +63,10 @@ pub(crate) struct Ordered {
 /// zstd level of the estimates of what a REPLACE would cost.
 const ESTIMATE_LEVEL: i32 = 1;
 
+/// Most blocks of one SOURCE_COPY piece while operations are ordered; the
+/// pieces of a stage are joined again at the end.
+const COPY_PIECE: u64 = 256;
+
 /// Most extents in one rebuilt ZERO or SOURCE_COPY operation, as in A/B generation.
 const MAX_OP_EXTENTS: usize = 1024;
 
@@ -92,13 +98,15 @@ impl Sizes {
 
 /// Orders the operations of one partition for in-place installation.
 /// `src` is the partition's old image (none for a partition new in the
-/// target, or a full package); REPLACE data of converted operations is
-/// appended to `data`, whose length so far is `data_len`.
+/// target, or a full package); `replace_lens` holds, by first block, what
+/// each encoded region would cost as a REPLACE; REPLACE data of converted
+/// operations is appended to `data`, whose length so far is `data_len`.
 pub(crate) fn order(
     operations: Vec<Operation>,
     src: Option<&Partition>,
     dst: &Partition,
     opts: &DiffOptions,
+    replace_lens: &HashMap<u64, u64>,
     data: &mut dyn Write,
     data_len: &mut u64,
 ) -> std::io::Result<Ordered> {
@@ -109,7 +117,16 @@ pub(crate) fn order(
         None => operations,
     };
     let mut graph = Graph::new(&ops);
+    // What re-encoding an operation as REPLACE would add: known for encoded
+    // regions, estimated with a quick zstd pass for the others.
     let estimate = |op: &Operation| {
+        let known = op
+            .dst_extents
+            .first()
+            .and_then(|e| replace_lens.get(&e.start_block));
+        if let (Some(&len), true) = (known, op.kind.has_data()) {
+            return len.saturating_sub(op.data_length);
+        }
         let mut target = Vec::with_capacity((op.dst_blocks() * BLOCK_SIZE) as usize);
         dst.read_extents(&op.dst_extents, &mut target)
             .expect("reads of a mapped image do not fail");
@@ -124,6 +141,12 @@ pub(crate) fn order(
     }
     let comps = graph.components(&(0..ops.len()).collect::<Vec<_>>());
     let (operations, stages) = pack_stages(&ops, &graph, comps, max_stash);
+    let (operations, stages) = finish_copies(
+        operations,
+        &stages,
+        src,
+        opts.copy_op_blocks.clamp(1, limits::MAX_COPY_BLOCKS),
+    );
     stats.stages = stages.len() as u64;
     let mut start = 0usize;
     for &n in &stages {
@@ -144,7 +167,9 @@ pub(crate) fn order(
 
 /// Step 1: leaves out the SOURCE_COPY pieces that copy a block onto itself
 /// and the ZERO blocks that already read as zero, rebuilding the operations
-/// from what is left (copies get a new source hash).
+/// from what is left. Copies are cut into pieces of at most [`COPY_PIECE`]
+/// blocks, so that the graph sees which blocks depend on which rather than
+/// a few large copies that each tie many places together.
 fn drop_in_place(
     operations: Vec<Operation>,
     src: &Partition,
@@ -159,7 +184,7 @@ fn drop_in_place(
         .into_par_iter()
         .map(|op| match op.kind {
             OpKind::SourceCopy => {
-                let (ops, dropped) = drop_identity_copies(op, src, sizes);
+                let (ops, dropped) = split_copy(op, sizes);
                 (ops, dropped, 0)
             }
             OpKind::Zero => {
@@ -211,53 +236,98 @@ fn push_joined(v: &mut Vec<Extent>, e: Extent) {
     }
 }
 
-fn drop_identity_copies(op: Operation, src: &Partition, sizes: Sizes) -> (Vec<Operation>, u64) {
-    let mut kept: Vec<(u64, u64, u64)> = Vec::new();
+/// A SOURCE_COPY as copies of contiguous pieces of at most [`COPY_PIECE`]
+/// blocks, without the blocks it would copy onto themselves (and the number
+/// of those). The pieces' source hashes are left to [`finish_copies`].
+fn split_copy(op: Operation, sizes: Sizes) -> (Vec<Operation>, u64) {
+    let mut out = Vec::new();
     let mut dropped = 0;
+    let piece = |s: u64, d: u64, n: u64, out: &mut Vec<Operation>| {
+        let mut k = 0;
+        while k < n {
+            let len = (n - k).min(COPY_PIECE);
+            out.push(Operation {
+                kind: OpKind::SourceCopy,
+                src_extents: vec![Extent::new(s + k, len)],
+                dst_extents: vec![Extent::new(d + k, len)],
+                data_offset: 0,
+                data_length: 0,
+                data_sha256: [0; 32],
+                src_sha256: [0; 32],
+            });
+            k += len;
+        }
+    };
     for (s, d, n) in copy_pieces(&op) {
         if s != d {
-            kept.push((s, d, n));
+            piece(s, d, n, &mut out);
             continue;
         }
         for b in d..d + n {
             if sizes.holds_source(b) {
                 dropped += 1;
             } else {
-                kept.push((b, b, 1));
+                piece(b, b, 1, &mut out);
             }
         }
     }
-    if dropped == 0 {
-        return (vec![op], 0);
-    }
-    let mut out = Vec::new();
-    let (mut src_e, mut dst_e) = (Vec::new(), Vec::new());
-    let flush = |src_e: &mut Vec<Extent>, dst_e: &mut Vec<Extent>, out: &mut Vec<Operation>| {
-        if dst_e.is_empty() {
-            return;
-        }
-        let mut h = sha2::Sha256::new();
-        src.for_each_piece(src_e, |b| h.update(b))
-            .expect("reads of a mapped image do not fail");
-        out.push(Operation {
-            kind: OpKind::SourceCopy,
-            src_extents: std::mem::take(src_e),
-            dst_extents: std::mem::take(dst_e),
-            data_offset: 0,
-            data_length: 0,
-            data_sha256: [0; 32],
-            src_sha256: h.finalize().into(),
-        });
-    };
-    for (s, d, n) in kept {
-        push_joined(&mut src_e, Extent::new(s, n));
-        push_joined(&mut dst_e, Extent::new(d, n));
-        if src_e.len() >= MAX_OP_EXTENTS || dst_e.len() >= MAX_OP_EXTENTS {
-            flush(&mut src_e, &mut dst_e, &mut out);
-        }
-    }
-    flush(&mut src_e, &mut dst_e, &mut out);
     (out, dropped)
+}
+
+/// Joins the SOURCE_COPY operations of each stage into operations of at
+/// most `max_blocks` blocks and [`MAX_OP_EXTENTS`] extents (the stage reads
+/// and writes the same blocks, so its stash is unchanged) and gives every
+/// SOURCE_COPY its source hash. Returns the operations and stage sizes.
+fn finish_copies(
+    ops: Vec<Operation>,
+    stages: &[u64],
+    src: Option<&Partition>,
+    max_blocks: u64,
+) -> (Vec<Operation>, Vec<u64>) {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut sizes = Vec::with_capacity(stages.len());
+    let mut ops = ops.into_iter();
+    for &n in stages {
+        let stage: Vec<Operation> = ops.by_ref().take(n as usize).collect();
+        let (mut copies, others): (Vec<Operation>, Vec<Operation>) = stage
+            .into_iter()
+            .partition(|o| o.kind == OpKind::SourceCopy);
+        copies.sort_by_key(|o| o.dst_extents.first().map(|e| e.start_block));
+        let before = out.len();
+        let mut cur: Option<Operation> = None;
+        for c in copies {
+            if let Some(op) = cur.as_mut() {
+                let fits = op.dst_blocks() + c.dst_blocks() <= max_blocks
+                    && op.src_extents.len() + c.src_extents.len() <= MAX_OP_EXTENTS
+                    && op.dst_extents.len() + c.dst_extents.len() <= MAX_OP_EXTENTS;
+                if fits {
+                    c.src_extents
+                        .iter()
+                        .for_each(|e| push_joined(&mut op.src_extents, *e));
+                    c.dst_extents
+                        .iter()
+                        .for_each(|e| push_joined(&mut op.dst_extents, *e));
+                    continue;
+                }
+            }
+            out.extend(cur.replace(c));
+        }
+        out.extend(cur);
+        out.extend(others);
+        sizes.push((out.len() - before) as u64);
+    }
+    if let Some(src) = src {
+        out.par_iter_mut()
+            .filter(|o| o.kind == OpKind::SourceCopy)
+            .for_each(|o| {
+                let mut h = sha2::Sha256::new();
+                src.for_each_piece(&o.src_extents, |b| h.update(b))
+                    .expect("reads of a mapped image do not fail");
+                o.src_sha256 = h.finalize().into();
+            });
+        src.release_all();
+    }
+    (out, sizes)
 }
 
 fn drop_zeros(op: Operation, src: &Partition, sizes: Sizes) -> (Vec<Operation>, u64) {
@@ -414,8 +484,13 @@ fn writes_of(ops: &[Operation], comp: &[usize]) -> Vec<Extent> {
     )
 }
 
-/// How many of a component's largest contributors step 4 weighs.
-const CANDIDATES: usize = 16;
+/// Blocks the operations `comp` would stash as one stage.
+fn stash_blocks(ops: &[Operation], comp: &[usize]) -> u64 {
+    blocks_in(&intersect_extents(
+        &reads_of(ops, comp),
+        &writes_of(ops, comp),
+    ))
+}
 
 /// Blocks of `comps` stashed beyond `max_stash`, over all of them.
 fn excess(ops: &[Operation], comps: &[Vec<usize>], max_stash: u64) -> u64 {
@@ -425,22 +500,22 @@ fn excess(ops: &[Operation], comps: &[Vec<usize>], max_stash: u64) -> u64 {
         .sum()
 }
 
-/// Blocks the operations `comp` would stash as one stage.
-fn stash_blocks(ops: &[Operation], comp: &[usize]) -> u64 {
-    blocks_in(&intersect_extents(
-        &reads_of(ops, comp),
-        &writes_of(ops, comp),
-    ))
-}
+/// How many single operations of each kind step 4 tries per cut.
+const SINGLE_CANDIDATES: usize = 8;
 
-/// Step 4: while a component's stash is over `max_stash`, one of its
-/// operations stops reading (it is marked for REPLACE: its reads and edges
-/// are cleared) and the component is split again. The operation is chosen
-/// among the component's largest contributors (those that read most of the
-/// component's writes): the one that removes the most excess stash, over
-/// what the component and the pieces it falls into would stash, per byte
-/// its REPLACE is estimated to add (`cost`). Returns the marked operations,
-/// sorted.
+/// Step 4: breaks every component whose stash is over `max_stash` by
+/// marking operations for REPLACE (their reads and edges are cleared),
+/// until every component fits. Returns the marked operations, sorted.
+///
+/// An operation that alone stashes too much is marked. Otherwise several
+/// candidate sets are tried, and the one that removes the most excess stash
+/// (over the pieces the component then falls into) per byte its REPLACEs
+/// are estimated to add (`cost`) is marked:
+/// - each of the operations that read most of the component's writes (its
+///   largest contributors),
+/// - each of those that read most per byte of cost,
+/// - the cheapest cut ([`cheapest_cut`]), which always leaves a piece that
+///   fits.
 fn break_cycles(
     ops: &mut [Operation],
     graph: &mut Graph,
@@ -455,46 +530,196 @@ fn break_cycles(
         if before == 0 {
             continue;
         }
-        let writes = writes_of(ops, &comp);
-        let mut candidates: Vec<(u64, usize)> = comp
+        let alone: Vec<usize> = comp
             .iter()
-            .map(|&i| {
-                let own = merge_extents(ops[i].src_extents.iter().copied());
-                (blocks_in(&intersect_extents(&own, &writes)), i)
-            })
-            .filter(|&(c, _)| c > 0)
+            .copied()
+            .filter(|&i| stash_blocks(ops, &[i]) > max_stash)
             .collect();
-        candidates.sort_unstable_by_key(|&(c, i)| (Reverse(c), i));
-        candidates.truncate(CANDIDATES);
-        let missing: Vec<usize> = candidates
-            .iter()
-            .map(|&(_, i)| i)
-            .filter(|i| !costs.contains_key(i))
-            .collect();
-        let found: Vec<u64> = missing.par_iter().map(|&i| cost(&ops[i]).max(1)).collect();
-        costs.extend(missing.into_iter().zip(found));
-        // Each candidate, tried: its excess removed per byte it costs.
-        let mut best: Option<(f64, usize)> = None;
-        for &(_, x) in &candidates {
-            let src = std::mem::take(&mut ops[x].src_extents);
-            let succ = std::mem::take(&mut graph.succ[x]);
-            let after = excess(ops, &graph.components(&comp), max_stash);
-            ops[x].src_extents = src;
-            graph.succ[x] = succ;
-            let score = (before - after) as f64 / costs[&x] as f64;
-            if best.is_none_or(|(b, _)| score > b) {
-                best = Some((score, x));
+        let chosen = if !alone.is_empty() {
+            alone
+        } else {
+            let missing: Vec<usize> = comp
+                .iter()
+                .copied()
+                .filter(|i| !costs.contains_key(i))
+                .collect();
+            let found: Vec<u64> = missing.par_iter().map(|&i| cost(&ops[i]).max(1)).collect();
+            costs.extend(missing.into_iter().zip(found));
+            let writes = writes_of(ops, &comp);
+            let mut readers: Vec<(u64, usize)> = comp
+                .iter()
+                .map(|&i| {
+                    let own = merge_extents(ops[i].src_extents.iter().copied());
+                    (blocks_in(&intersect_extents(&own, &writes)), i)
+                })
+                .filter(|&(c, _)| c > 0)
+                .collect();
+            let mut candidates: Vec<Vec<usize>> = Vec::new();
+            readers.sort_unstable_by_key(|&(c, i)| (Reverse(c), i));
+            candidates.extend(
+                readers
+                    .iter()
+                    .take(SINGLE_CANDIDATES)
+                    .map(|&(_, i)| vec![i]),
+            );
+            readers.sort_by(|&(c1, i1), &(c2, i2)| {
+                let (r1, r2) = (c1 as f64 / costs[&i1] as f64, c2 as f64 / costs[&i2] as f64);
+                r2.total_cmp(&r1).then(i1.cmp(&i2))
+            });
+            candidates.extend(
+                readers
+                    .iter()
+                    .take(SINGLE_CANDIDATES)
+                    .map(|&(_, i)| vec![i]),
+            );
+            let cut = cheapest_cut(ops, graph, &comp, max_stash, &costs);
+            candidates.push(cut.clone());
+            candidates.sort();
+            candidates.dedup();
+            let mut best: Option<(f64, Vec<usize>)> = None;
+            for set in candidates {
+                let saved: Vec<(Vec<Extent>, Vec<u32>)> = set
+                    .iter()
+                    .map(|&x| {
+                        (
+                            std::mem::take(&mut ops[x].src_extents),
+                            std::mem::take(&mut graph.succ[x]),
+                        )
+                    })
+                    .collect();
+                let after = excess(ops, &graph.components(&comp), max_stash);
+                for (&x, (src, succ)) in set.iter().zip(saved) {
+                    ops[x].src_extents = src;
+                    graph.succ[x] = succ;
+                }
+                let spent: u64 = set.iter().map(|x| costs[x]).sum();
+                let score = before.saturating_sub(after) as f64 / spent as f64;
+                if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                    best = Some((score, set));
+                }
             }
+            match best {
+                Some((score, set)) if score > 0.0 => set,
+                _ => cut,
+            }
+        };
+        for x in chosen {
+            ops[x].src_extents.clear();
+            ops[x].kind = OpKind::Replace;
+            graph.succ[x].clear();
+            converted.push(x);
         }
-        let (_, x) = best.expect("a component over its stash has a reader");
-        ops[x].src_extents.clear();
-        ops[x].kind = OpKind::Replace;
-        graph.succ[x].clear();
-        converted.push(x);
         work.extend(graph.components(&comp));
     }
     converted.sort_unstable();
     converted
+}
+
+/// The operations to mark to cut component `comp` (whose every operation
+/// fits alone, and which does not fit as a whole), as [`break_cycles`] says.
+fn cheapest_cut(
+    ops: &[Operation],
+    graph: &Graph,
+    comp: &[usize],
+    max_stash: u64,
+    costs: &HashMap<usize, u64>,
+) -> Vec<usize> {
+    let n = comp.len();
+    let mut order: Vec<usize> = comp.to_vec();
+    order.sort_by_key(|&i| (ops[i].dst_extents.iter().map(|e| e.start_block).min(), i));
+    let mut pos: HashMap<usize, usize> = HashMap::with_capacity(n);
+    for (k, &i) in order.iter().enumerate() {
+        pos.insert(i, k);
+    }
+    // The stash of each prefix order[..t], grown one operation at a time.
+    let (mut reads, mut writes, mut stash) = (BlockSet::new(), BlockSet::new(), BlockSet::new());
+    let mut stashed = 0u64;
+    let mut longest = 0usize;
+    for (k, &i) in order.iter().enumerate() {
+        let own_reads = merge_extents(ops[i].src_extents.iter().copied());
+        let own_writes = merge_extents(ops[i].dst_extents.iter().copied());
+        // What it writes that the prefix or itself reads (none of it is
+        // stashed yet: writes are disjoint) ...
+        let mut seen = own_reads.clone();
+        for w in &own_writes {
+            seen.extend(reads.overlapping(*w));
+        }
+        for e in intersect_extents(&merge_extents(seen), &own_writes) {
+            stashed += e.num_blocks;
+            stash.insert(e);
+        }
+        // ... and what it reads that the prefix writes, if not stashed yet.
+        for r in &own_reads {
+            let hits: Vec<Extent> = writes.overlapping(*r).collect();
+            for q in hits {
+                let already: u64 = stash.overlapping(q).map(|x| x.num_blocks).sum();
+                stashed += q.num_blocks - already;
+                stash.insert(q);
+            }
+        }
+        own_reads.iter().for_each(|e| reads.insert(*e));
+        own_writes.iter().for_each(|e| writes.insert(*e));
+        if stashed > max_stash {
+            break;
+        }
+        longest = k + 1;
+    }
+    // Cut t separates order[..t] from order[t..]. An operation at position
+    // p with successors at positions below p reads the prefix for cuts
+    // t in (lowest, p]; with successors above p, the rest for t in (p, highest].
+    let longest = longest.clamp(1, n - 1);
+    let mut from_rest = vec![0i128; n + 1];
+    let mut from_prefix = vec![0i128; n + 1];
+    let span = |i: usize| {
+        let p = pos[&i];
+        let mut lo = p;
+        let mut hi = p;
+        for &w in &graph.succ[i] {
+            if let Some(&q) = pos.get(&(w as usize)) {
+                lo = lo.min(q);
+                hi = hi.max(q);
+            }
+        }
+        (p, lo, hi)
+    };
+    for &i in comp {
+        let (p, lo, hi) = span(i);
+        let c = i128::from(costs[&i]);
+        if lo < p {
+            from_rest[lo + 1] += c;
+            from_rest[p + 1] -= c;
+        }
+        if hi > p {
+            from_prefix[p + 1] += c;
+            from_prefix[hi + 1] -= c;
+        }
+    }
+    let (mut rest_cost, mut prefix_cost) = (0i128, 0i128);
+    let mut best: Option<(i128, usize, bool)> = None;
+    for t in 1..=longest {
+        rest_cost += from_rest[t];
+        prefix_cost += from_prefix[t];
+        if t < longest.div_ceil(2) {
+            continue;
+        }
+        for (c, rest) in [(rest_cost, true), (prefix_cost, false)] {
+            if best.is_none_or(|(b, _, _)| c <= b) {
+                best = Some((c, t, rest));
+            }
+        }
+    }
+    let (_, t, rest) = best.expect("at least one cut point");
+    comp.iter()
+        .copied()
+        .filter(|&i| {
+            let (p, lo, hi) = span(i);
+            if rest {
+                lo < p && lo < t && t <= p
+            } else {
+                hi > p && p < t && t <= hi
+            }
+        })
+        .collect()
 }
 
 /// Encodes the marked operations as REPLACE (the target blocks they write,
@@ -803,6 +1028,35 @@ mod tests {
         let (packed, stages) = pack_stages(&ops, &g, comps, 1);
         assert_eq!(stages, vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 6]);
         check_stages(&packed, &stages);
+    }
+
+    #[test]
+    fn a_long_chain_is_cut_into_pieces_that_fit() {
+        // Op i writes blocks 10i..10i+10 and reads two blocks more on each
+        // side: every neighbour reads the other, one component of 20
+        // operations that would stash all 200 blocks.
+        let ops: Vec<Operation> = (0..20u64)
+            .map(|i| {
+                let start = (10 * i).saturating_sub(2);
+                op(
+                    OpKind::SourceZstd,
+                    &[(start, 10 * i + 12 - start)],
+                    &[(10 * i, 10)],
+                )
+            })
+            .collect();
+        let mut g = Graph::new(&ops);
+        assert_eq!(g.components(&(0..20).collect::<Vec<_>>()).len(), 1);
+        let mut cut = ops.clone();
+        let marked = break_cycles(&mut cut, &mut g, 64, &|_: &Operation| 100);
+        // Each cut needs one operation to stop reading its neighbour; a
+        // piece may hold 5 or 6 operations (10 blocks of stash each).
+        assert!((3..=5).contains(&marked.len()), "{marked:?}");
+        let comps = g.components(&(0..20).collect::<Vec<_>>());
+        assert!(comps.iter().all(|c| stash_blocks(&cut, c) <= 64));
+        let (packed, stages) = pack_stages(&cut, &g, comps, 64);
+        check_stages(&packed, &stages);
+        assert!(stages.len() <= 5, "{stages:?}");
     }
 
     #[test]

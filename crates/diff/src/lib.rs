@@ -490,6 +490,8 @@ fn diff_partition(
         trim_slack_blocks: opts.trim_slack_blocks,
         band_percent: opts.band_percent,
     };
+    // In place: what each region would cost as a REPLACE, by its first block.
+    let mut replace_lens: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for batch in regions.chunks(opts.batch_regions.max(1)) {
         let encoded: Vec<_> = batch
             .par_iter()
@@ -497,6 +499,9 @@ fn diff_partition(
             .collect();
         for (r, e) in batch.iter().zip(encoded) {
             data.write_all(&e.data)?;
+            if opts.in_place {
+                replace_lens.insert(r.start, e.replace_len);
+            }
             let data_sha256: Digest = romdelta_format::sha256(&e.data);
             operations.push(Operation {
                 kind: e.kind,
@@ -517,7 +522,7 @@ fn diff_partition(
         }
     }
     let (operations, stages, in_place) = if opts.in_place {
-        let o = inplace::order(operations, src, dst, opts, data, data_len)?;
+        let o = inplace::order(operations, src, dst, opts, &replace_lens, data, data_len)?;
         (o.operations, o.stages, Some(o.stats))
     } else {
         (operations, Vec::new(), None)

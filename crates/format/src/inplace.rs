@@ -16,7 +16,7 @@
 //! 1. for stages `s < t` of a partition, no block written by an operation of
 //!    stage `s` is read by an operation of stage `t`;
 //! 2. the stash of every stage holds at most
-//!    [`MAX_STAGE_STASH_BLOCKS`](crate::limits::MAX_STAGE_STASH_BLOCKS) blocks;
+//!    [`limits::MAX_STAGE_STASH_BLOCKS`](crate::limits::MAX_STAGE_STASH_BLOCKS) blocks;
 //! 3. every stage has at least one operation and the stages hold exactly the
 //!    partition's operations; an A/B package has no stages.
 //!
