@@ -330,6 +330,10 @@ fn finish_copies(
     (out, sizes)
 }
 
+/// A ZERO without the blocks that already read as zero: source blocks of
+/// zeros, and blocks wholly past the old image's end (and the number of
+/// those). What is left is split into operations of at most
+/// [`MAX_OP_EXTENTS`] extents.
 fn drop_zeros(op: Operation, src: &Partition, sizes: Sizes) -> (Vec<Operation>, u64) {
     let already_zero = |b: u64| {
         sizes.past_source(b) || (sizes.holds_source(b) && src.block(b).is_some_and(|x| is_zero(&x)))
