@@ -800,6 +800,27 @@ impl<'a> Payload<'a> {
     }
 }
 
+/// The bytes of a payload made of `manifest`, `metadata_signature` and
+/// `blobs` (for tools and tests that rewrite a payload's manifest).
+pub fn encode_payload(
+    manifest: &proto::DeltaArchiveManifest,
+    metadata_signature: &[u8],
+    blobs: &[u8],
+) -> Vec<u8> {
+    let m = manifest.encode_to_vec();
+    let header = PayloadHeader {
+        major_version: MAJOR_VERSION,
+        manifest_len: m.len() as u64,
+        metadata_signature_len: u32::try_from(metadata_signature.len())
+            .expect("a metadata signature fits in 4 GiB"),
+    };
+    let mut out = header.encode().to_vec();
+    out.extend(m);
+    out.extend_from_slice(metadata_signature);
+    out.extend_from_slice(blobs);
+    out
+}
+
 /// Builds an unsigned payload: partitions are added with their operations
 /// and data, then [`PayloadWriter::finish`] writes header, manifest and
 /// blobs.
@@ -1025,17 +1046,7 @@ mod tests {
         let p = Payload::parse(bytes).unwrap();
         let mut m = p.manifest.clone();
         edit(&mut m);
-        let mb = m.encode_to_vec();
-        let mut out = PayloadHeader {
-            major_version: 2,
-            manifest_len: mb.len() as u64,
-            metadata_signature_len: 0,
-        }
-        .encode()
-        .to_vec();
-        out.extend(mb);
-        out.extend(p.blobs);
-        out
+        encode_payload(&m, p.metadata_signature, p.blobs)
     }
 
     #[test]
