@@ -699,7 +699,12 @@ impl<'a> Payload<'a> {
                     )));
                 }
                 let data_length = o.data_length.unwrap_or(0);
-                let data_offset = o.data_offset.unwrap_or(0);
+                // An offset without data means nothing (and is not checked).
+                let data_offset = if data_length > 0 {
+                    o.data_offset.unwrap_or(0)
+                } else {
+                    0
+                };
                 if !kind.has_data() && data_length != 0 {
                     return Err(at(FormatError::invalid(
                         "operation",
@@ -1088,12 +1093,22 @@ mod tests {
                 Box::new(|m| m.partitions[1].operations[1].data_length = Some(5)),
             ),
             (
+                "data offset without data is harmless",
+                Box::new(|m| m.partitions[1].operations[1].data_offset = Some(1 << 40)),
+            ),
+            (
                 "v1 ops",
                 Box::new(|m| m.install_operations.push(Default::default())),
             ),
         ];
         for (what, edit) in &cases {
-            assert!(Payload::parse(&reencode(&full, edit)).is_err(), "{what}");
+            match Payload::parse(&reencode(&full, edit)) {
+                Ok(p) if what.ends_with("harmless") => {
+                    let op = &p.partitions[1].operations[1];
+                    assert!(p.op_data(op).is_empty());
+                }
+                r => assert!(r.is_err(), "{what}"),
+            }
         }
         // Source extents past the old image.
         let bad = reencode(&delta, |m| {
