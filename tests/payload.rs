@@ -74,14 +74,23 @@ fn same(a: &Path, b: &Path) {
 }
 
 /// A zip holding `payload` as `payload.bin`, stored (as OTA zips store it)
-/// or deflated, with a properties file before it.
+/// or deflated, with its `payload_properties.txt` before it.
 fn ota_zip(payload: &Path, out: &Path, deflate: bool) {
+    let bytes = std::fs::read(payload).unwrap();
+    let h = romdelta_format::payload::PayloadHeader::decode(&bytes).unwrap();
+    let meta = romdelta_format::payload::HEADER_LEN as u64 + h.manifest_len;
+    let props = romdelta_format::payload::properties::render(&bytes, meta);
+    ota_zip_with(payload, out, deflate, &props);
+}
+
+/// [`ota_zip`] with the given properties file.
+fn ota_zip_with(payload: &Path, out: &Path, deflate: bool, properties: &str) {
     use std::io::Write;
     let mut z = zip::ZipWriter::new(std::fs::File::create(out).unwrap());
     let stored =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file("payload_properties.txt", stored).unwrap();
-    z.write_all(b"FILE_SIZE=0\n").unwrap();
+    z.write_all(properties.as_bytes()).unwrap();
     let method = if deflate {
         zip::CompressionMethod::Deflated
     } else {
@@ -394,8 +403,23 @@ fn ota_zips_and_partition_selection() {
         .success()
         .stdout(
             predicate::str::contains("\"name\": \"system\"")
-                .and(predicate::str::contains("\"name\": \"product\"").not()),
+                .and(predicate::str::contains("\"name\": \"product\"").not())
+                .and(predicate::str::contains("\"properties_checked\": true")),
         );
+    // The zip's payload_properties.txt must match the payload.
+    let props = romdelta_format::payload::properties::render(b"another payload", 10);
+    ota_zip_with(&d("full.bin"), &d("other.zip"), false, &props);
+    romdelta()
+        .args(["payload", "extract"])
+        .arg(d("other.zip"))
+        .arg("-o")
+        .arg(d("other"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "payload_properties.txt records FILE_SIZE",
+        ));
+    assert!(!d("other").exists());
     romdelta()
         .args(["payload", "extract", "-p", "vendor", "--json"])
         .arg(d("ota.zip"))

@@ -73,13 +73,21 @@ struct View {
     payload_signatures: usize,
     data_bytes: u64,
     data_hashes: ap::DataCheck,
+    /// Whether an OTA zip's payload_properties.txt was checked (and matched).
+    properties_checked: bool,
     max_timestamp: Option<i64>,
     partial_update: bool,
     dynamic_groups: Vec<Group>,
     partitions: Vec<PartitionView>,
 }
 
-fn view(file: &PayloadFile, p: &Payload<'_>, parts: &[usize], check: ap::DataCheck) -> View {
+fn view(
+    file: &PayloadFile,
+    p: &Payload<'_>,
+    parts: &[usize],
+    check: ap::DataCheck,
+    properties_checked: bool,
+) -> View {
     let m = &p.manifest;
     View {
         payload: file.describe(),
@@ -97,6 +105,7 @@ fn view(file: &PayloadFile, p: &Payload<'_>, parts: &[usize], check: ap::DataChe
         payload_signatures: p.signatures.as_ref().map_or(0, |s| s.count),
         data_bytes: p.blobs.len() as u64,
         data_hashes: check,
+        properties_checked,
         max_timestamp: m.max_timestamp,
         partial_update: m.partial_update.unwrap_or(false),
         dynamic_groups: m
@@ -149,11 +158,12 @@ fn view(file: &PayloadFile, p: &Payload<'_>, parts: &[usize], check: ap::DataChe
 
 fn inspect(path: &Path, names: &PartitionList, json: bool) -> Result<(), Failure> {
     let file = PayloadFile::open(path)?;
+    let properties_checked = file.check_properties()?;
     let p = file.parse()?;
     let parts = ap::select(&p, &names.names)?;
     // A damaged payload must not look fine: every data hash is checked.
     let check = ap::check_data_hashes(&p, &parts)?;
-    let v = view(&file, &p, &parts, check);
+    let v = view(&file, &p, &parts, check, properties_checked);
     if json {
         print_json(&v);
         return Ok(());
@@ -179,6 +189,9 @@ fn inspect(path: &Path, names: &PartitionList, json: bool) -> Result<(), Failure
             String::new()
         }
     );
+    if properties_checked {
+        say!("payload_properties.txt: size and hashes match");
+    }
     for g in &v.dynamic_groups {
         say!(
             "dynamic group {}: {} max, {}",
@@ -242,6 +255,7 @@ fn write(
 ) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let file = PayloadFile::open(path)?;
+    let properties_checked = file.check_properties()?;
     let p = file.parse()?;
     let parts = ap::select(&p, &names.names)?;
     let source = source
@@ -251,9 +265,10 @@ fn write(
     let job = ap::PayloadJob::new(&p, parts, source.as_ref(), output)?;
     let verb = if source.is_some() { "apply" } else { "extract" };
     let bar = crate::progress::bar(json, job.total_bytes(), verb);
-    let report = with_threads(threads, || {
+    let mut report = with_threads(threads, || {
         job.run(&file.describe(), &|n| bar.set_position(n))
     })??;
+    report.properties_checked = properties_checked;
     bar.finish();
     if json {
         print_json(&report);

@@ -145,7 +145,12 @@ pub struct PayloadFile {
     map: Option<Mmap>,
     start: usize,
     len: usize,
+    /// The zip's `payload_properties.txt`, if any.
+    properties: Option<Vec<u8>>,
 }
+
+/// The name of the payload's properties file in an OTA zip.
+pub const OTA_PROPERTIES: &str = "payload_properties.txt";
 
 /// The name of the payload in an OTA zip.
 pub const OTA_MEMBER: &str = "payload.bin";
@@ -168,12 +173,14 @@ impl PayloadFile {
             start: 0,
             len: bytes.len(),
             map: None,
+            properties: None,
         };
         if bytes.starts_with(b"PK\x03\x04") {
-            let (start, len) = zip_member(&file, path)?;
+            let (start, len, properties) = zip_member(&file, path)?;
             pf.member = Some(OTA_MEMBER.to_string());
             pf.start = start;
             pf.len = len;
+            pf.properties = properties;
         }
         pf.map = map;
         Ok(pf)
@@ -195,6 +202,72 @@ impl PayloadFile {
         }
     }
 
+    /// Checks the payload against the OTA zip's `payload_properties.txt`:
+    /// its size and SHA-256, and those of its metadata (header and
+    /// manifest), as far as the file records them. Returns whether there
+    /// was such a file (a payload that is not in a zip has none).
+    pub fn check_properties(&self) -> Result<bool, PayloadError> {
+        use romdelta_format::payload::properties;
+        let Some(text) = &self.properties else {
+            return Ok(false);
+        };
+        let bad = |e: FormatError| {
+            PayloadError::Refused(format!("{}: {OTA_PROPERTIES}: {e}", self.path.display()))
+        };
+        let p = properties::parse(text).map_err(bad)?;
+        let bytes = self.bytes();
+        let wrong = |what: &str, recorded: String, found: String| {
+            PayloadError::Refused(format!(
+                "{}: {OTA_PROPERTIES} records {what} {recorded}, the payload has {found}",
+                self.describe()
+            ))
+        };
+        if let Some(size) = p.file_size.filter(|&s| s != bytes.len() as u64) {
+            return Err(wrong(
+                "FILE_SIZE",
+                size.to_string(),
+                bytes.len().to_string(),
+            ));
+        }
+        if let Some(size) = p.metadata_size {
+            let header = romdelta_format::payload::PayloadHeader::decode(bytes)?;
+            let actual = romdelta_format::payload::HEADER_LEN as u64 + header.manifest_len;
+            if size != actual {
+                return Err(wrong("METADATA_SIZE", size.to_string(), actual.to_string()));
+            }
+            if let Some(h) = p.metadata_hash {
+                let meta = bytes.get(..actual as usize).ok_or(FormatError::Truncated {
+                    what: "payload manifest",
+                    need: actual - bytes.len() as u64,
+                    have: bytes.len() as u64,
+                })?;
+                let found = romdelta_format::sha256(meta);
+                if found != h {
+                    return Err(wrong(
+                        "METADATA_HASH sha256",
+                        hex_digest(&h),
+                        hex_digest(&found),
+                    ));
+                }
+            }
+        }
+        if let Some(h) = p.file_hash {
+            let found = romdelta_rom::sha256_read(bytes.len() as u64, |buf, off| {
+                buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+                Ok(())
+            })
+            .map_err(PayloadError::io(&self.path))?;
+            if found != h {
+                return Err(wrong(
+                    "FILE_HASH sha256",
+                    hex_digest(&h),
+                    hex_digest(&found),
+                ));
+            }
+        }
+        Ok(true)
+    }
+
     /// Parses and validates the payload.
     pub fn parse(&self) -> Result<Payload<'_>, PayloadError> {
         Payload::parse(self.bytes()).map_err(|e| match e {
@@ -212,11 +285,28 @@ impl PayloadFile {
     }
 }
 
-/// Finds the stored `payload.bin` member of the zip `file`: its offset and length.
-fn zip_member(file: &std::fs::File, path: &Path) -> Result<(usize, usize), PayloadError> {
+/// The stored `payload.bin` member of an OTA zip: offset, length, and the
+/// zip's properties file, if any.
+type ZipMember = (usize, usize, Option<Vec<u8>>);
+
+/// Finds the stored `payload.bin` member of the zip `file`.
+fn zip_member(file: &std::fs::File, path: &Path) -> Result<ZipMember, PayloadError> {
+    use std::io::Read as _;
     let refuse = |why: String| PayloadError::Refused(format!("{}: {why}", path.display()));
     let f = file.try_clone().map_err(PayloadError::io(path))?;
     let mut zip = zip::ZipArchive::new(f).map_err(|e| refuse(format!("zip: {e}")))?;
+    let properties = match zip.by_name(OTA_PROPERTIES) {
+        Ok(entry) => {
+            let mut text = Vec::new();
+            entry
+                .take(romdelta_format::payload::properties::MAX_LEN + 1)
+                .read_to_end(&mut text)
+                .map_err(|e| refuse(format!("zip: {OTA_PROPERTIES}: {e}")))?;
+            Some(text)
+        }
+        Err(zip::result::ZipError::FileNotFound) => None,
+        Err(e) => return Err(refuse(format!("zip: {OTA_PROPERTIES}: {e}"))),
+    };
     let entry = zip.by_name(OTA_MEMBER).map_err(|e| match e {
         zip::result::ZipError::FileNotFound => refuse(format!(
             "the zip holds no {OTA_MEMBER} (not an A/B OTA package)"
@@ -242,7 +332,7 @@ fn zip_member(file: &std::fs::File, path: &Path) -> Result<(usize, usize), Paylo
             "zip: {OTA_MEMBER} ends past the end of the file"
         )));
     }
-    Ok((start as usize, len as usize))
+    Ok((start as usize, len as usize, properties))
 }
 
 /// The indexes of the partitions `names` selects (all when empty), in
@@ -364,6 +454,10 @@ pub struct PayloadReport {
     pub source_hashes: u64,
     /// Whole old images whose hash was checked.
     pub source_images: u64,
+    /// Whether the payload was checked against an OTA zip's
+    /// `payload_properties.txt` (set by the caller, see
+    /// [`PayloadFile::check_properties`]).
+    pub properties_checked: bool,
 }
 
 /// Selected partitions of a payload, checked against their source and
@@ -591,6 +685,7 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
             data_hashes,
             source_hashes: source_hashes.load(Ordering::Relaxed),
             source_images: old_checks.len() as u64,
+            properties_checked: false,
         })
     }
 }

@@ -17,6 +17,7 @@
 //! [`PayloadPartition::check_supported`].
 
 pub mod ops;
+pub mod properties;
 pub mod proto;
 
 use crate::{check_partition_name, limits, Digest, Extent, FormatError, BLOCK_SIZE};
