@@ -1,5 +1,6 @@
 //! The committed fuzz seeds that hold packages or manifests
 //! (`fuzz/corpus/{package_parse,apply_package,manifest_decode,inplace_check}/seed-*`)
+//! and those of the payload.bin targets (`payload_parse`, `payload_ops`)
 //! are valid inputs of the current format version, so that fuzzing starts
 //! from inputs that reach deep. They are made here, from fixed images:
 //!
@@ -87,7 +88,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             package(dir.path(), None, &b, &in_place(16384)),
         ),
     ];
-    let mut out = Vec::new();
+    let mut out = payload_seeds(dir.path(), &a, &b);
     for (name, bytes) in packages {
         let pkg = Package::parse(&bytes).unwrap();
         let manifest = pkg.manifest_bytes.to_vec();
@@ -101,6 +102,83 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
+/// The seeds of the payload.bin targets: a full and an incremental payload
+/// (from the images above, cut to whole blocks), and operation data of the
+/// `payload_ops` target (kind, destination length, source length, source,
+/// data).
+fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, Vec<u8>)> {
+    use romdelta_format::payload::ops;
+    let b = &b[..b.len() / 4096 * 4096];
+    let (pa, pb) = (dir.join("pa.img"), dir.join("pb.img"));
+    std::fs::write(&pa, a).unwrap();
+    std::fs::write(&pb, b).unwrap();
+    let src = romdelta_rom::Rom::open(&pa).unwrap();
+    let dst = romdelta_rom::Rom::open(&pb).unwrap();
+    let mut out = Vec::new();
+    for (name, source) in [("full", None), ("delta", Some(&src))] {
+        let path = dir.join("seed.bin");
+        romdelta_diff::payload::write_payload(source, &dst, &fast_opts(), &path, &|_| {}).unwrap();
+        out.push((
+            "payload_parse",
+            format!("seed-{name}"),
+            std::fs::read(&path).unwrap(),
+        ));
+    }
+    let op_input = |kind: u8, dst_len: usize, src: &[u8], data: &[u8]| {
+        let mut v = vec![kind];
+        v.extend((dst_len as u16).to_le_bytes());
+        v.extend((src.len() as u16).to_le_bytes());
+        v.extend_from_slice(src);
+        v.extend_from_slice(data);
+        v
+    };
+    let (old, new) = (&a[..8192], &b[..8192]);
+    out.push((
+        "payload_ops",
+        "seed-xz".into(),
+        op_input(2, 8192, &[], &ops::encode_xz(new)),
+    ));
+    out.push((
+        "payload_ops",
+        "seed-bz2".into(),
+        op_input(1, 8192, &[], &ops::encode_bz2(new)),
+    ));
+    let mut patch = Vec::new();
+    romdelta_format::bsdiff40::diff(old, new, &mut patch).unwrap();
+    out.push((
+        "payload_ops",
+        "seed-bsdiff40".into(),
+        op_input(4, 8192, old, &patch),
+    ));
+    out
+}
+
+/// Checks a committed payload seed.
+fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
+    use romdelta_format::payload::{ops, Payload, PayloadOpKind as K};
+    if target == "payload_parse" {
+        return Payload::parse(bytes).map(|_| ()).map_err(|e| e.to_string());
+    }
+    let kind = [
+        K::Replace,
+        K::ReplaceBz,
+        K::ReplaceXz,
+        K::ReplaceZstd,
+        K::SourceBsdiff,
+        K::BrotliBsdiff,
+    ][bytes[0] as usize % 6];
+    let dst_len = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
+    let src_len = u16::from_le_bytes([bytes[3], bytes[4]]) as usize;
+    let (src, data) = bytes[5..].split_at(src_len);
+    let mut out = vec![0; dst_len];
+    if kind.is_replace() {
+        ops::decode_replace(kind, data, &mut out).map(|_| ())
+    } else {
+        ops::decode_patch(kind, data, src, &mut out)
+    }
+    .map_err(|e| e.to_string())
+}
+
 #[test]
 fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
     if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
@@ -109,6 +187,8 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
             "apply_package",
             "manifest_decode",
             "inplace_check",
+            "payload_parse",
+            "payload_ops",
         ] {
             let dir = corpus().join(target);
             std::fs::create_dir_all(&dir).unwrap();
@@ -157,4 +237,14 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
         assert!(n >= 2, "{target}: {n} seeds");
     }
     assert!(in_place >= 9, "{in_place} in-place seeds");
+    for target in ["payload_parse", "payload_ops"] {
+        let mut n = 0;
+        for e in std::fs::read_dir(corpus().join(target)).unwrap() {
+            let path = e.unwrap().path();
+            check_payload_seed(target, &std::fs::read(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 2, "{target}: {n} seeds");
+    }
 }

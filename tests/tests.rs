@@ -9,6 +9,7 @@ mod faults;
 mod fuzz_seeds;
 mod hostile;
 mod inplace;
+mod payload;
 mod recovery;
 mod resume;
 mod roundtrip;

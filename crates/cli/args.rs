@@ -92,6 +92,10 @@ pub enum Command {
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
+        /// What to write: a romdelta package, or an Android payload.bin
+        /// (unsigned; full with --full, else incremental).
+        #[arg(long, value_enum, default_value_t = DiffFormat::Romdelta)]
+        format: DiffFormat,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -178,6 +182,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Android OTA payload.bin (CrAU v2): inspect, extract, apply.
+    ///
+    /// PAYLOAD is a payload.bin or an OTA zip holding one. `romdelta diff
+    /// --format payload` writes payloads.
+    Payload {
+        /// What to do with the payload.
+        #[command(subcommand)]
+        command: PayloadCommand,
+    },
     /// A simulated A/B device: install packages the way a recovery does.
     Recovery {
         /// What to do with the device.
@@ -247,6 +260,76 @@ pub enum Command {
         #[arg(long)]
         keep_caches: bool,
         /// Print the JSON results instead of the Markdown table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `diff` writes.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffFormat {
+    /// A romdelta package.
+    Romdelta,
+    /// An Android payload.bin (CrAU, major version 2), unsigned.
+    Payload,
+}
+
+/// Partitions of a payload to work on.
+#[derive(Args, Debug, Clone)]
+pub struct PartitionList {
+    /// Only these partitions (comma-separated; default: all).
+    #[arg(
+        short = 'p',
+        long = "partitions",
+        value_name = "NAME,...",
+        value_delimiter = ','
+    )]
+    pub names: Vec<String>,
+}
+
+/// `romdelta payload` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum PayloadCommand {
+    /// List partitions, operations by kind, sizes and hashes (every data hash is checked).
+    Inspect {
+        /// The payload.bin, or an OTA zip holding one.
+        payload: PathBuf,
+        #[command(flatten)]
+        partitions: PartitionList,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the images of a full payload: DIR/NAME.img per partition.
+    Extract {
+        /// The payload.bin, or an OTA zip holding one.
+        payload: PathBuf,
+        /// The directory the images go to (created if missing; existing images are never overwritten).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        partitions: PartitionList,
+        #[command(flatten)]
+        threads: Threads,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the new images of an incremental payload from the old ones.
+    Apply {
+        /// The payload.bin, or an OTA zip holding one.
+        payload: PathBuf,
+        /// The directory of old images (NAME.img per partition).
+        #[arg(long, value_name = "DIR")]
+        source: PathBuf,
+        /// The directory the new images go to (created if missing; existing images are never overwritten).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        partitions: PartitionList,
+        #[command(flatten)]
+        threads: Threads,
+        /// Print a JSON report instead of text.
         #[arg(long)]
         json: bool,
     },

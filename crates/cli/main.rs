@@ -7,6 +7,7 @@ mod bench;
 mod bsdiff40;
 mod demo;
 mod inspect;
+mod payload;
 mod recovery;
 
 use anyhow::Context as _;
@@ -232,6 +233,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             keys,
             threads,
             json,
+            format,
             tuning,
         } => {
             let (source, target) = match (full, paths.as_slice()) {
@@ -252,6 +254,27 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ..DiffOptions::default()
             };
             tuning.apply(&mut opts);
+            if format == args::DiffFormat::Payload {
+                if in_place || !keys.is_empty() {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "--format payload writes an unsigned A/B payload.bin: --in-place and --key do not apply"
+                    )));
+                }
+                let bar = progress::bar(json, target.total_size(), "diff");
+                let started = std::time::Instant::now();
+                let summary = with_threads(threads, || {
+                    romdelta_diff::payload::write_payload(
+                        source.as_ref(),
+                        &target,
+                        &opts,
+                        &output,
+                        &|n| bar.set_position(n),
+                    )
+                })??;
+                bar.finish();
+                payload::report_diff(&summary, &output, started, json);
+                return Ok(());
+            }
             opts.in_place = in_place;
             opts.max_stash_blocks = max_stash * ((1 << 20) / romdelta_format::BLOCK_SIZE);
             opts.source_build = source_info.unwrap_or_default();
@@ -421,6 +444,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             patch,
             json,
         } => bsdiff40::patch(&old, &new, &patch, json),
+        Command::Payload { command } => payload::run(command),
         Command::Recovery { command } => recovery::run(command),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

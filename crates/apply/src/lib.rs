@@ -17,6 +17,7 @@
 mod error;
 mod exec;
 mod inplace;
+pub mod payload;
 pub mod rules;
 mod stage;
 

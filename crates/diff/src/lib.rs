@@ -20,6 +20,7 @@ pub mod blocks;
 pub mod bsdiff;
 pub mod encode;
 pub mod inplace;
+pub mod payload;
 
 use blocks::{BlockClass, SourceIndex};
 use encode::{EncodeParams, Region};
@@ -182,7 +183,7 @@ pub fn partition_info(p: &Partition) -> PartitionInfo {
 
 /// Pairs each target partition with its source partition (by name; two
 /// single images pair with each other whatever their names).
-fn pair<'a>(
+pub(crate) fn pair<'a>(
     source: Option<&'a Rom>,
     target: &'a Rom,
 ) -> Vec<(&'a Partition, Option<&'a Partition>)> {

@@ -7,7 +7,8 @@
 //! read from input is checked against the bytes that remain before anything
 //! is allocated, so a hostile package cannot make the reader allocate more
 //! than the package itself holds. The byte layout is specified in
-//! `docs/FORMAT.md`.
+//! `docs/FORMAT.md`. Android's `payload.bin` is read (and written) by
+//! [`payload`], under the same rules.
 
 pub mod bsdiff40;
 pub mod buildprop;
@@ -19,6 +20,7 @@ pub mod journal;
 mod manifest;
 pub mod ops;
 mod package;
+pub mod payload;
 pub mod signing;
 pub mod sparse;
 

@@ -1,0 +1,357 @@
+//! `romdelta payload inspect|extract|apply` and `diff --format payload`:
+//! Android OTA payload.bin files.
+
+use crate::args::{PartitionList, PayloadCommand, Threads};
+use crate::progress::human;
+use crate::{print_json, with_threads, Failure};
+use romdelta_apply::payload::{self as ap, PayloadError, PayloadFile};
+use romdelta_format::hex_digest;
+use romdelta_format::payload::{ImageInfo, Payload, PayloadOpKind};
+use serde::Serialize;
+use std::path::Path;
+
+impl From<PayloadError> for Failure {
+    fn from(e: PayloadError) -> Self {
+        Failure {
+            code: e.exit_code() as u8,
+            error: e.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Image {
+    size: u64,
+    sha256: Option<String>,
+}
+
+fn image(i: &ImageInfo) -> Image {
+    Image {
+        size: i.size,
+        sha256: i.sha256.as_ref().map(hex_digest),
+    }
+}
+
+#[derive(Serialize)]
+struct KindStats {
+    kind: PayloadOpKind,
+    operations: u64,
+    blocks: u64,
+    data_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct PartitionView {
+    name: String,
+    old: Option<Image>,
+    new: Image,
+    version: Option<String>,
+    operations: u64,
+    data_bytes: u64,
+    by_kind: Vec<KindStats>,
+    /// `null` when this reader applies the partition, else why not.
+    unsupported: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Group {
+    name: String,
+    size: u64,
+    partitions: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct View {
+    payload: String,
+    payload_bytes: u64,
+    major_version: u64,
+    minor_version: u32,
+    kind: &'static str,
+    block_size: u64,
+    manifest_bytes: u64,
+    metadata_signatures: usize,
+    payload_signatures: usize,
+    data_bytes: u64,
+    data_hashes: ap::DataCheck,
+    /// Whether an OTA zip's payload_properties.txt was checked (and matched).
+    properties_checked: bool,
+    max_timestamp: Option<i64>,
+    partial_update: bool,
+    dynamic_groups: Vec<Group>,
+    partitions: Vec<PartitionView>,
+}
+
+fn view(
+    file: &PayloadFile,
+    p: &Payload<'_>,
+    parts: &[usize],
+    check: ap::DataCheck,
+    properties_checked: bool,
+) -> View {
+    let m = &p.manifest;
+    View {
+        payload: file.describe(),
+        payload_bytes: p.len(),
+        major_version: p.header.major_version,
+        minor_version: p.minor_version,
+        kind: if p.is_incremental() {
+            "incremental"
+        } else {
+            "full"
+        },
+        block_size: romdelta_format::BLOCK_SIZE,
+        manifest_bytes: p.header.manifest_len,
+        metadata_signatures: p.metadata_signatures,
+        payload_signatures: p.signatures.as_ref().map_or(0, |s| s.count),
+        data_bytes: p.blobs.len() as u64,
+        data_hashes: check,
+        properties_checked,
+        max_timestamp: m.max_timestamp,
+        partial_update: m.partial_update.unwrap_or(false),
+        dynamic_groups: m
+            .dynamic_partition_metadata
+            .iter()
+            .flat_map(|d| &d.groups)
+            .map(|g| Group {
+                name: g.name.clone().unwrap_or_default(),
+                size: g.size.unwrap_or(0),
+                partitions: g.partition_names.clone(),
+            })
+            .collect(),
+        partitions: parts
+            .iter()
+            .map(|&pi| {
+                let part = &p.partitions[pi];
+                let mut by_kind: Vec<KindStats> = Vec::new();
+                for op in &part.operations {
+                    let k = match by_kind.iter_mut().find(|k| k.kind == op.kind) {
+                        Some(k) => k,
+                        None => {
+                            by_kind.push(KindStats {
+                                kind: op.kind,
+                                operations: 0,
+                                blocks: 0,
+                                data_bytes: 0,
+                            });
+                            by_kind.last_mut().expect("pushed")
+                        }
+                    };
+                    k.operations += 1;
+                    k.blocks += op.dst_blocks();
+                    k.data_bytes += op.data_length;
+                }
+                by_kind.sort_by_key(|k| k.kind);
+                PartitionView {
+                    name: part.name.clone(),
+                    old: part.old.as_ref().map(image),
+                    new: image(&part.new),
+                    version: part.version.clone(),
+                    operations: part.operations.len() as u64,
+                    data_bytes: part.operations.iter().map(|o| o.data_length).sum(),
+                    by_kind,
+                    unsupported: part.check_supported().err().map(|e| e.to_string()),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn inspect(path: &Path, names: &PartitionList, json: bool) -> Result<(), Failure> {
+    let file = PayloadFile::open(path)?;
+    let properties_checked = file.check_properties()?;
+    let p = file.parse()?;
+    let parts = ap::select(&p, &names.names)?;
+    // A damaged payload must not look fine: every data hash is checked.
+    let check = ap::check_data_hashes(&p, &parts)?;
+    let v = view(&file, &p, &parts, check, properties_checked);
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    say!(
+        "payload.bin v{}.{} ({}), {}: {} ({} manifest, {} data), {} metadata / {} payload signature(s) (not verified)",
+        v.major_version,
+        v.minor_version,
+        v.payload,
+        v.kind,
+        human(v.payload_bytes),
+        human(v.manifest_bytes),
+        human(v.data_bytes),
+        v.metadata_signatures,
+        v.payload_signatures
+    );
+    say!(
+        "data hashes: {} checked, all match{}",
+        check.checked,
+        if check.unhashed > 0 {
+            format!("; {} operation(s) carry no data hash", check.unhashed)
+        } else {
+            String::new()
+        }
+    );
+    if properties_checked {
+        say!("payload_properties.txt: size and hashes match");
+    }
+    for g in &v.dynamic_groups {
+        say!(
+            "dynamic group {}: {} max, {}",
+            g.name,
+            human(g.size),
+            g.partitions.join(", ")
+        );
+    }
+    for part in &v.partitions {
+        say!();
+        match &part.old {
+            Some(o) => say!(
+                "{}: {} -> {}  ({} operations, {} data)",
+                part.name,
+                human(o.size),
+                human(part.new.size),
+                part.operations,
+                human(part.data_bytes)
+            ),
+            None => say!(
+                "{}: {}  ({} operations, {} data)",
+                part.name,
+                human(part.new.size),
+                part.operations,
+                human(part.data_bytes)
+            ),
+        }
+        if let Some(o) = &part.old {
+            say!(
+                "  old sha256 {}",
+                o.sha256.as_deref().unwrap_or("(not recorded)")
+            );
+        }
+        say!(
+            "  new sha256 {}",
+            part.new.sha256.as_deref().unwrap_or("(not recorded)")
+        );
+        for k in &part.by_kind {
+            say!(
+                "  {:<16} {:>7} ops {:>10} blocks {:>12} data",
+                k.kind.to_string(),
+                k.operations,
+                k.blocks,
+                human(k.data_bytes)
+            );
+        }
+        if let Some(u) = &part.unsupported {
+            say!("  cannot be applied here: {u}");
+        }
+    }
+    Ok(())
+}
+
+fn write(
+    path: &Path,
+    source: Option<&Path>,
+    output: &Path,
+    names: &PartitionList,
+    threads: Threads,
+    json: bool,
+) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let file = PayloadFile::open(path)?;
+    let properties_checked = file.check_properties()?;
+    let p = file.parse()?;
+    let parts = ap::select(&p, &names.names)?;
+    let source = source
+        .map(romdelta_apply::open_rom)
+        .transpose()
+        .map_err(Failure::from)?;
+    let job = ap::PayloadJob::new(&p, parts, source.as_ref(), output)?;
+    let verb = if source.is_some() { "apply" } else { "extract" };
+    let bar = crate::progress::bar(json, job.total_bytes(), verb);
+    let mut report = with_threads(threads, || {
+        job.run(&file.describe(), &|n| bar.set_position(n))
+    })??;
+    report.properties_checked = properties_checked;
+    bar.finish();
+    if json {
+        print_json(&report);
+        return Ok(());
+    }
+    say!(
+        "{} {} to {} in {:.1} s; every image verified ({} data, {} source and {} old image hashes checked):",
+        if source.is_some() { "applied" } else { "extracted" },
+        report.payload,
+        output.display(),
+        started.elapsed().as_secs_f64(),
+        report.data_hashes,
+        report.source_hashes,
+        report.source_images
+    );
+    for w in &report.partitions {
+        say!(
+            "  {:<16} {:>12}  sha256 {}",
+            w.name,
+            human(w.size),
+            w.sha256
+        );
+    }
+    Ok(())
+}
+
+/// `romdelta payload ...`.
+pub fn run(cmd: PayloadCommand) -> Result<(), Failure> {
+    match cmd {
+        PayloadCommand::Inspect {
+            payload,
+            partitions,
+            json,
+        } => inspect(&payload, &partitions, json),
+        PayloadCommand::Extract {
+            payload,
+            output,
+            partitions,
+            threads,
+            json,
+        } => write(&payload, None, &output, &partitions, threads, json),
+        PayloadCommand::Apply {
+            payload,
+            source,
+            output,
+            partitions,
+            threads,
+            json,
+        } => write(&payload, Some(&source), &output, &partitions, threads, json),
+    }
+}
+
+/// Prints what `diff --format payload` wrote.
+pub fn report_diff(
+    summary: &romdelta_diff::payload::PayloadSummary,
+    output: &Path,
+    started: std::time::Instant,
+    json: bool,
+) {
+    if json {
+        print_json(summary);
+        return;
+    }
+    say!(
+        "wrote {} (payload.bin v2.{}, {}, unsigned; {}, {:.2}% of the {} target) in {:.1} s",
+        output.display(),
+        summary.minor_version,
+        if summary.minor_version == 0 {
+            "full"
+        } else {
+            "incremental"
+        },
+        human(summary.payload_bytes),
+        100.0 * summary.payload_bytes as f64 / summary.target_bytes.max(1) as f64,
+        human(summary.target_bytes),
+        started.elapsed().as_secs_f64()
+    );
+    for p in &summary.partitions {
+        let kinds: Vec<String> = p
+            .by_kind
+            .iter()
+            .map(|k| format!("{} x{}", k.kind, k.operations))
+            .collect();
+        say!("  {}: {}", p.name, kinds.join(", "));
+    }
+}

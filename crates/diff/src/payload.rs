@@ -1,0 +1,401 @@
+//! Writing Android `payload.bin` files (`romdelta diff --format payload`).
+//!
+//! Full payloads use only the operation kinds every reader knows, one
+//! destination extent each and in block order, covering every block:
+//! `ZERO` for runs of zero blocks, and for the rest chunks of up to 2 MiB
+//! as `REPLACE_XZ`, `REPLACE_BZ` or `REPLACE`, whichever is smallest.
+//! Incremental payloads reuse the block classification of romdelta's own
+//! generator: `ZERO`, `SOURCE_COPY` (one contiguous source and destination
+//! extent each), and for changed regions `SOURCE_BSDIFF` (a BSDIFF40 patch
+//! against the source window romdelta's generator picks) or `REPLACE_XZ` /
+//! `REPLACE_BZ`, whichever is smallest. Every operation records its data
+//! and source hashes, every partition its old and new size and hash. The
+//! payload is unsigned.
+
+use crate::blocks::{self, BlockClass, SourceIndex};
+use crate::encode::{self, EncodeParams, Region};
+use crate::{anchors, DiffError, DiffOptions};
+use rayon::prelude::*;
+use romdelta_format::payload::{
+    ops, ImageInfo, NewOp, PayloadOpKind, PayloadWriter, DELTA_MINOR_VERSION, FULL_MINOR_VERSION,
+};
+use romdelta_format::{Extent, BLOCK_SIZE};
+use romdelta_rom::{Partition, Rom};
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Most blocks one data operation writes (2 MiB, as update_engine's own
+/// generator chunks full payloads).
+pub const CHUNK_BLOCKS: u64 = 512;
+/// Most blocks one SOURCE_COPY operation copies (16 MiB).
+pub const COPY_BLOCKS: u64 = 4096;
+/// Most blocks one ZERO operation covers (64 MiB).
+pub const ZERO_BLOCKS: u64 = 16384;
+
+/// The operations of one kind in a partition of a written payload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PayloadKindSummary {
+    /// The kind.
+    pub kind: PayloadOpKind,
+    /// How many operations.
+    pub operations: u64,
+    /// Blocks they write.
+    pub blocks: u64,
+    /// Bytes of data they carry.
+    pub data_bytes: u64,
+}
+
+/// One partition of a written payload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PayloadPartitionSummary {
+    /// Partition name.
+    pub name: String,
+    /// New size.
+    pub size: u64,
+    /// Whether it is updated from an old image (else written whole).
+    pub incremental: bool,
+    /// Operations per kind.
+    pub by_kind: Vec<PayloadKindSummary>,
+}
+
+/// What [`write_payload`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PayloadSummary {
+    /// Always `payload`.
+    pub format: &'static str,
+    /// The payload's minor version (0: full).
+    pub minor_version: u32,
+    /// Total payload bytes.
+    pub payload_bytes: u64,
+    /// Total target bytes.
+    pub target_bytes: u64,
+    /// Per partition.
+    pub partitions: Vec<PayloadPartitionSummary>,
+}
+
+/// What a run of blocks becomes.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Zero { start: u64, len: u64 },
+    Copy { src: u64, start: u64, len: u64 },
+    Data(Region),
+}
+
+/// Splits a partition's block classes into pieces, in block order.
+fn plan(classes: &[BlockClass]) -> Vec<Piece> {
+    let n = classes.len() as u64;
+    let mut out = Vec::new();
+    let mut i = 0u64;
+    while i < n {
+        let mut j = i + 1;
+        match classes[i as usize] {
+            BlockClass::Zero => {
+                while j < n && classes[j as usize] == BlockClass::Zero && j - i < ZERO_BLOCKS {
+                    j += 1;
+                }
+                out.push(Piece::Zero {
+                    start: i,
+                    len: j - i,
+                });
+            }
+            BlockClass::Copy(s) => {
+                while j < n
+                    && classes[j as usize] == BlockClass::Copy(s + (j - i))
+                    && j - i < COPY_BLOCKS
+                {
+                    j += 1;
+                }
+                out.push(Piece::Copy {
+                    src: s,
+                    start: i,
+                    len: j - i,
+                });
+            }
+            BlockClass::Changed => {
+                while j < n && classes[j as usize] == BlockClass::Changed && j - i < CHUNK_BLOCKS {
+                    j += 1;
+                }
+                out.push(Piece::Data(Region {
+                    start: i,
+                    len: j - i,
+                }));
+            }
+        }
+        i = j;
+    }
+    out
+}
+
+/// An encoded data piece.
+struct Encoded {
+    kind: PayloadOpKind,
+    src_extents: Vec<Extent>,
+    src_sha256: Option<romdelta_format::Digest>,
+    data: Vec<u8>,
+}
+
+/// The smallest of REPLACE_XZ, REPLACE_BZ and REPLACE for `target` (the
+/// first of them on a tie).
+fn encode_replace(target: &[u8]) -> Encoded {
+    let (kind, data) = [
+        (PayloadOpKind::ReplaceXz, ops::encode_xz(target)),
+        (PayloadOpKind::ReplaceBz, ops::encode_bz2(target)),
+        (PayloadOpKind::Replace, target.to_vec()),
+    ]
+    .into_iter()
+    .min_by_key(|(_, d)| d.len())
+    .expect("three candidates");
+    Encoded {
+        kind,
+        src_extents: Vec::new(),
+        src_sha256: None,
+        data,
+    }
+}
+
+/// Encodes a changed region: against the source window romdelta's
+/// generator would pick (SOURCE_BSDIFF, BSDIFF40), or whole, whichever is
+/// smaller.
+fn encode_region(
+    src: Option<&Partition>,
+    dst: &Partition,
+    classes: &[BlockClass],
+    anchors: Option<&anchors::AnchorIndex>,
+    region: Region,
+    params: &EncodeParams,
+) -> Encoded {
+    let target = encode::target_bytes(dst, region);
+    let replace = encode_replace(&target);
+    let Some(src) = src else { return replace };
+    let anchored = anchors.map(|ix| anchors::alignments(ix, &target, region.start));
+    let windows = encode::source_windows(
+        region,
+        classes,
+        src.blocks(),
+        anchored.as_deref().unwrap_or(&[]),
+        params,
+    );
+    if windows.is_empty() {
+        return replace;
+    }
+    let mut source = Vec::new();
+    src.read_extents(&windows, &mut source)
+        .expect("reads of a mapped image do not fail");
+    let mut patch = Vec::new();
+    romdelta_format::bsdiff40::diff(&source, &target, &mut patch).expect("writing to memory");
+    if patch.len() < replace.data.len() {
+        Encoded {
+            kind: PayloadOpKind::SourceBsdiff,
+            src_extents: windows,
+            src_sha256: Some(romdelta_format::sha256(&source)),
+            data: patch,
+        }
+    } else {
+        replace
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
+    move |source| DiffError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a `payload.bin` to `out`: incremental when `source` is given
+/// (partitions the source lacks are written whole), full otherwise. Every
+/// image must be a whole number of 4096-byte blocks. `progress` is called
+/// with the target bytes finished so far. The file appears at `out` only
+/// once complete and synced.
+pub fn write_payload(
+    source: Option<&Rom>,
+    target: &Rom,
+    opts: &DiffOptions,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PayloadSummary, DiffError> {
+    for p in source
+        .into_iter()
+        .chain([target])
+        .flat_map(|r| &r.partitions)
+    {
+        if !p.is_mapped() {
+            return Err(DiffError::Invalid(format!(
+                "{}: generation needs images opened with Rom::open (mapped)",
+                p.path.display()
+            )));
+        }
+        if p.size() % BLOCK_SIZE != 0 {
+            return Err(DiffError::Invalid(format!(
+                "{}: {} bytes; a payload.bin partition is a whole number of {BLOCK_SIZE}-byte blocks",
+                p.path.display(),
+                p.size()
+            )));
+        }
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut data_file = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;
+    let mut data = BufWriter::with_capacity(1 << 20, &mut data_file);
+    let minor = if source.is_some() {
+        DELTA_MINOR_VERSION
+    } else {
+        FULL_MINOR_VERSION
+    };
+    let mut w = PayloadWriter::new(minor);
+    let params = EncodeParams {
+        level: opts.level,
+        margin_blocks: opts.margin_blocks,
+        max_src_blocks: opts.max_src_blocks,
+        min_src_blocks: opts.min_src_blocks,
+        src_per_dst_block: opts.src_per_dst_block,
+        anchor_search_blocks: 4096,
+        max_alignments: 16,
+        trial_level: opts.trial_level,
+        trim_slack_blocks: opts.trim_slack_blocks,
+        band_percent: opts.band_percent,
+    };
+    let mut summaries = Vec::new();
+    let mut done = 0u64;
+    for (t, s) in crate::pair(source, target) {
+        let (index, (new_info, old_info)) = rayon::join(
+            || s.map(SourceIndex::build),
+            || rayon::join(|| crate::partition_info(t), || s.map(crate::partition_info)),
+        );
+        let classes = blocks::classify(t, index.as_ref());
+        drop(index);
+        let anchors = match s {
+            Some(s) if opts.anchors && classes.contains(&BlockClass::Changed) => {
+                Some(anchors::AnchorIndex::build(s.bytes(), &|off, len| {
+                    s.release(off, len)
+                }))
+            }
+            _ => None,
+        };
+        let info = |i: romdelta_format::PartitionInfo| ImageInfo {
+            size: i.size,
+            sha256: Some(i.sha256),
+        };
+        w.push_partition(&t.name, old_info.map(info), info(new_info));
+        let pieces = plan(&classes);
+        let mut by_kind: Vec<PayloadKindSummary> = Vec::new();
+        let mut count = |kind: PayloadOpKind, blocks: u64, data: u64| match by_kind
+            .iter_mut()
+            .find(|k| k.kind == kind)
+        {
+            Some(k) => {
+                k.operations += 1;
+                k.blocks += blocks;
+                k.data_bytes += data;
+            }
+            None => by_kind.push(PayloadKindSummary {
+                kind,
+                operations: 1,
+                blocks,
+                data_bytes: data,
+            }),
+        };
+        for batch in pieces.chunks(opts.batch_regions.max(1)) {
+            let encoded: Vec<Option<Encoded>> = batch
+                .par_iter()
+                .map(|piece| match piece {
+                    Piece::Data(r) => {
+                        Some(encode_region(s, t, &classes, anchors.as_ref(), *r, &params))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (piece, e) in batch.iter().zip(encoded) {
+                let (op, blocks) = match (piece, e) {
+                    (Piece::Zero { start, len }, _) => (
+                        NewOp {
+                            kind: PayloadOpKind::Zero,
+                            src_extents: Vec::new(),
+                            dst_extents: vec![Extent::new(*start, *len)],
+                            src_sha256: None,
+                            data_length: 0,
+                            data_sha256: None,
+                        },
+                        *len,
+                    ),
+                    (Piece::Copy { src, start, len }, _) => {
+                        let e = [Extent::new(*src, *len)];
+                        let mut bytes = Vec::with_capacity((*len * BLOCK_SIZE) as usize);
+                        s.expect("copies have a source")
+                            .read_extents(&e, &mut bytes)
+                            .expect("reads of a mapped image do not fail");
+                        (
+                            NewOp {
+                                kind: PayloadOpKind::SourceCopy,
+                                src_extents: e.to_vec(),
+                                dst_extents: vec![Extent::new(*start, *len)],
+                                src_sha256: Some(romdelta_format::sha256(&bytes)),
+                                data_length: 0,
+                                data_sha256: None,
+                            },
+                            *len,
+                        )
+                    }
+                    (Piece::Data(r), Some(e)) => {
+                        data.write_all(&e.data).map_err(io_err(&dir))?;
+                        (
+                            NewOp {
+                                kind: e.kind,
+                                src_extents: e.src_extents,
+                                dst_extents: vec![Extent::new(r.start, r.len)],
+                                src_sha256: e.src_sha256,
+                                data_length: e.data.len() as u64,
+                                data_sha256: Some(romdelta_format::sha256(&e.data)),
+                            },
+                            r.len,
+                        )
+                    }
+                    (Piece::Data(_), None) => unreachable!("data pieces are encoded"),
+                };
+                count(op.kind, blocks, op.data_length);
+                w.push_op(op);
+                done += blocks * BLOCK_SIZE;
+                progress(done);
+            }
+            t.release_all();
+            if let Some(s) = s {
+                s.release_all();
+            }
+        }
+        by_kind.sort_by_key(|k| k.kind);
+        summaries.push(PayloadPartitionSummary {
+            name: t.name.clone(),
+            size: t.size(),
+            incremental: s.is_some(),
+            by_kind,
+        });
+    }
+    data.flush().map_err(io_err(&dir))?;
+    drop(data);
+    let prefix = w.finish();
+    let mut file = tempfile::Builder::new()
+        .prefix(".romdelta-")
+        .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(&dir)
+        .map_err(io_err(&dir))?;
+    file.write_all(&prefix).map_err(io_err(out))?;
+    data_file
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io_err(&dir))?;
+    std::io::copy(&mut data_file, file.as_file_mut()).map_err(io_err(out))?;
+    file.as_file().sync_all().map_err(io_err(out))?;
+    file.persist(out).map_err(|e| DiffError::Io {
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(PayloadSummary {
+        format: "payload",
+        minor_version: minor,
+        payload_bytes: prefix.len() as u64 + w.data_len(),
+        target_bytes: target.total_size(),
+        partitions: summaries,
+    })
+}

@@ -1,0 +1,612 @@
+//! Android payload.bin: Google's own sample payloads (made by
+//! update_engine's `delta_generator`) extracted and applied to the exact
+//! new images; romdelta's exported payloads read back by romdelta and by
+//! two independent readers (`payload-dumper` from PyPI's
+//! `android-payload-dumper` for full payloads, `payload_dumper` from PyPI's
+//! `payload-dumper` for incremental ones); OTA zips, partition selection,
+//! and payloads that must be refused without writing anything.
+
+use crate::common::romdelta;
+use predicates::prelude::*;
+use romdelta_format::payload::{encode_payload, Payload};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn require_tools() -> bool {
+    std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_some()
+}
+
+/// `../shared/fixtures/update_engine/` beside the checkout, or `None`
+/// (a failure when ROMDELTA_REQUIRE_TOOLS is set).
+fn fixtures() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/update_engine");
+    let ok =
+        dir.join("sample_images.tar.bz2").is_file() && dir.join("sample_payloads.tar.xz").is_file();
+    if !ok && require_tools() {
+        panic!(
+            "the update_engine fixtures are required: {} (sample_images.tar.bz2, sample_payloads.tar.xz)",
+            dir.display()
+        );
+    }
+    if !ok {
+        eprintln!("skipping: no update_engine fixtures at {}", dir.display());
+    }
+    ok.then_some(dir)
+}
+
+/// Unpacks the fixture archives into `into`.
+fn unpack_fixtures(dir: &Path, into: &Path) {
+    let f = std::fs::File::open(dir.join("sample_images.tar.bz2")).unwrap();
+    tar::Archive::new(bzip2::read::BzDecoder::new(f))
+        .unpack(into)
+        .unwrap();
+    let f = std::fs::File::open(dir.join("sample_payloads.tar.xz")).unwrap();
+    tar::Archive::new(liblzma::read::XzDecoder::new(f))
+        .unpack(into)
+        .unwrap();
+}
+
+/// Whether the command `name` runs (a failure when ROMDELTA_REQUIRE_TOOLS is set).
+fn have_tool(name: &str, package: &str) -> bool {
+    let ok = Command::new(name)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && require_tools() {
+        panic!("{name} is required (pip install {package})");
+    }
+    if !ok {
+        eprintln!("skipping: {name} not installed (pip install {package})");
+    }
+    ok
+}
+
+fn same(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert!(
+        x == y,
+        "{} ({} bytes) differs from {} ({} bytes)",
+        a.display(),
+        x.len(),
+        b.display(),
+        y.len()
+    );
+}
+
+/// A zip holding `payload` as `payload.bin`, stored (as OTA zips store it)
+/// or deflated, with its `payload_properties.txt` before it.
+fn ota_zip(payload: &Path, out: &Path, deflate: bool) {
+    let bytes = std::fs::read(payload).unwrap();
+    let h = romdelta_format::payload::PayloadHeader::decode(&bytes).unwrap();
+    let meta = romdelta_format::payload::HEADER_LEN as u64 + h.manifest_len;
+    let props = romdelta_format::payload::properties::render(&bytes, meta);
+    ota_zip_with(payload, out, deflate, &props);
+}
+
+/// [`ota_zip`] with the given properties file.
+fn ota_zip_with(payload: &Path, out: &Path, deflate: bool, properties: &str) {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::fs::File::create(out).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("payload_properties.txt", stored).unwrap();
+    z.write_all(properties.as_bytes()).unwrap();
+    let method = if deflate {
+        zip::CompressionMethod::Deflated
+    } else {
+        zip::CompressionMethod::Stored
+    };
+    z.start_file(
+        "payload.bin",
+        zip::write::SimpleFileOptions::default().compression_method(method),
+    )
+    .unwrap();
+    z.write_all(&std::fs::read(payload).unwrap()).unwrap();
+    z.finish().unwrap();
+}
+
+#[test]
+fn google_payloads_extract_and_apply_to_the_exact_new_images() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    unpack_fixtures(&fx, dir.path());
+    // What the payloads hold, as the fixtures' README describes it.
+    romdelta()
+        .args(["payload", "inspect", "--json"])
+        .arg(d("delta_payload.bin"))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("\"BROTLI_BSDIFF\"")
+                .and(predicate::str::contains("\"SOURCE_COPY\""))
+                .and(predicate::str::contains("\"REPLACE_XZ\""))
+                .and(predicate::str::contains("\"incremental\"")),
+        );
+    // Full: extract.
+    romdelta()
+        .args(["payload", "extract"])
+        .arg(d("full_payload.bin"))
+        .arg("-o")
+        .arg(d("full-out"))
+        .assert()
+        .success();
+    same(&d("full-out/kernel.img"), &d("disk_ext2_4k.img"));
+    same(&d("full-out/root.img"), &d("disk_sqfs_default.img"));
+    // Incremental: apply to the old images.
+    std::fs::create_dir(d("old")).unwrap();
+    std::fs::copy(d("disk_ext2_4k_empty.img"), d("old/kernel.img")).unwrap();
+    std::fs::copy(d("disk_sqfs_empty.img"), d("old/root.img")).unwrap();
+    romdelta()
+        .args(["payload", "apply", "--json"])
+        .arg(d("delta_payload.bin"))
+        .arg("--source")
+        .arg(d("old"))
+        .arg("-o")
+        .arg(d("delta-out"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"source_images\": 2"));
+    same(&d("delta-out/kernel.img"), &d("disk_ext2_4k.img"));
+    same(&d("delta-out/root.img"), &d("disk_sqfs_default.img"));
+    // An incremental payload cannot be extracted without its old images.
+    romdelta()
+        .args(["payload", "extract"])
+        .arg(d("delta_payload.bin"))
+        .arg("-o")
+        .arg(d("no-source"))
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("partition kernel").and(predicate::str::contains("--source")),
+        );
+    assert!(!d("no-source/kernel.img").exists());
+    // Straight out of an OTA zip, one partition.
+    ota_zip(&d("delta_payload.bin"), &d("ota.zip"), false);
+    romdelta()
+        .args(["payload", "apply", "-p", "kernel"])
+        .arg(d("ota.zip"))
+        .arg("--source")
+        .arg(d("old"))
+        .arg("-o")
+        .arg(d("zip-out"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ota.zip:payload.bin"));
+    same(&d("zip-out/kernel.img"), &d("disk_ext2_4k.img"));
+    assert!(!d("zip-out/root.img").exists());
+    // The wrong old image is refused by its hash, and nothing is written.
+    std::fs::copy(d("disk_ext2_unittest.img"), d("old/kernel.img")).unwrap();
+    romdelta()
+        .args(["payload", "apply"])
+        .arg(d("delta_payload.bin"))
+        .arg("--source")
+        .arg(d("old"))
+        .arg("-o")
+        .arg(d("wrong-out"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("partition kernel: source image"));
+    assert_eq!(
+        crate::common::listing(&d("wrong-out")),
+        Vec::<String>::new()
+    );
+}
+
+/// A pair of small ROMs (the synthetic demo builds, images cut to whole
+/// blocks and at most 4 MiB) under `dir`: (old, new). With `same_names`,
+/// both hold the same partitions.
+fn block_roms(dir: &Path, same_names: bool) -> (PathBuf, PathBuf) {
+    let (old, new) = romdelta_synth::rom_pair(5, 1);
+    let names = |r: &[(String, Vec<u8>)]| r.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let (on, nn) = (names(&old), names(&new));
+    let mut dirs = Vec::new();
+    for (rom, tag) in [(old, "old"), (new, "new")] {
+        let d = dir.join(tag);
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, bytes) in rom {
+            if same_names && !(on.contains(&name) && nn.contains(&name)) {
+                continue;
+            }
+            let n = (bytes.len().min(4 << 20) / 4096) * 4096;
+            std::fs::write(d.join(format!("{name}.img")), &bytes[..n]).unwrap();
+        }
+        dirs.push(d);
+    }
+    (dirs.remove(0), dirs.remove(0))
+}
+
+fn images(dir: &Path) -> Vec<String> {
+    crate::common::listing(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".img"))
+        .collect()
+}
+
+#[test]
+fn exported_full_and_incremental_payloads_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let (old, new) = block_roms(dir.path(), false);
+    romdelta()
+        .args(["diff", "--format", "payload", "--full", "--json"])
+        .arg(&new)
+        .arg("-o")
+        .arg(d("full.bin"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"minor_version\": 0"));
+    romdelta()
+        .args(["diff", "--format", "payload"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(d("delta.bin"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("incremental"));
+    // Full payloads use only the kinds every reader knows, in block order.
+    let bytes = std::fs::read(d("full.bin")).unwrap();
+    let p = Payload::parse(&bytes).unwrap();
+    use romdelta_format::payload::PayloadOpKind as K;
+    for part in &p.partitions {
+        let mut next = 0;
+        for op in &part.operations {
+            assert!(
+                matches!(op.kind, K::Replace | K::ReplaceBz | K::ReplaceXz | K::Zero),
+                "{:?}",
+                op.kind
+            );
+            assert_eq!(op.dst_extents.len(), 1);
+            assert_eq!(op.dst_extents[0].start_block, next);
+            next = op.dst_extents[0].end_block();
+        }
+        assert_eq!(next, part.new.blocks());
+    }
+    let delta = std::fs::read(d("delta.bin")).unwrap();
+    let q = Payload::parse(&delta).unwrap();
+    let kinds: Vec<K> = q
+        .partitions
+        .iter()
+        .flat_map(|p| p.operations.iter().map(|o| o.kind))
+        .collect();
+    for k in [K::SourceCopy, K::SourceBsdiff, K::Zero] {
+        assert!(kinds.contains(&k), "{k:?} in {kinds:?}");
+    }
+    assert!(
+        delta.len() * 3 < bytes.len(),
+        "incremental smaller than full"
+    );
+    // Our reader reproduces the target.
+    romdelta()
+        .args(["payload", "extract"])
+        .arg(d("full.bin"))
+        .arg("-o")
+        .arg(d("x-full"))
+        .assert()
+        .success();
+    romdelta()
+        .args(["payload", "apply", "--threads", "1"])
+        .arg(d("delta.bin"))
+        .arg("--source")
+        .arg(&old)
+        .arg("-o")
+        .arg(d("x-delta"))
+        .assert()
+        .success();
+    let want = images(&new);
+    assert_eq!(images(&d("x-full")), want);
+    assert_eq!(images(&d("x-delta")), want);
+    for n in &want {
+        same(&d("x-full").join(n), &new.join(n));
+        same(&d("x-delta").join(n), &new.join(n));
+    }
+    // An image never gets overwritten.
+    romdelta()
+        .args(["payload", "extract"])
+        .arg(d("full.bin"))
+        .arg("-o")
+        .arg(d("x-full"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("never overwritten"));
+}
+
+#[test]
+fn payload_dumper_extracts_our_full_payload_byte_identically() {
+    if !have_tool("payload-dumper", "android-payload-dumper") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let (_, new) = block_roms(dir.path(), false);
+    romdelta()
+        .args(["diff", "--format", "payload", "--full"])
+        .arg(&new)
+        .arg("-o")
+        .arg(d("full.bin"))
+        .assert()
+        .success();
+    let out = Command::new("payload-dumper")
+        .arg(d("full.bin"))
+        .arg("-o")
+        .arg(d("theirs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "payload-dumper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = images(&new);
+    assert_eq!(images(&d("theirs")), want);
+    for n in &want {
+        same(&d("theirs").join(n), &new.join(n));
+    }
+}
+
+#[test]
+fn payload_dumper_applies_our_incremental_payload_byte_identically() {
+    if !have_tool("payload_dumper", "payload-dumper") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    // That reader opens OLD/NAME.img for every partition: same names.
+    let (old, new) = block_roms(dir.path(), true);
+    romdelta()
+        .args(["diff", "--format", "payload"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(d("delta.bin"))
+        .assert()
+        .success();
+    std::fs::create_dir(d("theirs")).unwrap();
+    let out = Command::new("payload_dumper")
+        .args(["--workers", "1", "--diff", "--old"])
+        .arg(&old)
+        .arg("--out")
+        .arg(d("theirs"))
+        .arg(d("delta.bin"))
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "payload_dumper failed: {log}");
+    let want = images(&new);
+    assert!(want.len() >= 2);
+    for n in &want {
+        let theirs = d("theirs").join(n);
+        assert!(theirs.exists(), "{n} not written: {log}");
+        same(&theirs, &new.join(n));
+    }
+}
+
+#[test]
+fn ota_zips_and_partition_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let (_, new) = block_roms(dir.path(), false);
+    romdelta()
+        .args(["diff", "--format", "payload", "--full"])
+        .arg(&new)
+        .arg("-o")
+        .arg(d("full.bin"))
+        .assert()
+        .success();
+    ota_zip(&d("full.bin"), &d("ota.zip"), false);
+    romdelta()
+        .args(["payload", "inspect", "-p", "system,vendor", "--json"])
+        .arg(d("ota.zip"))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("\"name\": \"system\"")
+                .and(predicate::str::contains("\"name\": \"product\"").not())
+                .and(predicate::str::contains("\"properties_checked\": true")),
+        );
+    // The zip's payload_properties.txt must match the payload.
+    let props = romdelta_format::payload::properties::render(b"another payload", 10);
+    ota_zip_with(&d("full.bin"), &d("other.zip"), false, &props);
+    romdelta()
+        .args(["payload", "extract"])
+        .arg(d("other.zip"))
+        .arg("-o")
+        .arg(d("other"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "payload_properties.txt records FILE_SIZE",
+        ));
+    assert!(!d("other").exists());
+    romdelta()
+        .args(["payload", "extract", "-p", "vendor", "--json"])
+        .arg(d("ota.zip"))
+        .arg("-o")
+        .arg(d("one"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"bytes_written\""));
+    assert_eq!(images(&d("one")), ["vendor.img"]);
+    same(&d("one/vendor.img"), &new.join("vendor.img"));
+    // An unknown name lists the payload's partitions.
+    romdelta()
+        .args(["payload", "extract", "-p", "vendor,nope"])
+        .arg(d("ota.zip"))
+        .arg("-o")
+        .arg(d("two"))
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("no partition \"nope\"")
+                .and(predicate::str::contains("system")),
+        );
+    // A deflated payload.bin is refused with what to do.
+    ota_zip(&d("full.bin"), &d("deflated.zip"), true);
+    romdelta()
+        .args(["payload", "inspect"])
+        .arg(d("deflated.zip"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("compressed in the zip"));
+    // So is a file that is neither.
+    std::fs::write(d("junk.bin"), b"not a payload at all").unwrap();
+    romdelta()
+        .args(["payload", "inspect"])
+        .arg(d("junk.bin"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("neither a payload.bin"));
+}
+
+#[test]
+fn unsupported_and_damaged_payloads_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let (old, new) = block_roms(dir.path(), true);
+    romdelta()
+        .args(["diff", "--format", "payload"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(d("delta.bin"))
+        .assert()
+        .success();
+    let bytes = std::fs::read(d("delta.bin")).unwrap();
+    let p = Payload::parse(&bytes).unwrap();
+    // The first SOURCE_BSDIFF operation, made a kind this reader does not apply.
+    let (pi, oi) = p
+        .partitions
+        .iter()
+        .enumerate()
+        .find_map(|(pi, part)| {
+            part.operations
+                .iter()
+                .position(|o| o.kind == romdelta_format::payload::PayloadOpKind::SourceBsdiff)
+                .map(|oi| (pi, oi))
+        })
+        .expect("a SOURCE_BSDIFF operation");
+    let name = p.partitions[pi].name.clone();
+    for (code, kind) in [
+        (9, "PUFFDIFF"),
+        (11, "ZUCCHINI"),
+        (12, "LZ4DIFF_BSDIFF"),
+        (13, "LZ4DIFF_PUFFDIFF"),
+        (3, "BSDIFF"),
+    ] {
+        let mut m = p.manifest.clone();
+        m.partitions[pi].operations[oi].r#type = Some(code);
+        std::fs::write(
+            d("odd.bin"),
+            encode_payload(&m, p.metadata_signature, p.blobs),
+        )
+        .unwrap();
+        romdelta()
+            .args(["payload", "apply"])
+            .arg(d("odd.bin"))
+            .arg("--source")
+            .arg(&old)
+            .arg("-o")
+            .arg(d("odd-out"))
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "partition {name}, operation {oi}: {kind} is not supported"
+            )));
+        assert!(!d("odd-out").exists() || images(&d("odd-out")).is_empty());
+        // Inspect still lists it, and says why it cannot be applied.
+        romdelta()
+            .args(["payload", "inspect"])
+            .arg(d("odd.bin"))
+            .assert()
+            .success()
+            .stdout(
+                predicate::str::contains(kind)
+                    .and(predicate::str::contains("cannot be applied here")),
+            );
+    }
+    // Damaged operation data: its hash names it, and nothing is written.
+    let op = &p.partitions[pi].operations[oi];
+    let mut damaged = bytes.clone();
+    let at = bytes.len() - p.blobs.len() + op.data_offset as usize + 40;
+    damaged[at] ^= 0x55;
+    std::fs::write(d("damaged.bin"), &damaged).unwrap();
+    romdelta()
+        .args(["payload", "apply"])
+        .arg(d("damaged.bin"))
+        .arg("--source")
+        .arg(&old)
+        .arg("-o")
+        .arg(d("damaged-out"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "partition {name}, operation {oi} (SOURCE_BSDIFF): data hash mismatch"
+        )));
+    assert!(images(&d("damaged-out")).is_empty());
+    romdelta()
+        .args(["payload", "inspect"])
+        .arg(d("damaged.bin"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("data hash mismatch"));
+    // A changed source block: the operation's source hash names it.
+    let src = old.join(format!("{name}.img"));
+    let mut img = std::fs::read(&src).unwrap();
+    let block = op.src_extents[0].start_block as usize;
+    img[block * 4096 + 7] ^= 1;
+    let changed = d("changed");
+    std::fs::create_dir(&changed).unwrap();
+    for e in std::fs::read_dir(&old).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), changed.join(e.file_name())).unwrap();
+    }
+    std::fs::write(changed.join(format!("{name}.img")), &img).unwrap();
+    romdelta()
+        .args(["payload", "apply"])
+        .arg(d("delta.bin"))
+        .arg("--source")
+        .arg(&changed)
+        .arg("-o")
+        .arg(d("changed-out"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "partition {name}: source image"
+        )));
+    assert!(images(&d("changed-out")).is_empty());
+    // Without the old image's hash, the operations' source hashes catch it.
+    let mut m = p.manifest.clone();
+    m.partitions[pi].old_partition_info.as_mut().unwrap().hash = None;
+    std::fs::write(
+        d("nohash.bin"),
+        encode_payload(&m, p.metadata_signature, p.blobs),
+    )
+    .unwrap();
+    romdelta()
+        .args(["payload", "apply"])
+        .arg(d("nohash.bin"))
+        .arg("--source")
+        .arg(&changed)
+        .arg("-o")
+        .arg(d("changed-out"))
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains(format!("partition {name}, operation")).and(
+                predicate::str::contains("source (the old image is not the one"),
+            ),
+        );
+    assert!(images(&d("changed-out")).is_empty());
+    // A cut payload is refused.
+    std::fs::write(d("cut.bin"), &bytes[..bytes.len() - 1]).unwrap();
+    romdelta()
+        .args(["payload", "extract"])
+        .arg(d("cut.bin"))
+        .arg("-o")
+        .arg(d("cut-out"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("invalid payload"));
+}
