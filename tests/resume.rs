@@ -243,13 +243,24 @@ fn an_in_place_apply_killed_at_random_moments_resumes_to_the_exact_target() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(rng.random_range(2..150));
+        // Half the kills at a random moment of the run (the first run
+        // spends a while hashing the old images, before any write), half
+        // at a random moment once the update is under way (its journal
+        // exists), whatever the machine's load.
+        let mid_update = rng.random_bool(0.5);
+        let delay = Duration::from_millis(rng.random_range(0..60));
         let started = Instant::now();
+        let mut ready_at = None;
         let finished = loop {
             if child.try_wait().unwrap().is_some() {
                 break true;
             }
-            if started.elapsed() >= delay {
+            if ready_at.is_none() && (!mid_update || journal.exists()) {
+                ready_at = Some(Instant::now());
+            }
+            if ready_at.is_some_and(|t| t.elapsed() >= delay)
+                || started.elapsed() > Duration::from_secs(30)
+            {
                 break false;
             }
             std::thread::sleep(Duration::from_micros(500));
