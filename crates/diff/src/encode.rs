@@ -41,6 +41,24 @@ pub struct EncodeParams {
     pub band_percent: u64,
 }
 
+impl EncodeParams {
+    /// The encoder tuning of `opts`.
+    pub fn from_options(opts: &crate::DiffOptions) -> Self {
+        EncodeParams {
+            level: opts.level,
+            margin_blocks: opts.margin_blocks,
+            max_src_blocks: opts.max_src_blocks,
+            min_src_blocks: opts.min_src_blocks,
+            src_per_dst_block: opts.src_per_dst_block,
+            anchor_search_blocks: 4096,
+            max_alignments: 16,
+            trial_level: opts.trial_level,
+            trim_slack_blocks: opts.trim_slack_blocks,
+            band_percent: opts.band_percent,
+        }
+    }
+}
+
 /// The chosen encoding of one region.
 #[derive(Debug, Clone)]
 pub struct Encoded {
@@ -128,7 +146,7 @@ pub fn source_windows(
             break;
         }
     }
-    merge(windows)
+    romdelta_format::inplace::merge_extents(windows)
 }
 
 /// `e` without the blocks of `w`: zero, one or two extents.
@@ -142,22 +160,6 @@ fn subtract(e: Extent, w: Extent) -> Vec<Extent> {
     }
     if w.end_block() < e.end_block() {
         out.push(Extent::new(w.end_block(), e.end_block() - w.end_block()));
-    }
-    out
-}
-
-/// Sorts extents and merges overlapping or touching ones.
-fn merge(mut v: Vec<Extent>) -> Vec<Extent> {
-    v.sort();
-    let mut out: Vec<Extent> = Vec::with_capacity(v.len());
-    for e in v {
-        match out.last_mut() {
-            Some(last) if e.start_block <= last.end_block() => {
-                let end = last.end_block().max(e.end_block());
-                last.num_blocks = end - last.start_block;
-            }
-            _ => out.push(e),
-        }
     }
     out
 }

@@ -479,18 +479,7 @@ fn diff_partition(
     drop(planned);
     let changed: u64 = regions.iter().map(|r| r.len).sum();
     progress(dst.size().saturating_sub(changed * BLOCK_SIZE));
-    let params = EncodeParams {
-        level: opts.level,
-        margin_blocks: opts.margin_blocks,
-        max_src_blocks: opts.max_src_blocks,
-        min_src_blocks: opts.min_src_blocks,
-        src_per_dst_block: opts.src_per_dst_block,
-        anchor_search_blocks: 4096,
-        max_alignments: 16,
-        trial_level: opts.trial_level,
-        trim_slack_blocks: opts.trim_slack_blocks,
-        band_percent: opts.band_percent,
-    };
+    let params = EncodeParams::from_options(opts);
     // In place: what each region would cost as a REPLACE, by its first block.
     let mut replace_lens: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     for batch in regions.chunks(opts.batch_regions.max(1)) {

@@ -245,18 +245,7 @@ pub fn write_payload(
         FULL_MINOR_VERSION
     };
     let mut w = PayloadWriter::new(minor);
-    let params = EncodeParams {
-        level: opts.level,
-        margin_blocks: opts.margin_blocks,
-        max_src_blocks: opts.max_src_blocks,
-        min_src_blocks: opts.min_src_blocks,
-        src_per_dst_block: opts.src_per_dst_block,
-        anchor_search_blocks: 4096,
-        max_alignments: 16,
-        trial_level: opts.trial_level,
-        trim_slack_blocks: opts.trim_slack_blocks,
-        band_percent: opts.band_percent,
-    };
+    let params = EncodeParams::from_options(opts);
     let mut summaries = Vec::new();
     let mut done = 0u64;
     for (t, s) in crate::pair(source, target) {
