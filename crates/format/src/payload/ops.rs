@@ -55,22 +55,46 @@ fn fill_exactly(
     }
 }
 
-/// A bzip2 stream that must be complete and end exactly at the end of its input.
-struct Bzip2Exact<'a> {
-    inner: Option<bzip2::bufread::BzDecoder<&'a [u8]>>,
-    what: &'static str,
+/// A decoder of a stream held in a byte slice that gives back the input it
+/// did not consume.
+trait SliceDecoder<'a>: Read {
+    /// The input after the stream.
+    fn rest(self) -> &'a [u8];
 }
 
-impl<'a> Bzip2Exact<'a> {
-    fn new(data: &'a [u8], what: &'static str) -> Self {
-        Bzip2Exact {
-            inner: Some(bzip2::bufread::BzDecoder::new(data)),
+impl<'a> SliceDecoder<'a> for bzip2::bufread::BzDecoder<&'a [u8]> {
+    fn rest(self) -> &'a [u8] {
+        self.into_inner()
+    }
+}
+
+impl<'a> SliceDecoder<'a> for liblzma::bufread::XzDecoder<&'a [u8]> {
+    fn rest(self) -> &'a [u8] {
+        self.into_inner()
+    }
+}
+
+/// A compressed stream that must be complete and end exactly at the end of
+/// its input: the decoder's own checks catch a damaged or cut stream, this
+/// one bytes after it.
+struct ExactStream<D> {
+    inner: Option<D>,
+    /// Names the stream in the error: "{what}: N bytes after the {format} stream".
+    what: &'static str,
+    format: &'static str,
+}
+
+impl<D> ExactStream<D> {
+    fn new(decoder: D, what: &'static str, format: &'static str) -> Self {
+        ExactStream {
+            inner: Some(decoder),
             what,
+            format,
         }
     }
 }
 
-impl Read for Bzip2Exact<'_> {
+impl<'a, D: SliceDecoder<'a>> Read for ExactStream<D> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let Some(d) = self.inner.as_mut() else {
             return Ok(0);
@@ -81,16 +105,26 @@ impl Read for Bzip2Exact<'_> {
         let n = d.read(buf)?;
         if n == 0 {
             // The stream ended: nothing may follow it.
-            let rest = self.inner.take().expect("present").into_inner();
+            let rest = self.inner.take().expect("present").rest();
             if !rest.is_empty() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("{}: {} bytes after the bzip2 stream", self.what, rest.len()),
+                    format!(
+                        "{}: {} bytes after the {} stream",
+                        self.what,
+                        rest.len(),
+                        self.format
+                    ),
                 ));
             }
         }
         Ok(n)
     }
+}
+
+/// A bzip2 stream (one, complete, nothing after it).
+fn bzip2_reader<'a>(data: &'a [u8], what: &'static str) -> impl Read + 'a {
+    ExactStream::new(bzip2::bufread::BzDecoder::new(data), what, "bzip2")
 }
 
 /// A brotli stream that must be complete and end exactly at the end of its input.
@@ -166,35 +200,11 @@ impl Read for BrotliExact<'_> {
 fn xz_reader(data: &[u8]) -> Result<impl Read + '_, FormatError> {
     let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
         .map_err(|e| FormatError::invalid("xz data", e.to_string()))?;
-    Ok(XzExact {
-        inner: Some(liblzma::bufread::XzDecoder::new_stream(data, stream)),
-    })
-}
-
-struct XzExact<'a> {
-    inner: Option<liblzma::bufread::XzDecoder<&'a [u8]>>,
-}
-
-impl Read for XzExact<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let Some(d) = self.inner.as_mut() else {
-            return Ok(0);
-        };
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = d.read(buf)?;
-        if n == 0 {
-            let rest = self.inner.take().expect("present").into_inner();
-            if !rest.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} bytes after the xz stream", rest.len()),
-                ));
-            }
-        }
-        Ok(n)
-    }
+    Ok(ExactStream::new(
+        liblzma::bufread::XzDecoder::new_stream(data, stream),
+        "xz data",
+        "xz",
+    ))
 }
 
 /// Decodes the data of a REPLACE, REPLACE_BZ, REPLACE_XZ or REPLACE_ZSTD
@@ -222,7 +232,7 @@ pub fn decode_replace(
             data.len()
         }
         PayloadOpKind::ReplaceBz => {
-            fill_exactly(Bzip2Exact::new(data, "bzip2 data"), out, "REPLACE_BZ data")?
+            fill_exactly(bzip2_reader(data, "bzip2 data"), out, "REPLACE_BZ data")?
         }
         PayloadOpKind::ReplaceXz => fill_exactly(xz_reader(data)?, out, "REPLACE_XZ data")?,
         PayloadOpKind::ReplaceZstd => {
@@ -354,7 +364,7 @@ fn stream_reader<'a>(
 ) -> Box<dyn Read + 'a> {
     match c {
         StreamCompression::None => Box::new(data),
-        StreamCompression::Bzip2 => Box::new(Bzip2Exact::new(data, what)),
+        StreamCompression::Bzip2 => Box::new(bzip2_reader(data, what)),
         StreamCompression::Brotli => Box::new(BrotliExact::new(data)),
     }
 }
