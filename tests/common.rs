@@ -4,6 +4,8 @@ use romdelta_apply::{PackageFile, Plan};
 use romdelta_diff::DiffOptions;
 use romdelta_rom::Rom;
 use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 /// The path of the romdelta binary under test.
 pub fn romdelta() -> assert_cmd::Command {
@@ -58,4 +60,34 @@ pub fn listing(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Lets `child` run until it exits by itself, or until `delay` has passed
+/// since `ready()` first held (or 30 s in all), and then kills it with
+/// SIGKILL. Returns `None` when it exited by itself, else whether `ready()`
+/// had held before the kill.
+pub fn kill_when(
+    child: &mut Child,
+    mut ready: impl FnMut() -> bool,
+    delay: Duration,
+) -> Option<bool> {
+    let started = Instant::now();
+    let mut ready_at = None;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        if ready_at.is_none() && ready() {
+            ready_at = Some(Instant::now());
+        }
+        if ready_at.is_some_and(|t| t.elapsed() >= delay)
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    Some(ready_at.is_some())
 }

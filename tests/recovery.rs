@@ -2,10 +2,10 @@
 //! the update rules checked against the device's state, signatures, and
 //! kills in the middle of an install.
 
-use crate::common::{romdelta, synth_roms};
+use crate::common::{kill_when, romdelta, synth_roms};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every file of the device and its bytes, to compare before and after.
 fn snapshot(dev: &Path) -> Vec<(String, Vec<u8>)> {
@@ -239,25 +239,15 @@ fn an_install_killed_midway_leaves_the_old_slot_active_and_resumes() {
             .spawn()
             .unwrap();
         let before = std::fs::read(&journal).ok();
-        let started = Instant::now();
-        let finished = loop {
-            if child.try_wait().unwrap().is_some() {
-                break true;
-            }
-            let checkpointed = std::fs::read(&journal)
+        let checkpointed = || {
+            std::fs::read(&journal)
                 .ok()
-                .is_some_and(|j| Some(&j) != before.as_ref());
-            if checkpointed || started.elapsed() > Duration::from_secs(30) {
-                break false;
-            }
-            std::thread::sleep(Duration::from_micros(500));
+                .is_some_and(|j| Some(&j) != before.as_ref())
         };
-        if finished {
+        if kill_when(&mut child, checkpointed, Duration::ZERO).is_none() {
             switched = true;
             break;
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
         killed += 1;
         // Whatever the moment, the device boots a whole build: slot a with
         // the old one, or (killed after the switch) slot b with the new one.

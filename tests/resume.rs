@@ -2,11 +2,11 @@
 //! package stream, the same command finishes with the exact target; a
 //! journal of another package is refused.
 
-use crate::common::romdelta;
+use crate::common::{kill_when, romdelta};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A full package of the demo ROM at `scale` (about 40 MiB per unit) and the
 /// directory it should produce.
@@ -66,31 +66,14 @@ fn apply_killed_at_random_moments_resumes_to_the_exact_target() {
         } else {
             rng.random_range(0..100)
         });
-        let started = Instant::now();
-        let mut ready_at = None;
-        let finished = loop {
-            if child.try_wait().unwrap().is_some() {
-                break true;
-            }
-            // A checkpoint of this run: a journal with new content (not the
-            // journal going away, which a finishing run does).
-            let checkpointed = || snapshot(&journal).is_some_and(|j| Some(&j) != before.as_ref());
-            if ready_at.is_none() && (!after_checkpoint || checkpointed()) {
-                ready_at = Some(Instant::now());
-            }
-            if ready_at.is_some_and(|t| t.elapsed() >= delay)
-                || started.elapsed() > Duration::from_secs(30)
-            {
-                break false;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        };
-        if finished {
+        // A checkpoint of this run: a journal with new content (not the
+        // journal going away, which a finishing run does).
+        let checkpointed = || snapshot(&journal).is_some_and(|j| Some(&j) != before.as_ref());
+        let Some(ready) = kill_when(&mut child, || !after_checkpoint || checkpointed(), delay)
+        else {
             break;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        if after_checkpoint && ready_at.is_some() {
+        };
+        if after_checkpoint && ready {
             kills_after_checkpoint += 1;
         }
         if out.exists() {
@@ -249,27 +232,9 @@ fn an_in_place_apply_killed_at_random_moments_resumes_to_the_exact_target() {
         // exists), whatever the machine's load.
         let mid_update = rng.random_bool(0.5);
         let delay = Duration::from_millis(rng.random_range(0..60));
-        let started = Instant::now();
-        let mut ready_at = None;
-        let finished = loop {
-            if child.try_wait().unwrap().is_some() {
-                break true;
-            }
-            if ready_at.is_none() && (!mid_update || journal.exists()) {
-                ready_at = Some(Instant::now());
-            }
-            if ready_at.is_some_and(|t| t.elapsed() >= delay)
-                || started.elapsed() > Duration::from_secs(30)
-            {
-                break false;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        };
-        if finished {
+        if kill_when(&mut child, || !mid_update || journal.exists(), delay).is_none() {
             break;
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
         kills += 1;
         kills_mid_update += journal.exists() as usize;
     }
