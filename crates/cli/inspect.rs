@@ -104,8 +104,9 @@ fn view<'a>(pkg: &'a Package<'_>, package_bytes: u64) -> View<'a> {
                     .collect(),
                 stages: m.in_place.then_some(p.stages.len() as u64),
                 largest_stash_blocks: m.in_place.then(|| {
-                    (0..p.stages.len())
-                        .map(|s| blocks_in(&inplace::stage_stash(p, s)))
+                    inplace::stage_ranges(p)
+                        .into_iter()
+                        .map(|r| blocks_in(&inplace::stash_of(p, r)))
                         .max()
                         .unwrap_or(0)
                 }),

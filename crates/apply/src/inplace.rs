@@ -29,7 +29,7 @@ use crate::exec::{check_data, mismatch, run_op, sync_and_verify, SourceBytes};
 use crate::stage::{CheckpointEvery, Checkpointer, Output};
 use crate::{ApplyError, ApplyReport, Hashed, WrittenPartition};
 use rayon::prelude::*;
-use romdelta_format::inplace::{stage_ranges, stage_stash};
+use romdelta_format::inplace::{stage_ranges, stash_of};
 use romdelta_format::journal::Journal;
 use romdelta_format::{
     hex_digest, sha256, Digest, Extent, Manifest, Package, PackageKind, BLOCK_SIZE,
@@ -220,7 +220,7 @@ impl<'a> InPlacePlan<'a> {
                 if range.clone().all(|oi| cp.is_done(first_op + oi as u64)) {
                     continue;
                 }
-                let stash = stage_stash(p, si);
+                let stash = stash_of(p, range.clone());
                 let stash_file = if stash.is_empty() {
                     None
                 } else {

@@ -116,8 +116,11 @@ pub fn intersect_extents(a: &[Extent], b: &[Extent]) -> Vec<Extent> {
     out
 }
 
-/// The stash of the operations `ops` of `p` taken as one stage.
-fn stash_of(p: &PartitionUpdate, ops: Range<usize>) -> Vec<Extent> {
+/// The stash of the operations `ops` of `p` taken as one stage (for a
+/// range of [`stage_ranges`], that stage's stash): walk the ranges once
+/// with this rather than asking [`stage_stash`] stage by stage, which
+/// recomputes the ranges each time.
+pub fn stash_of(p: &PartitionUpdate, ops: Range<usize>) -> Vec<Extent> {
     let ops = &p.operations[ops];
     let reads = merge_extents(ops.iter().flat_map(|o| o.src_extents.iter().copied()));
     let writes = merge_extents(ops.iter().flat_map(|o| o.dst_extents.iter().copied()));
