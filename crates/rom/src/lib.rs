@@ -695,19 +695,7 @@ impl Rom {
     /// a directory (for images named other than `NAME.img`, such as a
     /// device's `system_a.img`).
     pub fn from_files(files: &[(String, PathBuf)], access: Access) -> Result<Rom, RomError> {
-        let mut partitions = Vec::new();
-        for (name, path) in files {
-            romdelta_format::check_partition_name(name).map_err(|e| RomError::Invalid {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            partitions.push(Partition::open(name, path, access)?);
-        }
-        partitions.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Rom {
-            layout: Layout::Directory,
-            partitions,
-        })
+        Self::of_files(files, |name, path| Partition::open(name, path, access))
     }
 
     /// A ROM of the given `(partition name, image file)` pairs read through
@@ -716,19 +704,30 @@ impl Rom {
         files: &[(String, PathBuf)],
         fs: &dyn romdelta_storage::Storage,
     ) -> Result<Rom, RomError> {
-        let mut partitions = Vec::new();
-        for (name, path) in files {
-            romdelta_format::check_partition_name(name).map_err(|e| RomError::Invalid {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        Self::of_files(files, |name, path| {
             let file = fs
                 .open(path, romdelta_storage::OpenMode::Read)
                 .map_err(|source| RomError::Io {
                     path: path.clone(),
                     source,
                 })?;
-            partitions.push(Partition::from_storage(name, path, file)?);
+            Partition::from_storage(name, path, file)
+        })
+    }
+
+    /// The ROM of `files`, each checked for a valid partition name and
+    /// opened by `open`, sorted by name.
+    fn of_files(
+        files: &[(String, PathBuf)],
+        mut open: impl FnMut(&str, &PathBuf) -> Result<Partition, RomError>,
+    ) -> Result<Rom, RomError> {
+        let mut partitions = Vec::new();
+        for (name, path) in files {
+            romdelta_format::check_partition_name(name).map_err(|e| RomError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            partitions.push(open(name, path)?);
         }
         partitions.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Rom {
