@@ -456,17 +456,7 @@ impl Device {
             }
         }
         let _ = fs.remove_dir(&out);
-        let build = pkg.manifest.target_build.clone();
-        self.write_build(target, &build)?;
-        self.state.partitions = pkg
-            .manifest
-            .partitions
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
-        self.state.active = target;
-        self.state.update = None;
-        self.save()?;
+        let build = self.record_installed(target, &pkg.manifest)?;
         Ok(InstallReport {
             slot: target,
             build,
@@ -507,22 +497,30 @@ impl Device {
             self.save()?;
             resumed_ops = plan.execute(&|_| {})?.resumed_ops;
         }
-        let build = pkg.manifest.target_build.clone();
-        self.write_build(Slot::A, &build)?;
-        self.state.partitions = pkg
-            .manifest
-            .partitions
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
-        self.state.update = None;
-        self.save()?;
+        let build = self.record_installed(Slot::A, &pkg.manifest)?;
         Ok(InstallReport {
             slot: Slot::A,
             build,
             partitions: written(&pkg.manifest),
             resumed_ops,
         })
+    }
+
+    /// Records that `slot` holds the target build of `m` and boots it: its
+    /// build file first, then the state (partitions, active slot, no update
+    /// in progress). Returns the build.
+    fn record_installed(
+        &mut self,
+        slot: Slot,
+        m: &romdelta_format::Manifest,
+    ) -> Result<BuildInfo, RecoveryError> {
+        let build = m.target_build.clone();
+        self.write_build(slot, &build)?;
+        self.state.partitions = m.partitions.iter().map(|p| p.name.clone()).collect();
+        self.state.active = slot;
+        self.state.update = None;
+        self.save()?;
+        Ok(build)
     }
 
     /// Makes installs checkpoint at `every` (default: 16 MiB or 0.5 s).
