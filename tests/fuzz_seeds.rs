@@ -1,7 +1,7 @@
 //! The committed fuzz seeds that hold packages or manifests
 //! (`fuzz/corpus/{package_parse,apply_package,manifest_decode,inplace_check}/seed-*`)
 //! and those of the payload.bin targets (`payload_parse`, `payload_ops`)
-//! are valid inputs of the current format version, so that fuzzing starts
+//! and of the operation data decoders (`op_decoders`) are valid inputs of the current format version, so that fuzzing starts
 //! from inputs that reach deep. They are made here, from fixed images:
 //!
 //! ```sh
@@ -23,14 +23,18 @@ fn fuzz_source() -> Vec<u8> {
 }
 
 /// A target for it that needs every kind of operation: edits inside blocks,
-/// a zeroed block, two whole blocks that trade places, and new data past
-/// the old end (an odd size).
+/// bytes changed at a regular stride (as shifted pointers are: what bsdiff
+/// wins on), a zeroed block, two whole blocks that trade places, and new
+/// data past the old end (an odd size).
 fn fuzz_target_image() -> Vec<u8> {
     const B: usize = 4096;
     let a = fuzz_source();
     let mut b = a.clone();
     b[1000..1010].copy_from_slice(b"0123456789");
     b[5 * B + 77..5 * B + 140].fill(0xee);
+    for i in (2 * B..4 * B).step_by(16) {
+        b[i] = b[i].wrapping_add(3);
+    }
     b[7 * B..8 * B].fill(0);
     b[10 * B..11 * B].copy_from_slice(&a[13 * B..14 * B]);
     b[13 * B..14 * B].copy_from_slice(&a[10 * B..11 * B]);
@@ -133,6 +137,28 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
         v
     };
     let (old, new) = (&a[..8192], &b[..8192]);
+    // The operation data of the package format (`op_decoders`), same layout.
+    {
+        use romdelta_format::ops as rops;
+        let patch = romdelta_diff::bsdiff::diff(old, new);
+        for (kind, name, src, data) in [
+            (0u8, "replace", &[][..], rops::encode_replace(new, 3)),
+            (1, "source-zstd", old, rops::encode_source_zstd(old, new, 3)),
+            (2, "bsdiff", old, rops::encode_bsdiff(&patch, 3)),
+            (
+                3,
+                "bsdiff-sparse",
+                old,
+                rops::encode_bsdiff_sparse(&patch, 3),
+            ),
+        ] {
+            out.push((
+                "op_decoders",
+                format!("seed-{name}"),
+                op_input(kind, 8192, src, &data),
+            ));
+        }
+    }
     out.push((
         "payload_ops",
         "seed-xz".into(),
@@ -153,9 +179,23 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
     out
 }
 
-/// Checks a committed payload seed.
+/// Checks a committed payload seed (or operation data seed).
 fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
     use romdelta_format::payload::{ops, Payload, PayloadOpKind as K};
+    if target == "op_decoders" {
+        use romdelta_format::OpKind;
+        let kind = [
+            OpKind::Replace,
+            OpKind::SourceZstd,
+            OpKind::SourceBsdiff,
+            OpKind::SourceBsdiffSparse,
+        ][bytes[0] as usize % 4];
+        let dst_len = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
+        let src_len = u16::from_le_bytes([bytes[3], bytes[4]]) as usize;
+        let (src, data) = bytes[5..].split_at(src_len);
+        let mut out = vec![0; dst_len];
+        return romdelta_format::ops::decode(kind, data, src, &mut out).map_err(|e| e.to_string());
+    }
     if target == "payload_parse" {
         return Payload::parse(bytes).map(|_| ()).map_err(|e| e.to_string());
     }
@@ -189,6 +229,7 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
             "inplace_check",
             "payload_parse",
             "payload_ops",
+            "op_decoders",
         ] {
             let dir = corpus().join(target);
             std::fs::create_dir_all(&dir).unwrap();
@@ -208,7 +249,7 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
             std::fs::write(corpus().join(target).join(name), bytes).unwrap();
         }
     }
-    let mut in_place = 0;
+    let (mut in_place, mut sparse) = (0, 0);
     for target in [
         "package_parse",
         "apply_package",
@@ -232,12 +273,17 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
                 }
             }
             in_place += usize::from(manifest.in_place);
+            sparse += usize::from(manifest.format_version() == 3);
             n += 1;
         }
         assert!(n >= 2, "{target}: {n} seeds");
     }
     assert!(in_place >= 9, "{in_place} in-place seeds");
-    for target in ["payload_parse", "payload_ops"] {
+    assert!(
+        sparse >= 4,
+        "{sparse} seeds with SOURCE_BSDIFF_SPARSE operations"
+    );
+    for target in ["payload_parse", "payload_ops", "op_decoders"] {
         let mut n = 0;
         for e in std::fs::read_dir(corpus().join(target)).unwrap() {
             let path = e.unwrap().path();

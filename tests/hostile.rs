@@ -332,17 +332,53 @@ fn each_hostile_manifest_is_refused_with_a_clear_error() {
         .unwrap_err()
         .to_string()
         .contains("too large"));
-    // A format version from the future, and lengths past the end of the file.
+    // Format versions from the past and the future, and lengths past the end of the file.
     let pkg = Package::encode_prefix(&ok, &[]);
-    let mut future = pkg.clone();
-    future[8] = 3;
-    assert!(Package::parse(&future)
-        .unwrap_err()
-        .to_string()
-        .contains("unsupported package format version 3"));
+    for v in [0u8, 1, 4, 200] {
+        let mut other = pkg.clone();
+        other[8] = v;
+        let err = Package::parse(&other).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "unsupported package format version {v} (this romdelta reads versions 2 to 3)"
+            )),
+            "{err}"
+        );
+    }
     let mut long = pkg.clone();
     long[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(Package::parse(&long).is_err());
+    // A package is written with the oldest version that can express it: a
+    // SOURCE_BSDIFF_SPARSE operation needs version 3, and a version-2 header
+    // over one is refused.
+    let mut sparse = ok.clone();
+    sparse.kind = PackageKind::Delta;
+    sparse.source_build = Some(BuildInfo::default());
+    sparse.partitions[0].old = Some(PartitionInfo {
+        size: 4 * 4096,
+        sha256: [3; 32],
+    });
+    sparse.partitions[0].operations[0].kind = OpKind::SourceBsdiffSparse;
+    sparse.partitions[0].operations[0].src_extents = vec![Extent::new(0, 4)];
+    let with_data = |mut prefix: Vec<u8>| {
+        prefix.extend_from_slice(&[0; 10]);
+        prefix
+    };
+    let v3 = with_data(Package::encode_prefix(&sparse, &[]));
+    assert_eq!(Package::parse(&v3).unwrap().header.version, 3);
+    assert_eq!(
+        Package::parse(&with_data(pkg.clone()))
+            .unwrap()
+            .header
+            .version,
+        2
+    );
+    let v2 = with_data(Package::encode_prefix_bytes(2, &sparse.encode(), 10, &[]));
+    let err = Package::parse(&v2).unwrap_err().to_string();
+    assert!(
+        err.contains("uses operation kinds of format version 3, the header says version 2"),
+        "{err}"
+    );
     // A valid signature over a different manifest.
     let key = signing::SigningKey::from_bytes(&[5; 32]);
     let mut other = ok.clone();

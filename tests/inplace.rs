@@ -95,9 +95,7 @@ fn run(
     match op.kind {
         OpKind::Zero => {}
         OpKind::SourceCopy => out.copy_from_slice(&src),
-        OpKind::Replace => ops::decode_replace(data, &mut out).unwrap(),
-        OpKind::SourceZstd => ops::decode_source_zstd(data, &src, &mut out).unwrap(),
-        OpKind::SourceBsdiff => ops::decode_bsdiff(data, &src, &mut out).unwrap(),
+        kind => ops::decode(kind, data, &src, &mut out).unwrap(),
     }
     let mut at = 0;
     for e in &op.dst_extents {

@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // A rotation of each stage's operations that depends on the input.
-    let turn = data.iter().fold(0usize, |a, &b| a.wrapping_mul(31).wrapping_add(b as usize));
+    let turn = data
+        .iter()
+        .fold(0usize, |a, &b| a.wrapping_mul(31).wrapping_add(b as usize));
     for p in &m.partitions {
         let blocks = p
             .operations

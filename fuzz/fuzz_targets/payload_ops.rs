@@ -10,8 +10,14 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 5 {
         return;
     }
-    let kind = [K::Replace, K::ReplaceBz, K::ReplaceXz, K::ReplaceZstd, K::SourceBsdiff, K::BrotliBsdiff]
-        [data[0] as usize % 6];
+    let kind = [
+        K::Replace,
+        K::ReplaceBz,
+        K::ReplaceXz,
+        K::ReplaceZstd,
+        K::SourceBsdiff,
+        K::BrotliBsdiff,
+    ][data[0] as usize % 6];
     let out_len = u16::from_le_bytes([data[1], data[2]]) as usize;
     let rest = &data[5..];
     let src_len = (u16::from_le_bytes([data[3], data[4]]) as usize).min(rest.len());

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use romdelta_format::sparse;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(chunks) = sparse::parse(data) else { return };
+    let Ok(chunks) = sparse::parse(data) else {
+        return;
+    };
     let header = sparse::SparseHeader::decode(data).expect("parsed before");
     let len = header.image_len();
     let mut covered = 0u64;

@@ -191,7 +191,10 @@ pub(crate) fn run_op(
             })?;
             res?;
         }
-        OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiff => {
+        OpKind::Replace
+        | OpKind::SourceZstd
+        | OpKind::SourceBsdiff
+        | OpKind::SourceBsdiffSparse => {
             check_data(data, part, i, op)?;
             let mut source = Vec::new();
             if op.kind.reads_source() {
@@ -202,12 +205,7 @@ pub(crate) fn run_op(
                 expect_hash(Hashed::Source, part, i, op, op.src_sha256, actual)?;
             }
             let mut buf = vec![0u8; (op.dst_blocks() * BLOCK_SIZE) as usize];
-            let decoded = match op.kind {
-                OpKind::Replace => ops::decode_replace(data, &mut buf),
-                OpKind::SourceZstd => ops::decode_source_zstd(data, &source, &mut buf),
-                _ => ops::decode_bsdiff(data, &source, &mut buf),
-            };
-            decoded.map_err(|source| ApplyError::Decode {
+            ops::decode(op.kind, data, &source, &mut buf).map_err(|source| ApplyError::Decode {
                 partition: part.name.clone(),
                 op: i,
                 kind: op.kind,

@@ -175,7 +175,7 @@ pub fn target_bytes(dst: &Partition, region: Region) -> Vec<u8> {
 /// Encodes one region and keeps the smallest result. Every encoder first
 /// runs at a cheap trial level; the candidates close to the best trial
 /// (within 25%) are then encoded at the final level and the smallest wins (ties go to the
-/// cheaper one to apply: REPLACE, SOURCE_ZSTD, SOURCE_BSDIFF). bsdiff is
+/// cheaper one to apply: REPLACE, SOURCE_ZSTD, SOURCE_BSDIFF_SPARSE). bsdiff is
 /// tried only where the source evidently helps: its matcher is slow on
 /// unrelated data and would lose there anyway.
 pub fn encode_region(
@@ -230,8 +230,8 @@ pub fn encode_region(
     if zstd_trial.len() * 10 < replace_trial.len() * 9 {
         let pt = crate::bsdiff::diff(&source, &target);
         trials.push((
-            OpKind::SourceBsdiff,
-            ops::encode_bsdiff(&pt, trial_level).len(),
+            OpKind::SourceBsdiffSparse,
+            ops::encode_bsdiff_sparse(&pt, trial_level).len(),
         ));
         trimmed = Some(trim_source(&windows, &source, pt, p.trim_slack_blocks));
     }
@@ -250,7 +250,7 @@ pub fn encode_region(
             (OpKind::Replace, false) => ops::encode_replace(&target, final_level),
             (OpKind::SourceZstd, true) if trimmed.is_none() => zstd_trial.clone(),
             (OpKind::SourceZstd, _) => ops::encode_source_zstd(final_source, &target, final_level),
-            _ => ops::encode_bsdiff(&trimmed.as_ref().expect("tried").patch, final_level),
+            _ => ops::encode_bsdiff_sparse(&trimmed.as_ref().expect("tried").patch, final_level),
         };
         if best.as_ref().is_none_or(|(_, b)| data.len() < b.len()) {
             best = Some((kind, data));

@@ -293,7 +293,12 @@ pub fn write_package(
         .iter()
         .map(|k| romdelta_format::signing::sign(&manifest_bytes, k))
         .collect();
-    let prefix = Package::encode_prefix_bytes(&manifest_bytes, manifest.data_len, &signatures);
+    let prefix = Package::encode_prefix_bytes(
+        manifest.format_version(),
+        &manifest_bytes,
+        manifest.data_len,
+        &signatures,
+    );
     let mut pkg = tempfile::Builder::new()
         .prefix(".romdelta-")
         .suffix(".partial")

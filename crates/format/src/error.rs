@@ -18,13 +18,15 @@ pub enum FormatError {
     BadMagic,
     /// A format version this reader does not know.
     #[error(
-        "unsupported package format version {found} (this romdelta reads version {supported})"
+        "unsupported package format version {found} (this romdelta reads versions {oldest} to {newest})"
     )]
     UnsupportedVersion {
         /// The version in the header.
         found: u32,
-        /// The version this reader supports.
-        supported: u32,
+        /// The oldest version this reader reads.
+        oldest: u32,
+        /// The newest version this reader reads (and writes).
+        newest: u32,
     },
     /// A field holds a value outside its allowed range.
     #[error("invalid {what}: {detail}")]

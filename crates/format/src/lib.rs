@@ -1,4 +1,4 @@
-//! The romdelta package format, version 2.
+//! The romdelta package format, version 3 (and version 2, which it extends).
 //!
 //! This crate is the only place in romdelta that parses untrusted bytes. It
 //! does no I/O of its own: it turns bytes into typed, structurally valid
@@ -35,8 +35,14 @@ pub use package::{Header, Package, Signature, HEADER_LEN, MAGIC};
 
 /// Size of a block in bytes; every extent counts blocks of this size.
 pub const BLOCK_SIZE: u64 = 4096;
-/// The package format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest package format version this crate reads and writes. A
+/// package is written with the oldest version that can express it (see
+/// [`Manifest::format_version`]), so older readers keep reading packages that
+/// use none of the newer features.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest package format version this crate reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 

@@ -29,16 +29,20 @@ pub enum OpKind {
     SourceBsdiff,
     /// Data is one zstd frame compressed with the source bytes as reference prefix.
     SourceZstd,
+    /// Data is a bsdiff patch whose diff stream is stored as zero runs and
+    /// literal bytes (each part zstd-compressed). Since format version 3.
+    SourceBsdiffSparse,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 5] = [
+    pub const ALL: [OpKind; 6] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
         OpKind::SourceBsdiff,
         OpKind::SourceZstd,
+        OpKind::SourceBsdiffSparse,
     ];
 
     /// The wire code.
@@ -49,6 +53,7 @@ impl OpKind {
             OpKind::Replace => 2,
             OpKind::SourceBsdiff => 3,
             OpKind::SourceZstd => 4,
+            OpKind::SourceBsdiffSparse => 5,
         }
     }
 
@@ -68,6 +73,7 @@ impl OpKind {
             OpKind::Replace => "REPLACE",
             OpKind::SourceBsdiff => "SOURCE_BSDIFF",
             OpKind::SourceZstd => "SOURCE_ZSTD",
+            OpKind::SourceBsdiffSparse => "SOURCE_BSDIFF_SPARSE",
         }
     }
 
@@ -75,7 +81,10 @@ impl OpKind {
     pub fn reads_source(self) -> bool {
         matches!(
             self,
-            OpKind::SourceCopy | OpKind::SourceBsdiff | OpKind::SourceZstd
+            OpKind::SourceCopy
+                | OpKind::SourceBsdiff
+                | OpKind::SourceZstd
+                | OpKind::SourceBsdiffSparse
         )
     }
 
@@ -83,7 +92,10 @@ impl OpKind {
     pub fn has_data(self) -> bool {
         matches!(
             self,
-            OpKind::Replace | OpKind::SourceBsdiff | OpKind::SourceZstd
+            OpKind::Replace
+                | OpKind::SourceBsdiff
+                | OpKind::SourceZstd
+                | OpKind::SourceBsdiffSparse
         )
     }
 }
@@ -374,6 +386,21 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 }
 
 impl Manifest {
+    /// The oldest format version that can express this manifest: 3 when an
+    /// operation is SOURCE_BSDIFF_SPARSE, else 2.
+    pub fn format_version(&self) -> u32 {
+        let sparse = self
+            .partitions
+            .iter()
+            .flat_map(|p| &p.operations)
+            .any(|o| o.kind == OpKind::SourceBsdiffSparse);
+        if sparse {
+            3
+        } else {
+            crate::OLDEST_FORMAT_VERSION
+        }
+    }
+
     /// Parses and structurally validates a manifest that must fill `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new(bytes);

@@ -17,6 +17,28 @@ fn zstd_err(what: &'static str, code: usize) -> FormatError {
     FormatError::invalid(what, zstd_safe::get_error_name(code).to_string())
 }
 
+/// Decodes the data of an operation of `kind` against `src` (the source
+/// bytes it reads, empty for REPLACE) into exactly `out.len()` bytes. Kinds
+/// that carry no data (ZERO, SOURCE_COPY) are refused.
+pub fn decode(
+    kind: crate::OpKind,
+    data: &[u8],
+    src: &[u8],
+    out: &mut [u8],
+) -> Result<(), FormatError> {
+    use crate::OpKind as K;
+    match kind {
+        K::Replace => decode_replace(data, out),
+        K::SourceZstd => decode_source_zstd(data, src, out),
+        K::SourceBsdiff => decode_bsdiff(data, src, out),
+        K::SourceBsdiffSparse => decode_bsdiff_sparse(data, src, out),
+        K::Zero | K::SourceCopy => Err(FormatError::invalid(
+            "operation data",
+            format!("{kind} carries no data"),
+        )),
+    }
+}
+
 /// Decodes REPLACE data: one zstd frame that must expand to exactly `out.len()` bytes.
 pub fn decode_replace(data: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
     decode_zstd_with_prefix(data, &[], out)
@@ -131,16 +153,20 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// Encodes SOURCE_BSDIFF data: `varint ctrl_len · varint diff_len ·
-/// zstd(control varints) · zstd(diff) · zstd(extra)`.
-pub fn encode_bsdiff(patch: &BsdiffPatch, level: i32) -> Vec<u8> {
+fn encode_controls(patch: &BsdiffPatch) -> Vec<u8> {
     let mut ctrl = Writer::new();
     for c in &patch.controls {
         ctrl.varint(c.add);
         ctrl.varint(c.copy);
         ctrl.varint(zigzag(c.seek));
     }
-    let ctrl = encode_replace(&ctrl.into_bytes(), level);
+    ctrl.into_bytes()
+}
+
+/// Encodes SOURCE_BSDIFF data: `varint ctrl_len · varint diff_len ·
+/// zstd(control varints) · zstd(diff) · zstd(extra)`.
+pub fn encode_bsdiff(patch: &BsdiffPatch, level: i32) -> Vec<u8> {
+    let ctrl = encode_replace(&encode_controls(patch), level);
     let diff = encode_replace(&patch.diff, level);
     let extra = encode_replace(&patch.extra, level);
     let mut w = Writer::new();
@@ -148,6 +174,49 @@ pub fn encode_bsdiff(patch: &BsdiffPatch, level: i32) -> Vec<u8> {
     w.varint(diff.len() as u64);
     w.bytes(&ctrl);
     w.bytes(&diff);
+    w.bytes(&extra);
+    w.into_bytes()
+}
+
+/// The diff stream of a bsdiff patch split into its zero runs and the bytes
+/// between them: `runs` holds varint pairs (zero bytes, then literal
+/// bytes), the last pair's literal count possibly 0; `literals` holds the
+/// literal bytes. Diff streams are mostly zeros (bytes the source already
+/// has right), and this form is both smaller once compressed and far
+/// faster to compress than the zeros themselves.
+pub fn split_zero_runs(diff: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut runs = Writer::new();
+    let mut literals = Vec::new();
+    let mut i = 0;
+    while i < diff.len() {
+        let zeros = diff[i..].iter().take_while(|&&b| b == 0).count();
+        i += zeros;
+        let lits = diff[i..].iter().take_while(|&&b| b != 0).count();
+        literals.extend_from_slice(&diff[i..i + lits]);
+        i += lits;
+        runs.varint(zeros as u64);
+        runs.varint(lits as u64);
+    }
+    (runs.into_bytes(), literals)
+}
+
+/// Encodes SOURCE_BSDIFF_SPARSE data: `varint ctrl_len · varint runs_len ·
+/// varint literals_len · zstd(control varints) · zstd(runs) ·
+/// zstd(literals) · zstd(extra)`, the diff stream split by
+/// [`split_zero_runs`].
+pub fn encode_bsdiff_sparse(patch: &BsdiffPatch, level: i32) -> Vec<u8> {
+    let (runs, literals) = split_zero_runs(&patch.diff);
+    let ctrl = encode_replace(&encode_controls(patch), level);
+    let runs = encode_replace(&runs, level);
+    let literals = encode_replace(&literals, level);
+    let extra = encode_replace(&patch.extra, level);
+    let mut w = Writer::new();
+    w.varint(ctrl.len() as u64);
+    w.varint(runs.len() as u64);
+    w.varint(literals.len() as u64);
+    w.bytes(&ctrl);
+    w.bytes(&runs);
+    w.bytes(&literals);
     w.bytes(&extra);
     w.into_bytes()
 }
@@ -225,6 +294,102 @@ impl<'a> ZstdStream<'a> {
     }
 }
 
+/// Where the bytes a bsdiff entry adds to the source come from.
+trait DiffBytes {
+    /// Adds the next `piece.len()` diff bytes to `piece`, which holds the
+    /// source bytes they apply to.
+    fn add_to(&mut self, piece: &mut [u8]) -> Result<(), FormatError>;
+    /// Fails unless every diff byte was used.
+    fn expect_end(&mut self) -> Result<(), FormatError>;
+}
+
+/// A plain diff stream: one byte per byte added.
+struct PlainDiff<'a>(ZstdStream<'a>);
+
+impl DiffBytes for PlainDiff<'_> {
+    fn add_to(&mut self, piece: &mut [u8]) -> Result<(), FormatError> {
+        let mut buf = [0u8; 4096];
+        for chunk in piece.chunks_mut(buf.len()) {
+            let d = &mut buf[..chunk.len()];
+            self.0.read_exact(d)?;
+            chunk
+                .iter_mut()
+                .zip(d.iter())
+                .for_each(|(o, d)| *o = o.wrapping_add(*d));
+        }
+        Ok(())
+    }
+    fn expect_end(&mut self) -> Result<(), FormatError> {
+        self.0.expect_end()
+    }
+}
+
+/// A diff stream split into zero runs and literal bytes ([`split_zero_runs`]).
+struct SparseDiff<'a> {
+    runs: ZstdStream<'a>,
+    literals: ZstdStream<'a>,
+    /// Zero bytes, then literal bytes, left of the current pair.
+    zeros: u64,
+    lits: u64,
+}
+
+impl SparseDiff<'_> {
+    /// Reads the next pair; a pair that covers no byte is refused (it would
+    /// let the data make the decoder spin without output).
+    fn next_pair(&mut self) -> Result<(), FormatError> {
+        let what = "bsdiff diff runs";
+        let zeros = self
+            .runs
+            .read_varint()?
+            .ok_or_else(|| FormatError::invalid(what, "end before the diff bytes do"))?;
+        let lits = self
+            .runs
+            .read_varint()?
+            .ok_or_else(|| FormatError::invalid(what, "ends inside a pair"))?;
+        if zeros == 0 && lits == 0 {
+            return Err(FormatError::invalid(what, "a pair covers no byte"));
+        }
+        (self.zeros, self.lits) = (zeros, lits);
+        Ok(())
+    }
+}
+
+impl DiffBytes for SparseDiff<'_> {
+    fn add_to(&mut self, mut piece: &mut [u8]) -> Result<(), FormatError> {
+        let mut buf = [0u8; 4096];
+        while !piece.is_empty() {
+            if self.zeros == 0 && self.lits == 0 {
+                self.next_pair()?;
+            }
+            let skip = self.zeros.min(piece.len() as u64) as usize;
+            self.zeros -= skip as u64;
+            piece = &mut piece[skip..];
+            let n = self.lits.min(piece.len() as u64).min(buf.len() as u64) as usize;
+            if n > 0 {
+                let d = &mut buf[..n];
+                self.literals.read_exact(d)?;
+                piece[..n]
+                    .iter_mut()
+                    .zip(d.iter())
+                    .for_each(|(o, d)| *o = o.wrapping_add(*d));
+                self.lits -= n as u64;
+                piece = &mut piece[n..];
+            }
+        }
+        Ok(())
+    }
+    fn expect_end(&mut self) -> Result<(), FormatError> {
+        if self.zeros != 0 || self.lits != 0 {
+            return Err(FormatError::invalid(
+                "bsdiff diff runs",
+                "cover more bytes than the entries add",
+            ));
+        }
+        self.runs.expect_end()?;
+        self.literals.expect_end()
+    }
+}
+
 /// Decodes SOURCE_BSDIFF data against `src` into exactly `out.len()` bytes.
 /// Every source read must lie within `src`; every stream must be used up exactly.
 pub fn decode_bsdiff(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
@@ -234,8 +399,38 @@ pub fn decode_bsdiff(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), Form
     let ctrl = r.take(ctrl_len, "bsdiff control stream")?;
     let diff = r.take(diff_len, "bsdiff diff stream")?;
     let extra = r.take(r.remaining() as u64, "bsdiff extra stream")?;
+    let diff = PlainDiff(ZstdStream::new(diff, "bsdiff diff stream")?);
+    decode_entries(ctrl, diff, extra, src, out)
+}
+
+/// Decodes SOURCE_BSDIFF_SPARSE data against `src` into exactly
+/// `out.len()` bytes, with the checks of [`decode_bsdiff`].
+pub fn decode_bsdiff_sparse(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    let mut r = Reader::new(data);
+    let ctrl_len = r.varint("bsdiff control length")?;
+    let runs_len = r.varint("bsdiff diff runs length")?;
+    let literals_len = r.varint("bsdiff diff literals length")?;
+    let ctrl = r.take(ctrl_len, "bsdiff control stream")?;
+    let runs = r.take(runs_len, "bsdiff diff runs")?;
+    let literals = r.take(literals_len, "bsdiff diff literals")?;
+    let extra = r.take(r.remaining() as u64, "bsdiff extra stream")?;
+    let diff = SparseDiff {
+        runs: ZstdStream::new(runs, "bsdiff diff runs")?,
+        literals: ZstdStream::new(literals, "bsdiff diff literals")?,
+        zeros: 0,
+        lits: 0,
+    };
+    decode_entries(ctrl, diff, extra, src, out)
+}
+
+fn decode_entries(
+    ctrl: &[u8],
+    mut diff: impl DiffBytes,
+    extra: &[u8],
+    src: &[u8],
+    out: &mut [u8],
+) -> Result<(), FormatError> {
     let mut ctrl = ZstdStream::new(ctrl, "bsdiff control stream")?;
-    let mut diff = ZstdStream::new(diff, "bsdiff diff stream")?;
     let mut extra = ZstdStream::new(extra, "bsdiff extra stream")?;
 
     let bad = |d: String| Err(FormatError::invalid("bsdiff control", d));
@@ -268,12 +463,8 @@ pub fn decode_bsdiff(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), Form
                 ));
             }
             let piece = &mut out[new_pos..new_pos + add];
-            diff.read_exact(piece)?;
-            let old = &src[old_pos as usize..old_pos as usize + add];
-            piece
-                .iter_mut()
-                .zip(old)
-                .for_each(|(d, s)| *d = d.wrapping_add(*s));
+            piece.copy_from_slice(&src[old_pos as usize..old_pos as usize + add]);
+            diff.add_to(piece)?;
             new_pos += add;
             old_pos += add as i64;
         }
@@ -358,18 +549,116 @@ mod tests {
             },
             extra: [&dst[6..12], &dst[34..37], &dst[39..40]].concat(),
         };
-        let data = encode_bsdiff(&patch, 3);
-        let mut out = vec![0; dst.len()];
-        decode_bsdiff(&data, &src, &mut out).unwrap();
-        assert_eq!(out, dst);
-        for cut in 0..data.len() {
+        type Enc = fn(&BsdiffPatch, i32) -> Vec<u8>;
+        type Dec = fn(&[u8], &[u8], &mut [u8]) -> Result<(), FormatError>;
+        let codecs: [(Enc, Dec); 2] = [
+            (encode_bsdiff, decode_bsdiff),
+            (encode_bsdiff_sparse, decode_bsdiff_sparse),
+        ];
+        for (encode, decode) in codecs {
+            let data = encode(&patch, 3);
             let mut out = vec![0; dst.len()];
-            assert!(
-                decode_bsdiff(&data[..cut], &src, &mut out).is_err(),
-                "cut {cut}"
-            );
+            decode(&data, &src, &mut out).unwrap();
+            assert_eq!(out, dst);
+            for cut in 0..data.len() {
+                let mut out = vec![0; dst.len()];
+                assert!(decode(&data[..cut], &src, &mut out).is_err(), "cut {cut}");
+            }
+            // A source shorter than the patch reads must be refused, not read past.
+            assert!(decode(&data, &src[..20], &mut out).is_err());
+            // One byte more or less of output than the patch makes.
+            assert!(decode(&data, &src, &mut vec![0; dst.len() + 1]).is_err());
+            assert!(decode(&data, &src, &mut vec![0; dst.len() - 1]).is_err());
         }
-        // A source shorter than the patch reads must be refused, not read past.
-        assert!(decode_bsdiff(&data, &src[..20], &mut out).is_err());
+    }
+
+    /// A patch whose diff stream has leading and trailing zeros, literal
+    /// runs longer than the decoder's buffer and zero runs that span entries.
+    fn sparse_fixture() -> (Vec<u8>, Vec<u8>, BsdiffPatch) {
+        let src: Vec<u8> = (0..30_000u32).map(|i| (i * 31 % 253) as u8).collect();
+        let mut dst = src.clone();
+        for b in &mut dst[5000..14000] {
+            *b = b.wrapping_add(3);
+        }
+        dst[20_000] ^= 0x55;
+        dst[29_999] ^= 1;
+        let diff: Vec<u8> = dst
+            .iter()
+            .zip(&src)
+            .map(|(d, s)| d.wrapping_sub(*s))
+            .collect();
+        let patch = BsdiffPatch {
+            controls: vec![
+                Control {
+                    add: 12_000,
+                    copy: 0,
+                    seek: 0,
+                },
+                Control {
+                    add: 18_000,
+                    copy: 0,
+                    seek: 0,
+                },
+            ],
+            diff,
+            extra: Vec::new(),
+        };
+        (src, dst, patch)
+    }
+
+    #[test]
+    fn sparse_diff_streams_round_trip() {
+        let (src, dst, patch) = sparse_fixture();
+        let (runs, literals) = split_zero_runs(&patch.diff);
+        assert_eq!(literals.len(), 9002);
+        assert!(runs.len() < 20, "{} bytes of runs", runs.len());
+        let data = encode_bsdiff_sparse(&patch, 3);
+        assert!(data.len() < encode_bsdiff(&patch, 3).len() + 32);
+        let mut out = vec![0; dst.len()];
+        decode_bsdiff_sparse(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        // An all-zero and an empty diff stream.
+        for diff in [vec![0u8; 100], Vec::new()] {
+            let (runs, literals) = split_zero_runs(&diff);
+            assert!(literals.is_empty());
+            assert_eq!(runs.is_empty(), diff.is_empty());
+        }
+    }
+
+    #[test]
+    fn sparse_diff_runs_that_disagree_with_the_entries_are_refused() {
+        let (src, dst, patch) = sparse_fixture();
+        let with_runs = |runs: &[u64], literals: &[u8]| {
+            let mut w = Writer::new();
+            runs.iter().for_each(|&v| w.varint(v));
+            let ctrl = encode_replace(&encode_controls(&patch), 3);
+            let runs = encode_replace(&w.into_bytes(), 3);
+            let literals = encode_replace(literals, 3);
+            let extra = encode_replace(&[], 3);
+            let mut d = Writer::new();
+            d.varint(ctrl.len() as u64);
+            d.varint(runs.len() as u64);
+            d.varint(literals.len() as u64);
+            d.bytes(&ctrl);
+            d.bytes(&runs);
+            d.bytes(&literals);
+            d.bytes(&extra);
+            let mut out = vec![0; dst.len()];
+            decode_bsdiff_sparse(&d.into_bytes(), &src, &mut out).map(|()| out)
+        };
+        // Exactly the bytes: all zeros (every diff byte 0) decodes to the source.
+        assert_eq!(with_runs(&[30_000, 0], &[]).unwrap(), src);
+        for (runs, literals, why) in [
+            (&[0u64, 0, 30_000, 0][..], &[][..], "covers no byte"),
+            (&[29_999, 0], &[], "end before"),
+            (&[30_001, 0], &[], "more bytes than"),
+            (&[29_999, 1], &[], "bsdiff diff literals"),
+            (&[29_999, 1], &[1, 1], "bsdiff diff literals"),
+            (&[30_000], &[], "inside a pair"),
+            (&[30_000, 0, 0], &[], "trailing"),
+        ] {
+            let e = with_runs(runs, literals).unwrap_err().to_string();
+            assert!(e.contains(why), "{runs:?}: {e}");
+        }
     }
 }

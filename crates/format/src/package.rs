@@ -1,7 +1,7 @@
 //! The package container: header · manifest · signatures · data.
 
 use crate::limits::{MAX_MANIFEST_LEN, MAX_SIGNATURES_LEN};
-use crate::{Digest, FormatError, Manifest, Reader, Writer, FORMAT_VERSION};
+use crate::{Digest, FormatError, Manifest, Reader, Writer, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 
 /// The first eight bytes of every package.
 pub const MAGIC: [u8; 8] = *b"ROMDELTA";
@@ -35,17 +35,18 @@ impl Header {
             return Err(FormatError::BadMagic);
         }
         let version = r.u32_le("format version")?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion {
                 found: version,
-                supported: FORMAT_VERSION,
+                oldest: OLDEST_FORMAT_VERSION,
+                newest: FORMAT_VERSION,
             });
         }
         let flags = r.u32_le("header flags")?;
         if flags != 0 {
             return Err(FormatError::invalid(
                 "header flags",
-                format!("{flags:#x} (no flags are defined in version {FORMAT_VERSION})"),
+                format!("{flags:#x} (no flags are defined in version {version})"),
             ));
         }
         let manifest_len = r.u64_le("manifest length")?;
@@ -244,6 +245,16 @@ impl<'a> Package<'a> {
     ) -> Result<(Manifest, Vec<Signature>), FormatError> {
         header.check_checksum(manifest_bytes, sig_bytes)?;
         let manifest = Manifest::decode(manifest_bytes)?;
+        let needs = manifest.format_version();
+        if needs > header.version {
+            return Err(FormatError::invalid(
+                "manifest",
+                format!(
+                    "uses operation kinds of format version {needs}, the header says version {}",
+                    header.version
+                ),
+            ));
+        }
         if manifest.data_len != header.data_len {
             return Err(FormatError::invalid(
                 "manifest",
@@ -259,15 +270,26 @@ impl<'a> Package<'a> {
 
     /// Assembles the bytes that precede the data section.
     pub fn encode_prefix(manifest: &Manifest, signatures: &[Signature]) -> Vec<u8> {
-        Self::encode_prefix_bytes(&manifest.encode(), manifest.data_len, signatures)
+        Self::encode_prefix_bytes(
+            manifest.format_version(),
+            &manifest.encode(),
+            manifest.data_len,
+            signatures,
+        )
     }
 
     /// Assembles the bytes that precede the data section around manifest
-    /// bytes already encoded (the very bytes the signatures were made over).
-    pub fn encode_prefix_bytes(m: &[u8], data_len: u64, signatures: &[Signature]) -> Vec<u8> {
+    /// bytes already encoded (the very bytes the signatures were made over),
+    /// with format `version` (the manifest's [`Manifest::format_version`]).
+    pub fn encode_prefix_bytes(
+        version: u32,
+        m: &[u8],
+        data_len: u64,
+        signatures: &[Signature],
+    ) -> Vec<u8> {
         let s = Signature::encode_all(signatures);
         let mut header = Header {
-            version: FORMAT_VERSION,
+            version,
             manifest_len: m.len() as u64,
             signatures_len: s.len() as u64,
             data_len,
