@@ -90,6 +90,9 @@ impl Fixture {
             let path = dir.path().join(name);
             let opts = romdelta_diff::DiffOptions {
                 level: 3,
+                // Regions as the sweeps were sized for (≥ 200 distinct
+                // power-cut points), whatever the generator's default.
+                gap_blocks: 32,
                 in_place,
                 source_build: old_build.clone(),
                 target_build: new_build.clone(),

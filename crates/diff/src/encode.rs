@@ -174,7 +174,7 @@ pub fn target_bytes(dst: &Partition, region: Region) -> Vec<u8> {
 
 /// Encodes one region and keeps the smallest result. Every encoder first
 /// runs at a cheap trial level; the candidates close to the best trial
-/// (within 25%) are then encoded at the final level and the smallest wins (ties go to the
+/// (within 10%) are then encoded at the final level and the smallest wins (ties go to the
 /// cheaper one to apply: REPLACE, SOURCE_ZSTD, SOURCE_BSDIFF_SPARSE). bsdiff is
 /// tried only where the source evidently helps: its matcher is slow on
 /// unrelated data and would lose there anyway.

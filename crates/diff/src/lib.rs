@@ -57,7 +57,10 @@ pub struct DiffOptions {
     pub level: i32,
     /// Most target blocks in one changed region (one operation).
     pub region_blocks: u64,
-    /// Encoder tuning.
+    /// Source blocks read on each side of the span a candidate alignment
+    /// covers (0: the span alone, so the window budget goes to further
+    /// alignments instead; on the corpus pair that is 1.2% smaller and a
+    /// fifth faster than 64).
     pub margin_blocks: u64,
     /// Most source blocks one region reads.
     pub max_src_blocks: u64,
@@ -102,17 +105,17 @@ impl Default for DiffOptions {
         DiffOptions {
             level: 19,
             region_blocks: 512,
-            margin_blocks: 64,
+            margin_blocks: 0,
             max_src_blocks: 2048,
             min_src_blocks: 128,
             src_per_dst_block: 4,
             copy_op_blocks: 4096,
             batch_regions: 64,
-            gap_blocks: 32,
+            gap_blocks: 64,
             trial_level: 7,
             anchors: true,
             trim_slack_blocks: 2,
-            band_percent: 25,
+            band_percent: 10,
             signing_keys: Vec::new(),
             target_build: BuildInfo::default(),
             source_build: BuildInfo::default(),
