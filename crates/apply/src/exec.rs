@@ -456,7 +456,13 @@ impl Plan<'_> {
 /// Syncs the written image `o` and checks it is partition `p`'s new image.
 pub(crate) fn sync_and_verify(o: &Output, p: &PartitionUpdate) -> Result<(), ApplyError> {
     o.file.sync().map_err(ApplyError::io(&o.path))?;
-    let actual = romdelta_rom::sha256_read(p.new.size, |b, off| o.file.read_at(b, off))
+    // Holes (ZERO ranges left unwritten in a fresh image) are hashed as the
+    // zeros they read as, without reading them back.
+    let runs = o
+        .file
+        .data_runs(p.new.size)
+        .map_err(ApplyError::io(&o.path))?;
+    let actual = romdelta_rom::sha256_runs(p.new.size, &runs, |b, off| o.file.read_at(b, off))
         .map_err(ApplyError::io(&o.path))?;
     if actual != p.new.sha256 {
         return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));

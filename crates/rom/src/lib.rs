@@ -478,6 +478,44 @@ pub fn sha256_file(file: &File, size: u64) -> std::io::Result<romdelta_format::D
     sha256_read(size, |buf, pos| file.read_exact_at(buf, pos))
 }
 
+/// SHA-256 of the first `size` bytes of a file whose bytes outside `runs`
+/// (sorted, disjoint `(offset, length)` ranges, as
+/// `StorageFile::data_runs` gives them) are known to be zeros: only the
+/// runs are read through `read(buf, offset)`; the holes are hashed as zeros
+/// without reading them (on a fresh image, its unwritten ZERO ranges).
+pub fn sha256_runs(
+    size: u64,
+    runs: &[(u64, u64)],
+    mut read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<romdelta_format::Digest> {
+    use sha2::Digest as _;
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut h = sha2::Sha256::new();
+    let zeros = |h: &mut sha2::Sha256, mut n: u64| {
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            h.update(&ZEROS[..k]);
+            n -= k as u64;
+        }
+    };
+    let mut buf = vec![0u8; READ_CHUNK.min(size as usize)];
+    let mut pos = 0u64;
+    for &(start, len) in runs {
+        let start = start.clamp(pos, size);
+        let end = start.saturating_add(len).min(size);
+        zeros(&mut h, start - pos);
+        pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            read(&mut buf[..n], pos)?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    zeros(&mut h, size - pos);
+    Ok(h.finalize().into())
+}
+
 /// SHA-256 of `size` bytes read through `read(buf, offset)` into a 1 MiB buffer.
 pub fn sha256_read(
     size: u64,
@@ -750,6 +788,34 @@ impl Rom {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashing_with_holes_equals_hashing_every_byte() {
+        let size = 3 * READ_CHUNK as u64 + 12345;
+        let mut bytes = vec![0u8; size as usize];
+        let runs = [(5u64, 10u64), (1 << 20, 3 << 19), (size - 7, 7)];
+        for &(o, n) in &runs {
+            for (i, b) in bytes[o as usize..(o + n) as usize].iter_mut().enumerate() {
+                *b = (i % 251) as u8 + 1;
+            }
+        }
+        let read = |buf: &mut [u8], off: u64| {
+            buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+            Ok(())
+        };
+        let whole = sha256_read(size, read).unwrap();
+        assert_eq!(whole, romdelta_format::sha256(&bytes));
+        assert_eq!(sha256_runs(size, &runs, read).unwrap(), whole);
+        assert_eq!(sha256_runs(size, &[(0, size)], read).unwrap(), whole);
+        // Runs past the end are cut at it; no runs at all hash zeros.
+        assert_eq!(
+            sha256_runs(size, &[(5, 10), (1 << 20, 3 << 19), (size - 7, 100)], read).unwrap(),
+            whole
+        );
+        let zeros = vec![0u8; size as usize];
+        let none = sha256_runs(size, &[], |_, _| panic!("nothing to read")).unwrap();
+        assert_eq!(none, romdelta_format::sha256(&zeros));
+    }
 
     #[test]
     fn released_pieces_read_back_the_same_bytes() {
