@@ -107,3 +107,92 @@ fn bench_runs_romdelta_alone_on_rom_directories() {
         rows[1]
     );
 }
+
+/// Whether a missing peer fails the test: CI sets ROMDELTA_REQUIRE_TOOLS=1
+/// after `scripts/install-peers.sh hdiffz`.
+fn require_tools() -> bool {
+    std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_some()
+}
+
+/// `romdelta bench --peers hdiffz` on the tiny pair, with `env` added to
+/// the environment; returns the hdiffz row.
+fn hdiffz_row(dir: &std::path::Path, env: &[(&str, std::ffi::OsString)]) -> serde_json::Value {
+    let (a, b) = tiny_pair(dir);
+    let out = dir.join("out");
+    let mut cmd = romdelta();
+    cmd.arg("bench")
+        .args([&a, &b])
+        .args(["--peers", "hdiffz", "--timeout", "120"])
+        .args(["--romdelta-args", "--level 3", "--keep-caches", "--out"])
+        .arg(&out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.assert().success();
+    let v = results(&out);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["tool"], "romdelta");
+    assert_eq!(rows[1]["tool"], "hdiffz");
+    assert_eq!(
+        rows[1]["label"],
+        "HDiffPatch native (`hdiffz -m-6 -SD -c-zstd-21-24 -p-2`)"
+    );
+    rows[1].clone()
+}
+
+#[test]
+fn bench_runs_native_hdiffpatch_exactly_when_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = hdiffz_row(dir.path(), &[]);
+    if row["status"] == "missing" {
+        let note = row["note"].as_str().unwrap();
+        assert!(
+            !require_tools(),
+            "hdiffz/hpatchz are required (scripts/install-peers.sh hdiffz): {note}"
+        );
+        eprintln!("skipping: {note}");
+        return;
+    }
+    assert_eq!(row["status"], "ok", "{row}");
+    assert_eq!(row["exact"], true, "{row}");
+    assert!(row["patch_bytes"].as_u64().unwrap() < 1 << 20, "{row}");
+    let diff = row["diff_command"].as_str().unwrap();
+    assert!(
+        diff.contains("hdiffz -m-6 -SD -c-zstd-21-24 -p-2 -f "),
+        "{diff}"
+    );
+    let apply = row["apply_command"].as_str().unwrap();
+    assert!(apply.contains("hpatchz -f "), "{apply}");
+}
+
+#[test]
+fn bench_reports_native_hdiffpatch_missing_when_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // PATH without any directory that holds hdiffz or hpatchz, and a cache
+    // directory where scripts/install-peers.sh has built nothing.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<_> = std::env::split_paths(&path)
+        .filter(|d| !d.join("hdiffz").exists() && !d.join("hpatchz").exists())
+        .collect();
+    let env = [
+        ("PATH", std::env::join_paths(kept).unwrap()),
+        ("XDG_CACHE_HOME", cache.clone().into_os_string()),
+    ];
+    let row = hdiffz_row(dir.path(), &env);
+    assert_eq!(row["status"], "missing", "{row}");
+    let note = row["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("missing: install with scripts/install-peers.sh"),
+        "{note}"
+    );
+    let bin = cache.join("romdelta-peers/hdiffpatch-2.6.0/bin");
+    assert!(
+        note.contains(&format!(
+            "hdiffz, hpatchz not found on PATH or in {}",
+            bin.display()
+        )),
+        "{note}"
+    );
+}

@@ -236,7 +236,7 @@ pub enum Command {
         source: PathBuf,
         /// The target image (or directory of NAME.img images).
         target: PathBuf,
-        /// `all`, or a comma list of romdelta,bsdiff,xdelta3,zstd19,zstd22,hdiffpatch.
+        /// `all`, or a comma list of romdelta,bsdiff,xdelta3,zstd19,zstd22,hdiffpatch,hdiffz (HDiffPatch's own hdiffz/hpatchz; scripts/install-peers.sh builds them).
         #[arg(long, default_value = "all", value_name = "LIST")]
         peers: String,
         /// Where results.md, results.json, chart.png and the job logs go.

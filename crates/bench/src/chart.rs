@@ -74,6 +74,7 @@ fn colour(t: crate::Tool) -> RGBColor {
         crate::Tool::Zstd19 => RGBColor(30, 150, 60),
         crate::Tool::Zstd22 => RGBColor(20, 90, 40),
         crate::Tool::HDiffPatch => RGBColor(140, 50, 170),
+        crate::Tool::Hdiffz => RGBColor(210, 120, 20),
     }
 }
 

@@ -61,11 +61,15 @@ pub struct Config {
     pub prefix_bytes: u64,
     /// The Python interpreter that runs the HDiffPatch driver.
     pub python: String,
+    /// Where HDiffPatch's own `hdiffz` and `hpatchz` are looked for, in order.
+    pub hdiffz_dirs: Vec<PathBuf>,
 }
 
 impl Config {
     /// A configuration with the defaults: every tool, `bench-out`, one hour
-    /// per job, 2 threads, caches dropped, 256 MiB prefixes, `python3`.
+    /// per job, 2 threads, caches dropped, 256 MiB prefixes, `python3`,
+    /// `hdiffz`/`hpatchz` looked for on `PATH` and then where
+    /// `scripts/install-peers.sh` builds them ([`tools::hdiffz_dirs`]).
     pub fn new(romdelta: PathBuf, source: PathBuf, target: PathBuf) -> Self {
         Config {
             romdelta,
@@ -79,6 +83,7 @@ impl Config {
             drop_caches: true,
             prefix_bytes: PREFIX_BYTES,
             python: "python3".into(),
+            hdiffz_dirs: tools::hdiffz_dirs(),
         }
     }
 }
@@ -215,7 +220,7 @@ impl Runner<'_> {
         let cfg = self.cfg;
         let mut row = Row::new(tool, cfg.threads, pair.input, pair.target_rom.bytes);
         if tool != Tool::Romdelta {
-            if let Some(why) = tool.missing(&cfg.python) {
+            if let Some(why) = tool.missing(&cfg.python, &cfg.hdiffz_dirs) {
                 row.status = Status::Missing;
                 row.note = format!("{MISSING_NOTE} ({why})");
                 return Ok(row);
@@ -252,12 +257,18 @@ impl Runner<'_> {
             output: &output,
             source_bytes: pair.source_rom_bytes,
         };
+        let native = |name: &str| {
+            tools::find_in_dirs(name, &cfg.hdiffz_dirs).unwrap_or_else(|| PathBuf::from(name))
+        };
+        let (hdiffz, hpatchz) = (native("hdiffz"), native("hpatchz"));
         let settings = tools::ToolSettings {
             romdelta: &cfg.romdelta,
             threads: cfg.threads,
             romdelta_args: &cfg.romdelta_args,
             python: &cfg.python,
             hdiffpatch_driver: &self.driver,
+            hdiffz: &hdiffz,
+            hpatchz: &hpatchz,
         };
         let diff = tool.diff_command(&paths, &settings);
         let apply = tool.apply_command(&paths, &settings);
@@ -306,7 +317,6 @@ impl Runner<'_> {
     }
 }
 
-/// Writes the first `bytes` bytes of `from` into `to`.
 /// Marks `row` as timed out or failed in its `what` job (diff or apply),
 /// with the last line of the job's log as the reason.
 fn mark_failed(row: &mut Row, what: &str, exit: measure::Exit, timeout: Duration, log: &Path) {
@@ -321,6 +331,7 @@ fn mark_failed(row: &mut Row, what: &str, exit: measure::Exit, timeout: Duration
     };
 }
 
+/// Writes the first `bytes` bytes of `from` into `to`.
 fn write_prefix(from: &Path, to: &Path, bytes: u64) -> anyhow::Result<()> {
     use std::io::Read as _;
     let mut src = File::open(from)

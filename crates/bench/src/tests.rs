@@ -96,6 +96,11 @@ fn peers_parse() {
         Tool::parse_list("zstd19, romdelta,xdelta3,zstd19").unwrap(),
         vec![Tool::Romdelta, Tool::Xdelta3, Tool::Zstd19]
     );
+    assert_eq!(
+        Tool::parse_list("hdiffz,hdiffpatch").unwrap(),
+        vec![Tool::HDiffPatch, Tool::Hdiffz]
+    );
+    assert!(Tool::parse_list("all").unwrap().contains(&Tool::Hdiffz));
     assert!(Tool::parse_list("bsdiff,nope").is_err());
     assert!(Tool::parse_list("").is_err());
 }
@@ -260,4 +265,124 @@ fn unfinished_peers_rerun_on_prefixes_and_missing_ones_are_reported() {
     }
     let md = std::fs::read_to_string(cfg.out_dir.join("results.md")).unwrap();
     assert_eq!(md, r.to_markdown());
+}
+
+#[test]
+fn native_hdiffpatch_commands_are_those_its_users_run() {
+    let p = tools::JobPaths {
+        source: "/s/old.img".as_ref(),
+        target: "/s/new.img".as_ref(),
+        patch: "/w/hdiffz-full.patch".as_ref(),
+        output: "/w/hdiffz-full.out".as_ref(),
+        source_bytes: 1 << 20,
+    };
+    let s = tools::ToolSettings {
+        romdelta: "romdelta".as_ref(),
+        threads: 2,
+        romdelta_args: &[],
+        python: "python3",
+        hdiffpatch_driver: "driver.py".as_ref(),
+        hdiffz: "/c/bin/hdiffz".as_ref(),
+        hpatchz: "/c/bin/hpatchz".as_ref(),
+    };
+    assert_eq!(
+        tools::describe(&Tool::Hdiffz.diff_command(&p, &s)),
+        "/c/bin/hdiffz -m-6 -SD -c-zstd-21-24 -p-2 -f /s/old.img /s/new.img /w/hdiffz-full.patch"
+    );
+    assert_eq!(
+        tools::describe(&Tool::Hdiffz.apply_command(&p, &s)),
+        "sh -c '\"$@\" && sync' sh /c/bin/hpatchz -f /s/old.img /w/hdiffz-full.patch /w/hdiffz-full.out"
+    );
+    assert_eq!(
+        Tool::Hdiffz.label(2),
+        "HDiffPatch native (`hdiffz -m-6 -SD -c-zstd-21-24 -p-2`)"
+    );
+    assert_ne!(Tool::Hdiffz.label(2), Tool::HDiffPatch.label(2));
+    if let Some(cache) = tools::hdiffz_cache_bin() {
+        assert!(cache.ends_with("romdelta-peers/hdiffpatch-2.6.0/bin"));
+        assert_eq!(tools::hdiffz_dirs().last(), Some(&cache));
+    }
+}
+
+/// A stand-in for `hdiffz -m-6 -SD -c-zstd-21-24 -p-2 -f OLD NEW PATCH`:
+/// the patch is a copy of NEW; any other options fail.
+const FAKE_HDIFFZ: &str = r#"#!/bin/sh
+[ "$1 $2 $3 $4 $5" = "-m-6 -SD -c-zstd-21-24 -p-2 -f" ] || exit 2
+cp "$7" "$8"
+"#;
+
+/// A stand-in for `hpatchz -f OLD PATCH OUT`: the output is a copy of PATCH.
+const FAKE_HPATCHZ: &str = "#!/bin/sh\n[ \"$1\" = -f ] || exit 2\ncp \"$3\" \"$4\"\n";
+
+#[test]
+fn native_hdiffpatch_is_found_in_its_dirs_or_reported_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a.img"), d.join("b.img"));
+    std::fs::write(&a, vec![5u8; 100_000]).unwrap();
+    std::fs::write(&b, vec![6u8; 90_000]).unwrap();
+    script(&d.join("romdelta"), FAKE_ROMDELTA);
+    let (empty, bin, half) = (d.join("empty"), d.join("bin"), d.join("half"));
+    for sub in [&empty, &bin, &half] {
+        std::fs::create_dir(sub).unwrap();
+    }
+    script(&bin.join("hdiffz"), FAKE_HDIFFZ);
+    script(&bin.join("hpatchz"), FAKE_HPATCHZ);
+    script(&half.join("hdiffz"), FAKE_HDIFFZ);
+
+    let mut cfg = Config::new(d.join("romdelta"), a, b);
+    cfg.tools = vec![Tool::Hdiffz];
+    cfg.out_dir = d.join("out");
+    cfg.timeout = Duration::from_secs(60);
+    cfg.drop_caches = false;
+    // Searched in order, past a directory without them.
+    cfg.hdiffz_dirs = vec![empty.clone(), bin.clone()];
+    let r = run(&cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.rows.len(), 2);
+    let row = &r.rows[1];
+    assert_eq!(
+        (row.tool, row.status),
+        (Tool::Hdiffz, Status::Ok),
+        "{row:?}"
+    );
+    assert_eq!(row.exact, Some(true));
+    assert_eq!(row.patch_bytes, Some(90_000));
+    let diff = row.diff_command.as_deref().unwrap();
+    assert!(
+        diff.starts_with(&format!("{} -m-6 -SD", bin.join("hdiffz").display())),
+        "{diff}"
+    );
+    let apply = row.apply_command.as_deref().unwrap();
+    assert!(
+        apply.contains(&format!("{} -f ", bin.join("hpatchz").display())),
+        "{apply}"
+    );
+    assert!(r.to_markdown().contains(
+        "| HDiffPatch native (`hdiffz -m-6 -SD -c-zstd-21-24 -p-2`) | full pair | 90,000 |"
+    ));
+
+    // hpatchz missing: a missing row saying which, and no rerun.
+    cfg.hdiffz_dirs = vec![half.clone()];
+    let r = run(&cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.rows.len(), 2);
+    assert_eq!(r.rows[1].status, Status::Missing);
+    assert!(r.rows[1].note.starts_with(MISSING_NOTE), "{:?}", r.rows[1]);
+    assert!(
+        r.rows[1].note.contains("(hpatchz not found in "),
+        "{:?}",
+        r.rows[1]
+    );
+
+    // Neither anywhere.
+    cfg.hdiffz_dirs = vec![empty];
+    let r = run(&cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.rows[1].status, Status::Missing);
+    assert!(
+        r.rows[1].note.contains("hdiffz, hpatchz not found"),
+        "{:?}",
+        r.rows[1]
+    );
+    assert!(r
+        .to_markdown()
+        .contains("| HDiffPatch native (`hdiffz -m-6 -SD -c-zstd-21-24 -p-2`) | full pair | – |"));
 }

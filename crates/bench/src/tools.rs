@@ -22,17 +22,21 @@ pub enum Tool {
     Zstd22,
     /// HDiffPatch through the PyPI package `hdiffpatch` (zstd level 21, window 2^24).
     HDiffPatch,
+    /// HDiffPatch's own command-line tools, as its users run them:
+    /// `hdiffz -m-6 -SD -c-zstd-21-24 -p-2` and `hpatchz`.
+    Hdiffz,
 }
 
 impl Tool {
     /// Every tool, in the order of the table.
-    pub const ALL: [Tool; 6] = [
+    pub const ALL: [Tool; 7] = [
         Tool::Romdelta,
         Tool::Bsdiff,
         Tool::Xdelta3,
         Tool::Zstd19,
         Tool::Zstd22,
         Tool::HDiffPatch,
+        Tool::Hdiffz,
     ];
 
     /// The name `--peers` takes.
@@ -44,6 +48,7 @@ impl Tool {
             Tool::Zstd19 => "zstd19",
             Tool::Zstd22 => "zstd22",
             Tool::HDiffPatch => "hdiffpatch",
+            Tool::Hdiffz => "hdiffz",
         }
     }
 
@@ -55,7 +60,10 @@ impl Tool {
             Tool::Xdelta3 => "`xdelta3 -9 -S djw -B <source size>`".into(),
             Tool::Zstd19 => "`zstd -19 --long=31 --patch-from -T2`".into(),
             Tool::Zstd22 => "`zstd --ultra -22 --long=31 --patch-from -T2`".into(),
-            Tool::HDiffPatch => "HDiffPatch (`hdiffz -m-6 -c-zstd-21-24`)".into(),
+            Tool::HDiffPatch => {
+                "HDiffPatch (`hdiffz -m-6 -c-zstd-21-24`, PyPI `hdiffpatch`)".into()
+            }
+            Tool::Hdiffz => "HDiffPatch native (`hdiffz -m-6 -SD -c-zstd-21-24 -p-2`)".into(),
         }
     }
 
@@ -86,10 +94,32 @@ impl Tool {
         Ok(tools)
     }
 
-    /// Why the tool cannot run on this machine, if it cannot.
-    pub fn missing(self, python: &str) -> Option<String> {
+    /// Why the tool cannot run on this machine, if it cannot: `python` is
+    /// the interpreter of the `hdiffpatch` peer, `dirs` where the `hdiffz`
+    /// peer's executables are looked for.
+    pub fn missing(self, python: &str, dirs: &[PathBuf]) -> Option<String> {
+        if self == Tool::Hdiffz {
+            let absent: Vec<&str> = ["hdiffz", "hpatchz"]
+                .into_iter()
+                .filter(|b| find_in_dirs(b, dirs).is_none())
+                .collect();
+            if absent.is_empty() {
+                return None;
+            }
+            let place = match hdiffz_cache_bin() {
+                // The usual search: name PATH rather than spell it out.
+                Some(cache) if dirs == hdiffz_dirs() => {
+                    format!("on PATH or in {}", cache.display())
+                }
+                _ => {
+                    let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+                    format!("in {}", dirs.join(":"))
+                }
+            };
+            return Some(format!("{} not found {place}", absent.join(", ")));
+        }
         let need: &[&str] = match self {
-            Tool::Romdelta => &[],
+            Tool::Romdelta | Tool::Hdiffz => &[],
             Tool::Bsdiff => &["bsdiff", "bspatch"],
             Tool::Xdelta3 => &["xdelta3"],
             Tool::Zstd19 | Tool::Zstd22 => &["zstd"],
@@ -119,21 +149,51 @@ impl Tool {
     }
 }
 
+/// Whether `p` is a file with an execute bit.
+fn is_exe(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
 /// The executable `name` as the shell would find it on `PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let is_exe = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
     if name.contains('/') {
         let p = PathBuf::from(name);
         return is_exe(&p).then_some(p);
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| is_exe(p))
+    find_in_dirs(
+        name,
+        &std::env::split_paths(&std::env::var_os("PATH")?).collect::<Vec<_>>(),
+    )
+}
+
+/// The executable `name` in the first of `dirs` that holds one.
+pub fn find_in_dirs(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter().map(|dir| dir.join(name)).find(|p| is_exe(p))
+}
+
+/// Where `scripts/install-peers.sh` builds HDiffPatch's `hdiffz` and
+/// `hpatchz` into: `${XDG_CACHE_HOME:-$HOME/.cache}/romdelta-peers/hdiffpatch-2.6.0/bin`
+/// (none without either variable).
+pub fn hdiffz_cache_bin() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    let cache = match var("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(var("HOME")?).join(".cache"),
+    };
+    Some(cache.join("romdelta-peers/hdiffpatch-2.6.0/bin"))
+}
+
+/// Where the `hdiffz` peer's executables are looked for, in order: the
+/// directories of `PATH`, then [`hdiffz_cache_bin`].
+pub fn hdiffz_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(hdiffz_cache_bin());
+    dirs
 }
 
 /// Everything a tool's commands need to know.
@@ -162,6 +222,10 @@ pub struct ToolSettings<'a> {
     pub python: &'a str,
     /// The HDiffPatch driver script.
     pub hdiffpatch_driver: &'a Path,
+    /// HDiffPatch's `hdiffz` executable.
+    pub hdiffz: &'a Path,
+    /// HDiffPatch's `hpatchz` executable.
+    pub hpatchz: &'a Path,
 }
 
 /// The smallest `-B` xdelta3 accepts is far below any image; larger is a
@@ -229,6 +293,16 @@ impl Tool {
                 c.arg(s.hdiffpatch_driver)
                     .arg("diff")
                     .args([src, tgt, patch]);
+                c
+            }
+            Tool::Hdiffz => {
+                // -m-6: all in memory, match score 6; -SD: one compressed
+                // stream (step size 256 KiB); zstd level 21, window 2^24;
+                // two threads. hdiffz checks the patch by applying it, as it
+                // does unless given -d. -f: overwrite (the harness removes
+                // the patch first anyway).
+                let mut c = cmd(s.hdiffz, &["-m-6", "-SD", "-c-zstd-21-24", "-p-2", "-f"]);
+                c.args([src, tgt, patch]);
                 c
             }
         }
@@ -308,6 +382,13 @@ impl Tool {
                     out,
                     patch,
                 ] {
+                    push(a);
+                }
+            }
+            Tool::Hdiffz => {
+                // hpatchz's defaults: the source streamed through an 8 MiB
+                // cache, one thread. -f: overwrite.
+                for a in [s.hpatchz.as_os_str(), "-f".as_ref(), src, patch, out] {
                     push(a);
                 }
             }
