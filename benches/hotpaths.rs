@@ -54,7 +54,12 @@ fn bsdiff_encoders(c: &mut Criterion) {
     let mut g = c.benchmark_group("bsdiff_encode_2MiB");
     g.throughput(Throughput::Bytes(new.len() as u64));
     g.sample_size(10);
-    // The chosen one: libsais suffix array + bsdiff scan, streams zstd -19.
+    // The chosen one: libsais suffix array + bsdiff scan, streams zstd -19
+    // with the diff stream as zero runs and literals (SOURCE_BSDIFF_SPARSE);
+    // and the same with the plain diff stream (SOURCE_BSDIFF).
+    g.bench_function("romdelta_libsais_sparse", |b| {
+        b.iter(|| ops::encode_bsdiff_sparse(&romdelta_diff::bsdiff::diff(&old, &new), 19))
+    });
     g.bench_function("romdelta_libsais", |b| {
         b.iter(|| ops::encode_bsdiff(&romdelta_diff::bsdiff::diff(&old, &new), 19))
     });
@@ -106,7 +111,9 @@ fn apply_ops(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(new.len() as u64));
     let replace = ops::encode_replace(&new, 19);
     let source_zstd = ops::encode_source_zstd(&old, &new, 19);
-    let bsdiff = ops::encode_bsdiff(&romdelta_diff::bsdiff::diff(&old, &new), 19);
+    let patch = romdelta_diff::bsdiff::diff(&old, &new);
+    let bsdiff = ops::encode_bsdiff(&patch, 19);
+    let sparse = ops::encode_bsdiff_sparse(&patch, 19);
     let mut out = vec![0; new.len()];
     g.bench_function("REPLACE", |b| {
         b.iter(|| ops::decode_replace(&replace, &mut out).unwrap())
@@ -116,6 +123,9 @@ fn apply_ops(c: &mut Criterion) {
     });
     g.bench_function("SOURCE_BSDIFF", |b| {
         b.iter(|| ops::decode_bsdiff(&bsdiff, &old, &mut out).unwrap())
+    });
+    g.bench_function("SOURCE_BSDIFF_SPARSE", |b| {
+        b.iter(|| ops::decode_bsdiff_sparse(&sparse, &old, &mut out).unwrap())
     });
     g.bench_function("SOURCE_COPY_sha256_and_copy", |b| {
         b.iter(|| {

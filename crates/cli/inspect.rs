@@ -212,7 +212,7 @@ pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
         }
         for k in &p.by_kind {
             say!(
-                "  {:<14} {:>7} ops {:>10} blocks {:>12} data",
+                "  {:<20} {:>7} ops {:>10} blocks {:>12} data",
                 k.kind.name(),
                 k.operations,
                 k.blocks,
