@@ -179,9 +179,22 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
     out
 }
 
+/// Splits an operation-data seed (`op_decoders`, `payload_ops`): kind byte,
+/// u16le destination length, u16le source length, source, data.
+fn split_op_input(bytes: &[u8]) -> (usize, Vec<u8>, &[u8], &[u8]) {
+    let dst_len = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
+    let src_len = u16::from_le_bytes([bytes[3], bytes[4]]) as usize;
+    let (src, data) = bytes[5..].split_at(src_len);
+    (bytes[0] as usize, vec![0; dst_len], src, data)
+}
+
 /// Checks a committed payload seed (or operation data seed).
 fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
     use romdelta_format::payload::{ops, Payload, PayloadOpKind as K};
+    if target == "payload_parse" {
+        return Payload::parse(bytes).map(|_| ()).map_err(|e| e.to_string());
+    }
+    let (kind, mut out, src, data) = split_op_input(bytes);
     if target == "op_decoders" {
         use romdelta_format::OpKind;
         let kind = [
@@ -189,15 +202,8 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
             OpKind::SourceZstd,
             OpKind::SourceBsdiff,
             OpKind::SourceBsdiffSparse,
-        ][bytes[0] as usize % 4];
-        let dst_len = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
-        let src_len = u16::from_le_bytes([bytes[3], bytes[4]]) as usize;
-        let (src, data) = bytes[5..].split_at(src_len);
-        let mut out = vec![0; dst_len];
+        ][kind % 4];
         return romdelta_format::ops::decode(kind, data, src, &mut out).map_err(|e| e.to_string());
-    }
-    if target == "payload_parse" {
-        return Payload::parse(bytes).map(|_| ()).map_err(|e| e.to_string());
     }
     let kind = [
         K::Replace,
@@ -206,11 +212,7 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
         K::ReplaceZstd,
         K::SourceBsdiff,
         K::BrotliBsdiff,
-    ][bytes[0] as usize % 6];
-    let dst_len = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
-    let src_len = u16::from_le_bytes([bytes[3], bytes[4]]) as usize;
-    let (src, data) = bytes[5..].split_at(src_len);
-    let mut out = vec![0; dst_len];
+    ][kind % 6];
     if kind.is_replace() {
         ops::decode_replace(kind, data, &mut out).map(|_| ())
     } else {

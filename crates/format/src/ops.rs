@@ -163,19 +163,24 @@ fn encode_controls(patch: &BsdiffPatch) -> Vec<u8> {
     ctrl.into_bytes()
 }
 
+/// Lays out compressed streams as the bsdiff kinds store them: the length
+/// of every stream but the last as a varint, then the streams.
+fn join_streams(streams: &[&[u8]]) -> Vec<u8> {
+    let mut w = Writer::new();
+    if let Some((_, lengths)) = streams.split_last() {
+        lengths.iter().for_each(|s| w.varint(s.len() as u64));
+    }
+    streams.iter().for_each(|s| w.bytes(s));
+    w.into_bytes()
+}
+
 /// Encodes SOURCE_BSDIFF data: `varint ctrl_len · varint diff_len ·
 /// zstd(control varints) · zstd(diff) · zstd(extra)`.
 pub fn encode_bsdiff(patch: &BsdiffPatch, level: i32) -> Vec<u8> {
     let ctrl = encode_replace(&encode_controls(patch), level);
     let diff = encode_replace(&patch.diff, level);
     let extra = encode_replace(&patch.extra, level);
-    let mut w = Writer::new();
-    w.varint(ctrl.len() as u64);
-    w.varint(diff.len() as u64);
-    w.bytes(&ctrl);
-    w.bytes(&diff);
-    w.bytes(&extra);
-    w.into_bytes()
+    join_streams(&[&ctrl, &diff, &extra])
 }
 
 /// The diff stream of a bsdiff patch split into its zero runs and the bytes
@@ -210,15 +215,7 @@ pub fn encode_bsdiff_sparse(patch: &BsdiffPatch, level: i32) -> Vec<u8> {
     let runs = encode_replace(&runs, level);
     let literals = encode_replace(&literals, level);
     let extra = encode_replace(&patch.extra, level);
-    let mut w = Writer::new();
-    w.varint(ctrl.len() as u64);
-    w.varint(runs.len() as u64);
-    w.varint(literals.len() as u64);
-    w.bytes(&ctrl);
-    w.bytes(&runs);
-    w.bytes(&literals);
-    w.bytes(&extra);
-    w.into_bytes()
+    join_streams(&[&ctrl, &runs, &literals, &extra])
 }
 
 /// A zstd stream over a byte slice that refuses oversized windows and
@@ -635,16 +632,9 @@ mod tests {
             let runs = encode_replace(&w.into_bytes(), 3);
             let literals = encode_replace(literals, 3);
             let extra = encode_replace(&[], 3);
-            let mut d = Writer::new();
-            d.varint(ctrl.len() as u64);
-            d.varint(runs.len() as u64);
-            d.varint(literals.len() as u64);
-            d.bytes(&ctrl);
-            d.bytes(&runs);
-            d.bytes(&literals);
-            d.bytes(&extra);
+            let data = join_streams(&[&ctrl, &runs, &literals, &extra]);
             let mut out = vec![0; dst.len()];
-            decode_bsdiff_sparse(&d.into_bytes(), &src, &mut out).map(|()| out)
+            decode_bsdiff_sparse(&data, &src, &mut out).map(|()| out)
         };
         // Exactly the bytes: all zeros (every diff byte 0) decodes to the source.
         assert_eq!(with_runs(&[30_000, 0], &[]).unwrap(), src);
