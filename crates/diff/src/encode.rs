@@ -76,14 +76,16 @@ pub struct Encoded {
 }
 
 /// Source extents worth reading for `region`, most promising first, within
-/// a budget that grows with the region.
+/// a budget that grows with the region. `src` must be mapped
+/// ([`Partition::bytes`]).
 pub fn source_windows(
     region: Region,
     classes: &[BlockClass],
-    src_blocks: u64,
+    src: &Partition,
     anchored: &[Alignment],
     p: &EncodeParams,
 ) -> Vec<Extent> {
+    let src_blocks = src.blocks();
     if src_blocks == 0 {
         return Vec::new();
     }
@@ -123,6 +125,16 @@ pub fn source_windows(
     );
     let mut windows: Vec<Extent> = Vec::new();
     let mut total = 0u64;
+    // The spans taken, whole: a span whose bytes equal one of them (the
+    // same data stored twice in the source, which the anchors vote for
+    // equally) would only double what is sorted and searched.
+    let mut taken: Vec<(u64, u64)> = Vec::new();
+    let bytes = src.bytes();
+    let span_bytes = |start: u64, end: u64| {
+        let bs = BLOCK_SIZE as usize;
+        let len = bytes.len();
+        &bytes[(start as usize * bs).min(len)..(end as usize * bs).min(len)]
+    };
     for (shift, first, last) in spans {
         let start = (first as i64 + shift - p.margin_blocks as i64).max(0) as u64;
         let end =
@@ -130,6 +142,13 @@ pub fn source_windows(
         if start >= end {
             continue;
         }
+        if taken
+            .iter()
+            .any(|&(s, e)| e - s == end - start && span_bytes(s, e) == span_bytes(start, end))
+        {
+            continue;
+        }
+        taken.push((start, end));
         // Only what the windows taken so far do not cover counts against the budget.
         let mut fresh = vec![Extent::new(start, end - start)];
         for w in &windows {
@@ -205,13 +224,7 @@ pub fn encode_region(
         });
     };
     let anchored = anchors.map(|ix| anchors::alignments(ix, &target, region.start));
-    let windows = source_windows(
-        region,
-        classes,
-        src.blocks(),
-        anchored.as_deref().unwrap_or(&[]),
-        p,
-    );
+    let windows = source_windows(region, classes, src, anchored.as_deref().unwrap_or(&[]), p);
     if windows.is_empty() {
         return replace(ops::encode_replace(&target, final_level));
     }
@@ -378,6 +391,56 @@ pub fn trim_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_copy_of_the_same_source_bytes_is_not_read_twice() {
+        let bs = BLOCK_SIZE as usize;
+        let mut x = 7u32;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        };
+        // Source: 16 random blocks, 16 other random blocks, the first 16 again.
+        let data: Vec<u8> = (0..16 * bs).map(|_| rnd()).collect();
+        let other: Vec<u8> = (0..16 * bs).map(|_| rnd()).collect();
+        let source = [&data[..], &other[..], &data[..]].concat();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("src.img");
+        std::fs::write(&path, &source).unwrap();
+        let src = Partition::open("src", &path, romdelta_rom::Access::Mapped).unwrap();
+        // Target: the data with edits, at block 100 of a changed image.
+        let mut target = data.clone();
+        for i in (0..target.len()).step_by(1000) {
+            target[i] ^= 1;
+        }
+        let region = Region {
+            start: 100,
+            len: 16,
+        };
+        let classes = vec![BlockClass::Changed; 200];
+        let index = AnchorIndex::build(src.bytes(), &|_, _| {});
+        let anchored = anchors::alignments(&index, &target, region.start);
+        // Both copies are voted for, equally.
+        assert!(anchored.len() >= 2 && anchored[0].votes == anchored[1].votes);
+        let p = EncodeParams::from_options(&crate::DiffOptions {
+            margin_blocks: 0,
+            ..Default::default()
+        });
+        let windows = source_windows(region, &classes, &src, &anchored, &p);
+        let read: u64 = romdelta_format::blocks_in(&windows);
+        assert!(
+            windows
+                .iter()
+                .any(|w| w.start_block == 0 && w.num_blocks >= 16),
+            "{windows:?}"
+        );
+        assert!(
+            !windows.iter().any(|w| w.end_block() > 32),
+            "the repeat is read too: {windows:?} ({read} blocks)"
+        );
+    }
 
     #[test]
     fn trimmed_patches_decode_to_the_same_target() {

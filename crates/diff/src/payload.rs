@@ -171,7 +171,7 @@ fn encode_region(
     let windows = encode::source_windows(
         region,
         classes,
-        src.blocks(),
+        src,
         anchored.as_deref().unwrap_or(&[]),
         params,
     );
