@@ -231,8 +231,9 @@ impl StorageFile for RealFile {
         let seek = |off: u64, whence| -> io::Result<Option<u64>> {
             let off =
                 libc::off_t::try_from(off).map_err(|_| io::Error::other("offset too large"))?;
-            // SAFETY: lseek on a file descriptor this value owns; it only
-            // reads the file's extent map (the offset is restored below).
+            // SAFETY: lseek on a file descriptor this value owns; it reads
+            // the file's extent map and moves the file offset, which this
+            // type never uses (it reads and writes with pread/pwrite).
             let r = unsafe { libc::lseek(fd, off, whence) };
             if r >= 0 {
                 return Ok(Some(r as u64));
@@ -260,8 +261,7 @@ impl StorageFile for RealFile {
             runs.push((start, end - start));
             off = end;
         }
-        // Reads and writes go through pread/pwrite: the file offset lseek
-        // moved is never used, but leave it where it started anyway.
+        // Put the unused offset back at the start all the same.
         seek(0, libc::SEEK_SET)?;
         Ok(runs)
     }
