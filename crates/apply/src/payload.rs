@@ -363,6 +363,27 @@ pub fn select(payload: &Payload<'_>, names: &[String]) -> Result<Vec<usize>, Pay
     Ok(out)
 }
 
+/// A whole image of `part` (`what`: the source image or the written one)
+/// must hash to `expected`.
+fn expect_image(
+    what: &'static str,
+    part: &PayloadPartition,
+    expected: Digest,
+    actual: Digest,
+) -> Result<(), PayloadError> {
+    if actual == expected {
+        return Ok(());
+    }
+    Err(PayloadError::from(PayloadMismatch {
+        what,
+        partition: part.name.clone(),
+        op: None,
+        blocks: None,
+        expected,
+        actual,
+    }))
+}
+
 fn check_data(
     payload: &Payload<'_>,
     part: &PayloadPartition,
@@ -585,17 +606,12 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
             let p = &payload.partitions[self.parts[k]];
             let expected = p.old.and_then(|o| o.sha256).expect("filtered");
             let actual = self.sources[k].expect("filtered").sha256()?;
-            if actual != expected {
-                return Err(PayloadError::from(PayloadMismatch {
-                    what: "source image (the old image is not the one this payload applies to, or is damaged)",
-                    partition: p.name.clone(),
-                    op: None,
-                    blocks: None,
-                    expected,
-                    actual,
-                }));
-            }
-            Ok(())
+            expect_image(
+                "source image (the old image is not the one this payload applies to, or is damaged)",
+                p,
+                expected,
+                actual,
+            )
         })?;
         // Temporary files beside the outputs, removed unless renamed into place.
         let mut temps = Vec::with_capacity(self.parts.len());
@@ -638,17 +654,7 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
             let actual = romdelta_rom::sha256_file(t.as_file(), p.new.size)
                 .map_err(PayloadError::io(t.path()))?;
             let expected = p.new.sha256.expect("validated: new images have hashes");
-            if actual != expected {
-                return Err(PayloadError::from(PayloadMismatch {
-                    what: "written image",
-                    partition: p.name.clone(),
-                    op: None,
-                    blocks: None,
-                    expected,
-                    actual,
-                }));
-            }
-            Ok(())
+            expect_image("written image", p, expected, actual)
         })?;
         let mut partitions = Vec::with_capacity(self.parts.len());
         for (t, &pi) in temps.into_iter().zip(&self.parts) {
