@@ -392,16 +392,20 @@ pub fn trim_source(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_second_copy_of_the_same_source_bytes_is_not_read_twice() {
-        let bs = BLOCK_SIZE as usize;
-        let mut x = 7u32;
-        let mut rnd = || {
+    /// A fixed pseudo-random byte sequence (xorshift32 from `seed`).
+    fn xorshift(mut x: u32) -> impl FnMut() -> u8 {
+        move || {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
             x as u8
-        };
+        }
+    }
+
+    #[test]
+    fn a_second_copy_of_the_same_source_bytes_is_not_read_twice() {
+        let bs = BLOCK_SIZE as usize;
+        let mut rnd = xorshift(7);
         // Source: 16 random blocks, 16 other random blocks, the first 16 again.
         let data: Vec<u8> = (0..16 * bs).map(|_| rnd()).collect();
         let other: Vec<u8> = (0..16 * bs).map(|_| rnd()).collect();
@@ -452,13 +456,7 @@ mod tests {
             Extent::new(500, 20),
             Extent::new(7, 10),
         ];
-        let mut x = 99u32;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        };
+        let mut rnd = xorshift(99);
         let source: Vec<u8> = (0..40 * bs).map(|_| rnd()).collect();
         let mut target = source[30 * bs..32 * bs].to_vec();
         target.extend((0..3000).map(|_| rnd()));
