@@ -460,7 +460,7 @@ pub(crate) fn sync_and_verify(o: &Output, p: &PartitionUpdate) -> Result<(), App
     // zeros they read as, without reading them back.
     let runs = o
         .file
-        .data_runs(p.new.size)
+        .data_runs(0, p.new.size)
         .map_err(ApplyError::io(&o.path))?;
     let actual = romdelta_rom::sha256_runs(p.new.size, &runs, |b, off| o.file.read_at(b, off))
         .map_err(ApplyError::io(&o.path))?;

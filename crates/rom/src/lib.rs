@@ -486,34 +486,96 @@ pub fn sha256_file(file: &File, size: u64) -> std::io::Result<romdelta_format::D
 pub fn sha256_runs(
     size: u64,
     runs: &[(u64, u64)],
-    mut read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+    read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
 ) -> std::io::Result<romdelta_format::Digest> {
-    use sha2::Digest as _;
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    let mut h = sha2::Sha256::new();
-    let zeros = |h: &mut sha2::Sha256, mut n: u64| {
-        while n > 0 {
-            let k = n.min(ZEROS.len() as u64) as usize;
-            h.update(&ZEROS[..k]);
-            n -= k as u64;
-        }
-    };
-    let mut buf = vec![0u8; READ_CHUNK.min(size as usize)];
-    let mut pos = 0u64;
-    for &(start, len) in runs {
-        let start = start.clamp(pos, size);
-        let end = start.saturating_add(len).min(size);
-        zeros(&mut h, start - pos);
-        pos = start;
-        while pos < end {
-            let n = ((end - pos) as usize).min(buf.len());
-            read(&mut buf[..n], pos)?;
-            h.update(&buf[..n]);
-            pos += n as u64;
+    let mut h = RunsHasher::new();
+    h.hash_to(size, runs, read)?;
+    Ok(h.finish())
+}
+
+/// SHA-256 of an image taken in order, one range after another: each call
+/// to [`RunsHasher::hash_to`] adds the bytes from where the last one
+/// stopped, reading only its data runs and hashing the rest as zeros (see
+/// [`sha256_runs`]). What lets an image be hashed while it is still being
+/// written, as far as it is finished.
+pub struct RunsHasher {
+    h: sha2::Sha256,
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+impl Default for RunsHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RunsHasher {
+    /// A hasher at offset 0.
+    pub fn new() -> Self {
+        use sha2::Digest as _;
+        RunsHasher {
+            h: sha2::Sha256::new(),
+            pos: 0,
+            buf: Vec::new(),
         }
     }
-    zeros(&mut h, size - pos);
-    Ok(h.finalize().into())
+
+    /// How many bytes have been hashed.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Hashes the bytes from [`RunsHasher::position`] up to `end`: those
+    /// inside `runs` (sorted, disjoint; parts outside the range are
+    /// ignored) are read through `read(buf, offset)`, the others are zeros.
+    pub fn hash_to(
+        &mut self,
+        end: u64,
+        runs: &[(u64, u64)],
+        mut read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        use sha2::Digest as _;
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let zeros = |h: &mut sha2::Sha256, mut n: u64| {
+            while n > 0 {
+                let k = n.min(ZEROS.len() as u64) as usize;
+                h.update(&ZEROS[..k]);
+                n -= k as u64;
+            }
+        };
+        if end <= self.pos {
+            return Ok(());
+        }
+        let want = READ_CHUNK.min((end - self.pos) as usize);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        for &(run, len) in runs {
+            let stop = run.saturating_add(len).min(end);
+            if stop <= self.pos {
+                continue;
+            }
+            let start = run.clamp(self.pos, end);
+            zeros(&mut self.h, start - self.pos);
+            self.pos = start;
+            while self.pos < stop {
+                let n = ((stop - self.pos) as usize).min(self.buf.len());
+                read(&mut self.buf[..n], self.pos)?;
+                self.h.update(&self.buf[..n]);
+                self.pos += n as u64;
+            }
+        }
+        zeros(&mut self.h, end - self.pos);
+        self.pos = end;
+        Ok(())
+    }
+
+    /// The SHA-256 of everything hashed.
+    pub fn finish(self) -> romdelta_format::Digest {
+        use sha2::Digest as _;
+        self.h.finalize().into()
+    }
 }
 
 /// SHA-256 of `size` bytes read through `read(buf, offset)` into a 1 MiB buffer.
@@ -799,14 +861,23 @@ mod tests {
                 *b = (i % 251) as u8 + 1;
             }
         }
-        let read = |buf: &mut [u8], off: u64| {
+        let read_any = |buf: &mut [u8], off: u64| {
             buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
             Ok(())
         };
-        let whole = sha256_read(size, read).unwrap();
+        let whole = sha256_read(size, read_any).unwrap();
+        // Only bytes inside a run are read.
+        let read = |buf: &mut [u8], off: u64| {
+            let end = off + buf.len() as u64;
+            let inside = runs
+                .iter()
+                .any(|&(o, n)| o <= off && end <= o + n.min(size - o));
+            assert!(inside, "read {off}..{end} outside the runs");
+            read_any(buf, off)
+        };
         assert_eq!(whole, romdelta_format::sha256(&bytes));
         assert_eq!(sha256_runs(size, &runs, read).unwrap(), whole);
-        assert_eq!(sha256_runs(size, &[(0, size)], read).unwrap(), whole);
+        assert_eq!(sha256_runs(size, &[(0, size)], read_any).unwrap(), whole);
         // Runs past the end are cut at it; no runs at all hash zeros.
         assert_eq!(
             sha256_runs(size, &[(5, 10), (1 << 20, 3 << 19), (size - 7, 100)], read).unwrap(),
@@ -815,6 +886,27 @@ mod tests {
         let zeros = vec![0u8; size as usize];
         let none = sha256_runs(size, &[], |_, _| panic!("nothing to read")).unwrap();
         assert_eq!(none, romdelta_format::sha256(&zeros));
+        // Range by range, each with the runs inside it (or all of them,
+        // or runs reaching over its edges), gives the same hash.
+        for step in [1u64, 4096, 777_777, size] {
+            let mut h = RunsHasher::new();
+            let mut at = 0;
+            while at < size {
+                let end = (at + step).min(size);
+                let inside: Vec<_> = runs
+                    .iter()
+                    .filter(|&&(o, n)| o < end && o + n > at)
+                    .copied()
+                    .collect();
+                let given = if step == 4096 { &runs[..] } else { &inside[..] };
+                h.hash_to(end, given, read).unwrap();
+                assert_eq!(h.position(), end);
+                at = end;
+            }
+            // Asking for less than what is hashed adds nothing.
+            h.hash_to(size / 2, &runs, read).unwrap();
+            assert_eq!(h.finish(), whole, "step {step}");
+        }
     }
 
     #[test]

@@ -63,12 +63,16 @@ pub trait StorageFile: Send + Sync {
     /// path (device, inode) and from itself after a change (modification
     /// time, seconds and nanoseconds).
     fn identity(&self) -> io::Result<[u64; 4]>;
-    /// The runs `(offset, length)` of `0..len` that may hold data, in
+    /// The runs `(offset, length)` of `start..end` that may hold data, in
     /// order; the rest are holes, which read as zeros without any data
     /// behind them. Storage that cannot tell answers one run over
     /// everything (the default).
-    fn data_runs(&self, len: u64) -> io::Result<Vec<(u64, u64)>> {
-        Ok(if len == 0 { Vec::new() } else { vec![(0, len)] })
+    fn data_runs(&self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+        Ok(if end <= start {
+            Vec::new()
+        } else {
+            vec![(start, end - start)]
+        })
     }
 }
 
@@ -225,7 +229,7 @@ impl StorageFile for RealFile {
         let m = self.0.metadata()?;
         Ok([m.dev(), m.ino(), m.mtime() as u64, m.mtime_nsec() as u64])
     }
-    fn data_runs(&self, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    fn data_runs(&self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
         use std::os::fd::AsRawFd;
         let fd = self.0.as_raw_fd();
         let seek = |off: u64, whence| -> io::Result<Option<u64>> {
@@ -246,20 +250,20 @@ impl StorageFile for RealFile {
             }
         };
         let mut runs = Vec::new();
-        let mut off = 0u64;
-        while off < len {
-            let start = match seek(off, libc::SEEK_DATA) {
-                Ok(Some(s)) if s < len => s,
+        let mut off = start;
+        while off < end {
+            let data = match seek(off, libc::SEEK_DATA) {
+                Ok(Some(s)) if s < end => s,
                 Ok(_) => break,
                 // A file system without SEEK_DATA: everything may be data.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    return Ok(vec![(0, len)]);
+                    return Ok(vec![(start, end - start)]);
                 }
                 Err(e) => return Err(e),
             };
-            let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-            runs.push((start, end - start));
-            off = end;
+            let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+            runs.push((data, hole - data));
+            off = hole;
         }
         // Put the unused offset back at the start all the same.
         seek(0, libc::SEEK_SET)?;
@@ -323,10 +327,10 @@ mod tests {
         let f = RealFs.open(&path, OpenMode::CreateNew).unwrap();
         let len = 16u64 << 20;
         f.set_len(len).unwrap();
-        assert!(f.data_runs(0).unwrap().is_empty());
+        assert!(f.data_runs(0, 0).unwrap().is_empty());
         f.write_at(&[7; 4096], 4 << 20).unwrap();
         f.write_at(&[9; 100], len - 100).unwrap();
-        let runs = f.data_runs(len).unwrap();
+        let runs = f.data_runs(0, len).unwrap();
         // Sorted, disjoint, inside the file, and covering both writes.
         for w in runs.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0, "{runs:?}");
@@ -339,12 +343,17 @@ mod tests {
         if data == len {
             eprintln!("this file system reports no holes");
         }
-        // Only up to the length asked.
+        // Only the range asked.
         assert!(f
-            .data_runs(1 << 20)
+            .data_runs(0, 1 << 20)
             .unwrap()
             .iter()
             .all(|&(o, n)| o + n <= 1 << 20));
+        let inner = f.data_runs((4 << 20) + 100, (4 << 20) + 200).unwrap();
+        assert_eq!(inner, [((4 << 20) + 100, 100)], "inside a written block");
+        let tail = f.data_runs(len - 50, len).unwrap();
+        assert!(tail.iter().all(|&(o, n)| o >= len - 50 && o + n <= len));
+        assert!(tail.iter().any(|&(o, _)| o == len - 50), "{tail:?}");
     }
 
     #[test]
