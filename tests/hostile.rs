@@ -214,6 +214,50 @@ fn random_bit_flips_are_refused() {
     in_parallel(cases, &std::fs::read(src).unwrap());
 }
 
+#[test]
+fn a_signed_package_whose_new_image_hash_is_wrong_leaves_no_output() {
+    // Every operation checks out; only the whole written image does not
+    // hash to what the manifest says. Hashed while it is written, from a
+    // file and from a pipe, it must still be refused before anything is
+    // put in place.
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, src) = small_package(dir.path(), false);
+    let pkg = romdelta_format::Package::parse(&bytes).unwrap();
+    let mut m = pkg.manifest.clone();
+    m.partitions[0].new.sha256[7] ^= 0x10;
+    let sig = romdelta_format::signing::sign(&m.encode(), &test_key());
+    let mut bad = romdelta_format::Package::encode_prefix(&m, &[sig]);
+    bad.extend_from_slice(pkg.data);
+    let path = dir.path().join("bad.romdelta");
+    std::fs::write(&path, &bad).unwrap();
+    let out = dir.path().join("out.img");
+    for stream in [false, true] {
+        let mut cmd = romdelta();
+        cmd.arg("apply");
+        if stream {
+            cmd.arg("-").write_stdin(bad.clone());
+        } else {
+            cmd.arg(&path);
+        }
+        let o = cmd
+            .arg("--source")
+            .arg(&src)
+            .arg("--insecure-no-verify")
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "stream {stream}: {err}");
+        assert!(
+            err.contains("written image hash mismatch"),
+            "stream {stream}: {err}"
+        );
+        let (staged, journal) = romdelta_apply::staging_paths(&out);
+        assert!(!out.exists() && !staged.exists() && !journal.exists());
+    }
+}
+
 /// A valid one-partition full manifest to break in one way at a time.
 fn base_manifest() -> romdelta_format::Manifest {
     use romdelta_format::*;

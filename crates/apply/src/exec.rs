@@ -1,5 +1,6 @@
 //! Stages 3–4: run a validated plan, verify, and put the output in place.
 
+use crate::frontier::WrittenHashes;
 use crate::stage::{parent_of, sync_dir, Checkpointer, Output, Staged};
 use crate::{ApplyError, ApplyReport, Hashed, Mismatch, Plan};
 use rayon::prelude::*;
@@ -12,7 +13,7 @@ use romdelta_storage::{OpenMode, StorageFile};
 use sha2::Digest as _;
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Writes a byte stream into the destination extents of one operation,
@@ -232,27 +233,77 @@ impl Plan<'_> {
             &staged.staging.journal,
             staged.journal.clone(),
             self.checkpoint,
-        );
+        )
+        .in_background(rayon::current_num_threads() > 1);
         let outputs = &staged.outputs;
-        let jobs = op_indices(m);
+        let hashes = WrittenHashes::new(m, outputs, |k| cp.is_done(k));
+        // (index in manifest order, partition, operation), in the order of
+        // the first block each operation writes.
+        let mut jobs: Vec<(u64, usize, usize)> = op_indices(m)
+            .into_iter()
+            .enumerate()
+            .map(|(k, (pi, oi))| (k as u64, pi, oi))
+            .collect();
+        jobs.sort_by_key(|&(_, pi, oi)| {
+            let first = m.partitions[pi].operations[oi]
+                .dst_extents
+                .iter()
+                .map(|e| e.start_block)
+                .min();
+            (pi, first)
+        });
         let written = AtomicU64::new(0);
-        jobs.par_iter().enumerate().try_for_each(|(k, &(pi, oi))| {
-            if cp.is_done(k as u64) {
-                return Ok(());
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
+        let fail = |e: ApplyError| {
+            failed.store(true, Ordering::SeqCst);
+            first_error.lock().expect("not poisoned").get_or_insert(e);
+        };
+        // Operations are taken front to back, one at a time by whichever
+        // worker is free, so the images are finished roughly in order and
+        // their hashes follow close behind; checkpoints sync on a thread of
+        // their own meanwhile.
+        let work = || {
+            while !failed.load(Ordering::SeqCst) {
+                let Some(&(k, pi, oi)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                if cp.is_done(k) {
+                    continue;
+                }
+                let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
+                let op_data = if op.kind.has_data() {
+                    let start = op.data_offset as usize;
+                    &data[start..start + op.data_length as usize]
+                } else {
+                    &[]
+                };
+                let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
+                let ran = run_op(op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
+                    hashes.op_done(pi, oi);
+                    progress(written.fetch_add(n, Ordering::Relaxed) + n);
+                    cp.done(k, n)?;
+                    hashes.advance(pi)
+                });
+                if let Err(e) = ran {
+                    fail(e);
+                }
             }
-            let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
-            let op_data = if op.kind.has_data() {
-                let start = op.data_offset as usize;
-                &data[start..start + op.data_length as usize]
-            } else {
-                &[]
-            };
-            let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
-            let n = run_op(op_data, p, oi, src, &outputs[pi], false)?;
-            progress(written.fetch_add(n, Ordering::Relaxed) + n);
-            cp.done(k as u64, n)
-        })?;
+        };
+        std::thread::scope(|scope| {
+            let _serving = cp.serve_in(scope);
+            rayon::broadcast(|_| work());
+        });
+        if let Some(e) = cp.take_error() {
+            fail(e);
+        }
+        if let Some(e) = first_error.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
         drop(cp);
+        sync_and_check(outputs, &hashes)?;
+        drop(hashes);
         self.finish(staged, written.load(Ordering::Relaxed))
     }
 
@@ -274,8 +325,10 @@ impl Plan<'_> {
             &staged.staging.journal,
             staged.journal.clone(),
             self.checkpoint,
-        );
+        )
+        .in_background(rayon::current_num_threads() > 1);
         let outputs = &staged.outputs;
+        let hashes = WrittenHashes::new(m, outputs, |k| cp.is_done(k));
         let workers = rayon::current_num_threads().max(1);
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, usize, u64, Vec<u8>)>(workers);
         // Set when the stream stops early: the progress so far is kept.
@@ -289,8 +342,10 @@ impl Plan<'_> {
             first_error.lock().expect("not poisoned").get_or_insert(e);
         };
         std::thread::scope(|scope| {
+            let serving = cp.serve_in(scope);
+            let mut pool = Vec::with_capacity(workers);
             for _ in 0..workers {
-                scope.spawn(|| loop {
+                pool.push(scope.spawn(|| loop {
                     let job = rx.lock().expect("not poisoned").recv();
                     let Ok((pi, oi, k, op_data)) = job else { break };
                     if failed.load(Ordering::SeqCst) {
@@ -299,13 +354,15 @@ impl Plan<'_> {
                     let p = &m.partitions[pi];
                     let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
                     let ran = run_op(&op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
+                        hashes.op_done(pi, oi);
                         progress(written.fetch_add(n, Ordering::Relaxed) + n);
-                        cp.done(k, n)
+                        cp.done(k, n)?;
+                        hashes.advance(pi)
                     });
                     if let Err(e) = ran {
                         fail(e);
                     }
-                });
+                }));
             }
             // Operations without data first: they run while data arrives.
             // (partition, operation, index in manifest order, operation).
@@ -368,7 +425,16 @@ impl Plan<'_> {
                 }
             }
             drop(tx);
+            for worker in pool {
+                if let Err(panic) = worker.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            drop(serving);
         });
+        if let Some(e) = cp.take_error() {
+            fail(e);
+        }
         if let Some(e) = first_error.into_inner().expect("not poisoned") {
             // A stream that stopped (a cut download) keeps what was written
             // for the next run, if it can be made durable; any other failure
@@ -379,11 +445,13 @@ impl Plan<'_> {
             return Err(e);
         }
         drop(cp);
+        sync_and_check(outputs, &hashes)?;
+        drop(hashes);
         self.finish(staged, written.load(Ordering::Relaxed))
     }
 
-    /// Syncs and hashes every written image from disk and, only when all
-    /// match, renames the staged output into place.
+    /// Puts the verified staged output into place (as a sparse image when
+    /// asked).
     fn finish(&self, staged: Staged<'_>, bytes_written: u64) -> Result<ApplyReport, ApplyError> {
         let fs = self.storage;
         let m = self.manifest;
@@ -395,10 +463,6 @@ impl Plan<'_> {
             resumed,
             ..
         } = staged;
-        outputs
-            .par_iter()
-            .zip(&m.partitions)
-            .try_for_each(|(o, p)| sync_and_verify(o, p))?;
         if self.output.sparse {
             for (o, p) in outputs.iter().zip(&m.partitions) {
                 if p.new.size % BLOCK_SIZE == 0 {
@@ -451,6 +515,15 @@ impl Plan<'_> {
         sync_dir(fs, &parent)?;
         Ok(report)
     }
+}
+
+/// Syncs every staged image and checks each against its new image's hash
+/// (`hashes` has hashed most of them already, while they were written).
+fn sync_and_check(outputs: &[Output], hashes: &WrittenHashes<'_>) -> Result<(), ApplyError> {
+    outputs.par_iter().enumerate().try_for_each(|(pi, o)| {
+        o.file.sync().map_err(ApplyError::io(&o.path))?;
+        hashes.finish(pi)
+    })
 }
 
 /// Syncs the written image `o` and checks it is partition `p`'s new image.

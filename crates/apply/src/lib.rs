@@ -10,12 +10,14 @@
 //!    pool with positioned writes into staged files; every operation checks
 //!    the hash of its data before decoding it and the hash of its source
 //!    bytes before using them;
-//! 4. each written image is synced and hashed again from disk; only when
+//! 4. each written image is hashed again from disk as it is finished (see
+//!    `frontier`) and synced; only when
 //!    every partition matches are the staged files renamed into place, so an
 //!    output that exists is an output that verified.
 
 mod error;
 mod exec;
+mod frontier;
 mod inplace;
 pub mod payload;
 pub mod rules;

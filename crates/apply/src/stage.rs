@@ -18,8 +18,8 @@ use romdelta_storage::{EntryKind, OpenMode, Storage, StorageFile};
 use sha2::Digest as _;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// One staged image being written.
@@ -306,6 +306,15 @@ pub(crate) struct Checkpointer<'a> {
     bytes_since: AtomicU64,
     interval: Duration,
     bytes_interval: u64,
+    /// Set by [`Checkpointer::in_background`]: checkpoints are made by
+    /// [`Checkpointer::serve`] on its own thread.
+    background: bool,
+    /// What the background thread is asked: (a checkpoint is due, stop).
+    asked: Mutex<(bool, bool)>,
+    wake: Condvar,
+    /// A background checkpoint failed: its error, until a worker takes it.
+    failed: AtomicBool,
+    error: Mutex<Option<ApplyError>>,
 }
 
 impl<'a> Checkpointer<'a> {
@@ -327,7 +336,70 @@ impl<'a> Checkpointer<'a> {
             bytes_since: AtomicU64::new(0),
             interval: every.interval,
             bytes_interval: every.bytes,
+            background: false,
+            asked: Mutex::new((false, false)),
+            wake: Condvar::new(),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
         }
+    }
+
+    /// When `yes`, leaves the checkpoints [`Checkpointer::done`] finds due
+    /// to a thread running [`Checkpointer::serve`], so that workers go on
+    /// with their operations while the images are synced: at most one at a
+    /// time, so when operations outrun the syncs there are fewer of them.
+    /// Otherwise (one worker) the worker makes them itself, and a run is
+    /// the same sequence of calls every time.
+    pub(crate) fn in_background(mut self, yes: bool) -> Self {
+        self.background = yes;
+        self
+    }
+
+    /// Makes the checkpoints asked for until [`Checkpointer::stop`]; run it
+    /// on a thread of its own. A failed checkpoint ends it: its error goes
+    /// to the next [`Checkpointer::done`] (or to
+    /// [`Checkpointer::take_error`]).
+    pub(crate) fn serve(&self) {
+        loop {
+            {
+                let mut asked = self.asked.lock().expect("not poisoned");
+                while !asked.0 && !asked.1 {
+                    asked = self.wake.wait(asked).expect("not poisoned");
+                }
+                if asked.1 {
+                    return;
+                }
+                asked.0 = false;
+            }
+            if let Err(e) = self.checkpoint() {
+                *self.error.lock().expect("not poisoned") = Some(e);
+                self.failed.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    /// Ends [`Checkpointer::serve`] after the checkpoint it is making.
+    pub(crate) fn stop(&self) {
+        self.asked.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.wake.notify_all();
+    }
+
+    /// Runs [`Checkpointer::serve`] on a thread of `scope` until the
+    /// returned guard is dropped (also when a worker panics, so the scope
+    /// never waits on it forever).
+    pub(crate) fn serve_in<'s, 'e>(
+        &'s self,
+        scope: &'s std::thread::Scope<'s, 'e>,
+    ) -> StopServing<'s, 'a> {
+        scope.spawn(|| self.serve());
+        StopServing(self)
+    }
+
+    /// The error of a failed background checkpoint that no worker has
+    /// taken (ask once [`Checkpointer::serve`] has returned).
+    pub(crate) fn take_error(&self) -> Option<ApplyError> {
+        self.error.lock().expect("not poisoned").take()
     }
 
     /// Whether an earlier run finished operation `i` (read from the journal
@@ -339,11 +411,23 @@ impl<'a> Checkpointer<'a> {
     /// Notes that operation `i` finished writing `bytes`; checkpoints when
     /// enough time or data has passed.
     pub(crate) fn done(&self, i: u64, bytes: u64) -> Result<(), ApplyError> {
+        if self.failed.load(Ordering::SeqCst) {
+            if let Some(e) = self.error.lock().expect("not poisoned").take() {
+                return Err(e);
+            }
+        }
         self.pending.lock().expect("not poisoned").push(i);
         let since = self.bytes_since.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let due = since >= self.bytes_interval
             || self.last.lock().expect("not poisoned").elapsed() >= self.interval;
-        if due {
+        if due && self.background {
+            // Counted again from now, so that one checkpoint is asked for
+            // per interval rather than one per operation until it starts.
+            self.bytes_since.store(0, Ordering::Relaxed);
+            *self.last.lock().expect("not poisoned") = Instant::now();
+            self.asked.lock().expect("not poisoned").0 = true;
+            self.wake.notify_one();
+        } else if due {
             self.checkpoint()?;
         }
         Ok(())
@@ -368,6 +452,15 @@ impl<'a> Checkpointer<'a> {
         }
         romdelta_storage::write_durably(self.fs, self.path, &journal.encode())
             .map_err(ApplyError::io(self.path))
+    }
+}
+
+/// Stops a [`Checkpointer::serve_in`] thread when dropped.
+pub(crate) struct StopServing<'s, 'a>(&'s Checkpointer<'a>);
+
+impl Drop for StopServing<'_, '_> {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
