@@ -362,7 +362,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     let file = PackageFile::open(&package)?;
                     let pkg = file.parse()?;
                     admit(pkg.manifest_bytes, &pkg.signatures, &pkg.manifest)?;
-                    let plan = romdelta_apply::InPlacePlan::new(&pkg, &target)?;
+                    let plan =
+                        romdelta_apply::InPlacePlan::new(&pkg, &target)?.releasing_data(&file);
                     let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
                     let bar = progress::bar(json, total, "apply");
                     let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
@@ -389,7 +390,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let file = PackageFile::open(&package)?;
                 let pkg = file.parse()?;
                 admit(pkg.manifest_bytes, &pkg.signatures, &pkg.manifest)?;
-                let plan = Plan::new(&pkg, source.as_ref(), &output)?.sparse_output(sparse);
+                let plan = Plan::new(&pkg, source.as_ref(), &output)?
+                    .sparse_output(sparse)
+                    .releasing_data(&file);
                 let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
                 let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;

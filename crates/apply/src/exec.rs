@@ -281,6 +281,9 @@ impl Plan<'_> {
                 };
                 let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
                 let ran = run_op(op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
+                    if let Some(file) = self.mapped {
+                        file.release(op_data);
+                    }
                     hashes.op_done(pi, oi);
                     progress(written.fetch_add(n, Ordering::Relaxed) + n);
                     cp.done(k, n)?;

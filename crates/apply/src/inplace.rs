@@ -55,6 +55,8 @@ pub struct InPlacePlan<'a> {
     /// Whether `target` is one image file.
     single: bool,
     checkpoint: CheckpointEvery,
+    /// The mapped file the data section is in, to release what is used.
+    mapped: Option<&'a crate::PackageFile>,
 }
 
 /// Refuses an incremental package that was not made for in-place
@@ -111,7 +113,15 @@ impl<'a> InPlacePlan<'a> {
             target: target.to_path_buf(),
             single,
             checkpoint: CheckpointEvery::default(),
+            mapped: None,
         })
+    }
+
+    /// Releases each operation's data from memory once it is used, when
+    /// the package is `file` (see [`crate::PackageFile::release`]).
+    pub fn releasing_data(mut self, file: &'a crate::PackageFile) -> Self {
+        self.mapped = Some(file);
+        self
     }
 
     /// Makes progress durable at `every` (default: 16 MiB or 0.5 s), and
@@ -257,6 +267,9 @@ impl<'a> InPlacePlan<'a> {
                     }
                     let reads = op.kind.reads_source().then_some(&src as &dyn SourceBytes);
                     let n = run_op(op_data, p, oi, reads, out, true)?;
+                    if let Some(file) = self.mapped {
+                        file.release(op_data);
+                    }
                     progress(written.fetch_add(n, Ordering::Relaxed) + n);
                     cp.done(k, n)
                 })?;

@@ -71,6 +71,37 @@ impl PackageFile {
     pub fn parse(&self) -> Result<Package<'_>, ApplyError> {
         Ok(Package::parse(self.bytes())?)
     }
+
+    /// Drops the whole pages of `part` (a slice of [`PackageFile::bytes`];
+    /// anything else is ignored) from this process's memory: the next read
+    /// of them reads the file again. Applying releases each operation's
+    /// data once it is used, so its resident memory does not grow with the
+    /// package.
+    pub fn release(&self, part: &[u8]) {
+        let Some(map) = self.map.as_ref() else {
+            return;
+        };
+        let base = map.as_ptr() as usize;
+        let Some(offset) = (part.as_ptr() as usize).checked_sub(base) else {
+            return;
+        };
+        if offset + part.len() > map.len() {
+            return;
+        }
+        const PAGE: usize = 4096;
+        // Only whole pages inside the range; the mapping starts page-aligned.
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + part.len()) / PAGE * PAGE;
+        if end <= start {
+            return;
+        }
+        // SAFETY: the mapping is a read-only, shared mapping of a file; after
+        // MADV_DONTNEED the next access reads the same file contents again,
+        // so no reference into the mapping observes a change.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }
 
 /// Where the output goes and in which shape.
@@ -97,6 +128,8 @@ pub struct Plan<'a> {
     pub(crate) storage: &'a dyn Storage,
     /// How often progress is made durable.
     pub(crate) checkpoint: CheckpointEvery,
+    /// The mapped file the data section is in, to release what is used.
+    pub(crate) mapped: Option<&'a PackageFile>,
 }
 
 /// One partition image written and verified.
@@ -205,6 +238,13 @@ impl<'a> Plan<'a> {
         self
     }
 
+    /// Releases each operation's data from memory once it is used, when
+    /// the package is `file` (see [`PackageFile::release`]).
+    pub fn releasing_data(mut self, file: &'a PackageFile) -> Self {
+        self.mapped = Some(file);
+        self
+    }
+
     /// Makes progress durable after `every.bytes` bytes or `every.interval`,
     /// whichever comes first (default: 16 MiB or 0.5 s).
     pub fn checkpoint_every(mut self, every: CheckpointEvery) -> Self {
@@ -249,6 +289,7 @@ impl<'a> Plan<'a> {
             },
             storage,
             checkpoint: CheckpointEvery::default(),
+            mapped: None,
         })
     }
 }
@@ -320,3 +361,33 @@ pub fn open_rom(path: &Path) -> Result<Rom, ApplyError> {
 }
 
 pub use exec::{read_stream_prefix, verify, StreamPrefix, VerifyReport};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releasing_package_pages_keeps_their_bytes_and_ignores_other_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = PackageFile::open(&path).unwrap();
+        // Ranges inside the mapping, page-aligned or not, and all of it:
+        // what is read afterwards is the file's bytes again.
+        for (a, b) in [(0, 4096), (100, 70_000), (8192, 200_000), (0, 200_000)] {
+            file.release(&file.bytes()[a..b]);
+            assert_eq!(file.bytes(), &bytes[..]);
+        }
+        // Memory that is not the mapping (a copy on the heap) is left alone.
+        let copy = file.bytes().to_vec();
+        file.release(&copy);
+        file.release(&copy[4096..]);
+        assert_eq!(copy, bytes);
+        // An empty package has no mapping.
+        std::fs::write(&path, b"").unwrap();
+        let empty = PackageFile::open(&path).unwrap();
+        empty.release(&bytes);
+        assert!(empty.bytes().is_empty());
+    }
+}

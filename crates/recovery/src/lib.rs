@@ -393,7 +393,7 @@ impl Device {
             check_rules(&pkg.manifest, installed.as_ref(), allow)?;
         }
         if self.state.slots == Slots::Single {
-            return self.install_in_place(&pkg);
+            return self.install_in_place(&pkg, &file);
         }
         romdelta_apply::check_ab_package(&pkg.manifest)?;
         let target = active.other();
@@ -434,8 +434,9 @@ impl Device {
             let fs = &*self.fs;
             romdelta_storage::remove_all(fs, &out).map_err(io(&out))?;
             fs.create_dir(&out).map_err(io(&out))?;
-            let plan =
-                Plan::new_on(&pkg, source.as_ref(), &out, fs)?.checkpoint_every(self.checkpoint);
+            let plan = Plan::new_on(&pkg, source.as_ref(), &out, fs)?
+                .checkpoint_every(self.checkpoint)
+                .releasing_data(&file);
             resumed_ops = plan.execute(&|_| {})?.resumed_ops;
         }
         self.state.update.as_mut().expect("set above").status = "verified".into();
@@ -470,6 +471,7 @@ impl Device {
     fn install_in_place(
         &mut self,
         pkg: &romdelta_format::Package<'_>,
+        file: &PackageFile,
     ) -> Result<InstallReport, RecoveryError> {
         let fs = &*self.fs;
         romdelta_apply::check_in_place_package(&pkg.manifest)?;
@@ -485,7 +487,8 @@ impl Device {
         // This package already wrote and verified every image, and the run
         // stopped before recording the new build: nothing left to write.
         let plan = romdelta_apply::InPlacePlan::new_on(pkg, &self.dir, fs)?
-            .checkpoint_every(self.checkpoint);
+            .checkpoint_every(self.checkpoint)
+            .releasing_data(file);
         let finished = same && !has_journal && plan.images_are_new()?;
         let mut resumed_ops = 0;
         if !finished {
