@@ -284,10 +284,7 @@ impl Plan<'_> {
                     if let Some(file) = self.mapped {
                         file.release(op_data);
                     }
-                    hashes.op_done(pi, oi);
-                    progress(written.fetch_add(n, Ordering::Relaxed) + n);
-                    cp.done(k, n)?;
-                    hashes.advance(pi)
+                    op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n)
                 });
                 if let Err(e) = ran {
                     fail(e);
@@ -357,10 +354,7 @@ impl Plan<'_> {
                     let p = &m.partitions[pi];
                     let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
                     let ran = run_op(&op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
-                        hashes.op_done(pi, oi);
-                        progress(written.fetch_add(n, Ordering::Relaxed) + n);
-                        cp.done(k, n)?;
-                        hashes.advance(pi)
+                        op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n)
                     });
                     if let Err(e) = ran {
                         fail(e);
@@ -518,6 +512,24 @@ impl Plan<'_> {
         sync_dir(fs, &parent)?;
         Ok(report)
     }
+}
+
+/// What follows operation `oi` of partition `pi` (`k` in manifest order)
+/// once it has written its `n` bytes: the hasher may take its chunks,
+/// progress is reported, the checkpointer records it, and the finished
+/// chunks are hashed.
+fn op_finished(
+    hashes: &WrittenHashes<'_>,
+    cp: &Checkpointer<'_>,
+    written: &AtomicU64,
+    progress: &(dyn Fn(u64) + Sync),
+    (k, pi, oi): (u64, usize, usize),
+    n: u64,
+) -> Result<(), ApplyError> {
+    hashes.op_done(pi, oi);
+    progress(written.fetch_add(n, Ordering::Relaxed) + n);
+    cp.done(k, n)?;
+    hashes.advance(pi)
 }
 
 /// Syncs every staged image and checks each against its new image's hash
