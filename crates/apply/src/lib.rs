@@ -88,19 +88,7 @@ impl PackageFile {
         if offset + part.len() > map.len() {
             return;
         }
-        const PAGE: usize = 4096;
-        // Only whole pages inside the range; the mapping starts page-aligned.
-        let start = offset.div_ceil(PAGE) * PAGE;
-        let end = (offset + part.len()) / PAGE * PAGE;
-        if end <= start {
-            return;
-        }
-        // SAFETY: the mapping is a read-only, shared mapping of a file; after
-        // MADV_DONTNEED the next access reads the same file contents again,
-        // so no reference into the mapping observes a change.
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-        };
+        romdelta_rom::release_pages(map, offset as u64, part.len() as u64);
     }
 }
 

@@ -304,23 +304,8 @@ impl Partition {
         let Some(map) = self.map.as_ref().filter(|_| self.file_backed) else {
             return;
         };
-        const PAGE: u64 = 4096;
-        // Only whole pages inside the range; the mapping starts page-aligned.
-        let start = offset.div_ceil(PAGE) * PAGE;
-        let end = (offset.saturating_add(len)).min(self.size) / PAGE * PAGE;
-        if end <= start {
-            return;
-        }
-        // SAFETY: the mapping is a read-only, shared mapping of a file; after
-        // MADV_DONTNEED the next access reads the same file contents again,
-        // so no reference into the mapping observes a change.
-        let _ = unsafe {
-            map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                start as usize,
-                (end - start) as usize,
-            )
-        };
+        let end = offset.saturating_add(len).min(self.size);
+        release_pages(map, offset, end.saturating_sub(offset));
     }
 
     /// [`Partition::release`] of the whole image.
@@ -471,6 +456,30 @@ fn expand_sparse(file: &File, size: u64, chunks: &[Chunk]) -> std::io::Result<Mm
         }
     }
     map.make_read_only()
+}
+
+/// Drops this process's pages of bytes `offset..offset + len` of `map`, a
+/// read-only mapping of a file (only the whole pages inside the range, and
+/// nothing past the mapping's end): they stay in the page cache and are
+/// read again on the next access, but no longer count as resident here.
+pub fn release_pages(map: &memmap2::Mmap, offset: u64, len: u64) {
+    const PAGE: u64 = 4096;
+    // The mapping starts page-aligned.
+    let start = offset.div_ceil(PAGE) * PAGE;
+    let end = offset.saturating_add(len).min(map.len() as u64) / PAGE * PAGE;
+    if end <= start {
+        return;
+    }
+    // SAFETY: the mapping is a read-only mapping of a file; after
+    // MADV_DONTNEED the next access reads the same file contents again, so
+    // no reference into the mapping observes a change.
+    let _ = unsafe {
+        map.unchecked_advise_range(
+            memmap2::UncheckedAdvice::DontNeed,
+            start as usize,
+            (end - start) as usize,
+        )
+    };
 }
 
 /// SHA-256 of the first `size` bytes of `file`, read through a 1 MiB buffer.
