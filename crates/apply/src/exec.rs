@@ -1,6 +1,6 @@
 //! Stages 3–4: run a validated plan, verify, and put the output in place.
 
-use crate::frontier::WrittenHashes;
+use crate::frontier::{check_written, hash_written, WrittenHashes};
 use crate::stage::{parent_of, sync_dir, Checkpointer, Output, Staged};
 use crate::{ApplyError, ApplyReport, Hashed, Mismatch, Plan};
 use rayon::prelude::*;
@@ -544,18 +544,9 @@ fn sync_and_check(outputs: &[Output], hashes: &WrittenHashes<'_>) -> Result<(), 
 /// Syncs the written image `o` and checks it is partition `p`'s new image.
 pub(crate) fn sync_and_verify(o: &Output, p: &PartitionUpdate) -> Result<(), ApplyError> {
     o.file.sync().map_err(ApplyError::io(&o.path))?;
-    // Holes (ZERO ranges left unwritten in a fresh image) are hashed as the
-    // zeros they read as, without reading them back.
-    let runs = o
-        .file
-        .data_runs(0, p.new.size)
-        .map_err(ApplyError::io(&o.path))?;
-    let actual = romdelta_rom::sha256_runs(p.new.size, &runs, |b, off| o.file.read_at(b, off))
-        .map_err(ApplyError::io(&o.path))?;
-    if actual != p.new.sha256 {
-        return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
-    }
-    Ok(())
+    let mut h = romdelta_rom::RunsHasher::new();
+    hash_written(o, &mut h, p.new.size)?;
+    check_written(p, h.finish())
 }
 
 /// Rewrites the verified staged image `o` as an Android sparse image

@@ -11,7 +11,7 @@
 use crate::exec::mismatch;
 use crate::stage::Output;
 use crate::{ApplyError, Hashed};
-use romdelta_format::{Manifest, PartitionUpdate, BLOCK_SIZE};
+use romdelta_format::{Digest, Manifest, PartitionUpdate, BLOCK_SIZE};
 use romdelta_rom::RunsHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
@@ -105,7 +105,7 @@ impl<'a> WrittenHashes<'a> {
             .take_while(|w| w.load(Ordering::Acquire) == 0)
             .count();
         let end = ((first + ready) as u64 * CHUNK_BYTES).min(p.part.new.size);
-        p.hash_to(&mut h, end)
+        hash_written(p.output, &mut h, end)
     }
 
     /// Hashes the rest of partition `pi` (every operation has finished) and
@@ -113,35 +113,43 @@ impl<'a> WrittenHashes<'a> {
     pub(crate) fn finish(&self, pi: usize) -> Result<(), ApplyError> {
         let p = &self.parts[pi];
         let mut h = p.hasher.lock().unwrap_or_else(|e| e.into_inner());
-        p.hash_to(&mut h, p.part.new.size)?;
-        let actual = std::mem::take(&mut *h).finish();
-        if actual != p.part.new.sha256 {
-            return Err(mismatch(
-                Hashed::TargetImage,
-                p.part,
-                None,
-                p.part.new.sha256,
-                actual,
-            ));
-        }
-        Ok(())
+        hash_written(p.output, &mut h, p.part.new.size)?;
+        check_written(p.part, std::mem::take(&mut *h).finish())
     }
 }
 
-impl PartHash<'_> {
-    fn hash_to(&self, h: &mut RunsHasher, end: u64) -> Result<(), ApplyError> {
-        let (file, path) = (&self.output.file, &self.output.path);
-        if end <= h.position() {
-            return Ok(());
-        }
-        // Holes (ZERO ranges left unwritten in a fresh image) are hashed as
-        // the zeros they read as, without reading them back.
-        let runs = file
-            .data_runs(h.position(), end)
-            .map_err(ApplyError::io(path))?;
-        h.hash_to(end, &runs, |b, off| file.read_at(b, off))
-            .map_err(ApplyError::io(path))
+/// Adds `output`'s bytes from the hasher's position up to `end` to `h`.
+/// Holes (ZERO ranges left unwritten in a fresh image) are hashed as the
+/// zeros they read as, without reading them back.
+pub(crate) fn hash_written(
+    output: &Output,
+    h: &mut RunsHasher,
+    end: u64,
+) -> Result<(), ApplyError> {
+    let (file, path) = (&output.file, &output.path);
+    if end <= h.position() {
+        return Ok(());
     }
+    let runs = file
+        .data_runs(h.position(), end)
+        .map_err(ApplyError::io(path))?;
+    h.hash_to(end, &runs, |b, off| file.read_at(b, off))
+        .map_err(ApplyError::io(path))
+}
+
+/// Checks that `actual`, the hash of a whole written image, is `part`'s
+/// new image hash.
+pub(crate) fn check_written(part: &PartitionUpdate, actual: Digest) -> Result<(), ApplyError> {
+    if actual != part.new.sha256 {
+        return Err(mismatch(
+            Hashed::TargetImage,
+            part,
+            None,
+            part.new.sha256,
+            actual,
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -487,26 +487,13 @@ pub fn sha256_file(file: &File, size: u64) -> std::io::Result<romdelta_format::D
     sha256_read(size, |buf, pos| file.read_exact_at(buf, pos))
 }
 
-/// SHA-256 of the first `size` bytes of a file whose bytes outside `runs`
-/// (sorted, disjoint `(offset, length)` ranges, as
-/// `StorageFile::data_runs` gives them) are known to be zeros: only the
-/// runs are read through `read(buf, offset)`; the holes are hashed as zeros
-/// without reading them (on a fresh image, its unwritten ZERO ranges).
-pub fn sha256_runs(
-    size: u64,
-    runs: &[(u64, u64)],
-    read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
-) -> std::io::Result<romdelta_format::Digest> {
-    let mut h = RunsHasher::new();
-    h.hash_to(size, runs, read)?;
-    Ok(h.finish())
-}
-
 /// SHA-256 of an image taken in order, one range after another: each call
 /// to [`RunsHasher::hash_to`] adds the bytes from where the last one
-/// stopped, reading only its data runs and hashing the rest as zeros (see
-/// [`sha256_runs`]). What lets an image be hashed while it is still being
-/// written, as far as it is finished.
+/// stopped, reading only those inside its data runs (sorted, disjoint
+/// `(offset, length)` ranges, as `StorageFile::data_runs` gives them) and
+/// hashing the rest as the zeros they are known to be, without reading
+/// them (on a fresh image, its unwritten ZERO ranges). What lets an image
+/// be hashed while it is still being written, as far as it is finished.
 pub struct RunsHasher {
     h: sha2::Sha256,
     pos: u64,
@@ -885,15 +872,25 @@ mod tests {
             read_any(buf, off)
         };
         assert_eq!(whole, romdelta_format::sha256(&bytes));
-        assert_eq!(sha256_runs(size, &runs, read).unwrap(), whole);
-        assert_eq!(sha256_runs(size, &[(0, size)], read_any).unwrap(), whole);
+        // In one call.
+        fn in_one(
+            size: u64,
+            runs: &[(u64, u64)],
+            read: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+        ) -> romdelta_format::Digest {
+            let mut h = RunsHasher::new();
+            h.hash_to(size, runs, read).unwrap();
+            h.finish()
+        }
+        assert_eq!(in_one(size, &runs, read), whole);
+        assert_eq!(in_one(size, &[(0, size)], read_any), whole);
         // Runs past the end are cut at it; no runs at all hash zeros.
         assert_eq!(
-            sha256_runs(size, &[(5, 10), (1 << 20, 3 << 19), (size - 7, 100)], read).unwrap(),
+            in_one(size, &[(5, 10), (1 << 20, 3 << 19), (size - 7, 100)], read),
             whole
         );
         let zeros = vec![0u8; size as usize];
-        let none = sha256_runs(size, &[], |_, _| panic!("nothing to read")).unwrap();
+        let none = in_one(size, &[], |_, _| panic!("nothing to read"));
         assert_eq!(none, romdelta_format::sha256(&zeros));
         // Range by range, each with the runs inside it (or all of them,
         // or runs reaching over its edges), gives the same hash.
