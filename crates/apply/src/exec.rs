@@ -254,18 +254,14 @@ impl Plan<'_> {
         });
         let written = AtomicU64::new(0);
         let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
-        let fail = |e: ApplyError| {
-            failed.store(true, Ordering::SeqCst);
-            first_error.lock().expect("not poisoned").get_or_insert(e);
-        };
+        let first_error = FirstError::default();
+        let fail = |e: ApplyError| first_error.set(e);
         // Operations are taken front to back, one at a time by whichever
         // worker is free, so the images are finished roughly in order and
         // their hashes follow close behind; checkpoints sync on a thread of
         // their own meanwhile.
         let work = || {
-            while !failed.load(Ordering::SeqCst) {
+            while !first_error.is_set() {
                 let Some(&(k, pi, oi)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     break;
                 };
@@ -298,7 +294,7 @@ impl Plan<'_> {
         if let Some(e) = cp.take_error() {
             fail(e);
         }
-        if let Some(e) = first_error.into_inner().expect("not poisoned") {
+        if let Some(e) = first_error.take() {
             return Err(e);
         }
         drop(cp);
@@ -334,13 +330,9 @@ impl Plan<'_> {
         // Set when the stream stops early: the progress so far is kept.
         let cut = AtomicBool::new(false);
         let rx = Mutex::new(rx);
-        let first_error: Mutex<Option<ApplyError>> = Mutex::new(None);
-        let failed = AtomicBool::new(false);
         let written = AtomicU64::new(0);
-        let fail = |e: ApplyError| {
-            failed.store(true, Ordering::SeqCst);
-            first_error.lock().expect("not poisoned").get_or_insert(e);
-        };
+        let first_error = FirstError::default();
+        let fail = |e: ApplyError| first_error.set(e);
         std::thread::scope(|scope| {
             let serving = cp.serve_in(scope);
             let mut pool = Vec::with_capacity(workers);
@@ -348,7 +340,7 @@ impl Plan<'_> {
                 pool.push(scope.spawn(|| loop {
                     let job = rx.lock().expect("not poisoned").recv();
                     let Ok((pi, oi, k, op_data)) = job else { break };
-                    if failed.load(Ordering::SeqCst) {
+                    if first_error.is_set() {
                         continue;
                     }
                     let p = &m.partitions[pi];
@@ -380,13 +372,13 @@ impl Plan<'_> {
                 if cp.is_done(k) {
                     continue;
                 }
-                if failed.load(Ordering::SeqCst) || tx.send((pi, oi, k, Vec::new())).is_err() {
+                if first_error.is_set() || tx.send((pi, oi, k, Vec::new())).is_err() {
                     break;
                 }
             }
             // Then the data section, in manifest order (the format requires it).
             for (pi, oi, k, op) in indexed().filter(|(_, _, _, op)| op.kind.has_data()) {
-                if failed.load(Ordering::SeqCst) {
+                if first_error.is_set() {
                     break;
                 }
                 match read_exactly(data, op.data_length, "operation data") {
@@ -410,7 +402,7 @@ impl Plan<'_> {
                     }
                 }
             }
-            if !failed.load(Ordering::SeqCst) {
+            if !first_error.is_set() {
                 let mut one = [0u8; 1];
                 match read_full(data, &mut one) {
                     Ok(0) => {}
@@ -432,7 +424,7 @@ impl Plan<'_> {
         if let Some(e) = cp.take_error() {
             fail(e);
         }
-        if let Some(e) = first_error.into_inner().expect("not poisoned") {
+        if let Some(e) = first_error.take() {
             // A stream that stopped (a cut download) keeps what was written
             // for the next run, if it can be made durable; any other failure
             // removes the staged output.
@@ -511,6 +503,31 @@ impl Plan<'_> {
         staging.keep();
         sync_dir(fs, &parent)?;
         Ok(report)
+    }
+}
+
+/// The first error of a run whose workers stop once any of them fails.
+#[derive(Default)]
+struct FirstError {
+    failed: AtomicBool,
+    error: Mutex<Option<ApplyError>>,
+}
+
+impl FirstError {
+    /// Records `e` unless an error came first; the workers stop.
+    fn set(&self, e: ApplyError) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.error.lock().expect("not poisoned").get_or_insert(e);
+    }
+
+    /// Whether a worker has failed.
+    fn is_set(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// The first error, once the workers have stopped.
+    fn take(self) -> Option<ApplyError> {
+        self.error.into_inner().expect("not poisoned")
     }
 }
 
