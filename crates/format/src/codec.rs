@@ -112,6 +112,15 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
+    /// An empty vector for `n` elements of `T` read from here on, with room
+    /// reserved for no more of them than the bytes left could hold at
+    /// `size_of::<T>()` bytes each: a count read from the input never makes
+    /// the reader reserve more memory than the input holds. Past that the
+    /// vector grows as elements are really decoded.
+    pub fn vec_for<T>(&self, n: usize) -> Vec<T> {
+        Vec::with_capacity(n.min(self.remaining() / std::mem::size_of::<T>().max(1)))
+    }
+
     /// Reads a 32-byte digest.
     pub fn digest(&mut self, what: &'static str) -> Result<Digest, FormatError> {
         Ok(self.take(32, what)?.try_into().expect("32 bytes"))
@@ -229,5 +238,14 @@ mod tests {
         let bytes = w.into_bytes();
         let err = Reader::new(&bytes).count("n", 16, u64::MAX).unwrap_err();
         assert!(matches!(err, FormatError::TooLarge { limit: 0, .. }));
+    }
+
+    #[test]
+    fn vec_for_reserves_no_more_than_the_bytes_left() {
+        let bytes = [0u8; 1000];
+        let r = Reader::new(&bytes);
+        assert_eq!(r.vec_for::<[u8; 100]>(usize::MAX).capacity(), 10);
+        assert_eq!(r.vec_for::<u8>(3).capacity(), 3);
+        assert_eq!(Reader::new(&[]).vec_for::<u64>(1 << 40).capacity(), 0);
     }
 }

@@ -54,6 +54,19 @@ impl Extent {
         })
     }
 
+    /// Reads a count (`what`) and that many extents.
+    pub(crate) fn decode_list(
+        r: &mut Reader<'_>,
+        what: &'static str,
+    ) -> Result<Vec<Self>, FormatError> {
+        let n = r.count(what, 2, u64::MAX)?;
+        let mut out = r.vec_for(n);
+        for _ in 0..n {
+            out.push(Extent::decode(r)?);
+        }
+        Ok(out)
+    }
+
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.varint(self.start_block);
         w.varint(self.num_blocks);

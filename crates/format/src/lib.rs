@@ -5,8 +5,12 @@
 //! values ([`Package`], [`Manifest`], [`Operation`]) and back, and it decodes
 //! operation data ([`ops`]) into caller-sized buffers. Every length or count
 //! read from input is checked against the bytes that remain before anything
-//! is allocated, so a hostile package cannot make the reader allocate more
-//! than the package itself holds. The byte layout is specified in
+//! is allocated, and no list reserves room for more elements than those
+//! bytes could hold in memory ([`Reader::vec_for`]): a hostile package
+//! makes the reader allocate in proportion to its own bytes, never to the
+//! numbers it claims (at most about 50 bytes per manifest byte). Appliers
+//! read a package's [`Prefix`], check its signatures and only then decode
+//! its manifest. The byte layout is specified in
 //! `docs/FORMAT.md`. Android's `payload.bin` is read (and written) by
 //! [`payload`], under the same rules.
 
@@ -31,7 +35,7 @@ pub use manifest::{
     check_partition_name, max_data_len, BuildInfo, Manifest, OpKind, Operation, PackageKind,
     PartitionInfo, PartitionUpdate, RemovedPartition,
 };
-pub use package::{Header, Package, Signature, HEADER_LEN, MAGIC};
+pub use package::{Header, Package, Prefix, Signature, HEADER_LEN, MAGIC};
 
 /// Size of a block in bytes; every extent counts blocks of this size.
 pub const BLOCK_SIZE: u64 = 4096;

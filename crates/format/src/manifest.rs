@@ -106,6 +106,10 @@ impl std::fmt::Display for OpKind {
     }
 }
 
+/// The fewest bytes a valid operation takes: kind, two extent counts and
+/// one destination extent of two one-byte varints.
+const MIN_OPERATION_LEN: u64 = 5;
+
 /// One step of a partition update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Operation {
@@ -140,14 +144,8 @@ impl Operation {
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, FormatError> {
         let kind = OpKind::from_code(r.u8("operation kind")?)?;
-        let n_src = r.count("source extent count", 2, u64::MAX)?;
-        let src_extents = (0..n_src)
-            .map(|_| Extent::decode(r))
-            .collect::<Result<Vec<_>, _>>()?;
-        let n_dst = r.count("destination extent count", 2, u64::MAX)?;
-        let dst_extents = (0..n_dst)
-            .map(|_| Extent::decode(r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let src_extents = Extent::decode_list(r, "source extent count")?;
+        let dst_extents = Extent::decode_list(r, "destination extent count")?;
         let (mut data_offset, mut data_length, mut data_sha256) = (0, 0, [0; 32]);
         if kind.has_data() {
             data_offset = r.varint("data offset")?;
@@ -439,7 +437,7 @@ impl Manifest {
         };
         let data_len = r.varint("data length")?;
         let n = r.count("partition count", 35, MAX_PARTITIONS)?;
-        let mut partitions = Vec::with_capacity(n);
+        let mut partitions = r.vec_for(n);
         for _ in 0..n {
             let name = r.string("partition name", MAX_NAME_LEN as u64)?;
             check_partition_name(&name)?;
@@ -449,15 +447,15 @@ impl Manifest {
                 f => return Err(FormatError::invalid("old partition flag", format!("{f}"))),
             };
             let new = PartitionInfo::decode(&mut r)?;
-            let n_ops = r.count("operation count", 3, u64::MAX)?;
-            let mut operations = Vec::with_capacity(n_ops);
+            let n_ops = r.count("operation count", MIN_OPERATION_LEN, u64::MAX)?;
+            let mut operations = r.vec_for(n_ops);
             for _ in 0..n_ops {
                 operations.push(Operation::decode(&mut r)?);
             }
-            let mut stages = Vec::new();
+            let mut stages: Vec<u64> = Vec::new();
             if in_place {
                 let n_stages = r.count("stage count", 1, u64::MAX)?;
-                stages.reserve_exact(n_stages);
+                stages = r.vec_for(n_stages);
                 for _ in 0..n_stages {
                     stages.push(r.varint("stage operation count")?);
                 }
@@ -471,7 +469,7 @@ impl Manifest {
             });
         }
         let n = r.count("removed partition count", 34, MAX_PARTITIONS)?;
-        let mut removed = Vec::with_capacity(n);
+        let mut removed = r.vec_for(n);
         for _ in 0..n {
             let name = r.string("partition name", MAX_NAME_LEN as u64)?;
             check_partition_name(&name)?;

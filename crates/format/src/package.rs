@@ -120,6 +120,28 @@ impl Header {
         HEADER_LEN + self.manifest_len + self.signatures_len
     }
 
+    /// Checks that a package of `have` bytes is exactly as long as this
+    /// header says: neither cut short nor followed by anything.
+    pub fn check_len(&self, have: u64) -> Result<(), FormatError> {
+        let total = self
+            .total_len()
+            .ok_or_else(|| FormatError::invalid("header", "section lengths overflow"))?;
+        if total > have {
+            return Err(FormatError::Truncated {
+                what: "package",
+                need: total - have,
+                have: have.saturating_sub(HEADER_LEN),
+            });
+        }
+        if total < have {
+            return Err(FormatError::Trailing {
+                what: "package",
+                extra: have - total,
+            });
+        }
+        Ok(())
+    }
+
     /// Total package length the header announces (`None` on overflow).
     pub fn total_len(&self) -> Option<u64> {
         self.data_offset().checked_add(self.data_len)
@@ -184,7 +206,88 @@ impl Signature {
     }
 }
 
-/// A parsed package whose bytes are all in memory (or mapped).
+/// Decodes the manifest that follows `header` and checks it against the
+/// header: its operation kinds within the header's version, its data
+/// length the header's.
+fn decode_manifest(header: &Header, manifest_bytes: &[u8]) -> Result<Manifest, FormatError> {
+    let manifest = Manifest::decode(manifest_bytes)?;
+    let needs = manifest.format_version();
+    if needs > header.version {
+        return Err(FormatError::invalid(
+            "manifest",
+            format!(
+                "uses operation kinds of format version {needs}, the header says version {}",
+                header.version
+            ),
+        ));
+    }
+    if manifest.data_len != header.data_len {
+        return Err(FormatError::invalid(
+            "manifest",
+            format!(
+                "data length {} differs from the header's {}",
+                manifest.data_len, header.data_len
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// What precedes a package's data section, in memory of the reader's own:
+/// the header, the manifest's bytes (not decoded yet) and the signatures.
+///
+/// An applier reads the prefix once, checks the signatures over
+/// [`Prefix::manifest_bytes`] and only then decodes the manifest from those
+/// very bytes ([`Prefix::manifest`]): what was verified is what is used,
+/// and a manifest nobody vouches for is never decoded.
+#[derive(Debug, Clone)]
+pub struct Prefix {
+    /// The header.
+    pub header: Header,
+    /// The manifest's bytes, as the signatures sign them.
+    pub manifest_bytes: Vec<u8>,
+    /// The signatures.
+    pub signatures: Vec<Signature>,
+}
+
+impl Prefix {
+    /// Checks the header's checksum over the two sections that follow it
+    /// and decodes the signatures.
+    pub fn new(
+        header: Header,
+        manifest_bytes: Vec<u8>,
+        sig_bytes: &[u8],
+    ) -> Result<Self, FormatError> {
+        if manifest_bytes.len() as u64 != header.manifest_len
+            || sig_bytes.len() as u64 != header.signatures_len
+        {
+            return Err(FormatError::invalid(
+                "package",
+                "manifest or signature section of another length than the header says",
+            ));
+        }
+        header.check_checksum(&manifest_bytes, sig_bytes)?;
+        let signatures = Signature::decode_all(sig_bytes)?;
+        Ok(Prefix {
+            header,
+            manifest_bytes,
+            signatures,
+        })
+    }
+
+    /// Decodes and validates the manifest (after its signatures are checked).
+    pub fn manifest(&self) -> Result<Manifest, FormatError> {
+        decode_manifest(&self.header, &self.manifest_bytes)
+    }
+
+    /// SHA-256 of the manifest's bytes: what names this package in journals
+    /// and device state.
+    pub fn manifest_sha256(&self) -> Digest {
+        crate::sha256(&self.manifest_bytes)
+    }
+}
+
+/// A parsed package whose bytes are all in memory.
 #[derive(Debug, Clone)]
 pub struct Package<'a> {
     /// The header.
@@ -204,23 +307,7 @@ impl<'a> Package<'a> {
     /// `bytes.len()`, and the manifest's data length must equal the header's.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
         let header = Header::decode(bytes)?;
-        let total = header
-            .total_len()
-            .ok_or_else(|| FormatError::invalid("header", "section lengths overflow"))?;
-        let have = bytes.len() as u64;
-        if total > have {
-            return Err(FormatError::Truncated {
-                what: "package",
-                need: total - have,
-                have: have.saturating_sub(HEADER_LEN),
-            });
-        }
-        if total < have {
-            return Err(FormatError::Trailing {
-                what: "package",
-                extra: have - total,
-            });
-        }
+        header.check_len(bytes.len() as u64)?;
         let mut r = Reader::new(bytes);
         r.take(HEADER_LEN, "header")?;
         let manifest_bytes = r.take(header.manifest_len, "manifest")?;
@@ -237,34 +324,15 @@ impl<'a> Package<'a> {
     }
 
     /// Parses the manifest and signature sections that follow a header; for
-    /// readers that stream the data section instead of holding it.
+    /// readers that hold the data section elsewhere.
     pub fn parse_sections(
         header: &Header,
         manifest_bytes: &[u8],
         sig_bytes: &[u8],
     ) -> Result<(Manifest, Vec<Signature>), FormatError> {
         header.check_checksum(manifest_bytes, sig_bytes)?;
-        let manifest = Manifest::decode(manifest_bytes)?;
-        let needs = manifest.format_version();
-        if needs > header.version {
-            return Err(FormatError::invalid(
-                "manifest",
-                format!(
-                    "uses operation kinds of format version {needs}, the header says version {}",
-                    header.version
-                ),
-            ));
-        }
-        if manifest.data_len != header.data_len {
-            return Err(FormatError::invalid(
-                "manifest",
-                format!(
-                    "data length {} differs from the header's {}",
-                    manifest.data_len, header.data_len
-                ),
-            ));
-        }
         let signatures = Signature::decode_all(sig_bytes)?;
+        let manifest = decode_manifest(header, manifest_bytes)?;
         Ok((manifest, signatures))
     }
 
