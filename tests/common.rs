@@ -35,8 +35,8 @@ pub fn round_trip(dir: &Path, a: &[u8], b: &[u8], opts: &DiffOptions) -> Vec<u8>
     // Apply reads the source the way the CLI does: through bounded buffers.
     let src = romdelta_apply::open_rom(&pa).unwrap();
     let file = PackageFile::open(&pkg_path).unwrap();
-    let pkg = file.parse().unwrap();
-    Plan::new(&pkg, Some(&src), &out)
+    let manifest = file.manifest().unwrap();
+    Plan::for_file(&manifest, &file, Some(&src), &out)
         .unwrap()
         .execute(&|_| {})
         .unwrap();

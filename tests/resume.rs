@@ -147,9 +147,8 @@ fn a_journal_of_another_package_is_refused_and_kept() {
     // A journal for a package of the same shape but another manifest.
     let file = romdelta_apply::PackageFile::open(&pkg).unwrap();
     let ops: u64 = file
-        .parse()
+        .manifest()
         .unwrap()
-        .manifest
         .partitions
         .iter()
         .map(|p| p.operations.len() as u64)

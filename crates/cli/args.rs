@@ -126,6 +126,11 @@ pub enum Command {
         /// Allow a full package to move to another region or channel.
         #[arg(long)]
         allow_line_switch: bool,
+        /// Install without comparing the package's build identity with the
+        /// installed build (needed when the installed build is unknown and
+        /// the package names a device).
+        #[arg(long)]
+        skip_build_check: bool,
         /// Write Android sparse images (as img2simg does) instead of raw ones.
         #[arg(long)]
         sparse: bool,
@@ -451,6 +456,11 @@ pub enum RecoveryCommand {
         /// Allow a full package to move to another region or channel.
         #[arg(long)]
         allow_line_switch: bool,
+        /// Install without comparing the package's build identity with the
+        /// build the device runs (needed when that build is unknown and the
+        /// package names a device).
+        #[arg(long)]
+        skip_build_check: bool,
         #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.

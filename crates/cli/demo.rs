@@ -92,13 +92,14 @@ pub fn run(dir: Option<&Path>, scale: usize, json: bool) -> Result<(), Failure> 
         let diff_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let file = PackageFile::open(&pkg_path)?;
-        let pkg = file.parse()?;
-        romdelta_apply::check_trust(pkg.manifest_bytes, &pkg.signatures, &trusted, false)?;
-        romdelta_apply::rules::check_rules(&pkg.manifest, Some(&old_build), Default::default())?;
+        let prefix = file.prefix();
+        romdelta_apply::check_trust(&prefix.manifest_bytes, &prefix.signatures, &trusted, false)?;
+        let manifest = file.manifest()?;
+        romdelta_apply::rules::check_rules(&manifest, Some(&old_build), Default::default())?;
         let apply_src = src
             .map(|_| romdelta_apply::open_rom(&old_dir))
             .transpose()?;
-        Plan::new(&pkg, apply_src.as_ref(), &out)?.execute(&|_| {})?;
+        Plan::for_file(&manifest, &file, apply_src.as_ref(), &out)?.execute(&|_| {})?;
         let apply_s = t.elapsed().as_secs_f64();
         for (name, bytes) in &new {
             let got = std::fs::read(out.join(format!("{name}.img")))

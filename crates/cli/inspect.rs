@@ -2,7 +2,7 @@
 
 use crate::progress::human;
 use romdelta_format::{
-    blocks_in, hex_digest, inplace, BuildInfo, OpKind, Package, PackageKind, BLOCK_SIZE,
+    blocks_in, hex_digest, inplace, BuildInfo, Manifest, OpKind, PackageKind, Prefix, BLOCK_SIZE,
 };
 use serde::Serialize;
 
@@ -64,17 +64,16 @@ fn image(i: &romdelta_format::PartitionInfo) -> Image {
     }
 }
 
-fn view<'a>(pkg: &'a Package<'_>, package_bytes: u64) -> View<'a> {
-    let m = &pkg.manifest;
+fn view<'a>(prefix: &'a Prefix, m: &'a Manifest, package_bytes: u64) -> View<'a> {
     View {
-        format_version: pkg.header.version,
+        format_version: prefix.header.version,
         kind: m.kind,
         install: if m.in_place { "in-place" } else { "ab" },
         package_bytes,
-        manifest_bytes: pkg.header.manifest_len,
+        manifest_bytes: prefix.header.manifest_len,
         data_bytes: m.data_len,
-        signatures: pkg.signatures.len(),
-        signers: pkg
+        signatures: prefix.signatures.len(),
+        signers: prefix
             .signatures
             .iter()
             .map(|s| hex::encode(s.public_key))
@@ -148,8 +147,8 @@ fn build_line(b: &BuildInfo) -> String {
 }
 
 /// Prints the package summary as text or JSON.
-pub fn print(pkg: &Package<'_>, package_bytes: u64, json: bool) {
-    let v = view(pkg, package_bytes);
+pub fn print(prefix: &Prefix, m: &Manifest, package_bytes: u64, json: bool) {
+    let v = view(prefix, m, package_bytes);
     if json {
         say!(
             "{}",

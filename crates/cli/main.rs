@@ -13,7 +13,7 @@ mod recovery;
 use anyhow::Context as _;
 use args::{Cli, Command};
 use clap::Parser;
-use romdelta_apply::{ApplyError, PackageFile, Plan};
+use romdelta_apply::{ApplyError, PackageData, PackageFile, Plan};
 use romdelta_diff::{DiffError, DiffOptions};
 use romdelta_rom::Rom;
 use std::path::Path;
@@ -327,6 +327,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             installed_build,
             allow_downgrade,
             allow_line_switch,
+            skip_build_check,
             sparse,
             threads,
             json,
@@ -339,15 +340,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let allow = romdelta_apply::rules::Allow {
                 downgrade: allow_downgrade,
                 line_switch: allow_line_switch,
+                skip_build_check,
             };
-            // Signature, then the update rules: both before anything is written.
-            let admit = |bytes: &[u8], sigs: &[romdelta_format::Signature], m| {
-                policy.admit(bytes, sigs)?;
-                Ok::<_, Failure>(romdelta_apply::rules::check_rules(
-                    m,
-                    installed.as_ref(),
-                    allow,
-                )?)
+            // The signature over the manifest's bytes first, then the
+            // manifest decoded from those very bytes, then the update
+            // rules: all before anything is written.
+            let admit = |prefix: &romdelta_format::Prefix| {
+                policy.admit(&prefix.manifest_bytes, &prefix.signatures)?;
+                let manifest = prefix.manifest().map_err(ApplyError::from)?;
+                let checked =
+                    romdelta_apply::rules::check_rules(&manifest, installed.as_ref(), allow)?;
+                if !checked {
+                    warn_rules_unchecked(skip_build_check);
+                }
+                Ok::<_, Failure>((manifest, checked))
             };
             let source = source.map(|s| open_rom(&s)).transpose()?;
             let started = std::time::Instant::now();
@@ -360,53 +366,49 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         )));
                     }
                     let file = PackageFile::open(&package)?;
-                    let pkg = file.parse()?;
-                    admit(pkg.manifest_bytes, &pkg.signatures, &pkg.manifest)?;
-                    let plan =
-                        romdelta_apply::InPlacePlan::new(&pkg, &target)?.releasing_data(&file);
-                    let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
+                    let (manifest, checked) = admit(file.prefix())?;
+                    let plan = romdelta_apply::InPlacePlan::for_file(&manifest, &file, &target)?;
+                    let total: u64 = manifest.partitions.iter().map(|p| p.new.size).sum();
                     let bar = progress::bar(json, total, "apply");
                     let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
                     bar.finish();
-                    return report_apply(&r, &package, &target, started, json);
+                    return report_apply(&r, checked, &package, &target, started, json);
                 }
                 _ => unreachable!("clap: exactly one of --output and --in-place"),
             };
-            let report = if package.as_os_str() == "-" {
+            let (report, checked) = if package.as_os_str() == "-" {
                 // One pass over standard input, no temporary copy.
                 let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
-                let prefix = romdelta_apply::read_stream_prefix(&mut input)?;
-                admit(&prefix.manifest_bytes, &prefix.signatures, &prefix.manifest)?;
-                let plan = Plan::for_stream(&prefix.manifest, source.as_ref(), &output)?
-                    .sparse_output(sparse);
-                let total: u64 = prefix.manifest.partitions.iter().map(|p| p.new.size).sum();
+                let prefix = romdelta_apply::read_prefix(&mut input)?;
+                let (manifest, checked) = admit(&prefix)?;
+                let plan =
+                    Plan::for_stream(&manifest, source.as_ref(), &output)?.sparse_output(sparse);
+                let total: u64 = manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
                 let r = with_threads(threads, || {
                     plan.execute_stream(&mut input, &|n| bar.set_position(n))
                 })??;
                 bar.finish();
-                r
+                (r, checked)
             } else {
                 let file = PackageFile::open(&package)?;
-                let pkg = file.parse()?;
-                admit(pkg.manifest_bytes, &pkg.signatures, &pkg.manifest)?;
-                let plan = Plan::new(&pkg, source.as_ref(), &output)?
-                    .sparse_output(sparse)
-                    .releasing_data(&file);
-                let total: u64 = pkg.manifest.partitions.iter().map(|p| p.new.size).sum();
+                let (manifest, checked) = admit(file.prefix())?;
+                let plan = Plan::for_file(&manifest, &file, source.as_ref(), &output)?
+                    .sparse_output(sparse);
+                let total: u64 = manifest.partitions.iter().map(|p| p.new.size).sum();
                 let bar = progress::bar(json, total, "apply");
                 let r = with_threads(threads, || plan.execute(&|n| bar.set_position(n)))??;
                 bar.finish();
-                r
+                (r, checked)
             };
-            report_apply(&report, &package, &output, started, json)
+            report_apply(&report, checked, &package, &output, started, json)
         }
         Command::Inspect { package, json } => {
             let file = PackageFile::open(&package)?;
-            let pkg = file.parse()?;
+            let manifest = file.manifest()?;
             // A damaged package must not look fine: check every data hash first.
-            romdelta_apply::verify(&pkg, None)?;
-            inspect::print(&pkg, file.bytes().len() as u64, json);
+            romdelta_apply::verify(&manifest, PackageData::File(&file), None)?;
+            inspect::print(file.prefix(), &manifest, file.len(), json);
             Ok(())
         }
         Command::Verify {
@@ -418,10 +420,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let policy = TrustPolicy::load(&trust)?;
             let file = PackageFile::open(&package)?;
-            let pkg = file.parse()?;
-            policy.admit(pkg.manifest_bytes, &pkg.signatures)?;
+            policy.admit(&file.prefix().manifest_bytes, &file.prefix().signatures)?;
+            let manifest = file.manifest()?;
             let source = source.map(|s| open_rom(&s)).transpose()?;
-            let report = with_threads(threads, || romdelta_apply::verify(&pkg, source.as_ref()))??;
+            let report = with_threads(threads, || {
+                romdelta_apply::verify(&manifest, PackageData::File(&file), source.as_ref())
+            })??;
             if json {
                 print_json(&report);
             } else {
@@ -502,16 +506,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// Says on standard error (whatever `-q`) that the update rules were not
+/// compared with an installed build.
+pub(crate) fn warn_rules_unchecked(skipped: bool) {
+    progress::warn(if skipped {
+        "--skip-build-check: the package was not compared with the installed build (device, line, base build, downgrade)"
+    } else {
+        "the installed build is unknown (no build.prop was found to read, and no --installed-build): the update rules (device, line, base build, downgrade) were not checked"
+    });
+}
+
+/// The JSON report of an apply.
+#[derive(serde::Serialize)]
+struct ApplyJson<'a> {
+    #[serde(flatten)]
+    report: &'a romdelta_apply::ApplyReport,
+    /// Whether the package was compared with a known installed build.
+    rules_checked: bool,
+}
+
 /// Prints what an apply did.
 fn report_apply(
     report: &romdelta_apply::ApplyReport,
+    rules_checked: bool,
     package: &Path,
     output: &Path,
     started: std::time::Instant,
     json: bool,
 ) -> Result<(), Failure> {
     if json {
-        print_json(report);
+        print_json(&ApplyJson {
+            report,
+            rules_checked,
+        });
         return Ok(());
     }
     say!(

@@ -87,6 +87,19 @@ fn json_line(what: &str, done: u64, total: u64, finished: bool) {
     let _ = writeln!(err, "{line}");
 }
 
+/// Writes a warning on standard error, whatever `-q`: a JSON line
+/// (`{"event": "warning", "message": ...}`) with `--progress json`, so
+/// that standard error stays JSON lines, else `romdelta: warning: ...`.
+pub fn warn(message: &str) {
+    let mut err = std::io::stderr().lock();
+    if MODE.get() == Some(&ProgressMode::Json) {
+        let line = serde_json::json!({"event": "warning", "message": message});
+        let _ = writeln!(err, "{line}");
+    } else {
+        let _ = writeln!(err, "romdelta: warning: {message}");
+    }
+}
+
 /// Progress over `total` bytes of `what`, as `--progress` asks: with
 /// `auto`, a bar only when stderr is a terminal and the output is neither
 /// JSON nor quiet.

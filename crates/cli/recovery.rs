@@ -94,6 +94,7 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             trust,
             allow_downgrade,
             allow_line_switch,
+            skip_build_check,
             threads,
             json,
         } => {
@@ -102,12 +103,16 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             let allow = Allow {
                 downgrade: allow_downgrade,
                 line_switch: allow_line_switch,
+                skip_build_check,
             };
             let admit = |m: &[u8], sigs: &[romdelta_format::Signature]| {
                 romdelta_apply::check_trust(m, sigs, policy.keys(), policy.insecure())
             };
             let started = std::time::Instant::now();
             let report = with_threads(threads, || d.install(&package, &admit, allow))??;
+            if !report.rules_checked {
+                crate::warn_rules_unchecked(skip_build_check);
+            }
             if json {
                 print_json(&report);
             } else {

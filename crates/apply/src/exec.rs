@@ -2,10 +2,10 @@
 
 use crate::frontier::{check_written, hash_written, WrittenHashes};
 use crate::stage::{parent_of, sync_dir, Checkpointer, Output, Staged};
-use crate::{ApplyError, ApplyReport, Hashed, Mismatch, Plan};
+use crate::{ApplyError, ApplyReport, Hashed, Mismatch, PackageData, Plan};
 use rayon::prelude::*;
 use romdelta_format::{
-    hex_digest, ops, Digest, Extent, FormatError, OpKind, Operation, Package, PartitionUpdate,
+    hex_digest, ops, Digest, Extent, FormatError, Manifest, OpKind, Operation, PartitionUpdate,
     BLOCK_SIZE,
 };
 use romdelta_rom::{Partition, Rom};
@@ -148,16 +148,24 @@ fn op_indices(m: &romdelta_format::Manifest) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Source copies up to this many bytes are read once into memory, hashed,
+/// and written from there.
+const COPY_BUFFER: u64 = 8 << 20;
+
 /// Runs one operation: checks, decodes, writes. Returns bytes written.
 /// A/B outputs start as zeros, so ZERO writes nothing there; in place
-/// (`write_zeros`) it writes its zeros.
+/// (`in_place`) it writes its zeros. Every byte written was read once and
+/// is the byte hashed: a source copy of an A/B output is hashed as it is
+/// written and fails before it counts as done (the staged output is
+/// discarded); in place, where the image written is the only copy, a copy
+/// is checked before any byte of it is written.
 pub(crate) fn run_op(
     data: &[u8],
     part: &PartitionUpdate,
     i: usize,
     src: Option<&dyn SourceBytes>,
     out: &Output,
-    write_zeros: bool,
+    in_place: bool,
 ) -> Result<u64, ApplyError> {
     let op = &part.operations[i];
     let mut w = ExtentWriter {
@@ -171,7 +179,7 @@ pub(crate) fn run_op(
     };
     match op.kind {
         // A staged image is created empty (all zeros): nothing to write.
-        OpKind::Zero if !write_zeros => return Ok(0),
+        OpKind::Zero if !in_place => return Ok(0),
         OpKind::Zero => {
             let zeros = vec![0u8; (op.dst_blocks() * BLOCK_SIZE).min(1 << 20) as usize];
             let mut left = op.dst_blocks() * BLOCK_SIZE;
@@ -183,14 +191,36 @@ pub(crate) fn run_op(
         }
         OpKind::SourceCopy => {
             let src = src.expect("plan: copies have a source");
-            check_source(src, part, i, op)?;
-            let mut res = Ok(());
-            src.for_each_piece(&op.src_extents, &mut |b| {
-                if res.is_ok() {
-                    res = w.write(b);
-                }
-            })?;
-            res?;
+            let bytes = op.src_blocks() * BLOCK_SIZE;
+            if in_place && bytes > COPY_BUFFER {
+                // Too large to hold: checked first, then copied.
+                check_source(src, part, i, op)?;
+                let mut res = Ok(());
+                src.for_each_piece(&op.src_extents, &mut |b| {
+                    if res.is_ok() {
+                        res = w.write(b);
+                    }
+                })?;
+                res?;
+            } else if in_place {
+                let mut buf = Vec::with_capacity(bytes as usize);
+                src.for_each_piece(&op.src_extents, &mut |b| buf.extend_from_slice(b))?;
+                let actual = romdelta_format::sha256(&buf);
+                expect_hash(Hashed::Source, part, i, op, op.src_sha256, actual)?;
+                w.write(&buf)?;
+            } else {
+                let mut h = sha2::Sha256::new();
+                let mut res = Ok(());
+                src.for_each_piece(&op.src_extents, &mut |b| {
+                    h.update(b);
+                    if res.is_ok() {
+                        res = w.write(b);
+                    }
+                })?;
+                res?;
+                let actual: Digest = h.finalize().into();
+                expect_hash(Hashed::Source, part, i, op, op.src_sha256, actual)?;
+            }
         }
         OpKind::Replace
         | OpKind::SourceZstd
@@ -219,7 +249,8 @@ pub(crate) fn run_op(
 }
 
 impl Plan<'_> {
-    /// Runs the plan on a package held in memory (see [`Plan::new`]).
+    /// Runs the plan on a package whose data is in memory or in a file (see
+    /// [`Plan::new`], [`Plan::for_file`]).
     /// `progress` is called with the bytes written so far.
     pub fn execute(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<ApplyReport, ApplyError> {
         let data = self.data.ok_or_else(|| {
@@ -268,20 +299,12 @@ impl Plan<'_> {
                 if cp.is_done(k) {
                     continue;
                 }
-                let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
-                let op_data = if op.kind.has_data() {
-                    let start = op.data_offset as usize;
-                    &data[start..start + op.data_length as usize]
-                } else {
-                    &[]
-                };
+                let p = &m.partitions[pi];
                 let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
-                let ran = run_op(op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
-                    if let Some(file) = self.mapped {
-                        file.release(op_data);
-                    }
-                    op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n)
-                });
+                let ran = data
+                    .of(p, oi)
+                    .and_then(|op_data| run_op(&op_data, p, oi, src, &outputs[pi], false))
+                    .and_then(|n| op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n));
                 if let Err(e) = ran {
                     fail(e);
                 }
@@ -452,16 +475,15 @@ impl Plan<'_> {
             resumed,
             ..
         } = staged;
+        // Sparse forms are written beside the staged images, which stay as
+        // they are under the journal until every sparse form is written,
+        // synced and checked: a run killed meanwhile resumes (its journal
+        // lists every operation) and converts again.
+        let mut converted = Vec::new();
         if self.output.sparse {
             for (o, p) in outputs.iter().zip(&m.partitions) {
                 if p.new.size % BLOCK_SIZE == 0 {
-                    to_sparse(fs, o, p.new.size)?;
-                    // What was written expands to the verified image.
-                    let written = Partition::open(&o.name, &o.path, romdelta_rom::Access::Read)?;
-                    let actual = written.sha256()?;
-                    if actual != p.new.sha256 {
-                        return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
-                    }
+                    converted.push((write_sparse_form(fs, o, p)?, o.path.clone()));
                 }
             }
         }
@@ -489,6 +511,10 @@ impl Plan<'_> {
             Err(e) => return Err(ApplyError::io(&staging.journal)(e)),
         }
         sync_dir(fs, &parent)?;
+        // From here on a crash finds no journal and starts over.
+        for (sparse, raw) in &converted {
+            fs.rename(sparse, raw).map_err(ApplyError::io(raw))?;
+        }
         if staging.dir {
             sync_dir(fs, &staging.staged)?;
             if fs.entry(out).map_err(ApplyError::io(out))?.is_some() {
@@ -566,13 +592,24 @@ pub(crate) fn sync_and_verify(o: &Output, p: &PartitionUpdate) -> Result<(), App
     check_written(p, h.finish())
 }
 
-/// Rewrites the verified staged image `o` as an Android sparse image
-/// (through a synced temporary file renamed over it).
-fn to_sparse(fs: &dyn romdelta_storage::Storage, o: &Output, size: u64) -> Result<(), ApplyError> {
-    let mut tmp = o.path.as_os_str().to_owned();
+/// Where the sparse form of the staged image at `path` is written before
+/// it replaces it.
+pub(crate) fn sparse_form_path(path: &Path) -> std::path::PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
     tmp.push(".sparse");
-    let tmp = std::path::PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
+    tmp.into()
+}
+
+/// Writes the Android sparse form of the verified staged image `o` beside
+/// it (synced), reads it back and checks that it expands to partition
+/// `p`'s new image. Returns its path.
+fn write_sparse_form(
+    fs: &dyn romdelta_storage::Storage,
+    o: &Output,
+    p: &PartitionUpdate,
+) -> Result<std::path::PathBuf, ApplyError> {
+    let tmp = sparse_form_path(&o.path);
+    let write = || -> std::io::Result<std::sync::Arc<dyn StorageFile>> {
         if romdelta_storage::exists(fs, &tmp)? {
             fs.remove_file(&tmp)?;
         }
@@ -580,7 +617,7 @@ fn to_sparse(fs: &dyn romdelta_storage::Storage, o: &Output, size: u64) -> Resul
         let mut w =
             std::io::BufWriter::with_capacity(1 << 20, romdelta_storage::FileWriter::new(&*f, 0));
         romdelta_format::sparse::write_sparse(
-            size,
+            p.new.size,
             BLOCK_SIZE as u32,
             |off, buf| o.file.read_at(buf, off),
             &mut w,
@@ -588,16 +625,50 @@ fn to_sparse(fs: &dyn romdelta_storage::Storage, o: &Output, size: u64) -> Resul
         std::io::Write::flush(&mut w)?;
         drop(w);
         f.sync()?;
-        fs.rename(&tmp, &o.path)
+        Ok(f)
     };
-    write().map_err(|e| {
-        let _ = fs.remove_file(&tmp);
-        ApplyError::io(&o.path)(e)
-    })
+    let f = write().map_err(ApplyError::io(&tmp))?;
+    // What was written expands to the verified image.
+    let actual = sparse_sha256(&*f).map_err(ApplyError::io(&tmp))?;
+    if actual != p.new.sha256 {
+        return Err(mismatch(Hashed::TargetImage, p, None, p.new.sha256, actual));
+    }
+    Ok(tmp)
+}
+
+/// SHA-256 of the image the sparse file `f` expands to.
+fn sparse_sha256(f: &dyn StorageFile) -> std::io::Result<Digest> {
+    use romdelta_format::sparse::{SparseHeader, SparseLayout, FILE_HEADER_LEN};
+    let bad = |e: FormatError| std::io::Error::other(format!("sparse form: {e}"));
+    let len = f.len()?;
+    let mut head = [0u8; FILE_HEADER_LEN];
+    f.read_at(&mut head, 0)?;
+    let header = SparseHeader::decode(&head).map_err(bad)?;
+    let mut layout = SparseLayout::new(header, len).map_err(bad)?;
+    let mut buf = vec![0u8; (header.chunk_header_len + 4) as usize];
+    while let Some(at) = layout.next_header_offset() {
+        let n = (len.saturating_sub(at) as usize).min(buf.len());
+        f.read_at(&mut buf[..n], at)?;
+        layout.push(&buf[..n]).map_err(bad)?;
+    }
+    let chunks = layout.finish().map_err(bad)?;
+    let mut h = sha2::Sha256::new();
+    let mut piece = vec![0u8; 1 << 20];
+    let size = header.image_len();
+    let mut pos = 0;
+    while pos < size {
+        let n = (size - pos).min(piece.len() as u64) as usize;
+        romdelta_format::sparse::read_expanded(&chunks, pos, &mut piece[..n], |off, b| {
+            f.read_at(b, off)
+        })?;
+        h.update(&piece[..n]);
+        pos += n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ApplyError> {
+pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ApplyError> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -631,32 +702,21 @@ fn read_exactly(r: &mut dyn Read, len: u64, what: &'static str) -> Result<Vec<u8
     Ok(buf)
 }
 
-/// The sections of a package that precede its data, read from a stream.
-pub struct StreamPrefix {
-    /// The header.
-    pub header: romdelta_format::Header,
-    /// The manifest, validated.
-    pub manifest: romdelta_format::Manifest,
-    /// The raw manifest bytes (what signatures sign).
-    pub manifest_bytes: Vec<u8>,
-    /// The signatures.
-    pub signatures: Vec<romdelta_format::Signature>,
-}
-
-/// Reads and checks the header, manifest and signatures of a package from
-/// a stream, leaving it at the first byte of the data section.
-pub fn read_stream_prefix(r: &mut dyn Read) -> Result<StreamPrefix, ApplyError> {
+/// Reads the sections of a package that precede its data (header,
+/// manifest bytes, signatures) from a stream into memory of its own, and
+/// checks the header's checksum over them, leaving the stream at the first
+/// byte of the data section. The manifest is not decoded: check the
+/// signatures first, then call [`romdelta_format::Prefix::manifest`].
+pub fn read_prefix(r: &mut dyn Read) -> Result<romdelta_format::Prefix, ApplyError> {
     let head = read_exactly(r, romdelta_format::HEADER_LEN, "header")?;
     let header = romdelta_format::Header::decode(&head)?;
     let manifest_bytes = read_exactly(r, header.manifest_len, "manifest")?;
     let sig_bytes = read_exactly(r, header.signatures_len, "signatures")?;
-    let (manifest, signatures) = Package::parse_sections(&header, &manifest_bytes, &sig_bytes)?;
-    Ok(StreamPrefix {
+    Ok(romdelta_format::Prefix::new(
         header,
-        manifest,
         manifest_bytes,
-        signatures,
-    })
+        &sig_bytes,
+    )?)
 }
 
 /// What [`verify`] checked.
@@ -670,16 +730,20 @@ pub struct VerifyReport {
     pub source_images: u64,
 }
 
-/// Checks every data hash of `pkg` and, given the source build, every source
-/// hash and every source image hash, without writing anything.
-pub fn verify(pkg: &Package<'_>, source: Option<&Rom>) -> Result<VerifyReport, ApplyError> {
-    let m = &pkg.manifest;
+/// Checks every data hash of the package of manifest `m` and data `data`
+/// and, given the source build, every source hash and every source image
+/// hash, without writing anything.
+pub fn verify(
+    m: &Manifest,
+    data: PackageData<'_>,
+    source: Option<&Rom>,
+) -> Result<VerifyReport, ApplyError> {
     let mut report = VerifyReport::default();
     let jobs = op_indices(m);
     jobs.par_iter().try_for_each(|&(pi, oi)| {
         let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
         if op.kind.has_data() {
-            check_data(pkg.op_data(op), p, oi, op)?;
+            check_data(&data.of(p, oi)?, p, oi, op)?;
         }
         Ok::<(), ApplyError>(())
     })?;
@@ -688,7 +752,7 @@ pub fn verify(pkg: &Package<'_>, source: Option<&Rom>) -> Result<VerifyReport, A
         .filter(|(pi, oi)| m.partitions[*pi].operations[*oi].kind.has_data())
         .count() as u64;
     if let Some(source) = source {
-        let sources = crate::match_sources(&pkg.manifest, Some(source))?;
+        let sources = crate::match_sources(m, Some(source))?;
         jobs.par_iter().try_for_each(|&(pi, oi)| {
             let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
             if let (Some(src), true) = (sources[pi], op.kind.reads_source()) {

@@ -25,9 +25,9 @@
 //! run read (the stash is never rewritten once the stage started, and no
 //! earlier stage wrote what the stage reads).
 
-use crate::exec::{check_data, mismatch, run_op, sync_and_verify, SourceBytes};
+use crate::exec::{mismatch, run_op, sync_and_verify, SourceBytes};
 use crate::stage::{CheckpointEvery, Checkpointer, Output};
-use crate::{ApplyError, ApplyReport, Hashed, WrittenPartition};
+use crate::{ApplyError, ApplyReport, Hashed, PackageData, WrittenPartition};
 use rayon::prelude::*;
 use romdelta_format::inplace::{stage_ranges, stash_of};
 use romdelta_format::journal::Journal;
@@ -48,15 +48,13 @@ const STASH_HEADER: u64 = 8 + 4 + 32 + 8 + 8 + 8 + 32;
 /// A package checked against the images it updates in place.
 pub struct InPlacePlan<'a> {
     manifest: &'a Manifest,
-    data: &'a [u8],
+    data: PackageData<'a>,
     storage: &'a dyn Storage,
     /// The image file, or the directory of `NAME.img`.
     target: PathBuf,
     /// Whether `target` is one image file.
     single: bool,
     checkpoint: CheckpointEvery,
-    /// The mapped file the data section is in, to release what is used.
-    mapped: Option<&'a crate::PackageFile>,
 }
 
 /// Refuses an incremental package that was not made for in-place
@@ -83,7 +81,40 @@ impl<'a> InPlacePlan<'a> {
         target: &Path,
         storage: &'a dyn Storage,
     ) -> Result<Self, ApplyError> {
-        let m = &pkg.manifest;
+        Self::with_data_on(
+            &pkg.manifest,
+            PackageData::Memory(pkg.data),
+            target,
+            storage,
+        )
+    }
+
+    /// Checks the package file `file`, whose manifest (read from its prefix,
+    /// signatures checked) is `manifest`, for an in-place update of `target`.
+    pub fn for_file(
+        manifest: &'a Manifest,
+        file: &'a crate::PackageFile,
+        target: &Path,
+    ) -> Result<Self, ApplyError> {
+        Self::for_file_on(manifest, file, target, &RealFs)
+    }
+
+    /// [`InPlacePlan::for_file`] through `storage`.
+    pub fn for_file_on(
+        manifest: &'a Manifest,
+        file: &'a crate::PackageFile,
+        target: &Path,
+        storage: &'a dyn Storage,
+    ) -> Result<Self, ApplyError> {
+        Self::with_data_on(manifest, PackageData::File(file), target, storage)
+    }
+
+    fn with_data_on(
+        m: &'a Manifest,
+        data: PackageData<'a>,
+        target: &Path,
+        storage: &'a dyn Storage,
+    ) -> Result<Self, ApplyError> {
         check_in_place_package(m)?;
         let single = match storage.entry(target).map_err(ApplyError::io(target))? {
             Some(EntryKind::Dir) => false,
@@ -108,20 +139,12 @@ impl<'a> InPlacePlan<'a> {
         };
         Ok(InPlacePlan {
             manifest: m,
-            data: pkg.data,
+            data,
             storage,
             target: target.to_path_buf(),
             single,
             checkpoint: CheckpointEvery::default(),
-            mapped: None,
         })
-    }
-
-    /// Releases each operation's data from memory once it is used, when
-    /// the package is `file` (see [`crate::PackageFile::release`]).
-    pub fn releasing_data(mut self, file: &'a crate::PackageFile) -> Self {
-        self.mapped = Some(file);
-        self
     }
 
     /// Makes progress durable at `every` (default: 16 MiB or 0.5 s), and
@@ -256,20 +279,10 @@ impl<'a> InPlacePlan<'a> {
                         return Ok(());
                     }
                     let op = &p.operations[oi];
-                    let op_data = if op.kind.has_data() {
-                        let start = op.data_offset as usize;
-                        &self.data[start..start + op.data_length as usize]
-                    } else {
-                        &[]
-                    };
-                    if op.kind.has_data() {
-                        check_data(op_data, p, oi, op)?;
-                    }
+                    // run_op checks the data's hash, once, before decoding.
+                    let op_data = self.data.of(p, oi)?;
                     let reads = op.kind.reads_source().then_some(&src as &dyn SourceBytes);
-                    let n = run_op(op_data, p, oi, reads, out, true)?;
-                    if let Some(file) = self.mapped {
-                        file.release(op_data);
-                    }
+                    let n = run_op(&op_data, p, oi, reads, out, true)?;
                     progress(written.fetch_add(n, Ordering::Relaxed) + n);
                     cp.done(k, n)
                 })?;

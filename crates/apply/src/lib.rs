@@ -1,8 +1,10 @@
 //! romdelta package application.
 //!
 //! Application runs in stages, each one its own function:
-//! 1. [`PackageFile::open`] maps the package and parses it with the bounded
-//!    parser of `romdelta-format`;
+//! 1. [`PackageFile::open`] reads the package's header, manifest and
+//!    signatures into memory of its own with the bounded parser of
+//!    `romdelta-format`; the caller checks the signatures over those bytes
+//!    and only then decodes the manifest from them;
 //! 2. [`Plan::new`] checks the package against the source ROM (every
 //!    partition present with the size the package expects) and the output
 //!    location; only a [`Plan`] can be executed;
@@ -28,38 +30,71 @@ pub use stage::{staging_paths, CheckpointEvery};
 pub use error::{ApplyError, Hashed, Mismatch};
 pub use inplace::{check_in_place_package, in_place_paths, InPlacePlan};
 
-use memmap2::Mmap;
-use romdelta_format::{Manifest, Package, PackageKind};
+use romdelta_format::{Manifest, Package, PackageKind, PartitionUpdate, Prefix};
 use romdelta_rom::{Layout, Partition, Rom};
 use romdelta_storage::{EntryKind, RealFs, Storage};
 use std::path::{Path, PathBuf};
 
-/// A package file, mapped into memory.
+/// A package file: its prefix (header, manifest bytes, signatures) read
+/// once into memory of this process's own and checked against the header's
+/// checksum; its data section read from the file, an operation at a time,
+/// when the operation runs.
+///
+/// Nothing is mapped: whoever can write the file while it is applied cannot
+/// have one manifest verified and another one used, and a file cut short
+/// meanwhile is an error, not a signal. Operation data is checked against
+/// the hash the verified manifest holds before it is used.
 pub struct PackageFile {
     path: PathBuf,
-    map: Option<Mmap>,
+    file: std::fs::File,
+    len: u64,
+    prefix: Prefix,
 }
 
 impl PackageFile {
-    /// Maps the package at `path`.
+    /// Opens the package at `path` and reads its prefix. The header's
+    /// section lengths must add up to the file's length exactly.
     pub fn open(path: &Path) -> Result<Self, ApplyError> {
-        let file = std::fs::File::open(path).map_err(ApplyError::io(path))?;
+        let io = ApplyError::io(path);
+        let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(ApplyError::io(path))?.len();
-        // SAFETY: mapped read-only; a package is not modified while it is applied.
-        let map = if len == 0 {
-            None
-        } else {
-            Some(unsafe { Mmap::map(&file) }.map_err(ApplyError::io(path))?)
-        };
+        // The header first: its lengths must fit the file before the
+        // sections they announce are read.
+        let mut head = [0u8; romdelta_format::HEADER_LEN as usize];
+        let got = exec::read_full(&mut &file, &mut head)?;
+        romdelta_format::Header::decode(&head[..got])?.check_len(len)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, &file);
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))
+            .map_err(ApplyError::io(path))?;
+        let prefix = exec::read_prefix(&mut reader)?;
+        drop(reader);
         Ok(PackageFile {
             path: path.to_path_buf(),
-            map,
+            file,
+            len,
+            prefix,
         })
     }
 
-    /// The package bytes.
-    pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+    /// The header, the manifest's bytes and the signatures, as read.
+    pub fn prefix(&self) -> &Prefix {
+        &self.prefix
+    }
+
+    /// Decodes the manifest from the bytes [`PackageFile::prefix`] holds
+    /// (check their signatures first).
+    pub fn manifest(&self) -> Result<Manifest, ApplyError> {
+        Ok(self.prefix.manifest()?)
+    }
+
+    /// The package's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the package file is empty (it never is once opened).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Where it was read from.
@@ -67,28 +102,58 @@ impl PackageFile {
         &self.path
     }
 
-    /// Parses the package.
-    pub fn parse(&self) -> Result<Package<'_>, ApplyError> {
-        Ok(Package::parse(self.bytes())?)
+    /// Reads `len` bytes of the data section from `offset`.
+    fn read_data(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        let at = self.prefix.header.data_offset() + offset;
+        // Checked by the manifest rules against the data length, which the
+        // file held when it was opened; a file cut short since is an error.
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, at)?;
+        Ok(buf)
     }
+}
 
-    /// Drops the whole pages of `part` (a slice of [`PackageFile::bytes`];
-    /// anything else is ignored) from this process's memory: the next read
-    /// of them reads the file again. Applying releases each operation's
-    /// data once it is used, so its resident memory does not grow with the
-    /// package.
-    pub fn release(&self, part: &[u8]) {
-        let Some(map) = self.map.as_ref() else {
-            return;
-        };
-        let base = map.as_ptr() as usize;
-        let Some(offset) = (part.as_ptr() as usize).checked_sub(base) else {
-            return;
-        };
-        if offset + part.len() > map.len() {
-            return;
+/// Where a plan's operation data comes from.
+#[derive(Clone, Copy)]
+pub enum PackageData<'a> {
+    /// A data section held in memory (a package parsed from bytes).
+    Memory(&'a [u8]),
+    /// The data section of a package file, read as operations run.
+    File(&'a PackageFile),
+}
+
+impl<'a> PackageData<'a> {
+    /// The data of operation `oi` of partition `p` (bounds checked by the
+    /// manifest rules: within the data section).
+    pub(crate) fn of(
+        &self,
+        p: &PartitionUpdate,
+        oi: usize,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, ApplyError> {
+        let op = &p.operations[oi];
+        if !op.kind.has_data() {
+            return Ok(std::borrow::Cow::Borrowed(&[]));
         }
-        romdelta_rom::release_pages(map, offset as u64, part.len() as u64);
+        match *self {
+            PackageData::Memory(d) => {
+                let start = op.data_offset as usize;
+                Ok(std::borrow::Cow::Borrowed(
+                    &d[start..start + op.data_length as usize],
+                ))
+            }
+            PackageData::File(f) => f
+                .read_data(op.data_offset, op.data_length)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| {
+                    ApplyError::Refused(format!(
+                        "partition {}, operation {oi}: reading its {} bytes of data from {}: {e} (was the package changed or cut short while it was applied?)",
+                        p.name,
+                        op.data_length,
+                        f.path.display()
+                    ))
+                }),
+        }
     }
 }
 
@@ -107,8 +172,9 @@ pub struct OutputSpec {
 /// A package checked against its source and output; the only thing that can be executed.
 pub struct Plan<'a> {
     pub(crate) manifest: &'a Manifest,
-    /// The data section, when the whole package is in memory.
-    pub(crate) data: Option<&'a [u8]>,
+    /// Where operation data comes from (none: from a stream, see
+    /// [`Plan::execute_stream`]).
+    pub(crate) data: Option<PackageData<'a>>,
     /// For each partition update, the source partition it reads (if any).
     pub(crate) sources: Vec<Option<&'a Partition>>,
     pub(crate) output: OutputSpec,
@@ -116,8 +182,6 @@ pub struct Plan<'a> {
     pub(crate) storage: &'a dyn Storage,
     /// How often progress is made durable.
     pub(crate) checkpoint: CheckpointEvery,
-    /// The mapped file the data section is in, to release what is used.
-    pub(crate) mapped: Option<&'a PackageFile>,
 }
 
 /// One partition image written and verified.
@@ -216,20 +280,37 @@ impl<'a> Plan<'a> {
         storage: &'a dyn Storage,
     ) -> Result<Self, ApplyError> {
         let mut plan = Self::for_stream_on(&pkg.manifest, source, out, storage)?;
-        plan.data = Some(pkg.data);
+        plan.data = Some(PackageData::Memory(pkg.data));
+        Ok(plan)
+    }
+
+    /// Like [`Plan::new`] for the package file `file`, whose manifest (read
+    /// from its prefix, signatures checked) is `manifest`.
+    pub fn for_file(
+        manifest: &'a Manifest,
+        file: &'a PackageFile,
+        source: Option<&'a Rom>,
+        out: &Path,
+    ) -> Result<Self, ApplyError> {
+        Self::for_file_on(manifest, file, source, out, &RealFs)
+    }
+
+    /// [`Plan::for_file`] through `storage`.
+    pub fn for_file_on(
+        manifest: &'a Manifest,
+        file: &'a PackageFile,
+        source: Option<&'a Rom>,
+        out: &Path,
+        storage: &'a dyn Storage,
+    ) -> Result<Self, ApplyError> {
+        let mut plan = Self::for_stream_on(manifest, source, out, storage)?;
+        plan.data = Some(PackageData::File(file));
         Ok(plan)
     }
 
     /// Writes the verified images as Android sparse images.
     pub fn sparse_output(mut self, sparse: bool) -> Self {
         self.output.sparse = sparse;
-        self
-    }
-
-    /// Releases each operation's data from memory once it is used, when
-    /// the package is `file` (see [`PackageFile::release`]).
-    pub fn releasing_data(mut self, file: &'a PackageFile) -> Self {
-        self.mapped = Some(file);
         self
     }
 
@@ -277,7 +358,6 @@ impl<'a> Plan<'a> {
             },
             storage,
             checkpoint: CheckpointEvery::default(),
-            mapped: None,
         })
     }
 }
@@ -348,34 +428,4 @@ pub fn open_rom(path: &Path) -> Result<Rom, ApplyError> {
     Ok(Rom::open_with(path, romdelta_rom::Access::Read)?)
 }
 
-pub use exec::{read_stream_prefix, verify, StreamPrefix, VerifyReport};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn releasing_package_pages_keeps_their_bytes_and_ignores_other_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p");
-        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let file = PackageFile::open(&path).unwrap();
-        // Ranges inside the mapping, page-aligned or not, and all of it:
-        // what is read afterwards is the file's bytes again.
-        for (a, b) in [(0, 4096), (100, 70_000), (8192, 200_000), (0, 200_000)] {
-            file.release(&file.bytes()[a..b]);
-            assert_eq!(file.bytes(), &bytes[..]);
-        }
-        // Memory that is not the mapping (a copy on the heap) is left alone.
-        let copy = file.bytes().to_vec();
-        file.release(&copy);
-        file.release(&copy[4096..]);
-        assert_eq!(copy, bytes);
-        // An empty package has no mapping.
-        std::fs::write(&path, b"").unwrap();
-        let empty = PackageFile::open(&path).unwrap();
-        empty.release(&bytes);
-        assert!(empty.bytes().is_empty());
-    }
-}
+pub use exec::{read_prefix, verify, VerifyReport};

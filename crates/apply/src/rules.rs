@@ -9,6 +9,12 @@
 //!
 //! Fields a build descriptor leaves empty (or a zero timestamp) are not
 //! compared: the rules check what both sides record.
+//!
+//! When the installed build is unknown (no `build.prop` to read), a package
+//! whose identity names a device is refused: the rules cannot be checked,
+//! and the caller must say which build is installed or skip the check in
+//! so many words (`skip_build_check`). A package that names no device
+//! installs, and the caller is told the rules were not checked.
 
 use crate::ApplyError;
 use romdelta_format::{BuildInfo, Manifest, PackageKind};
@@ -20,6 +26,8 @@ pub struct Allow {
     pub downgrade: bool,
     /// Let a full package move the device to another region or channel.
     pub line_switch: bool,
+    /// Install without comparing the package with the installed build.
+    pub skip_build_check: bool,
 }
 
 /// A build, as messages name it.
@@ -65,12 +73,34 @@ fn same_build(a: &BuildInfo, b: &BuildInfo) -> bool {
     !differ(&a.version, &b.version) && !differ(&a.device, &b.device) && !line_differs(a, b)
 }
 
-/// Checks the package's builds against the installed build (when known).
+/// Checks the package's builds against the installed build. Returns
+/// whether they were compared with an installed build: `false` when the
+/// check was skipped (`allow.skip_build_check`) or the installed build is
+/// unknown and the package names no device (the caller says so).
 pub fn check_rules(
     m: &Manifest,
     installed: Option<&BuildInfo>,
     allow: Allow,
-) -> Result<(), ApplyError> {
+) -> Result<bool, ApplyError> {
+    check_line(m)?;
+    if allow.skip_build_check {
+        return Ok(false);
+    }
+    let Some(installed) = installed else {
+        if !m.target_build.device.is_empty() {
+            return Err(ApplyError::Refused(format!(
+                "the package is for {} but the installed build is unknown (no build.prop was found to read): give the installed build's build.prop with --installed-build FILE, or --skip-build-check to install without checking device, line, base build and downgrade",
+                describe(&m.target_build)
+            )));
+        }
+        return Ok(false);
+    };
+    check_installed(m, installed, allow)?;
+    Ok(true)
+}
+
+/// An incremental never changes line, whatever is installed.
+fn check_line(m: &Manifest) -> Result<(), ApplyError> {
     let target = &m.target_build;
     let refuse = |why: String| Err(ApplyError::Refused(why));
     if let Some(source) = &m.source_build {
@@ -82,9 +112,13 @@ pub fn check_rules(
             ));
         }
     }
-    let Some(installed) = installed else {
-        return Ok(());
-    };
+    Ok(())
+}
+
+/// The rules that compare the package with the installed build.
+fn check_installed(m: &Manifest, installed: &BuildInfo, allow: Allow) -> Result<(), ApplyError> {
+    let target = &m.target_build;
+    let refuse = |why: String| Err(ApplyError::Refused(why));
     if differ(&target.device, &installed.device) {
         return refuse(format!(
             "the package is for device {}, the installed build is for device {}",

@@ -10,6 +10,7 @@
 //! with an error removes both; a run that is killed or loses power leaves
 //! them for the next run.
 
+use crate::exec::sparse_form_path;
 use crate::{ApplyError, Plan};
 use romdelta_format::journal::Journal;
 use romdelta_format::{hex_digest, Digest, Manifest};
@@ -72,6 +73,9 @@ impl Drop for Staging<'_> {
         if self.armed {
             let _ = self.fs.remove_file(&self.journal);
             let _ = romdelta_storage::remove_all(self.fs, &self.staged);
+            if !self.dir {
+                let _ = self.fs.remove_file(&sparse_form_path(&self.staged));
+            }
         }
     }
 }
@@ -201,6 +205,17 @@ impl<'a> Plan<'a> {
             lock(&*f, &staged)?;
             drop(f);
             romdelta_storage::remove_all(fs, &staged).map_err(ApplyError::io(&staged))?;
+        }
+        // The sparse form a run that died was writing beside a staged image.
+        let sparse_form = sparse_form_path(&staged);
+        if !dir
+            && fs
+                .entry(&sparse_form)
+                .map_err(ApplyError::io(&sparse_form))?
+                .is_some()
+        {
+            fs.remove_file(&sparse_form)
+                .map_err(ApplyError::io(&sparse_form))?;
         }
         let lock_file = if dir {
             fs.create_dir(&staged).map_err(ApplyError::io(&staged))?;

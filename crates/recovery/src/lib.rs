@@ -156,6 +156,9 @@ pub struct InstallReport {
     pub partitions: Vec<romdelta_apply::WrittenPartition>,
     /// Operations an interrupted earlier attempt had finished.
     pub resumed_ops: u64,
+    /// Whether the package was compared with the build the device runs
+    /// (false when that build is unknown, or the check was skipped).
+    pub rules_checked: bool,
 }
 
 /// The signature check of an install: given the manifest bytes and the
@@ -378,27 +381,28 @@ impl Device {
         allow: Allow,
     ) -> Result<InstallReport, RecoveryError> {
         let file = PackageFile::open(package)?;
-        let pkg = file.parse()?;
-        admit(pkg.manifest_bytes, &pkg.signatures)?;
+        let prefix = file.prefix();
+        admit(&prefix.manifest_bytes, &prefix.signatures)?;
+        // Decoded from the very bytes whose signature was checked.
+        let manifest = file.manifest()?;
+        let manifest_sha = romdelta_format::hex_digest(&prefix.manifest_sha256());
         let active = self.state.active;
         let installed = self.build(active)?;
         // An update of this very package that was under way passed the
         // rules when it started; an in-place one may have recorded the new
         // build already, before it could record that it had finished.
-        let resuming = self.state.update.as_ref().is_some_and(|u| {
-            u.manifest_sha256
-                == romdelta_format::hex_digest(&romdelta_format::sha256(pkg.manifest_bytes))
-        });
-        if !resuming {
-            check_rules(&pkg.manifest, installed.as_ref(), allow)?;
-        }
+        let resuming = self
+            .state
+            .update
+            .as_ref()
+            .is_some_and(|u| u.manifest_sha256 == manifest_sha);
+        // A resumed install passed the rules when it started.
+        let rules_checked = resuming || check_rules(&manifest, installed.as_ref(), allow)?;
         if self.state.slots == Slots::Single {
-            return self.install_in_place(&pkg, &file);
+            return self.install_in_place(&manifest, &file, manifest_sha, rules_checked);
         }
-        romdelta_apply::check_ab_package(&pkg.manifest)?;
+        romdelta_apply::check_ab_package(&manifest)?;
         let target = active.other();
-        let manifest_sha =
-            romdelta_format::hex_digest(&romdelta_format::sha256(pkg.manifest_bytes));
         let out = self.new_dir(target);
         // A run of this package that verified every image and died before
         // the switch has nothing left to write.
@@ -418,7 +422,7 @@ impl Device {
             let _ = fs.remove_file(&journal);
             let _ = romdelta_storage::remove_all(fs, &staged);
         }
-        let source = match pkg.manifest.kind {
+        let source = match manifest.kind {
             PackageKind::Delta => Some(self.slot_rom(active)?),
             PackageKind::Full => None,
         };
@@ -434,16 +438,15 @@ impl Device {
             let fs = &*self.fs;
             romdelta_storage::remove_all(fs, &out).map_err(io(&out))?;
             fs.create_dir(&out).map_err(io(&out))?;
-            let plan = Plan::new_on(&pkg, source.as_ref(), &out, fs)?
-                .checkpoint_every(self.checkpoint)
-                .releasing_data(&file);
+            let plan = Plan::for_file_on(&manifest, &file, source.as_ref(), &out, fs)?
+                .checkpoint_every(self.checkpoint);
             resumed_ops = plan.execute(&|_| {})?.resumed_ops;
         }
         self.state.update.as_mut().expect("set above").status = "verified".into();
         self.save()?;
         // Move the verified images into the slot, then switch.
         let fs = &*self.fs;
-        for p in &pkg.manifest.partitions {
+        for p in &manifest.partitions {
             let from = out.join(format!("{}.img", p.name));
             let to = self.image_path(&p.name, target);
             if romdelta_storage::exists(fs, &from).map_err(io(&from))? {
@@ -451,18 +454,19 @@ impl Device {
             }
         }
         for name in &self.state.partitions {
-            if pkg.manifest.partitions.iter().all(|p| &p.name != name) {
+            if manifest.partitions.iter().all(|p| &p.name != name) {
                 let old = self.image_path(name, target);
                 let _ = fs.remove_file(&old);
             }
         }
         let _ = fs.remove_dir(&out);
-        let build = self.record_installed(target, &pkg.manifest)?;
+        let build = self.record_installed(target, &manifest)?;
         Ok(InstallReport {
             slot: target,
             build,
-            partitions: written(&pkg.manifest),
+            partitions: written(&manifest),
             resumed_ops,
+            rules_checked,
         })
     }
 
@@ -470,13 +474,13 @@ impl Device {
     /// interruption, it resumes.
     fn install_in_place(
         &mut self,
-        pkg: &romdelta_format::Package<'_>,
+        manifest: &romdelta_format::Manifest,
         file: &PackageFile,
+        manifest_sha: String,
+        rules_checked: bool,
     ) -> Result<InstallReport, RecoveryError> {
         let fs = &*self.fs;
-        romdelta_apply::check_in_place_package(&pkg.manifest)?;
-        let manifest_sha =
-            romdelta_format::hex_digest(&romdelta_format::sha256(pkg.manifest_bytes));
+        romdelta_apply::check_in_place_package(manifest)?;
         let (journal, _) = romdelta_apply::in_place_paths(&self.dir, false);
         let has_journal = romdelta_storage::exists(fs, &journal).map_err(io(&journal))?;
         let same = self
@@ -486,9 +490,8 @@ impl Device {
             .is_some_and(|u| u.manifest_sha256 == manifest_sha);
         // This package already wrote and verified every image, and the run
         // stopped before recording the new build: nothing left to write.
-        let plan = romdelta_apply::InPlacePlan::new_on(pkg, &self.dir, fs)?
-            .checkpoint_every(self.checkpoint)
-            .releasing_data(file);
+        let plan = romdelta_apply::InPlacePlan::for_file_on(manifest, file, &self.dir, fs)?
+            .checkpoint_every(self.checkpoint);
         let finished = same && !has_journal && plan.images_are_new()?;
         let mut resumed_ops = 0;
         if !finished {
@@ -500,12 +503,13 @@ impl Device {
             self.save()?;
             resumed_ops = plan.execute(&|_| {})?.resumed_ops;
         }
-        let build = self.record_installed(Slot::A, &pkg.manifest)?;
+        let build = self.record_installed(Slot::A, manifest)?;
         Ok(InstallReport {
             slot: Slot::A,
             build,
-            partitions: written(&pkg.manifest),
+            partitions: written(manifest),
             resumed_ops,
+            rules_checked,
         })
     }
 
