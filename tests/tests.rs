@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod faults;
 mod fuzz_seeds;
+mod hardening;
 mod hostile;
 mod inplace;
 mod payload;
