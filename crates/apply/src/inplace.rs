@@ -71,9 +71,12 @@ pub fn check_in_place_package(m: &Manifest) -> Result<(), ApplyError> {
 }
 
 impl<'a> InPlacePlan<'a> {
-    /// Checks `pkg` for an in-place update of `target` on the real file system.
+    /// Checks `pkg` for an in-place update of `target` on the real file
+    /// system. A `target` that is a symbolic link stands for what it points
+    /// to, which is updated.
     pub fn new(pkg: &'a Package<'a>, target: &Path) -> Result<Self, ApplyError> {
-        Self::new_on(pkg, target, &RealFs)
+        let target = romdelta_storage::resolve_link(target).map_err(ApplyError::io(target))?;
+        Self::new_on(pkg, &target, &RealFs)
     }
 
     /// [`InPlacePlan::new`] through `storage`. `target` is an image file
@@ -94,6 +97,12 @@ impl<'a> InPlacePlan<'a> {
                     target.display(),
                     m.partitions.len(),
                     m.partitions.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+            Some(kind @ (EntryKind::Symlink | EntryKind::Other)) => {
+                return Err(ApplyError::Refused(format!(
+                    "{} is {kind}: give the image file or the directory of images to update",
+                    target.display()
                 )))
             }
             None => {
