@@ -15,3 +15,4 @@ mod resume;
 mod roundtrip;
 mod rules;
 mod sparse;
+mod symlinks;
