@@ -16,3 +16,4 @@ mod resume;
 mod roundtrip;
 mod rules;
 mod sparse;
+mod symlinks;

@@ -609,10 +609,17 @@ fn write_sparse_form(
     p: &PartitionUpdate,
 ) -> Result<std::path::PathBuf, ApplyError> {
     let tmp = sparse_form_path(&o.path);
+    if crate::stage::own_entry(
+        fs,
+        &tmp,
+        romdelta_storage::Made::File,
+        "the sparse form romdelta writes",
+    )?
+    .is_some()
+    {
+        fs.remove_file(&tmp).map_err(ApplyError::io(&tmp))?;
+    }
     let write = || -> std::io::Result<std::sync::Arc<dyn StorageFile>> {
-        if romdelta_storage::exists(fs, &tmp)? {
-            fs.remove_file(&tmp)?;
-        }
         let f = fs.open(&tmp, OpenMode::CreateNew)?;
         let mut w =
             std::io::BufWriter::with_capacity(1 << 20, romdelta_storage::FileWriter::new(&*f, 0));

@@ -24,9 +24,15 @@
 //! resumes, and re-running an operation reads exactly the bytes its first
 //! run read (the stash is never rewritten once the stage started, and no
 //! earlier stage wrote what the stage reads).
+//!
+//! A journal or stash path holding anything but a file, a symbolic link
+//! above all, is refused before anything is written and left alone; so is
+//! an image that is a link inside the directory updated. The target named
+//! by the user may itself be a link: [`InPlacePlan::new`] updates what it
+//! points to.
 
 use crate::exec::{mismatch, run_op, sync_and_verify, SourceBytes};
-use crate::stage::{CheckpointEvery, Checkpointer, Output};
+use crate::stage::{own_entry, CheckpointEvery, Checkpointer, Output};
 use crate::{ApplyError, ApplyReport, Hashed, PackageData, WrittenPartition};
 use rayon::prelude::*;
 use romdelta_format::inplace::{stage_ranges, stash_of};
@@ -34,7 +40,7 @@ use romdelta_format::journal::Journal;
 use romdelta_format::{
     hex_digest, sha256, Digest, Extent, Manifest, Package, PackageKind, BLOCK_SIZE,
 };
-use romdelta_storage::{EntryKind, OpenMode, RealFs, Storage, StorageFile};
+use romdelta_storage::{EntryKind, Made, OpenMode, RealFs, Storage, StorageFile};
 use sha2::Digest as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,9 +75,12 @@ pub fn check_in_place_package(m: &Manifest) -> Result<(), ApplyError> {
 }
 
 impl<'a> InPlacePlan<'a> {
-    /// Checks `pkg` for an in-place update of `target` on the real file system.
+    /// Checks `pkg` for an in-place update of `target` on the real file
+    /// system. A `target` that is a symbolic link stands for what it points
+    /// to, which is updated.
     pub fn new(pkg: &'a Package<'a>, target: &Path) -> Result<Self, ApplyError> {
-        Self::new_on(pkg, target, &RealFs)
+        let target = romdelta_storage::resolve_link(target).map_err(ApplyError::io(target))?;
+        Self::new_on(pkg, &target, &RealFs)
     }
 
     /// [`InPlacePlan::new`] through `storage`. `target` is an image file
@@ -96,7 +105,8 @@ impl<'a> InPlacePlan<'a> {
         file: &'a crate::PackageFile,
         target: &Path,
     ) -> Result<Self, ApplyError> {
-        Self::for_file_on(manifest, file, target, &RealFs)
+        let target = romdelta_storage::resolve_link(target).map_err(ApplyError::io(target))?;
+        Self::for_file_on(manifest, file, &target, &RealFs)
     }
 
     /// [`InPlacePlan::for_file`] through `storage`.
@@ -125,6 +135,12 @@ impl<'a> InPlacePlan<'a> {
                     target.display(),
                     m.partitions.len(),
                     m.partitions.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+            Some(kind @ (EntryKind::Symlink | EntryKind::Other)) => {
+                return Err(ApplyError::Refused(format!(
+                    "{} is {kind}: give the image file or the directory of images to update",
+                    target.display()
                 )))
             }
             None => {
@@ -175,8 +191,8 @@ impl<'a> InPlacePlan<'a> {
         let (journal_path, stash_path) = self.journal_and_stash_paths();
         let manifest_sha = sha256(&m.encode());
         let ops: u64 = m.partitions.iter().map(|p| p.operations.len() as u64).sum();
-        let has_journal =
-            romdelta_storage::exists(fs, &journal_path).map_err(ApplyError::io(&journal_path))?;
+        let has_journal = own_entry(fs, &journal_path, Made::File, "the resume journal")?.is_some();
+        own_entry(fs, &stash_path, Made::File, "the stash")?;
         let mut loaded = None;
         if has_journal {
             let bytes = read_journal(fs, &journal_path, ops);
@@ -473,8 +489,17 @@ impl<'a> InPlacePlan<'a> {
         tmp.push(".new");
         let tmp = PathBuf::from(tmp);
         let save = || -> std::io::Result<()> {
-            if romdelta_storage::exists(fs, &tmp)? {
-                fs.remove_file(&tmp)?;
+            match fs.entry(&tmp)? {
+                None => {}
+                // Left by a run that died before renaming it.
+                Some(EntryKind::File(_)) => fs.remove_file(&tmp)?,
+                Some(kind) => {
+                    return Err(std::io::Error::other(format!(
+                        "{}: {}",
+                        tmp.display(),
+                        romdelta_storage::not_made(kind)
+                    )))
+                }
             }
             let f = fs.open(&tmp, OpenMode::CreateNew)?;
             let mut h = sha2::Sha256::new();

@@ -388,6 +388,13 @@ fn check_output(fs: &dyn Storage, out: &Path, layout: Layout) -> Result<(), Appl
         (Layout::Directory, Some(EntryKind::File(_))) => Err(refuse(
             "is a file; the output of this package is a directory of images",
         )),
+        // Renamed into place, the output would replace the link, and a
+        // directory cannot replace one.
+        (Layout::Directory, Some(kind @ (EntryKind::Symlink | EntryKind::Other))) => {
+            Err(refuse(&format!(
+                "is {kind}; the output of this package is a directory of images, put in place by a rename: give the directory itself, or a new path"
+            )))
+        }
         (Layout::Directory, Some(EntryKind::Dir)) => {
             if !fs.read_dir(out).map_err(ApplyError::io(out))?.is_empty() {
                 return Err(refuse(

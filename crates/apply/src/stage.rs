@@ -8,14 +8,15 @@
 //! the same package and source reopens the staged images and skips what the
 //! journal lists; a journal of anything else is refused. A run that fails
 //! with an error removes both; a run that is killed or loses power leaves
-//! them for the next run.
+//! them for the next run. Either path holding anything romdelta does not
+//! make there (a symbolic link above all) is refused and left alone.
 
 use crate::exec::sparse_form_path;
 use crate::{ApplyError, Plan};
 use romdelta_format::journal::Journal;
 use romdelta_format::{hex_digest, Digest, Manifest};
 use romdelta_rom::{Layout, Partition};
-use romdelta_storage::{EntryKind, OpenMode, Storage, StorageFile};
+use romdelta_storage::{EntryKind, Made, OpenMode, Storage, StorageFile};
 use sha2::Digest as _;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,19 @@ pub fn staging_paths(out: &Path) -> (PathBuf, PathBuf) {
 
 pub(crate) use romdelta_storage::parent_of;
 
+/// What is at `path`, one of romdelta's own paths where it makes `made`
+/// (`what` names it); anything else there is refused, naming it, and
+/// left alone.
+pub(crate) fn own_entry(
+    fs: &dyn Storage,
+    path: &Path,
+    made: Made,
+    what: &str,
+) -> Result<Option<EntryKind>, ApplyError> {
+    let found = fs.entry(path).map_err(ApplyError::io(path))?;
+    romdelta_storage::check_made(found, made, path, what).map_err(ApplyError::Refused)
+}
+
 pub(crate) fn sync_dir(fs: &dyn Storage, dir: &Path) -> Result<(), ApplyError> {
     fs.sync_dir(dir).map_err(ApplyError::io(dir))
 }
@@ -71,7 +85,10 @@ impl Staging<'_> {
 impl Drop for Staging<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.fs.remove_file(&self.journal);
+            // Only what romdelta made: a link put there since is left.
+            if let Ok(Some(EntryKind::File(_))) = self.fs.entry(&self.journal) {
+                let _ = self.fs.remove_file(&self.journal);
+            }
             let _ = romdelta_storage::remove_all(self.fs, &self.staged);
             if !self.dir {
                 let _ = self.fs.remove_file(&sparse_form_path(&self.staged));
@@ -150,8 +167,8 @@ impl<'a> Plan<'a> {
                 staged.clone()
             }
         };
-        let exists = |p: &Path| romdelta_storage::exists(fs, p).map_err(ApplyError::io(p));
-        if exists(&journal_path)? {
+        let staged_kind = own_entry(fs, &staged, Made::FileOrDir, "the staged output")?;
+        if own_entry(fs, &journal_path, Made::File, "the resume journal")?.is_some() {
             let journal = load_journal(fs, &journal_path, ops, manifest_sha, source)?;
             let how = |what: String| {
                 ApplyError::Refused(format!(
@@ -199,7 +216,7 @@ impl<'a> Plan<'a> {
         // No journal: whatever is staged was never checkpointed (or was
         // verified and is about to be renamed by a run that died): start over,
         // unless another apply holds it.
-        if let Some(kind) = fs.entry(&staged).map_err(ApplyError::io(&staged))? {
+        if let Some(kind) = staged_kind {
             let f =
                 open_lock(fs, &staged, kind == EntryKind::Dir).map_err(ApplyError::io(&staged))?;
             lock(&*f, &staged)?;
@@ -209,10 +226,13 @@ impl<'a> Plan<'a> {
         // The sparse form a run that died was writing beside a staged image.
         let sparse_form = sparse_form_path(&staged);
         if !dir
-            && fs
-                .entry(&sparse_form)
-                .map_err(ApplyError::io(&sparse_form))?
-                .is_some()
+            && own_entry(
+                fs,
+                &sparse_form,
+                Made::File,
+                "the sparse form romdelta writes",
+            )?
+            .is_some()
         {
             fs.remove_file(&sparse_form)
                 .map_err(ApplyError::io(&sparse_form))?;

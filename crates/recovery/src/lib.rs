@@ -15,12 +15,17 @@
 //! switch the active slot is untouched, so whatever happens during an
 //! install (an error, a kill, a power cut) the device still boots the old
 //! build; running the same install again resumes it.
+//!
+//! A device's own paths are never followed through a symbolic link: one
+//! found where the device keeps a slot being written, its staged output or
+//! its journal is refused and left alone (the device directory itself may
+//! be named through a link).
 
 use romdelta_apply::rules::{check_rules, Allow};
 use romdelta_apply::{ApplyError, PackageFile, Plan};
 use romdelta_format::{buildprop, BuildInfo, PackageKind};
 use romdelta_rom::{Access, Rom};
-use romdelta_storage::{OpenMode, RealFs, Storage};
+use romdelta_storage::{Made, OpenMode, RealFs, Storage};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -183,7 +188,8 @@ impl Device {
         build: Option<BuildInfo>,
         slots: Slots,
     ) -> Result<Device, RecoveryError> {
-        Self::init_on(Arc::new(RealFs), dir, rom, build, slots)
+        let dir = romdelta_storage::resolve_link(dir).map_err(io(dir))?;
+        Self::init_on(Arc::new(RealFs), &dir, rom, build, slots)
     }
 
     /// [`Device::init`] with the device's files on `fs` (the ROM is read
@@ -254,7 +260,8 @@ impl Device {
 
     /// Opens the device at `dir`.
     pub fn open(dir: &Path) -> Result<Device, RecoveryError> {
-        Self::open_on(Arc::new(RealFs), dir)
+        let dir = romdelta_storage::resolve_link(dir).map_err(io(dir))?;
+        Self::open_on(Arc::new(RealFs), &dir)
     }
 
     /// [`Device::open`] on `fs`.
@@ -283,6 +290,19 @@ impl Device {
             dir: dir.to_path_buf(),
             state,
         })
+    }
+
+    /// Checks that `path`, a path of the device where romdelta makes
+    /// `made` (`what` names it), holds nothing else: a symbolic link there
+    /// is refused and left alone. Returns whether anything is there.
+    fn own(&self, path: &Path, made: Made, what: &str) -> Result<bool, RecoveryError> {
+        let found = self.fs.entry(path).map_err(io(path))?;
+        romdelta_storage::check_made(found, made, path, what)
+            .map(|k| k.is_some())
+            .map_err(|reason| RecoveryError::Device {
+                dir: self.dir.clone(),
+                reason,
+            })
     }
 
     /// The state file as loaded.
@@ -404,6 +424,10 @@ impl Device {
         romdelta_apply::check_ab_package(&manifest)?;
         let target = active.other();
         let out = self.new_dir(target);
+        let (staged, journal) = romdelta_apply::staging_paths(&out);
+        self.own(&out, Made::Dir, "the slot directory")?;
+        let has_staged = self.own(&staged, Made::FileOrDir, "the staged slot")?;
+        let has_journal = self.own(&journal, Made::File, "the resume journal")?;
         // A run of this package that verified every image and died before
         // the switch has nothing left to write.
         let verified = self.state.update.as_ref().is_some_and(|u| {
@@ -417,10 +441,13 @@ impl Device {
         {
             // Another package was being written to the inactive slot: its
             // progress cannot serve this one. Start over.
-            let (staged, journal) = romdelta_apply::staging_paths(&out);
             let fs = &*self.fs;
-            let _ = fs.remove_file(&journal);
-            let _ = romdelta_storage::remove_all(fs, &staged);
+            if has_journal {
+                fs.remove_file(&journal).map_err(io(&journal))?;
+            }
+            if has_staged {
+                romdelta_storage::remove_all(fs, &staged).map_err(io(&staged))?;
+            }
         }
         let source = match manifest.kind {
             PackageKind::Delta => Some(self.slot_rom(active)?),
@@ -456,10 +483,10 @@ impl Device {
         for name in &self.state.partitions {
             if manifest.partitions.iter().all(|p| &p.name != name) {
                 let old = self.image_path(name, target);
-                let _ = fs.remove_file(&old);
+                not_found_is_fine(fs.remove_file(&old)).map_err(io(&old))?;
             }
         }
-        let _ = fs.remove_dir(&out);
+        not_found_is_fine(fs.remove_dir(&out)).map_err(io(&out))?;
         let build = self.record_installed(target, &manifest)?;
         Ok(InstallReport {
             slot: target,
@@ -482,7 +509,7 @@ impl Device {
         let fs = &*self.fs;
         romdelta_apply::check_in_place_package(manifest)?;
         let (journal, _) = romdelta_apply::in_place_paths(&self.dir, false);
-        let has_journal = romdelta_storage::exists(fs, &journal).map_err(io(&journal))?;
+        let has_journal = self.own(&journal, Made::File, "the resume journal")?;
         let same = self
             .state
             .update
@@ -537,6 +564,14 @@ impl Device {
 
     fn new_dir(&self, slot: Slot) -> PathBuf {
         self.dir.join(format!("slot_{}.new", slot.letter()))
+    }
+}
+
+/// A removal's result, where nothing there (already removed) is success.
+fn not_found_is_fine(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 

@@ -12,6 +12,13 @@
 //! on that file; a directory's entries (files created, renamed, removed in
 //! it) are durable after [`Storage::sync_dir`] on it. Metadata changes reach
 //! the disk in the order they were made, each whole (a rename is atomic).
+//!
+//! Nothing here follows a symbolic link at the last component of a path:
+//! [`Storage::entry`] reports the link itself, [`Storage::open`] refuses
+//! it, and [`remove_all`] leaves it (and anything that is neither a file
+//! nor a directory) alone with an error, so that whoever can write beside
+//! an output or into a device cannot make romdelta change what a link
+//! points to.
 
 pub mod sim;
 
@@ -38,6 +45,24 @@ pub enum EntryKind {
     File(u64),
     /// A directory.
     Dir,
+    /// A symbolic link (never followed).
+    Symlink,
+    /// Anything else: a fifo, a socket, a device node.
+    Other,
+}
+
+impl std::fmt::Display for EntryKind {
+    /// What is there, as a message says it: "a file of N bytes", "a
+    /// directory", "a symbolic link", "a special file (fifo, socket or
+    /// device)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntryKind::File(n) => write!(f, "a file of {n} bytes"),
+            EntryKind::Dir => f.write_str("a directory"),
+            EntryKind::Symlink => f.write_str("a symbolic link"),
+            EntryKind::Other => f.write_str("a special file (fifo, socket or device)"),
+        }
+    }
 }
 
 /// An open file.
@@ -78,9 +103,11 @@ pub trait StorageFile: Send + Sync {
 
 /// A file system.
 pub trait Storage: Send + Sync {
-    /// Opens the file at `path`.
+    /// Opens the file at `path`; a symbolic link there is refused, never
+    /// followed.
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>>;
-    /// What `path` names, or `None` when nothing is there.
+    /// What `path` names, or `None` when nothing is there; a symbolic link
+    /// is reported as one, not followed.
     fn entry(&self, path: &Path) -> io::Result<Option<EntryKind>>;
     /// Creates an empty directory (its parent must exist).
     fn create_dir(&self, path: &Path) -> io::Result<()>;
@@ -92,6 +119,15 @@ pub trait Storage: Send + Sync {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Removes an empty directory.
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Removes the directory `path` and everything below it, following no
+    /// symbolic link (one below it is removed, not what it points to). The
+    /// default goes through [`Storage::read_dir`] and [`remove_all`].
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        for name in self.read_dir(path)? {
+            remove_all_on(self, &path.join(name))?;
+        }
+        self.remove_dir(path)
+    }
     /// Makes the entries of directory `path` durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Sets the permission bits of `path` (where the file system has them).
@@ -111,18 +147,76 @@ pub fn exists(fs: &dyn Storage, path: &Path) -> io::Result<bool> {
     Ok(fs.entry(path)?.is_some())
 }
 
+/// The error for `kind` found where romdelta expected a file or a
+/// directory of its own: it was not made by romdelta and is left alone.
+pub fn not_made(kind: EntryKind) -> io::Error {
+    io::Error::other(format!("{kind} romdelta did not make: it was left alone"))
+}
+
+/// The shape romdelta gives one of its own paths: a staged output, a
+/// journal, a stash, a device's slot directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// Either (a staged output is one or the other).
+    FileOrDir,
+}
+
+/// Checks what is at `path`, one of romdelta's own paths where it makes
+/// `made` (`what` names it: "the resume journal"): nothing, or a shape
+/// of `made`, is returned as it is; anything else (a symbolic link above
+/// all) is refused with a message naming the path, what is there and
+/// what was expected.
+pub fn check_made(
+    found: Option<EntryKind>,
+    made: Made,
+    path: &Path,
+    what: &str,
+) -> Result<Option<EntryKind>, String> {
+    let fits = match found {
+        None => true,
+        Some(EntryKind::File(_)) => made != Made::Dir,
+        Some(EntryKind::Dir) => made != Made::File,
+        Some(EntryKind::Symlink | EntryKind::Other) => false,
+    };
+    match found {
+        Some(kind) if !fits => Err(format!(
+            "{} is {kind}, not {what} romdelta made: it was left alone; remove it to go on",
+            path.display()
+        )),
+        _ => Ok(found),
+    }
+}
+
+/// The path a user named (an output, an image or directory to update, a
+/// device), with a symbolic link at its end resolved on the real file
+/// system (`std::fs::canonicalize`): what the user named is what the link
+/// points to. Any other path, or one that does not exist, comes back as
+/// it is.
+pub fn resolve_link(path: &Path) -> io::Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
 /// Removes `path` and, when it is a directory, everything below it.
-/// Nothing there is not an error.
+/// Nothing there is not an error. A symbolic link (or a fifo, socket or
+/// device) at `path` is refused with [`not_made`] and left alone: romdelta
+/// removes only files and directories it made.
 pub fn remove_all(fs: &dyn Storage, path: &Path) -> io::Result<()> {
+    remove_all_on(fs, path)
+}
+
+fn remove_all_on<S: Storage + ?Sized>(fs: &S, path: &Path) -> io::Result<()> {
     match fs.entry(path)? {
         None => Ok(()),
         Some(EntryKind::File(_)) => fs.remove_file(path),
-        Some(EntryKind::Dir) => {
-            for name in fs.read_dir(path)? {
-                remove_all(fs, &path.join(name))?;
-            }
-            fs.remove_dir(path)
-        }
+        Some(EntryKind::Dir) => fs.remove_tree(path),
+        Some(kind) => Err(not_made(kind)),
     }
 }
 
@@ -147,8 +241,11 @@ pub fn write_durably(fs: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
-    if exists(fs, &tmp)? {
-        fs.remove_file(&tmp)?;
+    match fs.entry(&tmp)? {
+        None => {}
+        // Left by a run that died before renaming it.
+        Some(EntryKind::File(_)) => fs.remove_file(&tmp)?,
+        Some(kind) => return Err(at(&tmp, not_made(kind))),
     }
     let f = fs.open(&tmp, OpenMode::CreateNew)?;
     f.write_at(bytes, 0)?;
@@ -156,6 +253,11 @@ pub fn write_durably(fs: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<
     drop(f);
     fs.rename(&tmp, path)?;
     fs.sync_dir(&parent_of(path))
+}
+
+/// `e`, said of `path`.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// A [`std::io::Write`] that appends to a [`StorageFile`] from an offset.
@@ -271,6 +373,22 @@ impl StorageFile for RealFile {
     }
 }
 
+/// Opens `path` with `O_NOFOLLOW`: a symbolic link as its last component
+/// fails, with a message that says so (ELOOP alone reads as a loop).
+fn open_nofollow(path: &Path, o: &mut std::fs::OpenOptions) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.custom_flags(libc::O_NOFOLLOW);
+    o.open(path).map_err(|e| {
+        let link = e.raw_os_error() == Some(libc::ELOOP)
+            && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if link {
+            io::Error::other("a symbolic link, which romdelta does not follow here")
+        } else {
+            e
+        }
+    })
+}
+
 impl Storage for RealFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         let mut o = std::fs::File::options();
@@ -279,12 +397,22 @@ impl Storage for RealFs {
             OpenMode::ReadWrite => o.read(true).write(true),
             OpenMode::CreateNew => o.read(true).write(true).create_new(true),
         };
-        Ok(Arc::new(RealFile(o.open(path)?)))
+        Ok(Arc::new(RealFile(open_nofollow(path, &mut o)?)))
     }
     fn entry(&self, path: &Path) -> io::Result<Option<EntryKind>> {
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => Ok(Some(EntryKind::Dir)),
-            Ok(m) => Ok(Some(EntryKind::File(m.len()))),
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => {
+                let t = m.file_type();
+                Ok(Some(if t.is_dir() {
+                    EntryKind::Dir
+                } else if t.is_file() {
+                    EntryKind::File(m.len())
+                } else if t.is_symlink() {
+                    EntryKind::Symlink
+                } else {
+                    EntryKind::Other
+                }))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -308,11 +436,21 @@ impl Storage for RealFs {
     fn remove_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_dir(path)
     }
+    /// `std::fs::remove_dir_all`: on Linux it works through `openat` and
+    /// `unlinkat` from the directory's own descriptor, opened with
+    /// `O_NOFOLLOW`, so a link put anywhere in the tree, even while it is
+    /// being removed, is unlinked and never followed.
+    fn remove_tree(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         std::fs::File::open(path)?.sync_all()
     }
+    /// Through a descriptor opened with `O_NOFOLLOW` (`fchmod`): a link put
+    /// at `path` since it was made is refused, not followed.
     fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        let f = open_nofollow(path, std::fs::File::options().read(true))?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
     }
 }
 
@@ -375,5 +513,103 @@ mod tests {
         assert_eq!(fs.read_dir(&tree).unwrap(), vec![OsString::from("sub")]);
         remove_all(&fs, &tree).unwrap();
         assert_eq!(fs.entry(&tree).unwrap(), None);
+    }
+
+    /// A directory holding a file and a subdirectory, and a file: what a
+    /// planted link points to.
+    fn victim(root: &Path) -> (PathBuf, PathBuf) {
+        let v = root.join("victim");
+        std::fs::create_dir_all(v.join("sub")).unwrap();
+        std::fs::write(v.join("a.txt"), b"precious").unwrap();
+        let f = root.join("precious.txt");
+        std::fs::write(&f, b"precious").unwrap();
+        (v, f)
+    }
+
+    fn assert_intact(v: &Path, f: &Path) {
+        assert_eq!(std::fs::read(v.join("a.txt")).unwrap(), b"precious");
+        assert!(v.join("sub").is_dir());
+        assert_eq!(std::fs::read(f).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn remove_all_refuses_a_symlink_and_never_touches_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs;
+        let (v, f) = victim(dir.path());
+        let dangling = dir.path().join("nothing");
+        for (i, to) in [&v, &f, &dangling].into_iter().enumerate() {
+            let link = dir.path().join(format!("link{i}"));
+            std::os::unix::fs::symlink(to, &link).unwrap();
+            assert_eq!(fs.entry(&link).unwrap(), Some(EntryKind::Symlink));
+            let e = remove_all(&fs, &link).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+            assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+            assert_intact(&v, &f);
+        }
+        // A fifo is neither a file nor a directory: left alone too.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path and a mode.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(fs.entry(&fifo).unwrap(), Some(EntryKind::Other));
+        assert!(remove_all(&fs, &fifo).is_err());
+        assert!(fifo.exists());
+        // Links inside a tree are removed as links, their targets kept.
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("deep")).unwrap();
+        std::os::unix::fs::symlink(&v, tree.join("to-dir")).unwrap();
+        std::os::unix::fs::symlink(&f, tree.join("deep/to-file")).unwrap();
+        remove_all(&fs, &tree).unwrap();
+        assert_eq!(fs.entry(&tree).unwrap(), None);
+        assert_intact(&v, &f);
+    }
+
+    #[test]
+    fn open_set_mode_and_write_durably_refuse_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs;
+        let (v, f) = victim(dir.path());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        for mode in [OpenMode::Read, OpenMode::ReadWrite, OpenMode::CreateNew] {
+            let e = fs.open(&link, mode).err().expect("a link is not opened");
+            if mode != OpenMode::CreateNew {
+                assert!(e.to_string().contains("symbolic link"), "{e}");
+            }
+        }
+        assert!(fs.set_mode(&link, 0o777).is_err());
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_ne!(m & 0o777, 0o777, "set_mode followed the link");
+        // A link at the temporary name of a durable write is refused.
+        let state = dir.path().join("state");
+        std::os::unix::fs::symlink(&v, dir.path().join("state.new")).unwrap();
+        let e = write_durably(&fs, &state, b"x").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(fs.entry(&state).unwrap(), None);
+        assert_intact(&v, &f);
+        // A link to a directory is not opened as the directory either.
+        std::os::unix::fs::symlink(&v, dir.path().join("dlink")).unwrap();
+        assert!(fs.open(&dir.path().join("dlink"), OpenMode::Read).is_err());
+    }
+
+    #[test]
+    fn check_made_admits_only_the_shapes_romdelta_makes() {
+        let p = Path::new("/x/.out.romdelta-partial");
+        let ok = |k, m| check_made(k, m, p, "the staged output").is_ok();
+        assert!(ok(None, Made::File) && ok(None, Made::Dir));
+        assert!(ok(Some(EntryKind::File(3)), Made::File));
+        assert!(ok(Some(EntryKind::Dir), Made::FileOrDir));
+        assert!(!ok(Some(EntryKind::Dir), Made::File));
+        assert!(!ok(Some(EntryKind::File(3)), Made::Dir));
+        for m in [Made::File, Made::Dir, Made::FileOrDir] {
+            assert!(!ok(Some(EntryKind::Other), m));
+            let e = check_made(Some(EntryKind::Symlink), m, p, "the staged output").unwrap_err();
+            assert_eq!(
+                e,
+                "/x/.out.romdelta-partial is a symbolic link, not the staged output romdelta made: it was left alone; remove it to go on"
+            );
+        }
     }
 }
