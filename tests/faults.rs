@@ -484,6 +484,18 @@ fn in_place_faults_have_defined_outcomes_and_a_full_package_repairs() {
     fs.set_capacity(Some(fs.used() + (64 << 10)));
     let e = err_text(install(&fs, &fx.package).unwrap_err());
     assert!(e.contains("No space left on device"), "{e}");
+    let bytes = std::fs::read(&fx.package).unwrap();
+    let manifest_sha = romdelta_format::hex_digest(&romdelta_format::sha256(
+        romdelta_format::Package::parse(&bytes)
+            .unwrap()
+            .manifest_bytes,
+    ));
+    let d = Device::open_on(Arc::new(fs.clone()), dev).unwrap();
+    let update = d.state().update.as_ref();
+    assert!(
+        update.is_some_and(|u| u.manifest_sha256 == manifest_sha && u.status == "writing"),
+        "after ENOSPC the device records {update:?}, not this package's update under way"
+    );
     fs.set_capacity(None);
     install(&fs, &fx.package).unwrap();
     assert_eq!(booted(&fx, &fs, "after ENOSPC and more room"), "new");
