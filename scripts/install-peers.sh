@@ -28,10 +28,11 @@ done
 
 # HDiffPatch's native tools come from the PyPI sdist of hdiffpatch, which
 # carries HDiffPatch's whole source (hdiffpatch/_c_src/HDiffPatch) and the
-# zstd it is built with (hdiffpatch/_c_src/zstd).
+# zstd it is built with (hdiffpatch/_c_src/zstd). pip fetches it from the
+# index it is set up with; the file must have this SHA-256.
 hdp_version=2.6.0
-hdp_url="https://files.pythonhosted.org/packages/ac/4b/824ac1078e591f4b71c83016a1e912f1efc431088e69aa3e045d0223cc34/hdiffpatch-$hdp_version.tar.gz"
 hdp_sha256=9f0d05ee1784a8223df4ca806c47c4fc0dc2048aabd24e8694730e55a39aa5a6
+python="${PYTHON:-python3}"
 hdp_bin="${XDG_CACHE_HOME:-$HOME/.cache}/romdelta-peers/hdiffpatch-$hdp_version/bin"
 
 have_hdiffz() {
@@ -50,7 +51,7 @@ fi
 if [ $want_hdiffz = 1 ] && ! have_hdiffz; then
     command -v gcc >/dev/null && command -v g++ >/dev/null && command -v make >/dev/null ||
         need_apt+=(build-essential)
-    command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+    "$python" -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -61,7 +62,6 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-python="${PYTHON:-python3}"
 if [ $want_pypi = 1 ] && ! "$python" -c 'import hdiffpatch' 2>/dev/null; then
     echo "install-peers: pip install hdiffpatch"
     "$python" -m pip install -q hdiffpatch 2>/dev/null ||
@@ -79,9 +79,17 @@ build_hdiffz() {
     # shellcheck disable=SC2064 # expand $tmp now
     trap "rm -rf '$tmp'" EXIT
     local sdist="$tmp/hdiffpatch-$hdp_version.tar.gz"
-    curl -fsSL --retry 3 -o "$sdist" "$hdp_url"
+    # The sdist, never a wheel (`--no-binary hdiffpatch`; with `:all:` pip
+    # would also build Cython from source, minutes, only to read the sdist's
+    # metadata). Downloading installs nothing.
+    if ! "$python" -m pip download -q --disable-pip-version-check --no-deps \
+        --no-binary hdiffpatch "hdiffpatch==$hdp_version" -d "$tmp" >"$tmp/pip.log" 2>&1; then
+        tail -n 20 "$tmp/pip.log" >&2
+        echo "install-peers: pip download hdiffpatch==$hdp_version failed" >&2
+        return 1
+    fi
     if ! echo "$hdp_sha256  $sdist" | sha256sum -c --quiet - >/dev/null 2>&1; then
-        echo "install-peers: $hdp_url: SHA-256 is not $hdp_sha256" >&2
+        echo "install-peers: $sdist (pip download hdiffpatch==$hdp_version): SHA-256 is not $hdp_sha256" >&2
         return 1
     fi
     local src="hdiffpatch-$hdp_version/hdiffpatch/_c_src"

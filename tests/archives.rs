@@ -2,7 +2,7 @@
 //! fastboot ROM tarball (`*/images/*.img`, sparse or raw), read without
 //! unpacking to disk.
 
-use crate::common::{romdelta, synth_roms};
+use crate::common::{have_img2simg, romdelta, synth_roms};
 use std::io::Write;
 use std::path::Path;
 
@@ -27,11 +27,12 @@ fn target_files(rom: &Path, zip_path: &Path) {
 
 /// A fastboot-style gzipped tarball `NAME/images/*.img` of `rom`; images
 /// whose size is a whole number of blocks are stored sparse when
-/// `img2simg` is installed, as vendors ship them.
-fn fastboot_tarball(rom: &Path, tgz: &Path, work: &Path) {
+/// `sparse_ok` (`img2simg` is installed), as vendors ship them. Returns
+/// how many images are sparse in it.
+fn fastboot_tarball(rom: &Path, tgz: &Path, work: &Path, sparse_ok: bool) -> usize {
     let images = work.join("fastboot_rom/images");
     std::fs::create_dir_all(&images).unwrap();
-    let sparse_ok = std::process::Command::new("img2simg").output().is_ok();
+    let mut sparse = 0;
     for e in std::fs::read_dir(rom).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_none_or(|x| x != "img") {
@@ -45,6 +46,14 @@ fn fastboot_tarball(rom: &Path, tgz: &Path, work: &Path) {
                 .status()
                 .unwrap()
                 .success());
+            // The sparse magic, 0xed26ff3a little-endian.
+            let head = std::fs::read(&dest).unwrap();
+            assert!(
+                head.starts_with(&[0x3a, 0xff, 0x26, 0xed]),
+                "{}",
+                dest.display()
+            );
+            sparse += 1;
         } else {
             std::fs::copy(&p, &dest).unwrap();
         }
@@ -57,6 +66,7 @@ fn fastboot_tarball(rom: &Path, tgz: &Path, work: &Path) {
     tar.append_dir_all("fastboot_rom", work.join("fastboot_rom"))
         .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
+    sparse
 }
 
 #[test]
@@ -66,7 +76,15 @@ fn zip_and_tarball_roms_give_the_same_package_as_directories() {
     let old_zip = dir.path().join("old-target_files.zip");
     let new_tgz = dir.path().join("new-fastboot.tgz");
     target_files(&old, &old_zip);
-    fastboot_tarball(&new, &new_tgz, dir.path());
+    // Without img2simg (a failure with ROMDELTA_REQUIRE_TOOLS) the tarball
+    // holds raw images only; with it, sparse ones are what is read.
+    let sparse_ok = have_img2simg();
+    let sparse = fastboot_tarball(&new, &new_tgz, dir.path(), sparse_ok);
+    if sparse_ok {
+        assert!(sparse >= 2, "{sparse} sparse images in the tarball");
+    } else {
+        eprintln!("the tarball holds raw images only");
+    }
     let from_dirs = dir.path().join("dirs.romdelta");
     let from_archives = dir.path().join("archives.romdelta");
     for (s, t, p) in [

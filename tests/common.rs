@@ -12,6 +12,19 @@ pub fn romdelta() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("romdelta").expect("romdelta binary")
 }
 
+/// Whether `img2simg` runs here; CI sets ROMDELTA_REQUIRE_TOOLS=1 so a
+/// missing tool fails the test instead of skipping it.
+pub fn have_img2simg() -> bool {
+    let ok = std::process::Command::new("img2simg").output().is_ok();
+    if !ok && std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_some() {
+        panic!("img2simg is required (apt-get install android-sdk-libsparse-utils)");
+    }
+    if !ok {
+        eprintln!("skipping: img2simg not installed");
+    }
+    ok
+}
+
 /// Fast generation settings: low zstd level, otherwise the defaults.
 pub fn fast_opts() -> DiffOptions {
     DiffOptions {

@@ -4,6 +4,7 @@ use crate::common::{fast_opts, round_trip};
 use proptest::prelude::*;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use romdelta_format::OpKind;
 
 /// An edit of the kinds ROM images see between builds.
 #[derive(Debug, Clone)]
@@ -131,7 +132,9 @@ fn round_trip_at_default_level_with_small_regions() {
     // The shipping settings, and tiny regions so that many operations and
     // every encoder get used.
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let a = image(&mut rng, 3 << 20);
+    let mut a = image(&mut rng, 3 << 20);
+    // Random bytes at the front, which the edits below leave in place.
+    rng.fill_bytes(&mut a[..256 << 10]);
     let edits = [
         Edit::Insert { at: 0.3, len: 777 },
         Edit::Move {
@@ -144,9 +147,19 @@ fn round_trip_at_default_level_with_small_regions() {
             at: 0.5,
             len: 40_000,
         },
+        // More zero blocks in a row than the gaps a region absorbs.
+        Edit::ZeroFill {
+            at: 0.62,
+            len: 400_000,
+        },
         Edit::Grow { len: 10_000 },
     ];
-    let b = apply_edits(&mut rng, a.clone(), &edits);
+    let mut b = apply_edits(&mut rng, a.clone(), &edits);
+    // One byte changed in every 61, as relocated code changes: what
+    // bsdiff's diff stream is for.
+    for x in b[64 << 10..192 << 10].iter_mut().step_by(61) {
+        *x = x.wrapping_add(3);
+    }
     let dir = tempfile::tempdir().unwrap();
     let opts = romdelta_diff::DiffOptions {
         region_blocks: 3,
@@ -155,6 +168,25 @@ fn round_trip_at_default_level_with_small_regions() {
         ..romdelta_diff::DiffOptions::default()
     };
     assert!(round_trip(dir.path(), &a, &b, &opts) == b);
+    // Every kind the generator writes is in the package (SOURCE_BSDIFF, the
+    // format-2 bsdiff encoding, is still read but no longer written).
+    let bytes = std::fs::read(dir.path().join("p.romdelta")).unwrap();
+    let pkg = romdelta_format::Package::parse(&bytes).unwrap();
+    let used: std::collections::BTreeSet<&str> = pkg.manifest.partitions[0]
+        .operations
+        .iter()
+        .map(|o| o.kind.name())
+        .collect();
+    let written = [
+        OpKind::Zero,
+        OpKind::SourceCopy,
+        OpKind::Replace,
+        OpKind::SourceZstd,
+        OpKind::SourceBsdiffSparse,
+    ];
+    for k in written {
+        assert!(used.contains(k.name()), "no {k} operation; used: {used:?}");
+    }
 }
 
 #[test]

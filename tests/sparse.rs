@@ -1,22 +1,9 @@
 //! Android sparse images as diff and apply inputs, made by the real
 //! `img2simg` (android-sdk-libsparse-utils).
 
-use crate::common::{romdelta, synth_roms};
+use crate::common::{have_img2simg, romdelta, synth_roms};
 use std::path::Path;
 use std::process::Command;
-
-/// Whether `img2simg` runs here; CI sets ROMDELTA_REQUIRE_TOOLS=1 so a
-/// missing tool fails the test instead of skipping it.
-fn have_img2simg() -> bool {
-    let ok = Command::new("img2simg").output().is_ok();
-    if !ok && std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_some() {
-        panic!("img2simg is required (apt-get install android-sdk-libsparse-utils)");
-    }
-    if !ok {
-        eprintln!("skipping: img2simg not installed");
-    }
-    ok
-}
 
 /// Copies the ROM directory `from` to `to`, converting every image whose
 /// size is a whole number of 4 KiB blocks to a sparse image (img2simg pads

@@ -1,10 +1,14 @@
 #![no_main]
 //! The whole apply path on arbitrary packages against a small fixed source:
 //! never a panic, never a write outside the staging file, and an output only
-//! when every partition verified. The harness fixes up the header checksum
-//! first, so that mutations reach manifest validation and the engine.
+//! when every partition verified, holding exactly the images the manifest's
+//! new sizes and hashes say (hashed here again, apart from apply's own
+//! check). The harness fixes up the header checksum first, so that
+//! mutations reach manifest validation and the engine.
 use libfuzzer_sys::fuzz_target;
-use romdelta_format::{Header, Package, HEADER_LEN};
+use romdelta_apply::ApplyReport;
+use romdelta_format::{hex_digest, sha256, Header, Manifest, Package, HEADER_LEN};
+use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     let mut bytes = data.to_vec();
@@ -31,8 +35,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = romdelta_apply::Plan::new(&pkg, Some(&src), &out) else {
         return;
     };
-    if plan.execute(&|_| {}).is_err() {
-        assert!(!out.exists(), "a failed apply left an output");
+    match plan.execute(&|_| {}) {
+        Err(_) => assert!(!out.exists(), "a failed apply left an output"),
+        Ok(report) => check_written(&pkg.manifest, &out, &report),
     }
     // Nothing but the source and (maybe) the output may be in the directory.
     for e in std::fs::read_dir(dir.path()).expect("list") {
@@ -43,3 +48,54 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+/// A successful apply wrote each partition's new image, as the manifest
+/// gives its size and SHA-256: `out` itself for an image output, else
+/// `out/NAME.img` for each partition and nothing else; the report says so
+/// too.
+fn check_written(m: &Manifest, out: &Path, report: &ApplyReport) {
+    let dir = out.is_dir();
+    assert!(
+        dir || m.partitions.len() == 1,
+        "one image written for {} partitions",
+        m.partitions.len()
+    );
+    assert_eq!(report.partitions.len(), m.partitions.len(), "report");
+    for (p, r) in m.partitions.iter().zip(&report.partitions) {
+        let path = if dir {
+            out.join(format!("{}.img", p.name))
+        } else {
+            out.to_path_buf()
+        };
+        let got = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(got.len() as u64, p.new.size, "{}: size", p.name);
+        assert!(
+            sha256(&got) == p.new.sha256,
+            "{}: written bytes do not hash to the manifest's new sha256",
+            p.name
+        );
+        assert_eq!(
+            (r.name.as_str(), r.size, r.sha256.as_str()),
+            (
+                p.name.as_str(),
+                p.new.size,
+                hex_digest(&p.new.sha256).as_str()
+            ),
+            "report"
+        );
+    }
+    if dir {
+        let mut names: Vec<String> = std::fs::read_dir(out)
+            .expect("list output")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = m
+            .partitions
+            .iter()
+            .map(|p| format!("{}.img", p.name))
+            .collect();
+        want.sort();
+        assert_eq!(names, want, "files in the output directory");
+    }
+}
