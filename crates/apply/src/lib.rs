@@ -146,6 +146,11 @@ impl<'a> PackageData<'a> {
                 .read_data(op.data_offset, op.data_length)
                 .map(std::borrow::Cow::Owned)
                 .map_err(|e| {
+                    let e = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        "the file ends before them".to_string()
+                    } else {
+                        e.to_string()
+                    };
                     ApplyError::Refused(format!(
                         "partition {}, operation {oi}: reading its {} bytes of data from {}: {e} (was the package changed or cut short while it was applied?)",
                         p.name,
