@@ -80,7 +80,7 @@ impl Spill {
 fn no_space() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::StorageFull,
-        "the temporary directory (TMPDIR) has no room for the expanded image",
+        "the temporary directory (TMPDIR) has no room left for the image",
     )
 }
 
