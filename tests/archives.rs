@@ -1,8 +1,8 @@
 //! ROMs inside archives: a target-files style zip (`IMAGES/*.img`) and a
 //! fastboot ROM tarball (`*/images/*.img`, sparse or raw), read without
-//! unpacking to disk.
+//! unpacking them where anyone can see.
 
-use crate::common::{have_img2simg, romdelta, synth_roms};
+use crate::common::{have_img2simg, romdelta, romdelta_within, synth_roms};
 use std::io::Write;
 use std::path::Path;
 
@@ -142,4 +142,138 @@ fn an_archive_without_images_is_refused() {
     // A damaged zip: a clear error too.
     std::fs::write(&zip_path, b"PK\x03\x04 not really a zip").unwrap();
     diff_fails_with("zip");
+}
+
+/// A zip holding `IMAGES/system.img` (`data`, stored or deflated) whose
+/// local and central headers are then made to claim `claim` bytes.
+fn zip_claiming(path: &Path, data: &[u8], method: zip::CompressionMethod, claim: u32) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+    zip.start_file("IMAGES/system.img", opts).unwrap();
+    zip.write_all(data).unwrap();
+    zip.finish().unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let stored = method == zip::CompressionMethod::Stored;
+    let mut patched = 0;
+    for (sig, sizes) in [(b"PK\x03\x04", 18), (b"PK\x01\x02", 20)] {
+        let at = bytes.windows(4).position(|w| w == sig).unwrap();
+        // Compressed size (only when stored), then uncompressed size.
+        if stored {
+            bytes[at + sizes..at + sizes + 4].copy_from_slice(&claim.to_le_bytes());
+        }
+        bytes[at + sizes + 4..at + sizes + 8].copy_from_slice(&claim.to_le_bytes());
+        patched += 1;
+    }
+    assert_eq!(patched, 2);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `diff --full` of `archive`, with 512 MiB of address space: refused with
+/// exit code 2 and a message naming the member that says `said`.
+fn refused_within_512_mib(dir: &Path, archive: &Path, member: &str, said: &str) {
+    let out = romdelta_within(512)
+        .args(["diff", "--full", "--threads", "1", "-o"])
+        .arg(dir.join("p"))
+        .arg(archive)
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains(member) && err.contains(said), "{err}");
+    assert!(!dir.join("p").exists());
+}
+
+#[test]
+fn archive_members_claiming_gigabytes_they_do_not_hold_are_refused_without_allocating_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
+    let claim = 0xffff_f000u32; // 4 GiB less 4 KiB
+                                // Deflated: the stream ends long before the size its headers give.
+    let deflated = dir.path().join("deflated.zip");
+    zip_claiming(&deflated, &data, zip::CompressionMethod::Deflated, claim);
+    refused_within_512_mib(dir.path(), &deflated, "IMAGES/system.img", "4294963200");
+    // Stored: its bytes would lie past the end of the zip.
+    let stored = dir.path().join("stored.zip");
+    zip_claiming(&stored, &data, zip::CompressionMethod::Stored, claim);
+    refused_within_512_mib(
+        dir.path(),
+        &stored,
+        "IMAGES/system.img",
+        "outside the archive",
+    );
+    // A tar header claiming 8 GiB less one byte, over 8 KiB of data.
+    let tar_path = dir.path().join("rom.tar");
+    let mut header = tar::Header::new_gnu();
+    header.set_path("rom/images/system.img").unwrap();
+    header.set_size(0o77777777777);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(&data);
+    bytes.extend_from_slice(&[0u8; 1024]);
+    std::fs::write(&tar_path, &bytes).unwrap();
+    refused_within_512_mib(dir.path(), &tar_path, "rom/images/system.img", "8589934591");
+}
+
+#[test]
+fn stored_and_deflated_members_read_as_their_images() {
+    let dir = tempfile::tempdir().unwrap();
+    // Zeros, data at an odd offset, and an odd length.
+    let mut image = vec![0u8; 3 << 20];
+    image[12_345..1_000_000]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i % 241) as u8);
+    image.truncate((3 << 20) - 77);
+    let raw = dir.path().join("system.img");
+    std::fs::write(&raw, &image).unwrap();
+    let mut packages = Vec::new();
+    for method in [
+        zip::CompressionMethod::Stored,
+        zip::CompressionMethod::Deflated,
+    ] {
+        let zip_path = dir.path().join(format!("{method:?}.zip"));
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        // A member before it, so the image's data starts at no page boundary.
+        zip.start_file("META/misc_info.txt", opts).unwrap();
+        zip.write_all(b"x=1\n").unwrap();
+        zip.start_file("IMAGES/system.img", opts).unwrap();
+        zip.write_all(&image).unwrap();
+        zip.finish().unwrap();
+        packages.push(dir.path().join(format!("{method:?}.romdelta")));
+        romdelta()
+            .args(["diff", "--full", "--level", "1", "-o"])
+            .arg(packages.last().unwrap())
+            .arg(&zip_path)
+            .assert()
+            .success();
+    }
+    let from_raw = dir.path().join("raw.romdelta");
+    let dir_rom = dir.path().join("rom");
+    std::fs::create_dir_all(&dir_rom).unwrap();
+    std::fs::copy(&raw, dir_rom.join("system.img")).unwrap();
+    romdelta()
+        .args(["diff", "--full", "--level", "1", "-o"])
+        .arg(&from_raw)
+        .arg(&dir_rom)
+        .assert()
+        .success();
+    let want = std::fs::read(&from_raw).unwrap();
+    for p in &packages {
+        assert!(std::fs::read(p).unwrap() == want, "{}", p.display());
+    }
+    // A damaged byte inside the stored member fails the zip's CRC-32.
+    let zip_path = dir.path().join("Stored.zip");
+    let mut bytes = std::fs::read(&zip_path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&zip_path, bytes).unwrap();
+    let out = romdelta()
+        .args(["diff", "--full", "-o"])
+        .arg(dir.path().join("p"))
+        .arg(&zip_path)
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("IMAGES/system.img"), "{err}");
 }

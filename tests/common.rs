@@ -104,3 +104,14 @@ pub fn kill_when(
     child.wait().unwrap();
     Some(ready_at.is_some())
 }
+
+/// The romdelta binary run with its address space limited to `mib` MiB
+/// (`ulimit -v`): what proves that an input's length fields make it
+/// allocate nothing near what they claim.
+pub fn romdelta_within(mib: u64) -> assert_cmd::Command {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", mib << 10))
+        .arg(assert_cmd::cargo::cargo_bin("romdelta"));
+    assert_cmd::Command::from_std(cmd)
+}

@@ -3,9 +3,17 @@
 //! read through bounded buffers for application; reads past the end
 //! of an image within its last block return zeros, so every image is a whole
 //! number of blocks to the algorithms that work on blocks.
+//!
+//! Every mapping is of a file: the image itself, a stored member in place
+//! in its zip, or an unlinked temporary file that holds an expanded sparse
+//! image or a decompressed member (see `spill`), so the kernel may drop
+//! clean pages and no length field of an input makes romdelta hold memory
+//! its data does not fill.
+
+mod spill;
 
 use memmap2::Mmap;
-use romdelta_format::sparse::{self, Chunk, ChunkData, SparseHeader, SparseLayout};
+use romdelta_format::sparse::{self, Chunk, SparseHeader, SparseLayout};
 use romdelta_format::{Extent, BLOCK_SIZE};
 use romdelta_storage::StorageFile;
 use std::fs::File;
@@ -92,9 +100,9 @@ pub struct Partition {
     pub path: PathBuf,
     file: Backing,
     size: u64,
+    /// A read-only mapping of a file (never anonymous memory), so
+    /// [`Partition::release`] may always drop its pages.
     map: Option<Mmap>,
-    /// Whether `map` maps the file itself (and so may be released).
-    file_backed: bool,
     /// The chunk table when the file is an Android sparse image; `size` is
     /// then the expanded size.
     sparse: Option<Vec<Chunk>>,
@@ -132,9 +140,13 @@ impl Partition {
         if let Some((header, chunks)) = sparse {
             let size = header.image_len();
             let map = match access {
-                Access::Mapped if size > 0 => {
-                    Some(expand_sparse(&file, size, &chunks).map_err(io)?)
-                }
+                Access::Mapped if size > 0 => Some(
+                    spill::expand_sparse(size, &chunks, |off, b| file.read_exact_at(b, off))
+                        .map_err(|e| RomError::Invalid {
+                            path: path.to_path_buf(),
+                            reason: format!("Android sparse image: expanding it: {e}"),
+                        })?,
+                ),
                 _ => None,
             };
             return Ok(Partition {
@@ -143,7 +155,6 @@ impl Partition {
                 file: Backing::File(file),
                 size,
                 map,
-                file_backed: false,
                 sparse: Some(chunks),
             });
         }
@@ -161,7 +172,6 @@ impl Partition {
             file: Backing::File(file),
             size: meta.len(),
             map,
-            file_backed: true,
             sparse: None,
         })
     }
@@ -183,7 +193,6 @@ impl Partition {
             file: Backing::Storage(file),
             size,
             map: None,
-            file_backed: false,
             sparse: None,
         })
     }
@@ -230,8 +239,9 @@ impl Partition {
     }
 
     /// A partition read out of an archive: `len` bytes from `reader`,
-    /// expanded when they are an Android sparse image, held in anonymous
-    /// memory. `archive` is the archive file, `path` names the member.
+    /// written to an unlinked temporary file as they arrive (zero blocks
+    /// left as holes) and mapped; expanded when they are an Android sparse
+    /// image. `archive` is the archive file, `path` names the member.
     fn from_reader(
         name: &str,
         path: PathBuf,
@@ -239,57 +249,101 @@ impl Partition {
         reader: &mut dyn std::io::Read,
         len: u64,
     ) -> Result<Self, RomError> {
+        check_member_len(&path, len)?;
+        let spilled = spill::spill_reader(reader, len).map_err(|reason| RomError::Invalid {
+            path: path.clone(),
+            reason,
+        })?;
+        let mut head = [0u8; sparse::FILE_HEADER_LEN];
+        let is_sparse = len >= head.len() as u64
+            && spilled.read_exact_at(&mut head, 0).is_ok()
+            && sparse::is_sparse(&head);
+        let (map, size) = if is_sparse {
+            let (header, chunks) =
+                read_sparse_table(&spilled, len, &head).map_err(|e| RomError::Invalid {
+                    path: path.clone(),
+                    reason: format!("Android sparse image: {e}"),
+                })?;
+            let size = header.image_len();
+            let map = spill::expand_sparse(size, &chunks, |off, b| spilled.read_exact_at(b, off));
+            (map, size)
+        } else {
+            (spill::map_file(&spilled, len), len)
+        };
+        Self::of_member(name, path, archive, map, size)
+    }
+
+    /// A partition that is a stored (uncompressed) zip member: its `len`
+    /// bytes at `offset` of the zip file `archive`, mapped in place, or
+    /// expanded like any sparse image when they are one.
+    fn from_stored(
+        name: &str,
+        path: PathBuf,
+        archive: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<Self, RomError> {
+        check_member_len(&path, len)?;
         let invalid = |reason: String| RomError::Invalid {
             path: path.clone(),
             reason,
         };
-        if len > romdelta_format::limits::MAX_PARTITION_SIZE {
-            return Err(invalid(format!("{len} bytes is larger than any partition")));
-        }
         let io = |source| RomError::Io {
             path: path.clone(),
             source,
         };
-        let mut map = memmap2::MmapOptions::new()
-            .len((len as usize).max(1))
-            .map_anon()
-            .map_err(io)?;
-        reader.read_exact(&mut map[..len as usize]).map_err(io)?;
-        let mut one = [0u8; 1];
-        if reader.read(&mut one).map_err(io)? != 0 {
+        let file_len = archive.metadata().map_err(io)?.len();
+        if offset.checked_add(len).is_none_or(|end| end > file_len) {
             return Err(invalid(format!(
-                "holds more than the {len} bytes it declares"
+                "its {len} bytes at offset {offset} lie outside the archive of {file_len} bytes"
             )));
         }
-        let bytes = &map[..len as usize];
-        let (map, size) = if sparse::is_sparse(bytes) {
-            let chunks =
-                sparse::parse(bytes).map_err(|e| invalid(format!("Android sparse image: {e}")))?;
-            let size = SparseHeader::decode(bytes)
-                .map_err(|e| invalid(e.to_string()))?
-                .image_len();
-            let mut out = memmap2::MmapOptions::new()
-                .len((size as usize).max(1))
-                .map_anon()
-                .map_err(io)?;
-            sparse::read_expanded(&chunks, 0, &mut out[..size as usize], |off, b| {
-                b.copy_from_slice(&bytes[off as usize..off as usize + b.len()]);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .expect("infallible");
-            (out, size)
-        } else {
-            (map, len)
+        if len == 0 {
+            return Self::of_member(name, path, archive, spill::map_file(archive, 0), 0);
+        }
+        // SAFETY: mapped read-only, as image files are (see Partition::open).
+        let bytes = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len as usize)
+                .map(archive)
+        }
+        .map_err(io)?;
+        if !sparse::is_sparse(&bytes) {
+            return Self::of_member(name, path, archive, Ok(bytes), len);
+        }
+        let chunks =
+            sparse::parse(&bytes).map_err(|e| invalid(format!("Android sparse image: {e}")))?;
+        let size = SparseHeader::decode(&bytes)
+            .map_err(|e| invalid(e.to_string()))?
+            .image_len();
+        let map = spill::expand_sparse(size, &chunks, |off, b| {
+            b.copy_from_slice(&bytes[off as usize..off as usize + b.len()]);
+            Ok(())
+        });
+        Self::of_member(name, path, archive, map, size)
+    }
+
+    /// The partition of an archive member whose bytes `map` maps.
+    fn of_member(
+        name: &str,
+        path: PathBuf,
+        archive: &File,
+        map: std::io::Result<Mmap>,
+        size: u64,
+    ) -> Result<Self, RomError> {
+        let io = |source| RomError::Io {
+            path: path.clone(),
+            source,
         };
+        let map = map.map_err(io)?;
         let file = archive.try_clone().map_err(io)?;
-        let map = map.make_read_only().map_err(io)?;
         Ok(Partition {
             name: name.to_string(),
             path,
             file: Backing::File(file),
             size,
-            map: Some(map),
-            file_backed: false,
+            map: (size > 0).then_some(map),
             sparse: None,
         })
     }
@@ -301,7 +355,7 @@ impl Partition {
     /// diff of two large images does not hold both resident. A no-op for
     /// partitions that are not mapped.
     pub fn release(&self, offset: u64, len: u64) {
-        let Some(map) = self.map.as_ref().filter(|_| self.file_backed) else {
+        let Some(map) = self.map.as_ref() else {
             return;
         };
         let end = offset.saturating_add(len).min(self.size);
@@ -315,8 +369,7 @@ impl Partition {
 
     /// Calls `f` on consecutive pieces of at most `piece` bytes of a mapped
     /// partition (with their offsets), releasing each piece after use: a
-    /// whole-image pass whose resident memory is one piece, not the image
-    /// (except for sparse images, which are expanded in memory).
+    /// whole-image pass whose resident memory is one piece, not the image.
     pub fn for_each_chunk(&self, piece: usize, mut f: impl FnMut(u64, &[u8])) {
         let bytes = self.bytes();
         for (k, chunk) in bytes.chunks(piece.max(1)).enumerate() {
@@ -442,20 +495,15 @@ fn read_sparse_table(
     Ok((header, chunks))
 }
 
-/// The expanded bytes of a sparse image in anonymous memory: blocks that
-/// are DONT_CARE are never touched, so they cost no memory.
-fn expand_sparse(file: &File, size: u64, chunks: &[Chunk]) -> std::io::Result<Mmap> {
-    let len = usize::try_from(size).map_err(|_| std::io::Error::other("image too large"))?;
-    let mut map = memmap2::MmapOptions::new().len(len).map_anon()?;
-    for c in chunks {
-        let out = &mut map[c.offset as usize..(c.offset + c.len) as usize];
-        match c.data {
-            ChunkData::Raw { file_offset } => file.read_exact_at(out, file_offset)?,
-            ChunkData::Fill([0, 0, 0, 0]) | ChunkData::DontCare => {}
-            ChunkData::Fill(p) => out.chunks_exact_mut(4).for_each(|w| w.copy_from_slice(&p)),
-        }
+/// Refuses an archive member that declares more bytes than any partition.
+fn check_member_len(path: &Path, len: u64) -> Result<(), RomError> {
+    if len > romdelta_format::limits::MAX_PARTITION_SIZE {
+        return Err(RomError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("{len} bytes is larger than any partition"),
+        });
     }
-    map.make_read_only()
+    Ok(())
 }
 
 /// Drops this process's pages of bytes `offset..offset + len` of `map`, a
@@ -464,9 +512,14 @@ fn expand_sparse(file: &File, size: u64, chunks: &[Chunk]) -> std::io::Result<Mm
 /// read again on the next access, but no longer count as resident here.
 pub fn release_pages(map: &memmap2::Mmap, offset: u64, len: u64) {
     const PAGE: u64 = 4096;
-    // The mapping starts page-aligned.
-    let start = offset.div_ceil(PAGE) * PAGE;
-    let end = offset.saturating_add(len).min(map.len() as u64) / PAGE * PAGE;
+    // Whole pages by address: a mapping at an offset into its file (a
+    // stored zip member) need not start on a page boundary.
+    let base = map.as_ptr() as u64;
+    let start = (base + offset.min(map.len() as u64)).div_ceil(PAGE) * PAGE - base;
+    let end = (base + offset.saturating_add(len).min(map.len() as u64)) / PAGE * PAGE;
+    let Some(end) = end.checked_sub(base) else {
+        return;
+    };
     if end <= start {
         return;
     }
@@ -628,8 +681,10 @@ fn member_partition(member: &str) -> Option<String> {
         .map(|_| name.to_string())
 }
 
-/// Reads every `IMAGES/*.img` (zip) or `images/*.img` (tar) member of the
-/// archive at `path` into memory, without unpacking anything to disk.
+/// Opens every `IMAGES/*.img` (zip) or `images/*.img` (tar) member of the
+/// archive at `path`, mapped: a stored zip member in place in the zip, any
+/// other member (and any sparse one, expanded) from an unlinked temporary
+/// file that holds only the member's nonzero blocks.
 fn open_archive(path: &Path) -> Result<Rom, RomError> {
     let io = |source| RomError::Io {
         path: path.to_path_buf(),
@@ -658,9 +713,24 @@ fn open_archive(path: &Path) -> Result<Rom, RomError> {
                 };
                 let member = path.join(&entry_name);
                 let len = entry.size();
-                partitions.push(Partition::from_reader(
-                    &name, member, &file, &mut entry, len,
-                )?);
+                let start = entry.data_start();
+                let part = match start {
+                    Some(start) if entry.compression() == zip::CompressionMethod::Stored => {
+                        if entry.compressed_size() != len {
+                            return Err(invalid(format!(
+                                "zip entry {entry_name}: stored with {} bytes of data for {len} bytes",
+                                entry.compressed_size()
+                            )));
+                        }
+                        let part = Partition::from_stored(&name, member, &file, start, len)?;
+                        // Read through once for the zip's CRC-32 check.
+                        std::io::copy(&mut entry, &mut std::io::sink())
+                            .map_err(|e| invalid(format!("zip entry {entry_name}: {e}")))?;
+                        part
+                    }
+                    _ => Partition::from_reader(&name, member, &file, &mut entry, len)?,
+                };
+                partitions.push(part);
             }
         }
         Archive::Tar { gzip } => {
@@ -937,5 +1007,106 @@ mod tests {
         // Not mapped: a no-op.
         let r = Partition::open("p", &path, Access::Read).unwrap();
         r.release_all();
+    }
+
+    /// A sparse image of `blocks` 4 KiB blocks made of `chunks`
+    /// (`(type, blocks, payload)`).
+    fn sparse_image(blocks: u32, chunks: &[(u16, u32, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(sparse::SPARSE_MAGIC.to_le_bytes());
+        v.extend(1u16.to_le_bytes());
+        v.extend(0u16.to_le_bytes());
+        v.extend(28u16.to_le_bytes());
+        v.extend(12u16.to_le_bytes());
+        v.extend(4096u32.to_le_bytes());
+        v.extend(blocks.to_le_bytes());
+        v.extend((chunks.len() as u32).to_le_bytes());
+        v.extend(0u32.to_le_bytes());
+        for (kind, n, payload) in chunks {
+            v.extend(kind.to_le_bytes());
+            v.extend(0u16.to_le_bytes());
+            v.extend(n.to_le_bytes());
+            v.extend((12 + payload.len() as u32).to_le_bytes());
+            v.extend(*payload);
+        }
+        v
+    }
+
+    const RAW: u16 = 0xcac1;
+    const FILL: u16 = 0xcac2;
+    const DONT_CARE: u16 = 0xcac3;
+
+    #[test]
+    fn a_sparse_image_maps_expanded_with_what_reading_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.img");
+        let raw: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+        let mut with_zeros = raw.clone();
+        with_zeros[4096..8192].fill(0);
+        let img = sparse_image(
+            12,
+            &[
+                (RAW, 3, &with_zeros),
+                (FILL, 2, &[0xff, 0, 0xff, 1]),
+                (DONT_CARE, 4, &[]),
+                (FILL, 1, &[0, 0, 0, 0]),
+                (RAW, 2, &raw[..8192]),
+            ],
+        );
+        std::fs::write(&path, &img).unwrap();
+        let mapped = Partition::open("s", &path, Access::Mapped).unwrap();
+        let read = Partition::open("s", &path, Access::Read).unwrap();
+        assert_eq!(mapped.size(), 12 * 4096);
+        let mut want = Vec::new();
+        read.read_extents(&[Extent::new(0, 12)], &mut want).unwrap();
+        assert_eq!(mapped.bytes(), &want[..]);
+        assert_eq!(&want[..3 * 4096], &with_zeros[..]);
+        assert_eq!(
+            &want[3 * 4096..3 * 4096 + 8],
+            &[0xff, 0, 0xff, 1, 0xff, 0, 0xff, 1]
+        );
+        assert_eq!(mapped.sha256().unwrap(), read.sha256().unwrap());
+        mapped.release_all();
+        assert_eq!(mapped.bytes(), &want[..]);
+    }
+
+    #[test]
+    fn a_tiny_sparse_image_claiming_16_tib_costs_neither_memory_nor_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.img");
+        let data = [0x5au8; 4096];
+        // 2^32 - 1 blocks: the largest image a 4 KiB-block header can claim.
+        let img = sparse_image(u32::MAX, &[(DONT_CARE, u32::MAX - 1, &[]), (RAW, 1, &data)]);
+        std::fs::write(&path, &img).unwrap();
+        let p = Partition::open("s", &path, Access::Mapped).unwrap();
+        assert_eq!(p.size(), u32::MAX as u64 * 4096);
+        assert_eq!(p.block(0).unwrap().as_ref(), &[0u8; 4096][..]);
+        assert_eq!(
+            p.block(u32::MAX as u64 / 2).unwrap().as_ref(),
+            &[0u8; 4096][..]
+        );
+        assert_eq!(p.block(u32::MAX as u64 - 1).unwrap().as_ref(), &data[..]);
+        assert!(p.block(u32::MAX as u64).is_none());
+    }
+
+    #[test]
+    fn a_fill_chunk_larger_than_the_temporary_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.img");
+        let img = sparse_image(u32::MAX, &[(FILL, u32::MAX, &[1, 2, 3, 4])]);
+        std::fs::write(&path, &img).unwrap();
+        let err = Partition::open("s", &path, Access::Mapped)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s.img") && err.contains("Android sparse image") && err.contains("TMPDIR"),
+            "{err}"
+        );
+        // Read through the chunk table, it needs no room at all.
+        let p = Partition::open("s", &path, Access::Read).unwrap();
+        let mut b = Vec::new();
+        p.read_extents(&[Extent::new(u32::MAX as u64 - 1, 1)], &mut b)
+            .unwrap();
+        assert_eq!(&b[..4], &[1, 2, 3, 4]);
     }
 }
