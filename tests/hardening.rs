@@ -215,10 +215,15 @@ fn decoding_a_hostile_manifest_takes_memory_in_proportion_to_its_bytes() {
 fn a_hostile_unsigned_manifest_is_refused_before_it_is_decoded() {
     let dir = tempfile::tempdir().unwrap();
     let (head, op, tail) = one_zero_op(false, "");
+    // As many operations as a count checked at 3 bytes each would admit:
+    // the old reader reserved 136 bytes for each (3 GB) before looking.
+    let size = (64usize << 20) - 4096;
+    let ops = (size - head.len() - 4 - tail.len()) / op.len();
+    let n = ((ops * op.len() + tail.len()) / 3) as u64;
+    assert_eq!(varint(n).len(), 4);
     let mut m = head;
-    let n = ((64u64 << 20) - 4096) / 3;
     m.extend(varint(n));
-    while m.len() < (64 << 20) - 4096 {
+    for _ in 0..ops {
         m.extend(&op);
     }
     m.extend(&tail);
