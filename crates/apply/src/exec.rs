@@ -645,20 +645,15 @@ fn write_sparse_form(
 
 /// SHA-256 of the image the sparse file `f` expands to.
 fn sparse_sha256(f: &dyn StorageFile) -> std::io::Result<Digest> {
-    use romdelta_format::sparse::{SparseHeader, SparseLayout, FILE_HEADER_LEN};
-    let bad = |e: FormatError| std::io::Error::other(format!("sparse form: {e}"));
-    let len = f.len()?;
-    let mut head = [0u8; FILE_HEADER_LEN];
-    f.read_at(&mut head, 0)?;
-    let header = SparseHeader::decode(&head).map_err(bad)?;
-    let mut layout = SparseLayout::new(header, len).map_err(bad)?;
-    let mut buf = vec![0u8; (header.chunk_header_len + 4) as usize];
-    while let Some(at) = layout.next_header_offset() {
-        let n = (len.saturating_sub(at) as usize).min(buf.len());
-        f.read_at(&mut buf[..n], at)?;
-        layout.push(&buf[..n]).map_err(bad)?;
-    }
-    let chunks = layout.finish().map_err(bad)?;
+    let (header, chunks) = romdelta_format::sparse::read_table(f.len()?, |off, b| {
+        f.read_at(b, off)
+    })
+    .map_err(|e| match e {
+        romdelta_format::sparse::TableError::Read(e) => e,
+        romdelta_format::sparse::TableError::Format(e) => {
+            std::io::Error::other(format!("sparse form: {e}"))
+        }
+    })?;
     let mut h = sha2::Sha256::new();
     let mut piece = vec![0u8; 1 << 20];
     let size = header.image_len();

@@ -310,6 +310,39 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Chunk>, FormatError> {
     layout.finish()
 }
 
+/// Why [`read_table`] failed: the image's bytes could not be read, or
+/// they are not a valid sparse image.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError<E> {
+    /// Reading failed.
+    #[error("{0}")]
+    Read(E),
+    /// The bytes are not a valid sparse image.
+    #[error("{0}")]
+    Format(#[from] FormatError),
+}
+
+/// Reads the chunk table of a sparse image of `file_len` bytes through
+/// `read(offset, buf)`, the file header first and then one chunk header at
+/// a time (never more than one header's bytes at once).
+pub fn read_table<E>(
+    file_len: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<(), E>,
+) -> Result<(SparseHeader, Vec<Chunk>), TableError<E>> {
+    let mut head = [0u8; FILE_HEADER_LEN];
+    let n = (file_len as usize).min(FILE_HEADER_LEN);
+    read(0, &mut head[..n]).map_err(TableError::Read)?;
+    let header = SparseHeader::decode(&head[..n])?;
+    let mut layout = SparseLayout::new(header, file_len)?;
+    let mut buf = vec![0u8; ((header.chunk_header_len + 4) as usize).min(1 << 16)];
+    while let Some(at) = layout.next_header_offset() {
+        let n = (file_len.saturating_sub(at) as usize).min(buf.len());
+        read(at, &mut buf[..n]).map_err(TableError::Read)?;
+        layout.push(&buf[..n])?;
+    }
+    Ok((header, layout.finish()?))
+}
+
 /// Fills `out` with the expanded bytes at image offset `pos`, reading RAW
 /// bytes through `read_raw(file_offset, buf)`. `chunks` must come from
 /// [`SparseLayout::finish`]; bytes past the last chunk read as zeros.
@@ -401,6 +434,31 @@ mod tests {
         })
         .unwrap();
         Ok(out)
+    }
+
+    #[test]
+    fn read_table_reads_what_parse_does_and_refuses_every_truncation() {
+        let (sparse, _) = sample();
+        let read = |bytes: &[u8]| {
+            let bytes = bytes.to_vec();
+            read_table(bytes.len() as u64, move |off, b: &mut [u8]| {
+                let end = off as usize + b.len();
+                if end > bytes.len() {
+                    return Err("past the end");
+                }
+                b.copy_from_slice(&bytes[off as usize..end]);
+                Ok(())
+            })
+        };
+        let (header, chunks) = read(&sparse).unwrap();
+        assert_eq!(chunks, parse(&sparse).unwrap());
+        assert_eq!(header.image_len(), 6 * 4096);
+        for n in 0..sparse.len() {
+            assert!(read(&sparse[..n]).is_err(), "truncated to {n}");
+        }
+        // A read error is passed on as it is.
+        let failing = read_table(sparse.len() as u64, |_, _| Err("EIO"));
+        assert!(matches!(failing, Err(TableError::Read("EIO"))));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 mod spill;
 
 use memmap2::Mmap;
-use romdelta_format::sparse::{self, Chunk, SparseHeader, SparseLayout};
+use romdelta_format::sparse::{self, Chunk, SparseHeader};
 use romdelta_format::{Extent, BLOCK_SIZE};
 use romdelta_storage::StorageFile;
 use std::fs::File;
@@ -129,7 +129,7 @@ impl Partition {
             && sparse::is_sparse(&head)
         {
             Some(
-                read_sparse_table(&file, meta.len(), &head).map_err(|e| RomError::Invalid {
+                read_sparse_table(&file, meta.len()).map_err(|e| RomError::Invalid {
                     path: path.to_path_buf(),
                     reason: format!("Android sparse image: {e}"),
                 })?,
@@ -260,7 +260,7 @@ impl Partition {
             && sparse::is_sparse(&head);
         let (map, size) = if is_sparse {
             let (header, chunks) =
-                read_sparse_table(&spilled, len, &head).map_err(|e| RomError::Invalid {
+                read_sparse_table(&spilled, len).map_err(|e| RomError::Invalid {
                     path: path.clone(),
                     reason: format!("Android sparse image: {e}"),
                 })?;
@@ -474,25 +474,9 @@ impl Partition {
     }
 }
 
-/// Reads the chunk table of the sparse image `file` (of `file_len` bytes,
-/// starting with `head`), one chunk header at a time.
-fn read_sparse_table(
-    file: &File,
-    file_len: u64,
-    head: &[u8],
-) -> Result<(SparseHeader, Vec<Chunk>), String> {
-    let header = SparseHeader::decode(head).map_err(|e| e.to_string())?;
-    let mut layout = SparseLayout::new(header, file_len).map_err(|e| e.to_string())?;
-    let want = (header.chunk_header_len + 4) as usize;
-    let mut buf = vec![0u8; want.min(1 << 16)];
-    while let Some(at) = layout.next_header_offset() {
-        let n = ((file_len.saturating_sub(at)) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], at)
-            .map_err(|e| e.to_string())?;
-        layout.push(&buf[..n]).map_err(|e| e.to_string())?;
-    }
-    let chunks = layout.finish().map_err(|e| e.to_string())?;
-    Ok((header, chunks))
+/// Reads the chunk table of the sparse image `file` (of `file_len` bytes).
+fn read_sparse_table(file: &File, file_len: u64) -> Result<(SparseHeader, Vec<Chunk>), String> {
+    sparse::read_table(file_len, |off, b| file.read_exact_at(b, off)).map_err(|e| e.to_string())
 }
 
 /// Refuses an archive member that declares more bytes than any partition.
