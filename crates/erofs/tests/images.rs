@@ -1,0 +1,418 @@
+//! Maps of images that `mkfs.erofs` (erofs-utils) builds from small trees,
+//! checked independently: the file list against the tree, every file's
+//! bytes read (and, for compressed clusters, decompressed) through the map
+//! against the tree's, the physical ranges against the image and each
+//! other, and extents against `dump.erofs`.
+
+use rand::{RngCore, SeedableRng};
+use romdelta_erofs::{map_image, DataMap, Encoding, ErofsMap, FileKind, Placement};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+/// Whether `mkfs.erofs` can run. Without it the tests skip, unless
+/// `ROMDELTA_REQUIRE_TOOLS` is set, when they fail.
+fn have_mkfs() -> bool {
+    let ok = Command::new("mkfs.erofs").arg("--help").output().is_ok();
+    if !ok && std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_some() {
+        panic!("mkfs.erofs is required (apt-get install erofs-utils)");
+    }
+    if !ok {
+        eprintln!("skipping: mkfs.erofs not installed");
+    }
+    ok
+}
+
+/// What a path of a test tree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    File(Vec<u8>),
+    Dir,
+    Link(Vec<u8>),
+}
+
+/// Compressible text: lines of words from a small vocabulary.
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    let words: [&[u8]; 10] = [
+        b"alpha", b"beta", b"gamma", b"system", b"vendor", b"product", b"lib", b"so", b"bin",
+        b"etc",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        for i in 0..12 {
+            if i > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(words[(rng.next_u32() % 10) as usize]);
+        }
+        out.push(b'\n');
+    }
+    out.truncate(len);
+    out
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = vec![0u8; len];
+    rng.fill_bytes(&mut out);
+    out
+}
+
+/// The test tree: empty, tiny, tail-packed, block-sized, compressible,
+/// random, nested and linked files.
+fn tree() -> BTreeMap<String, Node> {
+    let mut t = BTreeMap::new();
+    let mut f = |p: &str, n: Node| {
+        t.insert(p.to_string(), n);
+    };
+    f("empty", Node::File(Vec::new()));
+    f("tiny.txt", Node::File(b"hello\n".to_vec()));
+    f("tail.bin", Node::File(random(2 * 4096 + 100, 1)));
+    f("blocks.bin", Node::File(random(3 * 4096, 2)));
+    f("text.txt", Node::File(text(300 * 1024, 3)));
+    f("random.bin", Node::File(random(300 * 1024, 4)));
+    f(
+        "mixed.bin",
+        Node::File([text(70_000, 5), random(50_000, 6), text(90_001, 7)].concat()),
+    );
+    f("sub", Node::Dir);
+    f("sub/deep", Node::Dir);
+    f("sub/deep/nested.txt", Node::File(text(20_000, 8)));
+    f("sub/empty-dir", Node::Dir);
+    f("link", Node::Link(b"tiny.txt".to_vec()));
+    f("sub/deep/up", Node::Link(b"../../text.txt".to_vec()));
+    t
+}
+
+fn write_tree(root: &Path, t: &BTreeMap<String, Node>) {
+    std::fs::create_dir_all(root).unwrap();
+    for (p, n) in t {
+        let path = root.join(p);
+        match n {
+            Node::File(b) => std::fs::write(&path, b).unwrap(),
+            Node::Dir => std::fs::create_dir_all(&path).unwrap(),
+            Node::Link(to) => {
+                std::os::unix::fs::symlink(String::from_utf8(to.clone()).unwrap(), &path).unwrap()
+            }
+        }
+    }
+}
+
+/// Builds an image of `t` with `mkfs.erofs OPTS`.
+fn mkfs(dir: &Path, t: &BTreeMap<String, Node>, opts: &[&str]) -> Vec<u8> {
+    let src = dir.join("tree");
+    if !src.exists() {
+        write_tree(&src, t);
+    }
+    let img = dir.join("fs.img");
+    let out = Command::new("mkfs.erofs")
+        .args(["-T0", "--all-root"])
+        .args(opts)
+        .arg(&img)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfs.erofs {opts:?}: {out:?}");
+    std::fs::read(&img).unwrap()
+}
+
+/// Reads an inode's bytes through its map, decompressing LZ4 pclusters.
+fn read_through(
+    img: &[u8],
+    block_size: u64,
+    size: u64,
+    data: &DataMap,
+    zero_padding: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    match data {
+        DataMap::None => {}
+        DataMap::Flat(extents) => {
+            for e in extents {
+                assert_eq!(e.logical, out.len() as u64, "extents tile the file");
+                match e.placement {
+                    Placement::Hole => out.resize(out.len() + e.len as usize, 0),
+                    Placement::Blocks | Placement::Inline => {
+                        let at = e.physical as usize;
+                        out.extend_from_slice(&img[at..at + e.len as usize]);
+                    }
+                }
+            }
+        }
+        DataMap::Compressed { pclusters, .. } => {
+            for p in pclusters {
+                assert_eq!(p.logical, out.len() as u64, "pclusters tile the file");
+                let start = (p.block * block_size) as usize;
+                let raw = &img[start..start + (p.blocks * block_size) as usize];
+                match p.encoding {
+                    Encoding::Plain => out.extend_from_slice(&raw[..p.logical_len as usize]),
+                    Encoding::Compressed(romdelta_erofs::Algorithm::Lz4) => {
+                        assert!(zero_padding, "lz4 without zero padding");
+                        // The stream ends at the end of the pcluster,
+                        // after leading zeros.
+                        let skip = raw.iter().position(|&b| b != 0).unwrap();
+                        let mut buf = vec![0u8; p.logical_len as usize];
+                        let n = lz4_flex::block::decompress_into(&raw[skip..], &mut buf)
+                            .unwrap_or_else(|e| panic!("pcluster {p:?}: {e}"));
+                        assert_eq!(
+                            n as u64, p.logical_len,
+                            "pcluster {p:?} decodes to its extent"
+                        );
+                        out.extend_from_slice(&buf);
+                    }
+                    other => panic!("unexpected encoding {other:?}"),
+                }
+            }
+        }
+    }
+    assert_eq!(out.len() as u64, size, "the map covers the whole file");
+    out
+}
+
+/// The independent checks of a map of an image of `t`; returns how many
+/// pclusters were compressed.
+fn check_map(img: &[u8], map: &ErofsMap, t: &BTreeMap<String, Node>) -> usize {
+    let sb = &map.superblock;
+    let bs = sb.block_size();
+    let zero_padding = sb.feature_incompat & romdelta_erofs::INCOMPAT_ZERO_PADDING != 0;
+    let mut got = BTreeMap::new();
+    for i in 0..map.entries.len() {
+        let path = String::from_utf8(map.path(i)).unwrap();
+        let m = map.inode(i);
+        let node = match m.inode.kind {
+            FileKind::Directory => Node::Dir,
+            FileKind::Regular => {
+                Node::File(read_through(img, bs, m.inode.size, &m.data, zero_padding))
+            }
+            FileKind::Symlink => {
+                Node::Link(read_through(img, bs, m.inode.size, &m.data, zero_padding))
+            }
+            k => panic!("{path}: unexpected {k:?}"),
+        };
+        assert!(
+            got.insert(path.clone(), node).is_none(),
+            "{path} listed twice"
+        );
+    }
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        t.keys().collect::<Vec<_>>(),
+        "file list"
+    );
+    for (p, n) in t {
+        assert!(got[p] == *n, "{p}: the bytes read through the map differ");
+    }
+    // Physical ranges: inside the filesystem, disjoint across inodes.
+    let mut ranges = Vec::new();
+    let mut compressed = 0;
+    for (nid, m) in &map.inodes {
+        match &m.data {
+            DataMap::None => {}
+            DataMap::Flat(x) => {
+                for e in x.iter().filter(|e| e.placement != Placement::Hole) {
+                    ranges.push((e.physical, e.physical + e.len, *nid));
+                }
+            }
+            DataMap::Compressed { pclusters, .. } => {
+                for p in pclusters {
+                    compressed += usize::from(p.encoding != Encoding::Plain);
+                    ranges.push((p.block * bs, (p.block + p.blocks) * bs, *nid));
+                }
+            }
+        }
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 <= w[1].0, "overlapping data {:?} {:?}", w[0], w[1]);
+    }
+    let fs_len = u64::from(sb.blocks) * bs;
+    assert!(
+        ranges.iter().all(|r| r.1 <= fs_len),
+        "data past the filesystem"
+    );
+    compressed
+}
+
+/// The extents `dump.erofs -e` lists for `nid`: (logical start, logical
+/// end, physical start, physical end), bytes.
+fn dump_extents(img: &Path, nid: u64) -> Option<Vec<(u64, u64, u64, u64)>> {
+    let out = Command::new("dump.erofs")
+        .arg("-e")
+        .arg(format!("--nid={nid}"))
+        .arg(img)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v = Vec::new();
+    for line in text.lines() {
+        // "   0:        0..   17481 |   17481 :     319488..    323584 |    4096"
+        let Some((_, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split(['|', ':']).map(str::trim).collect();
+        if parts.len() != 4 {
+            continue;
+        }
+        let range = |s: &str| -> Option<(u64, u64)> {
+            let (a, b) = s.split_once("..")?;
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+        };
+        if let (Some(l), Some(p)) = (range(parts[0]), range(parts[2])) {
+            v.push((l.0, l.1, p.0, p.1));
+        }
+    }
+    Some(v)
+}
+
+/// Maps an image built with `opts` and checks it; returns the map, the
+/// image and its path.
+fn build_and_check(opts: &[&str]) -> Option<(ErofsMap, usize, tempfile::TempDir)> {
+    if !have_mkfs() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = tree();
+    let img = mkfs(dir.path(), &t, opts);
+    let map = map_image(&img).unwrap_or_else(|e| panic!("mkfs.erofs {opts:?}: {e}"));
+    let compressed = check_map(&img, &map, &t);
+    Some((map, compressed, dir))
+}
+
+#[test]
+fn uncompressed_image_reads_back_every_file() {
+    let Some((map, compressed, _dir)) = build_and_check(&[]) else {
+        return;
+    };
+    assert_eq!(compressed, 0);
+    let layouts: Vec<_> = map.inodes.values().map(|m| m.inode.layout).collect();
+    assert!(layouts.contains(&romdelta_erofs::DataLayout::FlatInline));
+    assert!(layouts.contains(&romdelta_erofs::DataLayout::FlatPlain));
+    // The tail of tail.bin is inline, after whole blocks.
+    let i = (0..map.entries.len())
+        .find(|&i| map.path(i) == b"tail.bin")
+        .unwrap();
+    let DataMap::Flat(x) = &map.inode(i).data else {
+        panic!()
+    };
+    assert_eq!(
+        x.iter().map(|e| (e.len, e.placement)).collect::<Vec<_>>(),
+        [(8192, Placement::Blocks), (100, Placement::Inline)]
+    );
+}
+
+#[test]
+fn extended_inodes_read_back_every_file() {
+    let Some((map, _, _dir)) = build_and_check(&["-Eforce-inode-extended"]) else {
+        return;
+    };
+    assert!(map.inodes.values().all(|m| m.inode.extended));
+}
+
+#[test]
+fn chunk_based_image_reads_back_every_file() {
+    let Some((map, _, _dir)) = build_and_check(&["--chunksize=8192"]) else {
+        return;
+    };
+    assert!(map
+        .inodes
+        .values()
+        .any(|m| m.inode.layout == romdelta_erofs::DataLayout::ChunkBased));
+}
+
+/// Compressed images: the pclusters decompress to each file, and their
+/// extents are the ones `dump.erofs` lists.
+fn compressed(opts: &[&str], layout: romdelta_erofs::DataLayout, big: bool) {
+    let Some((map, compressed, dir)) = build_and_check(opts) else {
+        return;
+    };
+    assert!(compressed > 0, "{opts:?}: nothing compressed");
+    let img = dir.path().join("fs.img");
+    let mut checked = 0;
+    let mut plain = false;
+    for (nid, m) in &map.inodes {
+        let DataMap::Compressed { pclusters, .. } = &m.data else {
+            continue;
+        };
+        assert_eq!(m.inode.layout, layout);
+        if big {
+            assert!(
+                pclusters.iter().any(|p| p.blocks > 1),
+                "{opts:?}: no big pcluster"
+            );
+        } else {
+            assert!(pclusters.iter().all(|p| p.blocks == 1));
+        }
+        plain |= pclusters.iter().any(|p| p.encoding == Encoding::Plain);
+        let Some(want) = dump_extents(&img, *nid) else {
+            continue;
+        };
+        let bs = map.superblock.block_size();
+        let got: Vec<_> = pclusters
+            .iter()
+            .map(|p| {
+                (
+                    p.logical,
+                    p.logical + p.logical_len,
+                    p.block * bs,
+                    (p.block + p.blocks) * bs,
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{opts:?}: nid {nid} against dump.erofs");
+        checked += 1;
+    }
+    assert!(checked > 0 || Command::new("dump.erofs").output().is_err());
+    // The random middle of mixed.bin does not compress into one block.
+    assert!(big || plain, "{opts:?}: no plain pcluster");
+}
+
+#[test]
+fn lz4hc_compact_indexes_decompress_to_every_file() {
+    compressed(
+        &["-zlz4hc"],
+        romdelta_erofs::DataLayout::CompressedCompact,
+        false,
+    );
+}
+
+#[test]
+fn lz4hc_big_pclusters_compact_indexes_decompress_to_every_file() {
+    compressed(
+        &["-zlz4hc", "-C65536"],
+        romdelta_erofs::DataLayout::CompressedCompact,
+        true,
+    );
+}
+
+#[test]
+fn lz4hc_full_indexes_decompress_to_every_file() {
+    compressed(
+        &["-zlz4hc", "-Elegacy-compress"],
+        romdelta_erofs::DataLayout::CompressedFull,
+        false,
+    );
+}
+
+#[test]
+fn lz4hc_big_pclusters_full_indexes_decompress_to_every_file() {
+    compressed(
+        &["-zlz4hc", "-C65536", "-Elegacy-compress"],
+        romdelta_erofs::DataLayout::CompressedFull,
+        true,
+    );
+}
+
+#[test]
+fn tail_packed_compressed_files_are_refused_not_misread() {
+    if !have_mkfs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &tree(), &["-zlz4hc", "-Eztailpacking"]);
+    let e = map_image(&img).unwrap_err();
+    assert!(
+        matches!(e, romdelta_erofs::ErofsError::Unsupported { .. }),
+        "{e}"
+    );
+}
