@@ -1,0 +1,48 @@
+#![no_main]
+//! EROFS filesystem maps: mapping never panics, and a map that is made
+//! describes only bytes inside the image: every inode's extents or
+//! pclusters tile its logical size in order, every stored range lies in
+//! the image, and every entry's path is made of its names.
+use libfuzzer_sys::fuzz_target;
+use romdelta_erofs::{map_image, DataMap, Placement};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(map) = map_image(data) else {
+        return;
+    };
+    let len = data.len() as u64;
+    let bs = map.superblock.block_size();
+    for m in map.inodes.values() {
+        let mut at = 0u64;
+        match &m.data {
+            DataMap::None => continue,
+            DataMap::Flat(extents) => {
+                for e in extents {
+                    assert_eq!(e.logical, at, "extents in order, without gaps");
+                    assert!(e.len > 0);
+                    if e.placement != Placement::Hole {
+                        assert!(e.physical + e.len <= len, "extent inside the image");
+                    }
+                    at += e.len;
+                }
+            }
+            DataMap::Compressed { pclusters, .. } => {
+                for p in pclusters {
+                    assert_eq!(p.logical, at, "pclusters in order, without gaps");
+                    assert!(p.logical_len > 0 && p.blocks > 0);
+                    assert!(
+                        (p.block + p.blocks) * bs <= len,
+                        "pcluster inside the image"
+                    );
+                    at += p.logical_len;
+                }
+            }
+        }
+        assert_eq!(at, m.inode.size, "the map covers the whole inode");
+    }
+    for (i, e) in map.entries.iter().enumerate() {
+        assert!(map.inodes.contains_key(&e.nid));
+        assert!(e.parent.is_none_or(|p| p < i));
+        assert!(map.path(i).ends_with(&e.name));
+    }
+});
