@@ -31,6 +31,17 @@ impl DataLayout {
         })
     }
 
+    /// The layout's number in `i_format` (0 to 4).
+    pub fn code(self) -> u8 {
+        match self {
+            DataLayout::FlatPlain => 0,
+            DataLayout::CompressedFull => 1,
+            DataLayout::FlatInline => 2,
+            DataLayout::CompressedCompact => 3,
+            DataLayout::ChunkBased => 4,
+        }
+    }
+
     /// Whether the data is compressed.
     pub fn is_compressed(self) -> bool {
         matches!(

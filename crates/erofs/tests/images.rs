@@ -215,6 +215,64 @@ fn dump_extents(img: &Path, nid: u64) -> Option<Vec<(u64, u64, u64, u64)>> {
     Some(v)
 }
 
+/// The facts `dump.erofs --nid=N` prints of every inode the map lists
+/// must be the map's: path, size, links, layout, inode and xattr sizes,
+/// permissions, owner. Returns how many inodes were compared (0 without
+/// dump.erofs).
+fn compare_with_dump(img: &Path, map: &ErofsMap) -> usize {
+    let mut compared = 0;
+    for i in 0..map.entries.len() {
+        let m = map.inode(i);
+        let Ok(out) = Command::new("dump.erofs")
+            .arg(format!("--nid={}", m.inode.nid))
+            .arg(img)
+            .output()
+        else {
+            return 0;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut facts = BTreeMap::new();
+        for line in text.lines() {
+            for field in line.split("  ") {
+                if let Some((k, v)) = field.split_once(':') {
+                    facts.insert(k.trim().to_string(), v.trim().to_string());
+                }
+            }
+        }
+        let ino = &m.inode;
+        let want = [
+            (
+                "File",
+                format!("/{}", String::from_utf8(map.path(i)).unwrap()),
+            ),
+            ("Size", ino.size.to_string()),
+            ("Links", ino.nlink.to_string()),
+            ("Layout", ino.layout.code().to_string()),
+            ("Inode size", ino.inode_size().to_string()),
+            ("Xattr size", ino.xattr_size.to_string()),
+            ("Uid", ino.uid.to_string()),
+            ("Gid", ino.gid.to_string()),
+        ];
+        for (k, v) in want {
+            assert_eq!(
+                facts.get(k),
+                Some(&v),
+                "nid {}: {k} against dump.erofs",
+                ino.nid
+            );
+        }
+        let access = format!("{:04o}", ino.mode & 0o7777);
+        assert!(
+            facts.get("Access").is_some_and(|a| a.starts_with(&access)),
+            "nid {}: access {access} against dump.erofs {:?}",
+            ino.nid,
+            facts.get("Access")
+        );
+        compared += 1;
+    }
+    compared
+}
+
 /// Maps an image built with `opts` and checks it; returns the map, the
 /// image and its path.
 fn build_and_check(opts: &[&str]) -> Option<(ErofsMap, usize, tempfile::TempDir)> {
@@ -226,6 +284,11 @@ fn build_and_check(opts: &[&str]) -> Option<(ErofsMap, usize, tempfile::TempDir)
     let img = mkfs(dir.path(), &t, opts);
     let map = map_image(&img).unwrap_or_else(|e| panic!("mkfs.erofs {opts:?}: {e}"));
     let compressed = check_map(&img, &map, &t);
+    let compared = compare_with_dump(&dir.path().join("fs.img"), &map);
+    assert!(
+        compared == t.len() || compared == 0,
+        "{compared} inodes compared"
+    );
     Some((map, compressed, dir))
 }
 
