@@ -29,11 +29,10 @@ fuzz_target!(|data: &[u8]| {
             DataMap::Compressed { pclusters, .. } => {
                 for p in pclusters {
                     assert_eq!(p.logical, at, "pclusters in order, without gaps");
-                    assert!(p.logical_len > 0 && p.blocks > 0);
-                    assert!(
-                        (p.block + p.blocks) * bs <= len,
-                        "pcluster inside the image"
-                    );
+                    assert!(p.logical_len > 0);
+                    let r = p.stored.byte_range(bs);
+                    assert!(r.start < r.end, "pcluster stores bytes");
+                    assert!(r.end <= len, "pcluster inside the image");
                     at += p.logical_len;
                 }
             }

@@ -68,18 +68,46 @@ pub enum Encoding {
     Compressed(Algorithm),
 }
 
-/// One physical cluster: a run of image blocks that decodes to one run of
-/// a file's logical bytes.
+/// Where a pcluster's stored bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// In whole image blocks.
+    Blocks {
+        /// The first block.
+        block: u64,
+        /// How many.
+        blocks: u64,
+    },
+    /// Inline in the inode's metadata block, right after its indexes
+    /// (a tail-packed last pcluster).
+    Inline {
+        /// Byte offset in the image.
+        offset: u64,
+        /// Number of bytes.
+        len: u64,
+    },
+}
+
+impl Stored {
+    /// The image bytes, as a range of byte offsets.
+    pub fn byte_range(&self, block_size: u64) -> std::ops::Range<u64> {
+        match *self {
+            Stored::Blocks { block, blocks } => block * block_size..(block + blocks) * block_size,
+            Stored::Inline { offset, len } => offset..offset + len,
+        }
+    }
+}
+
+/// One physical cluster: stored bytes that decode to one run of a file's
+/// logical bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pcluster {
     /// First logical byte of the file it decodes to.
     pub logical: u64,
     /// Number of logical bytes it decodes to.
     pub logical_len: u64,
-    /// First image block.
-    pub block: u64,
-    /// Number of image blocks.
-    pub blocks: u64,
+    /// Where its bytes are: blocks, or inline in the metadata.
+    pub stored: Stored,
     /// Plain or compressed.
     pub encoding: Encoding,
 }
@@ -128,7 +156,6 @@ pub(crate) fn map_compressed(
         ));
     }
     for (bit, name) in [
-        (ADVISE_INLINE_PCLUSTER, "inline (tail-packed) pclusters"),
         (ADVISE_INTERLACED_PCLUSTER, "interlaced pclusters"),
         (ADVISE_FRAGMENT_PCLUSTER, "fragments"),
     ] {
@@ -160,8 +187,28 @@ pub(crate) fn map_compressed(
     let big1 = advise & ADVISE_BIG_PCLUSTER_1 != 0;
     let big2 = advise & ADVISE_BIG_PCLUSTER_2 != 0;
     let bad = |why: String| ErofsError::invalid("compressed index", format!("nid {nid}: {why}"));
+    // A tail-packed last pcluster: its bytes follow the indexes, within
+    // their metadata block.
+    let inline_tail = if advise & ADVISE_INLINE_PCLUSTER != 0 {
+        let offset = index.end(total);
+        let len = u64::from(header.idata_size);
+        let bs = sb.block_size();
+        if len == 0 || offset % bs + len > bs {
+            return Err(ErofsError::invalid(
+                "inline pcluster",
+                format!("nid {nid}: {len} bytes at offset {offset}"),
+            ));
+        }
+        img.bytes(offset, len, "inline pcluster")?;
+        Some(Stored::Inline { offset, len })
+    } else {
+        None
+    };
 
     let mut out: Vec<Pcluster> = Vec::new();
+    // The blocks of the last pcluster pushed, checked once it is known not
+    // to be the inline tail.
+    let mut pending: Option<Result<Stored, ErofsError>> = None;
     let mut next = if total > 0 {
         Some(index.entry(img, 0)?)
     } else {
@@ -230,7 +277,6 @@ pub(crate) fn map_compressed(
         }
         if let Some(prev) = out.last_mut() {
             prev.logical_len = logical - prev.logical;
-            check_plain_len(prev, sb, nid)?;
         }
         if logical == ino.size {
             // A head at the very end (mkfs writes one when the last
@@ -240,6 +286,12 @@ pub(crate) fn map_compressed(
             }
             break;
         }
+        if let Some(prev) = out.last_mut() {
+            prev.stored = pending
+                .take()
+                .unwrap_or_else(|| Err(bad("lost blocks".into())))?;
+            check_plain_len(prev, sb, nid)?;
+        }
         let may_be_big = match e.ty {
             TYPE_HEAD1 => big1,
             TYPE_PLAIN | TYPE_HEAD2 => big2,
@@ -248,30 +300,33 @@ pub(crate) fn map_compressed(
         let blocks = match &next {
             Some(n) if n.ty == TYPE_NONHEAD && may_be_big => {
                 if n.lo & D0_CBLKCNT == 0 || n.lo & !D0_CBLKCNT == 0 {
-                    return Err(bad(format!(
+                    Err(bad(format!(
                         "lcluster {}: a big pcluster without a block count",
                         lcn + 1
-                    )));
+                    )))
+                } else {
+                    Ok(u64::from(n.lo & !D0_CBLKCNT))
                 }
-                u64::from(n.lo & !D0_CBLKCNT)
             }
-            _ if follows_cblkcnt => {
-                return Err(bad(format!(
-                    "lcluster {}: a block count after a head that cannot be big",
-                    lcn + 1
-                )))
-            }
-            _ => 1,
+            _ if follows_cblkcnt => Err(bad(format!(
+                "lcluster {}: a block count after a head that cannot be big",
+                lcn + 1
+            ))),
+            _ => Ok(1),
         };
         let block = match (e.blkaddr, here) {
-            (Some(b), _) => u64::from(b),
-            (None, Some(b)) => b,
-            (None, None) => return Err(bad("no block address".into())),
+            (Some(b), _) => Ok(u64::from(b)),
+            (None, Some(b)) => Ok(b),
+            (None, None) => Err(bad("no block address".into())),
         };
-        let start = block
-            .checked_mul(sb.block_size())
-            .ok_or_else(|| bad(format!("lcluster {lcn}: block {block} is out of range")))?;
-        img.bytes(start, blocks << sb.blkszbits, "pcluster blocks")?;
+        pending = Some(blocks.and_then(|blocks| {
+            let block = block?;
+            let start = block
+                .checked_mul(sb.block_size())
+                .ok_or_else(|| bad(format!("lcluster {lcn}: block {block} is out of range")))?;
+            img.bytes(start, blocks << sb.blkszbits, "pcluster blocks")?;
+            Ok(Stored::Blocks { block, blocks })
+        }));
         let encoding = match e.ty {
             TYPE_PLAIN => Encoding::Plain,
             TYPE_HEAD1 => Encoding::Compressed(header.algorithms[0]),
@@ -280,26 +335,45 @@ pub(crate) fn map_compressed(
         out.push(Pcluster {
             logical,
             logical_len: 0,
-            block,
-            blocks,
+            stored: Stored::Blocks {
+                block: 0,
+                blocks: 0,
+            },
             encoding,
         });
     }
-    if let Some(prev) = out.last_mut().filter(|p| p.logical_len == 0) {
-        prev.logical_len = ino.size - prev.logical;
+    if let Some(prev) = out.last_mut() {
+        if prev.logical_len == 0 {
+            prev.logical_len = ino.size - prev.logical;
+        }
+        prev.stored = match inline_tail {
+            Some(t) => t,
+            None => pending
+                .take()
+                .unwrap_or_else(|| Err(bad("lost blocks".into())))?,
+        };
         check_plain_len(prev, sb, nid)?;
+    } else if inline_tail.is_some() {
+        return Err(ErofsError::invalid(
+            "inline pcluster",
+            format!("nid {nid}: no last extent to hold it"),
+        ));
     }
     Ok((header, out))
 }
 
-/// A plain pcluster holds its bytes as they are: they must fit its blocks.
+/// A plain pcluster holds its bytes as they are: they must fit.
 fn check_plain_len(p: &Pcluster, sb: &Superblock, nid: u64) -> Result<(), ErofsError> {
-    if p.encoding == Encoding::Plain && p.logical_len > p.blocks << sb.blkszbits {
+    let room = match p.stored {
+        Stored::Blocks { blocks, .. } => blocks << sb.blkszbits,
+        Stored::Inline { len, .. } => len,
+    };
+    if p.encoding == Encoding::Plain && p.logical_len > room {
         return Err(ErofsError::invalid(
             "plain pcluster",
             format!(
-                "nid {nid}: {} bytes do not fit {} blocks",
-                p.logical_len, p.blocks
+                "nid {nid}: {} bytes do not fit {room} stored bytes",
+                p.logical_len
             ),
         ));
     }
@@ -373,14 +447,26 @@ impl Index {
             compacted_2b,
             lbits,
         };
-        if total > 0 {
-            // The pack holding the last index ends the index area.
-            let (pos, shift) = index.compact_pos(total - 1);
-            let pack = if shift == 2 { 8 } else { 32 };
-            let end = (pos / pack + 1) * pack;
-            img.bytes(ebase, end - ebase, "compact compression indexes")?;
-        }
+        // The pack holding the last index ends the index area.
+        let end = index.end(total);
+        img.bytes(ebase, end - ebase, "compact compression indexes")?;
         Ok(index)
+    }
+
+    /// Where the indexes of `total` logical clusters end (the end of the
+    /// last compact pack): an inline pcluster starts there.
+    fn end(&self, total: u64) -> u64 {
+        match *self {
+            Index::Full { start } => start + total * 8,
+            Index::Compact { ebase, .. } => {
+                if total == 0 {
+                    return ebase;
+                }
+                let (pos, shift) = self.compact_pos(total - 1);
+                let pack = if shift == 2 { 8 } else { 32 };
+                (pos / pack + 1) * pack
+            }
+        }
     }
 
     /// Compact: the byte position of index `lcn` and log2 of its size.

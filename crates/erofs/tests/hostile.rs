@@ -165,9 +165,47 @@ fn hostile_images_are_refused_without_allocating() {
     assert_eq!(
         pclusters
             .iter()
-            .map(|p: &Pcluster| (p.logical, p.logical_len, p.block))
+            .map(|p: &Pcluster| (
+                p.logical,
+                p.logical_len,
+                p.stored.byte_range(4096).start / 4096
+            ))
             .collect::<Vec<_>>(),
         [(0, 8292, 7), (8292, 3996, 5)]
+    );
+
+    // A tail-packed last pcluster that is empty or crosses its block.
+    let z_header = (META + 96 * 32 + 32).next_multiple_of(8);
+    for idata in [0u16, 4000] {
+        let mut x = b.b.clone();
+        x[z_header + 2..z_header + 4].copy_from_slice(&idata.to_le_bytes());
+        x[z_header + 4] = 0x8;
+        let e = refused(&x, "inline pcluster");
+        assert!(
+            matches!(
+                e,
+                ErofsError::Invalid {
+                    what: "inline pcluster",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    // One that fits maps, right after the indexes.
+    let mut x = b.b.clone();
+    x[z_header + 2] = 100;
+    x[z_header + 4] = 0x8;
+    let m = map_image(&x).unwrap();
+    let DataMap::Compressed { pclusters, .. } = &m.inode(2).data else {
+        panic!()
+    };
+    assert_eq!(
+        pclusters[1].stored,
+        romdelta_erofs::Stored::Inline {
+            offset: end_of_meta as u64,
+            len: 100
+        }
     );
 
     // Every cut of the superblock.

@@ -8,7 +8,7 @@ mod common;
 
 use common::read_through;
 use rand::{RngCore, SeedableRng};
-use romdelta_erofs::{map_image, DataMap, Encoding, ErofsMap, FileKind, Placement};
+use romdelta_erofs::{map_image, DataMap, Encoding, ErofsMap, FileKind, Placement, Stored};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -167,7 +167,8 @@ fn check_map(img: &[u8], map: &ErofsMap, t: &BTreeMap<String, Node>) -> usize {
             DataMap::Compressed { pclusters, .. } => {
                 for p in pclusters {
                     compressed += usize::from(p.encoding != Encoding::Plain);
-                    ranges.push((p.block * bs, (p.block + p.blocks) * bs, *nid));
+                    let r = p.stored.byte_range(bs);
+                    ranges.push((r.start, r.end, *nid));
                 }
             }
         }
@@ -333,30 +334,44 @@ fn chunk_based_image_reads_back_every_file() {
         .any(|m| m.inode.layout == romdelta_erofs::DataLayout::ChunkBased));
 }
 
+/// How a compressed image's pclusters are stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pclusters {
+    /// One block each.
+    Small,
+    /// Some of several blocks.
+    Big,
+    /// One block each, the last ones of some files inline.
+    TailPacked,
+    /// Some of several blocks, the last ones of some files inline.
+    BigTailPacked,
+}
+
 /// Compressed images: the pclusters decompress to each file, and their
 /// extents are the ones `dump.erofs` lists.
-fn compressed(opts: &[&str], layout: romdelta_erofs::DataLayout, big: bool) {
+fn compressed(opts: &[&str], layout: romdelta_erofs::DataLayout, kind: Pclusters) {
     let Some((map, compressed, dir)) = build_and_check(opts) else {
         return;
     };
     assert!(compressed > 0, "{opts:?}: nothing compressed");
     let img = dir.path().join("fs.img");
     let mut checked = 0;
-    let mut plain = false;
+    let (mut plain, mut big, mut inline) = (false, false, false);
     for (nid, m) in &map.inodes {
         let DataMap::Compressed { pclusters, .. } = &m.data else {
             continue;
         };
         assert_eq!(m.inode.layout, layout);
-        if big {
-            assert!(
-                pclusters.iter().any(|p| p.blocks > 1),
-                "{opts:?}: no big pcluster"
-            );
-        } else {
-            assert!(pclusters.iter().all(|p| p.blocks == 1));
+        for (i, p) in pclusters.iter().enumerate() {
+            match p.stored {
+                Stored::Blocks { blocks, .. } => big |= blocks > 1,
+                Stored::Inline { .. } => {
+                    assert_eq!(i + 1, pclusters.len(), "only the last pcluster is inline");
+                    inline = true;
+                }
+            }
+            plain |= p.encoding == Encoding::Plain;
         }
-        plain |= pclusters.iter().any(|p| p.encoding == Encoding::Plain);
         let Some(want) = dump_extents(&img, *nid) else {
             continue;
         };
@@ -364,18 +379,18 @@ fn compressed(opts: &[&str], layout: romdelta_erofs::DataLayout, big: bool) {
         let got: Vec<_> = pclusters
             .iter()
             .map(|p| {
-                (
-                    p.logical,
-                    p.logical + p.logical_len,
-                    p.block * bs,
-                    (p.block + p.blocks) * bs,
-                )
+                let r = p.stored.byte_range(bs);
+                (p.logical, p.logical + p.logical_len, r.start, r.end)
             })
             .collect();
         assert_eq!(got, want, "{opts:?}: nid {nid} against dump.erofs");
         checked += 1;
     }
     assert!(checked > 0 || Command::new("dump.erofs").output().is_err());
+    let want_big = matches!(kind, Pclusters::Big | Pclusters::BigTailPacked);
+    let want_inline = matches!(kind, Pclusters::TailPacked | Pclusters::BigTailPacked);
+    assert_eq!(big, want_big, "{opts:?}: big pclusters");
+    assert_eq!(inline, want_inline, "{opts:?}: inline pclusters");
     // The random middle of mixed.bin does not compress into one block.
     assert!(big || plain, "{opts:?}: no plain pcluster");
 }
@@ -385,7 +400,7 @@ fn lz4hc_compact_indexes_decompress_to_every_file() {
     compressed(
         &["-zlz4hc"],
         romdelta_erofs::DataLayout::CompressedCompact,
-        false,
+        Pclusters::Small,
     );
 }
 
@@ -394,7 +409,7 @@ fn lz4hc_big_pclusters_compact_indexes_decompress_to_every_file() {
     compressed(
         &["-zlz4hc", "-C65536"],
         romdelta_erofs::DataLayout::CompressedCompact,
-        true,
+        Pclusters::Big,
     );
 }
 
@@ -403,7 +418,7 @@ fn lz4hc_full_indexes_decompress_to_every_file() {
     compressed(
         &["-zlz4hc", "-Elegacy-compress"],
         romdelta_erofs::DataLayout::CompressedFull,
-        false,
+        Pclusters::Small,
     );
 }
 
@@ -412,20 +427,33 @@ fn lz4hc_big_pclusters_full_indexes_decompress_to_every_file() {
     compressed(
         &["-zlz4hc", "-C65536", "-Elegacy-compress"],
         romdelta_erofs::DataLayout::CompressedFull,
-        true,
+        Pclusters::Big,
     );
 }
 
 #[test]
-fn tail_packed_compressed_files_are_refused_not_misread() {
-    if !have_mkfs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let img = mkfs(dir.path(), &tree(), &["-zlz4hc", "-Eztailpacking"]);
-    let e = map_image(&img).unwrap_err();
-    assert!(
-        matches!(e, romdelta_erofs::ErofsError::Unsupported { .. }),
-        "{e}"
+fn lz4hc_tail_packed_compact_indexes_decompress_to_every_file() {
+    compressed(
+        &["-zlz4hc", "-Eztailpacking"],
+        romdelta_erofs::DataLayout::CompressedCompact,
+        Pclusters::TailPacked,
+    );
+}
+
+#[test]
+fn lz4hc_tail_packed_full_indexes_decompress_to_every_file() {
+    compressed(
+        &["-zlz4hc", "-Eztailpacking", "-Elegacy-compress"],
+        romdelta_erofs::DataLayout::CompressedFull,
+        Pclusters::TailPacked,
+    );
+}
+
+#[test]
+fn lz4hc_tail_packed_big_pclusters_decompress_to_every_file() {
+    compressed(
+        &["-zlz4hc", "-C65536", "-Eztailpacking"],
+        romdelta_erofs::DataLayout::CompressedCompact,
+        Pclusters::BigTailPacked,
     );
 }

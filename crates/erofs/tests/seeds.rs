@@ -1,6 +1,6 @@
 //! The fuzz seeds (tiny images mkfs.erofs made of one tree, uncompressed,
 //! chunked, with extended inodes, and lz4hc with full and compact indexes,
-//! small and big pclusters) map without any tool installed, and every file
+//! small, big and tail-packed pclusters) map without any tool installed, and every file
 //! reads back through each map as it reads through the uncompressed one.
 
 mod common;

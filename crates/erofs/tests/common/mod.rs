@@ -28,8 +28,8 @@ pub fn read_through(
         DataMap::Compressed { pclusters, .. } => {
             for p in pclusters {
                 assert_eq!(p.logical, out.len() as u64, "pclusters tile the file");
-                let start = (p.block * block_size) as usize;
-                let raw = &img[start..start + (p.blocks * block_size) as usize];
+                let r = p.stored.byte_range(block_size);
+                let raw = &img[r.start as usize..r.end as usize];
                 match p.encoding {
                     Encoding::Plain => out.extend_from_slice(&raw[..p.logical_len as usize]),
                     Encoding::Compressed(Algorithm::Lz4) => {
