@@ -1,7 +1,7 @@
 //! Data maps of uncompressed layouts: flat (plain or with an inline tail)
 //! and chunk-based.
 
-use crate::image::{le16, le32, Image};
+use crate::image::{le16, le32, Budget, Image};
 use crate::inode::{DataLayout, Inode};
 use crate::superblock::Superblock;
 use crate::ErofsError;
@@ -37,11 +37,12 @@ pub(crate) fn map_flat(
     img: &Image,
     sb: &Superblock,
     ino: &Inode,
+    budget: &mut Budget,
 ) -> Result<Vec<Extent>, ErofsError> {
     match ino.layout {
         DataLayout::FlatPlain => map_plain(img, sb, ino, false),
         DataLayout::FlatInline => map_plain(img, sb, ino, true),
-        DataLayout::ChunkBased => map_chunks(img, sb, ino),
+        DataLayout::ChunkBased => map_chunks(img, sb, ino, budget),
         DataLayout::CompressedFull | DataLayout::CompressedCompact => Err(ErofsError::invalid(
             "data layout",
             format!("nid {}: compressed, not flat", ino.nid),
@@ -104,7 +105,12 @@ const CHUNK_FORMAT_INDEXES: u32 = 0x20;
 /// A block address that means "no block".
 const NULL_ADDR: u32 = u32::MAX;
 
-fn map_chunks(img: &Image, sb: &Superblock, ino: &Inode) -> Result<Vec<Extent>, ErofsError> {
+fn map_chunks(
+    img: &Image,
+    sb: &Superblock,
+    ino: &Inode,
+    budget: &mut Budget,
+) -> Result<Vec<Extent>, ErofsError> {
     let format = ino.raw_u & 0xffff;
     if format & !(CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES) != 0 {
         return Err(ErofsError::unsupported(
@@ -132,6 +138,7 @@ fn map_chunks(img: &Image, sb: &Superblock, ino: &Inode) -> Result<Vec<Extent>, 
         .ok_or_else(|| ErofsError::invalid("chunk table", format!("nid {}", ino.nid)))?;
     // The whole table is in the image, so `count` is bounded by its bytes.
     let table = img.bytes(start, table_len, "chunk table")?;
+    budget.spend(table_len, "chunk table", ino.nid)?;
     let mut out = Vec::with_capacity(count as usize);
     for i in 0..count as usize {
         let (device, blkaddr) = if indexes {

@@ -40,6 +40,33 @@ impl<'a> Image<'a> {
     }
 }
 
+/// What the image's tables may cost together: directory data, compression
+/// indexes and chunk tables never share bytes in an image mkfs writes, so
+/// together they are at most the image. Spending past that is refused,
+/// which bounds the entries and extents a map holds by the image's bytes
+/// even when hostile inodes point at the same tables.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    pub(crate) fn new(img: &Image) -> Self {
+        Budget { left: img.len() }
+    }
+
+    /// Spends `n` bytes on `what`.
+    pub(crate) fn spend(&mut self, n: u64, what: &'static str, nid: u64) -> Result<(), ErofsError> {
+        self.left = self.left.checked_sub(n).ok_or_else(|| {
+            ErofsError::invalid(
+                what,
+                format!("nid {nid}: the tables read so far hold more bytes than the image"),
+            )
+        })?;
+        Ok(())
+    }
+}
+
 /// Little-endian fields of a slice whose length the caller has checked
 /// (through [`Image::bytes`]); out-of-range offsets read as zero rather
 /// than panic, so a slip here cannot crash the reader.

@@ -13,7 +13,9 @@
 //! makes it allocate more than the image's own bytes could describe; the
 //! directory tree is walked without recursion, to at most [`MAX_DEPTH`]
 //! levels, each directory once (a directory reached twice is a cycle and is
-//! refused), and the directories' data together may not exceed the image.
+//! refused), each inode once however many names it has, and the tables read
+//! (directory data, compression indexes, chunk tables) together may not
+//! exceed the image.
 //! Any malformed input ends in an [`ErofsError`]. What is read, the limits
 //! and what is refused are specified in `docs/EROFS.md`.
 
@@ -42,7 +44,7 @@ pub use zmap::{
     ADVISE_INTERLACED_PCLUSTER,
 };
 
-use image::Image;
+use image::{Budget, Image};
 
 /// The deepest directory nesting walked: an entry this many directories
 /// below the root is refused with [`ErofsError::TooDeep`].
@@ -148,7 +150,8 @@ pub fn map_image(bytes: &[u8]) -> Result<ErofsMap, ErofsError> {
         entries: Vec::new(),
         inodes: BTreeMap::new(),
     };
-    let root_data = map_data(&img, &map.superblock, &root)?;
+    let mut budget = Budget::new(&img);
+    let root_data = map_data(&img, &map.superblock, &root, &mut budget)?;
     map.inodes.insert(
         root.nid,
         MappedInode {
@@ -158,20 +161,13 @@ pub fn map_image(bytes: &[u8]) -> Result<ErofsMap, ErofsError> {
     );
     // Directories still to read: (nid, its entry, its depth).
     let mut todo: Vec<(u64, Option<usize>, usize)> = vec![(map.superblock.root_nid, None, 0)];
-    // The directories' data together may not exceed the image: so no
-    // directory is read twice through shared blocks, and the entries are
-    // bounded by the image's bytes.
-    let mut budget = img.len();
     let bs = map.superblock.block_size();
     while let Some((nid, parent, depth)) = todo.pop() {
         let dir = &map.inodes[&nid];
         let size = dir.inode.size;
-        budget = budget.checked_sub(size).ok_or_else(|| {
-            ErofsError::invalid(
-                "directories",
-                format!("nid {nid}: the directories hold more bytes than the image"),
-            )
-        })?;
+        // Directory data counts against the image too, so the entries are
+        // bounded by its bytes even when directories share blocks.
+        budget.spend(size, "directory data", nid)?;
         let extents = match &dir.data {
             DataMap::Flat(x) => x.clone(),
             _ => {
@@ -202,7 +198,7 @@ pub fn map_image(bytes: &[u8]) -> Result<ErofsMap, ErofsError> {
                     Some(m) => m.inode.kind,
                     None => {
                         let ino = Inode::parse(&img, &map.superblock, d.nid)?;
-                        let data = map_data(&img, &map.superblock, &ino)?;
+                        let data = map_data(&img, &map.superblock, &ino, &mut budget)?;
                         let kind = ino.kind;
                         map.inodes.insert(d.nid, MappedInode { inode: ino, data });
                         kind
@@ -227,15 +223,20 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn map_data(img: &Image, sb: &Superblock, ino: &Inode) -> Result<DataMap, ErofsError> {
+fn map_data(
+    img: &Image,
+    sb: &Superblock,
+    ino: &Inode,
+    budget: &mut Budget,
+) -> Result<DataMap, ErofsError> {
     match ino.kind {
         FileKind::Regular | FileKind::Directory | FileKind::Symlink => {}
         _ => return Ok(DataMap::None),
     }
     if ino.layout.is_compressed() {
-        let (header, pclusters) = zmap::map_compressed(img, sb, ino)?;
+        let (header, pclusters) = zmap::map_compressed(img, sb, ino, budget)?;
         Ok(DataMap::Compressed { header, pclusters })
     } else {
-        Ok(DataMap::Flat(flat::map_flat(img, sb, ino)?))
+        Ok(DataMap::Flat(flat::map_flat(img, sb, ino, budget)?))
     }
 }

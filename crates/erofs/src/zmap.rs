@@ -2,7 +2,7 @@
 //! logical cluster indexes (full 8-byte ones, or compact 2- and 4-byte
 //! packs), and the physical clusters (pclusters) they describe.
 
-use crate::image::{le16, le32, Image};
+use crate::image::{le16, le32, Budget, Image};
 use crate::inode::{DataLayout, Inode};
 use crate::superblock::Superblock;
 use crate::ErofsError;
@@ -133,6 +133,7 @@ pub(crate) fn map_compressed(
     img: &Image,
     sb: &Superblock,
     ino: &Inode,
+    budget: &mut Budget,
 ) -> Result<(MapHeader, Vec<Pcluster>), ErofsError> {
     let nid = ino.nid;
     let head_at = ino.body_end().next_multiple_of(8);
@@ -184,6 +185,7 @@ pub(crate) fn map_compressed(
             ))
         }
     };
+    budget.spend(index.end(total) - index.start(), "compression indexes", nid)?;
     let big1 = advise & ADVISE_BIG_PCLUSTER_1 != 0;
     let big2 = advise & ADVISE_BIG_PCLUSTER_2 != 0;
     let bad = |why: String| ErofsError::invalid("compressed index", format!("nid {nid}: {why}"));
@@ -451,6 +453,14 @@ impl Index {
         let end = index.end(total);
         img.bytes(ebase, end - ebase, "compact compression indexes")?;
         Ok(index)
+    }
+
+    /// Where the indexes start.
+    fn start(&self) -> u64 {
+        match *self {
+            Index::Full { start } => start,
+            Index::Compact { ebase, .. } => ebase,
+        }
     }
 
     /// Where the indexes of `total` logical clusters end (the end of the

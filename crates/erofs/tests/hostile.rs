@@ -331,6 +331,47 @@ fn hostile_images_are_refused_without_allocating() {
         refused(&x.b, "nameoff"),
         ErofsError::Invalid { .. }
     ));
+    // A hundred inodes whose xattrs end at one shared chunk table of a
+    // thousand holes: each alone fits, together they claim more table bytes
+    // than the image holds, and the map would hold 100,000 extents.
+    let mut x = Builder::new(8, 0);
+    let names: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
+    let entries: Vec<(&str, u64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), 64 + i as u64))
+        .collect();
+    x.dir(0, &entries);
+    let table = 9472;
+    for k in 64..164 {
+        let at = x.compact(k, CHUNK, S_IFREG, 1000 * 4096, 0) - 32;
+        let icount = (1334 - 8 * k) as u16;
+        x.put(at + 2, &icount.to_le_bytes());
+    }
+    x.put(table, &[0xff; 4000]);
+    let e = refused(&x.b, "shared chunk table");
+    assert!(
+        matches!(
+            e,
+            ErofsError::Invalid {
+                what: "chunk table",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // One of them alone maps: a thousand holes.
+    let mut one = Builder::new(8, 0);
+    one.dir(0, &[("f0", 64)]);
+    let at = one.compact(64, CHUNK, S_IFREG, 1000 * 4096, 0) - 32;
+    one.put(at + 2, &((1334 - 8 * 64) as u16).to_le_bytes());
+    one.put(table, &[0xff; 4000]);
+    let m = map_image(&one.b).unwrap();
+    let DataMap::Flat(holes) = &m.inode(0).data else {
+        panic!()
+    };
+    assert_eq!(holes.len(), 1000);
+
     // An entry naming a nid past the image.
     let mut x = Builder::new(8, 0);
     x.dir(0, &[("f", u64::MAX / 2)]);
