@@ -2,11 +2,18 @@
 //! EROFS filesystem maps: mapping never panics, and a map that is made
 //! describes only bytes inside the image: every inode's extents or
 //! pclusters tile its logical size in order, every stored range lies in
-//! the image, and every entry's path is made of its names.
+//! the image, and every entry's path is made of its names. The harness
+//! fixes up the superblock checksum first, so that mutations reach the
+//! inodes, directories and indexes.
 use libfuzzer_sys::fuzz_target;
-use romdelta_erofs::{map_image, DataMap, Placement};
+use romdelta_erofs::{map_image, superblock_checksum, DataMap, Placement};
 
 fuzz_target!(|data: &[u8]| {
+    let mut bytes = data.to_vec();
+    if let Some(sum) = superblock_checksum(&bytes) {
+        bytes[1028..1032].copy_from_slice(&sum.to_le_bytes());
+    }
+    let data = &bytes[..];
     let Ok(map) = map_image(data) else {
         return;
     };

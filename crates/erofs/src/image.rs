@@ -14,6 +14,11 @@ impl<'a> Image<'a> {
         Image { buf }
     }
 
+    /// All of the bytes.
+    pub(crate) fn whole(&self) -> &'a [u8] {
+        self.buf
+    }
+
     /// The image length in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.buf.len() as u64

@@ -10,7 +10,7 @@ pub const SUPERBLOCK_LEN: u64 = 128;
 /// The magic number at the start of the superblock.
 pub const MAGIC: u32 = 0xE0F5_E1E2;
 
-/// `feature_compat`: the superblock carries a CRC32C (not checked here).
+/// `feature_compat`: the superblock carries a CRC32C of its block, checked.
 pub const COMPAT_SB_CHKSUM: u32 = 0x1;
 /// `feature_incompat`: compressed data is padded with zeros in front.
 pub const INCOMPAT_ZERO_PADDING: u32 = 0x1;
@@ -32,7 +32,8 @@ pub const INCOMPAT_KNOWN: u32 = 0x7f;
 /// The superblock fields the map needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
-    /// `checksum`, as stored (CRC32C when [`COMPAT_SB_CHKSUM`] is set; not verified).
+    /// `checksum`, as stored (with [`COMPAT_SB_CHKSUM`], checked to be
+    /// [`superblock_checksum`]).
     pub checksum: u32,
     /// `feature_compat` bits.
     pub feature_compat: u32,
@@ -56,6 +57,44 @@ pub struct Superblock {
     /// Extra devices (blob devices) the filesystem refers to.
     pub extra_devices: u16,
 }
+
+/// The superblock checksum of `image` as the kernel computes it: CRC32C
+/// (Castagnoli, seeded with all ones, without the final inversion) of the
+/// superblock's block from byte 1024 to its end, its checksum field taken as
+/// zero. `None` when the image is too short for that block or its block
+/// size field is outside 2 KiB to 64 KiB (where no such range exists or is
+/// read).
+pub fn superblock_checksum(image: &[u8]) -> Option<u32> {
+    let bits = *image.get(SUPERBLOCK_OFFSET as usize + 12)?;
+    if !(11..=16).contains(&bits) {
+        return None;
+    }
+    let end = 1usize << bits;
+    let block = image.get(SUPERBLOCK_OFFSET as usize..end)?;
+    let mut crc = !0u32;
+    for (i, &byte) in block.iter().enumerate() {
+        let byte = if (4..8).contains(&i) { 0 } else { byte };
+        crc = (crc >> 8) ^ CRC32C[usize::from(crc as u8 ^ byte)];
+    }
+    Some(crc)
+}
+
+/// The CRC32C (reflected polynomial 0x82F63B78) of each byte value.
+const CRC32C: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = (c >> 1) ^ (0x82F6_3B78 & (c & 1).wrapping_neg());
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
 
 impl Superblock {
     /// The block size in bytes.
@@ -92,6 +131,27 @@ impl Superblock {
             feature_incompat: le32(b, 80),
             extra_devices: le16(b, 86),
         };
+        if sb.feature_compat & COMPAT_SB_CHKSUM != 0 {
+            if blkszbits > 10 {
+                let rest = (1u64 << blkszbits) - SUPERBLOCK_OFFSET;
+                img.bytes(SUPERBLOCK_OFFSET, rest, "superblock block")?;
+            }
+            match superblock_checksum(img.whole()) {
+                Some(sum) if sum == sb.checksum => {}
+                Some(sum) => {
+                    return Err(ErofsError::invalid(
+                        "superblock checksum",
+                        format!("stored {:#010x}, computed {sum:#010x}", sb.checksum),
+                    ))
+                }
+                None => {
+                    return Err(ErofsError::unsupported(
+                        "superblock checksum",
+                        format!("with blocks of 2^{blkszbits} bytes"),
+                    ))
+                }
+            }
+        }
         let unknown = sb.feature_incompat & !INCOMPAT_KNOWN;
         if unknown != 0 {
             return Err(ErofsError::unsupported(

@@ -238,6 +238,20 @@ fn hostile_images_are_refused_without_allocating() {
     ));
     assert!(matches!(bad_sb(86, &[1]), ErofsError::Unsupported { .. }));
     assert!(truncated(&bad_sb(36, &[0xff, 0xff, 0xff, 0xff])));
+    // A superblock checksum that does not match is refused; one that does
+    // maps.
+    let mut x = b.b.clone();
+    x[1024 + 8] = 1;
+    assert!(matches!(
+        refused(&x, "checksum"),
+        ErofsError::Invalid {
+            what: "superblock checksum",
+            ..
+        }
+    ));
+    let sum = romdelta_erofs::superblock_checksum(&x).unwrap();
+    x[1024 + 4..1024 + 8].copy_from_slice(&sum.to_le_bytes());
+    assert_eq!(map_image(&x).unwrap().entries.len(), 3);
     // A root nid past the image, or naming a file.
     assert!(truncated(&bad_sb(14, &[0xff, 0xff])));
     assert!(matches!(bad_sb(14, &[32, 0]), ErofsError::Invalid { .. }));
