@@ -19,6 +19,8 @@
 //! Any malformed input ends in an [`ErofsError`]. What is read, the limits
 //! and what is refused are specified in `docs/EROFS.md`.
 
+#![warn(missing_docs)]
+
 mod dir;
 mod error;
 mod flat;

@@ -218,7 +218,7 @@ fn dump_extents(img: &Path, nid: u64) -> Option<Vec<(u64, u64, u64, u64)>> {
 
 /// The facts `dump.erofs --nid=N` prints of every inode the map lists
 /// must be the map's: path, size, links, layout, inode and xattr sizes,
-/// permissions, owner. Returns how many inodes were compared (0 without
+/// permissions, owner, and a flat file's extents. Returns how many inodes were compared (0 without
 /// dump.erofs).
 fn compare_with_dump(img: &Path, map: &ErofsMap) -> usize {
     let mut compared = 0;
@@ -269,6 +269,24 @@ fn compare_with_dump(img: &Path, map: &ErofsMap) -> usize {
             ino.nid,
             facts.get("Access")
         );
+        // Flat files' extents, as `dump.erofs -e` lists them (compressed
+        // ones are compared in `compressed`).
+        if let (FileKind::Regular | FileKind::Symlink, DataMap::Flat(x)) = (ino.kind, &m.data) {
+            let got: Vec<_> = x
+                .iter()
+                .map(|e| (e.logical, e.logical + e.len, e.physical, e.physical + e.len))
+                .collect();
+            // dump.erofs lists a last chunk whole; the map ends it with the file.
+            let want: Vec<_> = dump_extents(img, ino.nid)
+                .unwrap()
+                .into_iter()
+                .map(|(l0, l1, p0, _)| {
+                    let l1 = l1.min(ino.size);
+                    (l0, l1, p0, p0 + (l1 - l0))
+                })
+                .collect();
+            assert_eq!(got, want, "nid {}: extents against dump.erofs", ino.nid);
+        }
         compared += 1;
     }
     compared
