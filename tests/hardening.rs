@@ -428,6 +428,27 @@ fn a_sparse_apply_cut_at_any_point_resumes_to_the_exact_output() {
     assert!(cut as u64 >= points, "only {cut} of {points} points cut");
 }
 
+/// `romdelta [global...] apply PKG -o OUT --trusted-key PUB [extra...]`.
+fn apply(
+    global: &[&str],
+    pkg: &Path,
+    out: &Path,
+    pubkey: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    romdelta()
+        .args(global)
+        .arg("apply")
+        .arg(pkg)
+        .arg("-o")
+        .arg(out)
+        .arg("--trusted-key")
+        .arg(pubkey)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// With the installed build unknown, apply says so; a package that names
 /// a device is refused unless the build is given or the check skipped.
 #[test]
@@ -435,15 +456,7 @@ fn an_unknown_installed_build_is_said_and_a_package_for_a_device_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (pkg, _, pubkey) = signed_full(dir.path(), "falcon");
     let out = dir.path().join("out");
-    let run = romdelta()
-        .arg("apply")
-        .arg(&pkg)
-        .arg("-o")
-        .arg(&out)
-        .arg("--trusted-key")
-        .arg(&pubkey)
-        .output()
-        .unwrap();
+    let run = apply(&[], &pkg, &out, &pubkey, &[]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{err}");
     assert!(
@@ -461,18 +474,14 @@ fn an_unknown_installed_build_is_said_and_a_package_for_a_device_refused() {
         "ro.product.device=falcon\nro.build.version.incremental=1\n",
     )
     .unwrap();
-    let run = romdelta()
-        .arg("apply")
-        .arg(&pkg)
-        .arg("-o")
-        .arg(&out)
-        .arg("--trusted-key")
-        .arg(&pubkey)
-        .arg("--installed-build")
-        .arg(&prop)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let prop_arg = prop.to_str().unwrap();
+    let run = apply(
+        &[],
+        &pkg,
+        &out,
+        &pubkey,
+        &["--installed-build", prop_arg, "--json"],
+    );
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "{err}");
     assert!(!err.contains("warning"), "{err}");
@@ -480,17 +489,7 @@ fn an_unknown_installed_build_is_said_and_a_package_for_a_device_refused() {
     assert_eq!(report["rules_checked"], true);
     // Skipped in so many words: installed, with a warning.
     let out2 = dir.path().join("out2");
-    let run = romdelta()
-        .arg("apply")
-        .arg(&pkg)
-        .arg("-o")
-        .arg(&out2)
-        .arg("--trusted-key")
-        .arg(&pubkey)
-        .arg("--skip-build-check")
-        .arg("--json")
-        .output()
-        .unwrap();
+    let run = apply(&[], &pkg, &out2, &pubkey, &["--skip-build-check", "--json"]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "{err}");
     assert!(
@@ -504,15 +503,7 @@ fn an_unknown_installed_build_is_said_and_a_package_for_a_device_refused() {
     let anon = tempfile::tempdir().unwrap();
     let (pkg, _, pubkey) = signed_full(anon.path(), "");
     let out3 = anon.path().join("out");
-    let run = romdelta()
-        .args(["-q", "--progress", "json", "apply"])
-        .arg(&pkg)
-        .arg("-o")
-        .arg(&out3)
-        .arg("--trusted-key")
-        .arg(&pubkey)
-        .output()
-        .unwrap();
+    let run = apply(&["-q", "--progress", "json"], &pkg, &out3, &pubkey, &[]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(0), "{err}");
     let warning = err

@@ -67,15 +67,19 @@ fn image(seed: u64, blocks: usize) -> Vec<u8> {
 fn full_package(root: &Path) -> PathBuf {
     let new = root.join("new.img");
     std::fs::write(&new, image(7, 16)).unwrap();
-    let pkg = root.join("full.romdelta");
+    full_package_of(&new, &root.join("full.romdelta"))
+}
+
+/// A full package of the ROM (image or directory) `new`, at `pkg`.
+fn full_package_of(new: &Path, pkg: &Path) -> PathBuf {
     romdelta()
         .args(["diff", "--full", "--level", "3"])
-        .arg(&new)
+        .arg(new)
         .arg("-o")
-        .arg(&pkg)
+        .arg(pkg)
         .assert()
         .success();
-    pkg
+    pkg.to_path_buf()
 }
 
 fn apply(pkg: &Path, out: &Path) -> assert_cmd::Command {
@@ -144,14 +148,7 @@ fn a_link_at_the_staged_directory_is_refused_and_its_target_kept() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (_, new) = synth_roms(root, 5);
-    let pkg = root.join("full.romdelta");
-    romdelta()
-        .args(["diff", "--full", "--level", "3"])
-        .arg(&new)
-        .arg("-o")
-        .arg(&pkg)
-        .assert()
-        .success();
+    let pkg = full_package_of(&new, &root.join("full.romdelta"));
     let v = victim(root);
     let link = root.join(".out.romdelta-partial");
     symlink(&v, &link).unwrap();
@@ -276,14 +273,7 @@ fn an_output_named_through_a_link_replaces_the_link_not_its_target() {
     assert_eq!(std::fs::read(&file).unwrap(), b"precious\n");
     // A directory of images cannot replace a link: refused before writing.
     let (_, new) = synth_roms(root, 5);
-    let dir_pkg = root.join("full-dir.romdelta");
-    romdelta()
-        .args(["diff", "--full", "--level", "3"])
-        .arg(&new)
-        .arg("-o")
-        .arg(&dir_pkg)
-        .assert()
-        .success();
+    let dir_pkg = full_package_of(&new, &root.join("full-dir.romdelta"));
     let v = victim(root);
     let out = root.join("out");
     std::fs::create_dir(v.join("empty")).unwrap();
