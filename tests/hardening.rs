@@ -11,6 +11,7 @@ use romdelta_format::{
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
+use std::time::Duration;
 
 /// Counts the bytes the current thread holds, and the most it held, while
 /// [`peak_while`] runs on it; other threads are not counted.
@@ -515,4 +516,152 @@ fn an_unknown_installed_build_is_said_and_a_package_for_a_device_refused() {
         .as_str()
         .unwrap()
         .contains("the installed build is unknown"));
+}
+
+/// `mib` MiB of random bytes from `seed` (incompressible: the package
+/// holds as many).
+fn random_bytes(mib: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut b = vec![0u8; mib << 20];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill(&mut b[..]);
+    b
+}
+
+/// The image a sparse file expands to.
+fn expanded(sparse: &[u8]) -> Vec<u8> {
+    let (header, chunks) =
+        romdelta_format::sparse::read_table(sparse.len() as u64, |off, b: &mut [u8]| {
+            b.copy_from_slice(&sparse[off as usize..off as usize + b.len()]);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    let mut out = vec![0u8; header.image_len() as usize];
+    romdelta_format::sparse::read_expanded(&chunks, 0, &mut out, |off, b| {
+        b.copy_from_slice(&sparse[off as usize..off as usize + b.len()]);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    out
+}
+
+/// A full package, at `dir/full.romdelta`, of a ROM of random images
+/// (`name`, MiB), and the images.
+fn random_full(dir: &Path, images: &[(&str, usize)]) -> (std::path::PathBuf, Vec<Vec<u8>>) {
+    let rom = dir.join("rom");
+    std::fs::create_dir_all(&rom).unwrap();
+    let bytes: Vec<Vec<u8>> = images
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, mib))| {
+            let b = random_bytes(mib, i as u64 + 1);
+            std::fs::write(rom.join(format!("{name}.img")), &b).unwrap();
+            b
+        })
+        .collect();
+    let pkg = dir.join("full.romdelta");
+    romdelta()
+        .args(["-q", "diff", "--full", "--level", "1"])
+        .arg(&rom)
+        .arg("-o")
+        .arg(&pkg)
+        .assert()
+        .success();
+    (pkg, bytes)
+}
+
+/// The reproduction: `apply --sparse` killed while it converts the
+/// second image (the first one's sparse form is written), then run again,
+/// ends with the exact sparse images.
+#[test]
+fn apply_sparse_killed_during_the_conversion_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pkg, images) = random_full(dir.path(), &[("system", 96), ("vendor", 64)]);
+    for attempt in 0..5 {
+        let out = dir.path().join(format!("out{attempt}"));
+        let (staged, journal) = romdelta_apply::staging_paths(&out);
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("romdelta"))
+            .args(["-q", "apply"])
+            .arg(&pkg)
+            .arg("-o")
+            .arg(&out)
+            .args(["--sparse", "--insecure-no-verify"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let converting = || staged.join("vendor.img.sparse").exists();
+        let killed = crate::common::kill_when(&mut child, converting, Duration::ZERO);
+        if killed != Some(true) {
+            continue; // finished (or never got there) before the kill
+        }
+        assert!(
+            journal.exists(),
+            "the journal is kept during the conversion"
+        );
+        let run = romdelta()
+            .args(["apply"])
+            .arg(&pkg)
+            .arg("-o")
+            .arg(&out)
+            .args(["--sparse", "--insecure-no-verify"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(0), "{err}");
+        assert!(String::from_utf8_lossy(&run.stdout).contains("resumed:"));
+        for (name, raw) in ["system", "vendor"].iter().zip(&images) {
+            let sparse = std::fs::read(out.join(format!("{name}.img"))).unwrap();
+            assert!(romdelta_format::sparse::is_sparse(&sparse), "{name}");
+            assert!(expanded(&sparse) == *raw, "{name} differs");
+        }
+        assert!(!staged.exists() && !journal.exists());
+        return;
+    }
+    panic!("no attempt was killed during the conversion");
+}
+
+/// The reproduction: a package file cut short while it is being
+/// applied ends the apply with an error that names the operation (it was
+/// a SIGBUS while the package was mapped), and leaves nothing behind.
+#[test]
+fn a_package_file_truncated_during_an_apply_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pkg, _) = random_full(dir.path(), &[("system", 96)]);
+    for attempt in 0..5 {
+        let cut = dir.path().join("cut.romdelta");
+        std::fs::copy(&pkg, &cut).unwrap();
+        let out = dir.path().join(format!("out{attempt}"));
+        let (staged, journal) = romdelta_apply::staging_paths(&out);
+        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("romdelta"))
+            .args(["-q", "apply"])
+            .arg(&cut)
+            .arg("-o")
+            .arg(&out)
+            .args(["--insecure-no-verify", "--threads", "1"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !staged.exists() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cut)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let run = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        if run.status.success() {
+            continue; // done before the cut
+        }
+        assert_eq!(run.status.code(), Some(1), "{:?}: {err}", run.status);
+        assert!(
+            err.contains("operation") && err.contains("the file ends before them"),
+            "{err}"
+        );
+        assert!(!out.exists() && !staged.exists() && !journal.exists());
+        return;
+    }
+    panic!("every apply finished before its package was cut");
 }
