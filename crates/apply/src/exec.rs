@@ -609,16 +609,7 @@ fn write_sparse_form(
     p: &PartitionUpdate,
 ) -> Result<std::path::PathBuf, ApplyError> {
     let tmp = sparse_form_path(&o.path);
-    if crate::stage::own_entry(
-        fs,
-        &tmp,
-        romdelta_storage::Made::File,
-        "the sparse form romdelta writes",
-    )?
-    .is_some()
-    {
-        fs.remove_file(&tmp).map_err(ApplyError::io(&tmp))?;
-    }
+    crate::stage::remove_own_file(fs, &tmp, crate::stage::SPARSE_FORM)?;
     let write = || -> std::io::Result<std::sync::Arc<dyn StorageFile>> {
         let f = fs.open(&tmp, OpenMode::CreateNew)?;
         let mut w =

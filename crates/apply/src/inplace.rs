@@ -489,18 +489,7 @@ impl<'a> InPlacePlan<'a> {
         tmp.push(".new");
         let tmp = PathBuf::from(tmp);
         let save = || -> std::io::Result<()> {
-            match fs.entry(&tmp)? {
-                None => {}
-                // Left by a run that died before renaming it.
-                Some(EntryKind::File(_)) => fs.remove_file(&tmp)?,
-                Some(kind) => {
-                    return Err(std::io::Error::other(format!(
-                        "{}: {}",
-                        tmp.display(),
-                        romdelta_storage::not_made(kind)
-                    )))
-                }
-            }
+            romdelta_storage::remove_stale_file(fs, &tmp)?;
             let f = fs.open(&tmp, OpenMode::CreateNew)?;
             let mut h = sha2::Sha256::new();
             let mut at = STASH_HEADER;

@@ -46,6 +46,9 @@ pub fn staging_paths(out: &Path) -> (PathBuf, PathBuf) {
 
 pub(crate) use romdelta_storage::parent_of;
 
+/// What refusals call the sparse form written beside a staged image.
+pub(crate) const SPARSE_FORM: &str = "the sparse form romdelta writes";
+
 /// What is at `path`, one of romdelta's own paths where it makes `made`
 /// (`what` names it); anything else there is refused, naming it, and
 /// left alone.
@@ -57,6 +60,15 @@ pub(crate) fn own_entry(
 ) -> Result<Option<EntryKind>, ApplyError> {
     let found = fs.entry(path).map_err(ApplyError::io(path))?;
     romdelta_storage::check_made(found, made, path, what).map_err(ApplyError::Refused)
+}
+
+/// Removes the file romdelta made at `path` (`what` names it), if there
+/// is one; anything else there is refused and left alone.
+pub(crate) fn remove_own_file(fs: &dyn Storage, path: &Path, what: &str) -> Result<(), ApplyError> {
+    if own_entry(fs, path, Made::File, what)?.is_some() {
+        fs.remove_file(path).map_err(ApplyError::io(path))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn sync_dir(fs: &dyn Storage, dir: &Path) -> Result<(), ApplyError> {
@@ -86,12 +98,10 @@ impl Drop for Staging<'_> {
     fn drop(&mut self) {
         if self.armed {
             // Only what romdelta made: a link put there since is left.
-            if let Ok(Some(EntryKind::File(_))) = self.fs.entry(&self.journal) {
-                let _ = self.fs.remove_file(&self.journal);
-            }
+            let _ = remove_own_file(self.fs, &self.journal, "the resume journal");
             let _ = romdelta_storage::remove_all(self.fs, &self.staged);
             if !self.dir {
-                let _ = self.fs.remove_file(&sparse_form_path(&self.staged));
+                let _ = remove_own_file(self.fs, &sparse_form_path(&self.staged), SPARSE_FORM);
             }
         }
     }
@@ -224,18 +234,8 @@ impl<'a> Plan<'a> {
             romdelta_storage::remove_all(fs, &staged).map_err(ApplyError::io(&staged))?;
         }
         // The sparse form a run that died was writing beside a staged image.
-        let sparse_form = sparse_form_path(&staged);
-        if !dir
-            && own_entry(
-                fs,
-                &sparse_form,
-                Made::File,
-                "the sparse form romdelta writes",
-            )?
-            .is_some()
-        {
-            fs.remove_file(&sparse_form)
-                .map_err(ApplyError::io(&sparse_form))?;
+        if !dir {
+            remove_own_file(fs, &sparse_form_path(&staged), SPARSE_FORM)?;
         }
         let lock_file = if dir {
             fs.create_dir(&staged).map_err(ApplyError::io(&staged))?;

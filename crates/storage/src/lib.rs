@@ -241,18 +241,24 @@ pub fn write_durably(fs: &dyn Storage, path: &Path, bytes: &[u8]) -> io::Result<
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
-    match fs.entry(&tmp)? {
-        None => {}
-        // Left by a run that died before renaming it.
-        Some(EntryKind::File(_)) => fs.remove_file(&tmp)?,
-        Some(kind) => return Err(at(&tmp, not_made(kind))),
-    }
+    remove_stale_file(fs, &tmp)?;
     let f = fs.open(&tmp, OpenMode::CreateNew)?;
     f.write_at(bytes, 0)?;
     f.sync()?;
     drop(f);
     fs.rename(&tmp, path)?;
     fs.sync_dir(&parent_of(path))
+}
+
+/// Removes the file at `path` that a run which died before renaming it
+/// left behind (a temporary file of romdelta's own), if there is one;
+/// anything else there is refused and left alone.
+pub fn remove_stale_file(fs: &dyn Storage, path: &Path) -> io::Result<()> {
+    match fs.entry(path)? {
+        None => Ok(()),
+        Some(EntryKind::File(_)) => fs.remove_file(path),
+        Some(kind) => Err(at(path, not_made(kind))),
+    }
 }
 
 /// `e`, said of `path`.
