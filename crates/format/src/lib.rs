@@ -25,6 +25,7 @@ mod manifest;
 pub mod ops;
 mod package;
 pub mod payload;
+pub mod recompress;
 pub mod signing;
 pub mod sparse;
 
@@ -43,7 +44,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// package is written with the oldest version that can express it (see
 /// [`Manifest::format_version`]), so older readers keep reading packages that
 /// use none of the newer features.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The oldest package format version this crate reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;

@@ -32,17 +32,23 @@ pub enum OpKind {
     /// Data is a bsdiff patch whose diff stream is stored as zero runs and
     /// literal bytes (each part zstd-compressed). Since format version 3.
     SourceBsdiffSparse,
+    /// Data rebuilds compressed clusters: it names source clusters to
+    /// decompress, an inner patch of their decompressed bytes and how each
+    /// new cluster is compressed again, bit for bit ([`crate::recompress`]).
+    /// Since format version 4.
+    SourceRecompress,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 6] = [
+    pub const ALL: [OpKind; 7] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
         OpKind::SourceBsdiff,
         OpKind::SourceZstd,
         OpKind::SourceBsdiffSparse,
+        OpKind::SourceRecompress,
     ];
 
     /// The wire code.
@@ -54,6 +60,7 @@ impl OpKind {
             OpKind::SourceBsdiff => 3,
             OpKind::SourceZstd => 4,
             OpKind::SourceBsdiffSparse => 5,
+            OpKind::SourceRecompress => 6,
         }
     }
 
@@ -74,6 +81,7 @@ impl OpKind {
             OpKind::SourceBsdiff => "SOURCE_BSDIFF",
             OpKind::SourceZstd => "SOURCE_ZSTD",
             OpKind::SourceBsdiffSparse => "SOURCE_BSDIFF_SPARSE",
+            OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
         }
     }
 
@@ -85,6 +93,7 @@ impl OpKind {
                 | OpKind::SourceBsdiff
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
+                | OpKind::SourceRecompress
         )
     }
 
@@ -96,6 +105,7 @@ impl OpKind {
                 | OpKind::SourceBsdiff
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
+                | OpKind::SourceRecompress
         )
     }
 }
@@ -387,12 +397,15 @@ impl Manifest {
     /// The oldest format version that can express this manifest: 3 when an
     /// operation is SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
-        let sparse = self
-            .partitions
-            .iter()
-            .flat_map(|p| &p.operations)
-            .any(|o| o.kind == OpKind::SourceBsdiffSparse);
-        if sparse {
+        let uses = |k: OpKind| {
+            self.partitions
+                .iter()
+                .flat_map(|p| &p.operations)
+                .any(|o| o.kind == k)
+        };
+        if uses(OpKind::SourceRecompress) {
+            4
+        } else if uses(OpKind::SourceBsdiffSparse) {
             3
         } else {
             crate::OLDEST_FORMAT_VERSION

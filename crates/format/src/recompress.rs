@@ -1,0 +1,794 @@
+//! SOURCE_RECOMPRESS operation data: compressed clusters rebuilt from
+//! their decompressed bytes.
+//!
+//! A compressed filesystem (EROFS with lz4 or lz4hc) stores a file as
+//! physical clusters, each the compression of a run of the file's bytes.
+//! A small change early in a file shifts every later cluster, so the
+//! stored bytes of the old and new file share almost nothing, while their
+//! decompressed bytes share almost everything. This operation
+//! 1. decompresses the source clusters it names (from the source bytes it
+//!    reads) into one *source stream*;
+//! 2. decodes an inner patch (REPLACE, SOURCE_ZSTD or SOURCE_BSDIFF_SPARSE
+//!    data) against that stream into the *target stream*: the new
+//!    clusters' decompressed bytes, then `tail_len` bytes that follow them
+//!    in the file (the compressor saw them when it filled the last
+//!    cluster);
+//! 3. compresses each new cluster again, with the recorded compressor
+//!    (liblz4's destSize functions at the recorded level and library
+//!    version) from its first byte in the target stream, `lookahead` bytes
+//!    past its end at most, into exactly its block count, or copies it as
+//!    stored (plain), or takes it from the literal stream where generation
+//!    found it does not reproduce.
+//!
+//! Wire form: `varint header_len · zstd(header) · varint inner_len · inner ·
+//! literals` (literals: one zstd frame of the literal clusters' blocks, or
+//! nothing when there are none). The header is specified in
+//! docs/FORMAT.md; every count and length in it is checked against the
+//! source bytes, the destination size and [`MAX_STREAM_LEN`] before
+//! anything is allocated.
+
+use crate::{FormatError, OpKind, Reader, Writer, BLOCK_SIZE};
+use romdelta_codecs::lz4;
+
+/// Most bytes of a source or target stream (bounds what one operation
+/// decompresses into memory).
+pub const MAX_STREAM_LEN: u64 = 32 << 20;
+/// Most decompressed header bytes.
+pub const MAX_HEADER_LEN: u64 = 4 << 20;
+/// Most lookahead bytes the compressor may be given past a cluster.
+pub const MAX_LOOKAHEAD: u64 = 1 << 20;
+/// Header layout version.
+const HEADER_VERSION: u8 = 1;
+/// Codec id of LZ4 (fast or HC).
+const CODEC_LZ4: u8 = 1;
+
+/// Where a compressed cluster's stream sits in its blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// Zeros first, the stream ends at the last byte (EROFS `lz4_0padding`).
+    Front,
+    /// The stream first, zeros after it.
+    Back,
+}
+
+/// How a source piece's stored bytes hold its stream bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceEncoding {
+    /// Stored as they are: the first `logical_len` stored bytes.
+    Plain,
+    /// One LZ4 block (zeros before it allowed, as `lz4_0padding` writes them).
+    Lz4,
+}
+
+/// A run of source bytes that adds to the source stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePiece {
+    /// How the stored bytes encode the stream bytes.
+    pub encoding: PieceEncoding,
+    /// First stored byte, as an offset into the operation's source bytes.
+    pub offset: u64,
+    /// Stored bytes.
+    pub stored_len: u64,
+    /// Stream bytes they add.
+    pub logical_len: u64,
+}
+
+/// How a target cluster is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterHow {
+    /// Its stream bytes as they are, zeros after them.
+    Plain,
+    /// Compressed again with the recorded compressor.
+    Rebuild,
+    /// Its blocks from the literal stream.
+    Literal,
+}
+
+/// One destination cluster, in destination order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetCluster {
+    /// How it is produced.
+    pub how: ClusterHow,
+    /// Destination blocks it fills.
+    pub blocks: u64,
+    /// Target stream bytes it holds (decompressed).
+    pub logical_len: u64,
+}
+
+/// The header of a SOURCE_RECOMPRESS operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The compressor of rebuilt clusters.
+    pub mode: lz4::Mode,
+    /// liblz4 version (`LZ4_versionNumber`) that reproduced every rebuilt
+    /// cluster when the package was made.
+    pub library: u32,
+    /// Where compressed streams sit in their blocks.
+    pub padding: Padding,
+    /// Most stream bytes past a cluster's end given to its compressor.
+    pub lookahead: u64,
+    /// Target stream bytes after the last cluster.
+    pub tail_len: u64,
+    /// Kind of the inner patch.
+    pub inner: OpKind,
+    /// The source pieces, in stream order.
+    pub sources: Vec<SourcePiece>,
+    /// The target clusters, in destination order.
+    pub clusters: Vec<TargetCluster>,
+}
+
+impl Header {
+    /// Bytes of the source stream.
+    pub fn source_len(&self) -> u64 {
+        self.sources.iter().map(|p| p.logical_len).sum()
+    }
+
+    /// Bytes of the target stream (the clusters' and the tail's).
+    pub fn target_len(&self) -> u64 {
+        self.clusters.iter().map(|c| c.logical_len).sum::<u64>() + self.tail_len
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(HEADER_VERSION);
+        w.u8(CODEC_LZ4);
+        w.u32_le(self.library);
+        w.u8(self.mode.code());
+        w.u8(match self.padding {
+            Padding::Front => 0,
+            Padding::Back => 1,
+        });
+        w.varint(self.lookahead);
+        w.varint(self.tail_len);
+        w.u8(self.inner.code());
+        w.varint(self.sources.len() as u64);
+        for p in &self.sources {
+            w.u8(match p.encoding {
+                PieceEncoding::Plain => 0,
+                PieceEncoding::Lz4 => 1,
+            });
+            // Pieces may overlap or go back (two tails in one block), so
+            // the offset is stored whole, not as a gap.
+            w.varint(p.offset);
+            w.varint(p.stored_len);
+            w.varint(p.logical_len);
+        }
+        w.varint(self.clusters.len() as u64);
+        for c in &self.clusters {
+            w.u8(match c.how {
+                ClusterHow::Plain => 0,
+                ClusterHow::Rebuild => 1,
+                ClusterHow::Literal => 2,
+            });
+            w.varint(c.blocks);
+            w.varint(c.logical_len);
+        }
+        w.into_bytes()
+    }
+
+    /// Parses a decompressed header and checks it against `src_len` source
+    /// bytes and `dst_len` destination bytes.
+    fn decode(b: &[u8], src_len: u64, dst_len: u64) -> Result<Header, FormatError> {
+        let bad = |what: &'static str, d: String| FormatError::invalid(what, d);
+        let mut r = Reader::new(b);
+        let v = r.u8("recompress header version")?;
+        if v != HEADER_VERSION {
+            return Err(bad(
+                "recompress header version",
+                format!("unknown version {v}"),
+            ));
+        }
+        let codec = r.u8("recompress codec")?;
+        if codec != CODEC_LZ4 {
+            return Err(bad("recompress codec", format!("unknown codec {codec}")));
+        }
+        let library = r.u32_le("recompress library version")?;
+        let code = r.u8("recompress mode")?;
+        let mode = lz4::Mode::from_code(code)
+            .ok_or_else(|| bad("recompress mode", format!("unknown lz4 mode {code}")))?;
+        let padding = match r.u8("recompress padding")? {
+            0 => Padding::Front,
+            1 => Padding::Back,
+            p => return Err(bad("recompress padding", format!("unknown code {p}"))),
+        };
+        let lookahead = r.varint_max("recompress lookahead", MAX_LOOKAHEAD)?;
+        let tail_len = r.varint_max("recompress tail length", MAX_STREAM_LEN)?;
+        let inner = OpKind::from_code(r.u8("recompress inner kind")?)?;
+        if !matches!(
+            inner,
+            OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiffSparse
+        ) {
+            return Err(bad(
+                "recompress inner kind",
+                format!("{inner} cannot be an inner patch"),
+            ));
+        }
+        let n = r.count("recompress source pieces", 4, u32::MAX as u64)?;
+        let mut sources = r.vec_for::<SourcePiece>(n);
+        let mut source_len = 0u64;
+        for _ in 0..n {
+            let encoding = match r.u8("source piece encoding")? {
+                0 => PieceEncoding::Plain,
+                1 => PieceEncoding::Lz4,
+                e => return Err(bad("source piece encoding", format!("unknown code {e}"))),
+            };
+            let offset = r.varint("source piece offset")?;
+            let stored_len = r.varint("source piece length")?;
+            let logical_len = r.varint("source piece stream length")?;
+            if offset.checked_add(stored_len).is_none_or(|e| e > src_len) {
+                return Err(bad(
+                    "source piece",
+                    format!("bytes {offset}+{stored_len} lie past the {src_len} source bytes"),
+                ));
+            }
+            if encoding == PieceEncoding::Plain && logical_len > stored_len {
+                return Err(bad(
+                    "source piece",
+                    format!("a plain piece of {stored_len} bytes cannot hold {logical_len}"),
+                ));
+            }
+            source_len = source_len.saturating_add(logical_len);
+            if source_len > MAX_STREAM_LEN {
+                return Err(FormatError::TooLarge {
+                    what: "recompress source stream",
+                    value: source_len,
+                    limit: MAX_STREAM_LEN,
+                });
+            }
+            sources.push(SourcePiece {
+                encoding,
+                offset,
+                stored_len,
+                logical_len,
+            });
+        }
+        let n = r.count("recompress target clusters", 3, dst_len / BLOCK_SIZE)?;
+        let mut clusters = r.vec_for::<TargetCluster>(n);
+        let (mut blocks, mut target_len) = (0u64, tail_len);
+        for _ in 0..n {
+            let how = match r.u8("target cluster kind")? {
+                0 => ClusterHow::Plain,
+                1 => ClusterHow::Rebuild,
+                2 => ClusterHow::Literal,
+                h => return Err(bad("target cluster kind", format!("unknown code {h}"))),
+            };
+            let b = r.varint_max("target cluster blocks", dst_len / BLOCK_SIZE)?;
+            let logical_len = r.varint_max("target cluster stream length", MAX_STREAM_LEN)?;
+            if b == 0 || logical_len == 0 {
+                return Err(bad("target cluster", "an empty cluster".to_string()));
+            }
+            if how == ClusterHow::Plain && logical_len > b * BLOCK_SIZE {
+                return Err(bad(
+                    "target cluster",
+                    format!("a plain cluster of {b} blocks cannot hold {logical_len} bytes"),
+                ));
+            }
+            blocks += b;
+            target_len += logical_len;
+            if blocks * BLOCK_SIZE > dst_len || target_len > MAX_STREAM_LEN {
+                return Err(bad(
+                    "target clusters",
+                    format!("more than the operation's {dst_len} bytes or the stream limit"),
+                ));
+            }
+            clusters.push(TargetCluster {
+                how,
+                blocks: b,
+                logical_len,
+            });
+        }
+        if blocks * BLOCK_SIZE != dst_len {
+            return Err(bad(
+                "target clusters",
+                format!(
+                    "fill {} bytes, the operation writes {dst_len}",
+                    blocks * BLOCK_SIZE
+                ),
+            ));
+        }
+        r.finish("recompress header")?;
+        Ok(Header {
+            mode,
+            library,
+            padding,
+            lookahead,
+            tail_len,
+            inner,
+            sources,
+            clusters,
+        })
+    }
+}
+
+/// Encodes SOURCE_RECOMPRESS data from its header, inner patch data and the
+/// literal clusters' blocks (in destination order), at zstd `level`.
+pub fn encode(header: &Header, inner: &[u8], literals: &[u8], level: i32) -> Vec<u8> {
+    let head = crate::ops::encode_replace(&header.encode(), level);
+    let mut w = Writer::new();
+    w.varint(head.len() as u64);
+    w.bytes(&head);
+    w.varint(inner.len() as u64);
+    w.bytes(inner);
+    if !literals.is_empty() {
+        w.bytes(&crate::ops::encode_replace(literals, level));
+    }
+    w.into_bytes()
+}
+
+/// The parts of SOURCE_RECOMPRESS data.
+pub struct Parsed<'a> {
+    /// The header.
+    pub header: Header,
+    /// The inner patch data.
+    pub inner: &'a [u8],
+    /// The literal stream (empty when no cluster is literal).
+    pub literals: &'a [u8],
+}
+
+/// Splits SOURCE_RECOMPRESS data and checks its header against `src_len`
+/// source and `dst_len` destination bytes.
+pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<Parsed<'_>, FormatError> {
+    let mut r = Reader::new(data);
+    let head_len = r.varint("recompress header length")?;
+    let head = r.take(head_len, "recompress header")?;
+    let inner_len = r.varint("recompress inner length")?;
+    let inner = r.take(inner_len, "recompress inner patch")?;
+    let literals = r.take(r.remaining() as u64, "recompress literals")?;
+    let size = zstd::zstd_safe::get_frame_content_size(head)
+        .ok()
+        .flatten()
+        .ok_or_else(|| FormatError::invalid("recompress header", "no content size"))?;
+    if size > MAX_HEADER_LEN {
+        return Err(FormatError::TooLarge {
+            what: "recompress header",
+            value: size,
+            limit: MAX_HEADER_LEN,
+        });
+    }
+    let mut bytes = vec![0u8; size as usize];
+    crate::ops::decode_replace(head, &mut bytes)?;
+    let header = Header::decode(&bytes, src_len, dst_len)?;
+    let literal_clusters = header.clusters.iter().any(|c| c.how == ClusterHow::Literal);
+    if literal_clusters == literals.is_empty() {
+        return Err(FormatError::invalid(
+            "recompress literals",
+            if literal_clusters {
+                "missing"
+            } else {
+                "present, but no cluster is literal"
+            },
+        ));
+    }
+    Ok(Parsed {
+        header,
+        inner,
+        literals,
+    })
+}
+
+/// Refuses a header this build cannot reproduce: one recorded with a
+/// liblz4 version other than the one built in.
+pub fn check_library(header: &Header) -> Result<(), FormatError> {
+    let have = lz4::library_version();
+    if header.library != have {
+        return Err(FormatError::invalid(
+            "recompress library",
+            format!(
+                "the package was made with liblz4 {}, this romdelta has liblz4 {}: its clusters would not be rebuilt exactly",
+                version_name(header.library),
+                version_name(have)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn version_name(v: u32) -> String {
+    format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+}
+
+/// Decompresses the source pieces of `header` from `src` into the source
+/// stream.
+pub fn source_stream(header: &Header, src: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut out = vec![0u8; header.source_len() as usize];
+    let mut at = 0usize;
+    for (i, p) in header.sources.iter().enumerate() {
+        let stored = &src[p.offset as usize..(p.offset + p.stored_len) as usize];
+        let dst = &mut out[at..at + p.logical_len as usize];
+        match p.encoding {
+            PieceEncoding::Plain => dst.copy_from_slice(&stored[..dst.len()]),
+            PieceEncoding::Lz4 => {
+                let z = stored.iter().take_while(|&&b| b == 0).count();
+                lz4::decompress_exact(&stored[z..], dst).map_err(|e| {
+                    FormatError::invalid("recompress source piece", format!("piece {i}: {e}"))
+                })?;
+            }
+        }
+        at += p.logical_len as usize;
+    }
+    Ok(out)
+}
+
+/// Writes cluster `c`, whose stream bytes start at `stream[at..]`, into
+/// `out` (its blocks); `false` if the compressor did not take exactly the
+/// cluster's bytes or the stream did not fit.
+pub fn rebuild_cluster(
+    header: &Header,
+    compressor: &mut lz4::Compressor,
+    stream: &[u8],
+    at: usize,
+    c: &TargetCluster,
+    out: &mut [u8],
+) -> bool {
+    let len = c.logical_len as usize;
+    match c.how {
+        ClusterHow::Plain => {
+            out[..len].copy_from_slice(&stream[at..at + len]);
+            out[len..].fill(0);
+            true
+        }
+        ClusterHow::Rebuild => {
+            let end = (at + len + header.lookahead as usize).min(stream.len());
+            let (n, taken) = compressor.compress_dest_size(header.mode, &stream[at..end], out);
+            if taken != len || n == 0 {
+                return false;
+            }
+            if header.padding == Padding::Front {
+                let pad = out.len() - n;
+                out.copy_within(..n, pad);
+                out[..pad].fill(0);
+            } else {
+                out[n..].fill(0);
+            }
+            true
+        }
+        ClusterHow::Literal => false,
+    }
+}
+
+/// Decodes SOURCE_RECOMPRESS data against `src` into exactly `out.len()`
+/// bytes.
+pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    let p = parse(data, src.len() as u64, out.len() as u64)?;
+    let h = &p.header;
+    if h.clusters.iter().any(|c| c.how == ClusterHow::Rebuild) {
+        check_library(h)?;
+    }
+    let source = source_stream(h, src)?;
+    let mut stream = vec![0u8; h.target_len() as usize];
+    let inner_src: &[u8] = if h.inner == OpKind::Replace {
+        &[]
+    } else {
+        &source
+    };
+    crate::ops::decode(h.inner, p.inner, inner_src, &mut stream)?;
+    drop(source);
+    let literal_len: u64 = h
+        .clusters
+        .iter()
+        .filter(|c| c.how == ClusterHow::Literal)
+        .map(|c| c.blocks * BLOCK_SIZE)
+        .sum();
+    let mut literals = vec![
+        0u8;
+        if p.literals.is_empty() {
+            0
+        } else {
+            literal_len as usize
+        }
+    ];
+    if !p.literals.is_empty() {
+        crate::ops::decode_replace(p.literals, &mut literals)?;
+    }
+    let mut compressor = lz4::Compressor::new();
+    let (mut at, mut lit, mut dst) = (0usize, 0usize, 0usize);
+    for (i, c) in h.clusters.iter().enumerate() {
+        let n = (c.blocks * BLOCK_SIZE) as usize;
+        let o = &mut out[dst..dst + n];
+        if c.how == ClusterHow::Literal {
+            o.copy_from_slice(&literals[lit..lit + n]);
+            lit += n;
+        } else if !rebuild_cluster(h, &mut compressor, &stream, at, c, o) {
+            return Err(FormatError::invalid(
+                "recompress cluster",
+                format!(
+                    "cluster {i} ({} bytes into {} blocks) does not compress as the package says with {}",
+                    c.logical_len, c.blocks, h.mode
+                ),
+            ));
+        }
+        at += c.logical_len as usize;
+        dst += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text-like bytes: words of a small vocabulary, some noise.
+    fn text(seed: u32, n: usize) -> Vec<u8> {
+        let words: [&[u8]; 6] = [
+            b"system ",
+            b"vendor ",
+            b"cluster ",
+            b"lz4hc ",
+            b"block\n",
+            b"0x7f ",
+        ];
+        let mut x = seed | 1;
+        let mut v = Vec::with_capacity(n + 16);
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            v.extend_from_slice(words[(x % 6) as usize]);
+            if x % 11 == 0 {
+                v.push((x >> 9) as u8);
+            }
+        }
+        v.truncate(n);
+        v
+    }
+
+    /// Compresses `file` into 4 KiB clusters as mkfs.erofs does (each
+    /// cluster takes what fits; front zero padding); returns the stored
+    /// blocks and the clusters' logical lengths.
+    fn clusters_of(file: &[u8], mode: lz4::Mode) -> (Vec<u8>, Vec<u64>) {
+        let mut c = lz4::Compressor::new();
+        let (mut at, mut blocks, mut lens) = (0, Vec::new(), Vec::new());
+        while at < file.len() {
+            let mut out = vec![0u8; BLOCK_SIZE as usize];
+            let (n, taken) = c.compress_dest_size(mode, &file[at..], &mut out);
+            let pad = out.len() - n;
+            out.copy_within(..n, pad);
+            out[..pad].fill(0);
+            blocks.extend_from_slice(&out);
+            lens.push(taken as u64);
+            at += taken;
+        }
+        (blocks, lens)
+    }
+
+    /// A source file in lz4hc clusters, a target file (the source with an
+    /// insertion near its start, so every later cluster shifts) in lz4hc
+    /// clusters, one of which is damaged after compression (so it must be
+    /// literal), and the operation data between them.
+    fn fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let mode = lz4::Mode::Hc(9);
+        let old = text(3, 60_000);
+        let mut new = old.clone();
+        new.splice(500..500, text(9, 300));
+        new[30_000..30_010].copy_from_slice(b"0123456789");
+        let (src, src_lens) = clusters_of(&old, mode);
+        let (mut dst, dst_lens) = clusters_of(&new, mode);
+        // The third cluster's last byte damaged after compression.
+        dst[3 * 4096 - 1] ^= 0x40;
+        let mut off = 0;
+        let sources = src_lens
+            .iter()
+            .map(|&l| {
+                off += BLOCK_SIZE;
+                SourcePiece {
+                    encoding: PieceEncoding::Lz4,
+                    offset: off - BLOCK_SIZE,
+                    stored_len: BLOCK_SIZE,
+                    logical_len: l,
+                }
+            })
+            .collect();
+        let clusters = dst_lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| TargetCluster {
+                how: if i == 2 {
+                    ClusterHow::Literal
+                } else {
+                    ClusterHow::Rebuild
+                },
+                blocks: 1,
+                logical_len: l,
+            })
+            .collect();
+        let header = Header {
+            mode,
+            library: lz4::library_version(),
+            padding: Padding::Front,
+            lookahead: 65536,
+            tail_len: 0,
+            inner: OpKind::SourceZstd,
+            sources,
+            clusters,
+        };
+        let inner = crate::ops::encode_source_zstd(&old, &new, 3);
+        let data = encode(&header, &inner, &dst[2 * 4096..3 * 4096], 3);
+        (src, dst, data)
+    }
+
+    #[test]
+    fn shifted_clusters_are_rebuilt_exactly() {
+        let (src, dst, data) = fixture();
+        let mut out = vec![0xa5; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        // Far smaller than the stored bytes it rebuilds.
+        assert!(
+            data.len() * 4 < dst.len(),
+            "{} of {} bytes",
+            data.len(),
+            dst.len()
+        );
+        // Through the operation kind too.
+        let mut again = vec![0; dst.len()];
+        crate::ops::decode(OpKind::SourceRecompress, &data, &src, &mut again).unwrap();
+        assert_eq!(again, dst);
+    }
+
+    /// The committed seed of the `recompress_decode` fuzz target (its input
+    /// layout: u8 blocks − 1 · u16le source length · source · data), a
+    /// small version of [`fixture`] checked here and written anew with
+    /// `ROMDELTA_WRITE_FUZZ_SEEDS=1`.
+    #[test]
+    fn fuzz_seed_is_a_valid_operation() {
+        let mode = lz4::Mode::Hc(9);
+        let old = text(5, 9000);
+        let mut new = old.clone();
+        new.splice(100..100, *b"inserted");
+        let (src, src_lens) = clusters_of(&old, mode);
+        let (dst, dst_lens) = clusters_of(&new, mode);
+        let header = Header {
+            mode,
+            library: lz4::library_version(),
+            padding: Padding::Front,
+            lookahead: 4096,
+            tail_len: 0,
+            inner: OpKind::SourceBsdiffSparse,
+            sources: (0..src_lens.len())
+                .map(|i| SourcePiece {
+                    encoding: PieceEncoding::Lz4,
+                    offset: i as u64 * BLOCK_SIZE,
+                    stored_len: BLOCK_SIZE,
+                    logical_len: src_lens[i],
+                })
+                .collect(),
+            clusters: dst_lens
+                .iter()
+                .map(|&l| TargetCluster {
+                    how: ClusterHow::Rebuild,
+                    blocks: 1,
+                    logical_len: l,
+                })
+                .collect(),
+        };
+        let patch = crate::ops::BsdiffPatch {
+            controls: vec![
+                crate::ops::Control {
+                    add: 100,
+                    copy: 8,
+                    seek: 0,
+                },
+                crate::ops::Control {
+                    add: old.len() as u64 - 100,
+                    copy: 0,
+                    seek: 0,
+                },
+            ],
+            diff: vec![0; old.len()],
+            extra: b"inserted".to_vec(),
+        };
+        let inner = crate::ops::encode_bsdiff_sparse(&patch, 3);
+        let data = encode(&header, &inner, &[], 3);
+        let mut out = vec![0; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        let mut seed = vec![(dst.len() / 4096 - 1) as u8];
+        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
+        seed.extend_from_slice(&src);
+        seed.extend_from_slice(&data);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/recompress_decode/seed-1");
+        if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &seed).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            seed,
+            "{}: stale seed",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_wrong_size_is_refused() {
+        let (src, dst, data) = fixture();
+        for cut in 0..data.len() {
+            let mut out = vec![0; dst.len()];
+            assert!(decode(&data[..cut], &src, &mut out).is_err(), "cut {cut}");
+        }
+        for len in [dst.len() - 4096, dst.len() + 4096, dst.len() + 1] {
+            assert!(decode(&data, &src, &mut vec![0; len]).is_err(), "{len}");
+        }
+        // A source shorter than the pieces it names.
+        let mut out = vec![0; dst.len()];
+        let e = decode(&data, &src[..src.len() - 4096], &mut out).unwrap_err();
+        assert!(e.to_string().contains("past the"), "{e}");
+    }
+
+    #[test]
+    fn damaged_bytes_never_panic() {
+        let (src, dst, data) = fixture();
+        let mut out = vec![0; dst.len()];
+        for i in (0..data.len()).step_by(7) {
+            let mut d = data.clone();
+            d[i] ^= 0x5a;
+            let _ = decode(&d, &src, &mut out);
+        }
+        // A damaged source cluster fails in its decompression.
+        let mut s = src.clone();
+        s[4096 + 2000] ^= 0xff;
+        let _ = decode(&data, &s, &mut out);
+    }
+
+    /// The header with one change, encoded into operation data.
+    fn with_header(f: impl FnOnce(&mut Header)) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let (src, dst, data) = fixture();
+        let p = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
+        let mut h = p.header.clone();
+        let (inner, literals) = (p.inner.to_vec(), p.literals.to_vec());
+        f(&mut h);
+        let lit = if literals.is_empty() {
+            Vec::new()
+        } else {
+            dst[2 * 4096..3 * 4096].to_vec()
+        };
+        (src, dst.clone(), encode(&h, &inner, &lit, 3))
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_with_their_reason() {
+        let cases: [(&str, Box<dyn Fn(&mut Header)>); 7] = [
+            (
+                "liblz4 1.9.3, this romdelta has liblz4 1.9.4",
+                Box::new(|h| h.library = 10903),
+            ),
+            (
+                "does not compress as the package says",
+                Box::new(|h| h.mode = lz4::Mode::Hc(1)),
+            ),
+            (
+                "stream limit",
+                Box::new(|h| h.clusters[0].logical_len = MAX_STREAM_LEN),
+            ),
+            (
+                "an empty cluster",
+                Box::new(|h| h.clusters[1].logical_len = 0),
+            ),
+            (
+                "cannot be an inner patch",
+                Box::new(|h| h.inner = OpKind::SourceCopy),
+            ),
+            ("past the", Box::new(|h| h.sources[0].offset = u64::MAX - 1)),
+            (
+                "recompress source stream",
+                Box::new(|h| h.sources[1].logical_len = MAX_STREAM_LEN),
+            ),
+        ];
+        for (want, f) in cases {
+            let (src, dst, data) = with_header(f);
+            let mut out = vec![0; dst.len()];
+            let e = decode(&data, &src, &mut out).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // Literals present although no cluster is literal, and missing.
+        let (src, dst, data) = with_header(|h| h.clusters[2].how = ClusterHow::Rebuild);
+        let e = decode(&data, &src, &mut vec![0; dst.len()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not compress") || e.contains("literals"),
+            "{e}"
+        );
+    }
+}
