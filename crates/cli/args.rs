@@ -364,6 +364,11 @@ pub struct Tuning {
     /// Do not use content anchors.
     #[arg(long, hide = true)]
     pub no_anchors: bool,
+    /// Diff EROFS images as stored bytes only: no SOURCE_RECOMPRESS
+    /// operations (which diff compressed files decompressed and rebuild
+    /// their clusters at apply).
+    #[arg(long)]
+    pub no_recompress: bool,
     /// Source blocks kept around those the bsdiff matcher reads.
     #[arg(long, hide = true)]
     pub trim_slack_blocks: Option<u64>,
@@ -398,6 +403,9 @@ impl Tuning {
         }
         if self.no_anchors {
             o.anchors = false;
+        }
+        if self.no_recompress {
+            o.recompress = false;
         }
         if let Some(v) = self.trim_slack_blocks {
             o.trim_slack_blocks = v;

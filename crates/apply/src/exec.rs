@@ -225,7 +225,8 @@ pub(crate) fn run_op(
         OpKind::Replace
         | OpKind::SourceZstd
         | OpKind::SourceBsdiff
-        | OpKind::SourceBsdiffSparse => {
+        | OpKind::SourceBsdiffSparse
+        | OpKind::SourceRecompress => {
             check_data(data, part, i, op)?;
             let mut source = Vec::new();
             if op.kind.reads_source() {

@@ -15,6 +15,9 @@ pub enum BlockClass {
     Copy(u64),
     /// Needs data.
     Changed,
+    /// Written by a content-aware operation ([`crate::recompress`]): the
+    /// block planner leaves it alone.
+    Claimed,
 }
 
 /// Blocks per piece of a whole-image pass: each piece is released after use,

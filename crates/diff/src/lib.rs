@@ -21,6 +21,7 @@ pub mod bsdiff;
 pub mod encode;
 pub mod inplace;
 pub mod payload;
+pub mod recompress;
 
 use blocks::{BlockClass, SourceIndex};
 use encode::{EncodeParams, Region};
@@ -98,6 +99,9 @@ pub struct DiffOptions {
     /// [`limits::MAX_STAGE_STASH_BLOCKS`]); dependency cycles that need more
     /// are broken by turning operations into REPLACE.
     pub max_stash_blocks: u64,
+    /// Diff the compressed files of EROFS images in their decompressed
+    /// form and rebuild their clusters at apply (SOURCE_RECOMPRESS).
+    pub recompress: bool,
 }
 
 impl Default for DiffOptions {
@@ -121,6 +125,7 @@ impl Default for DiffOptions {
             source_build: BuildInfo::default(),
             in_place: false,
             max_stash_blocks: 16384,
+            recompress: true,
         }
     }
 }
@@ -368,7 +373,8 @@ fn absorb_gaps(classes: &[BlockClass], gap: u64) -> Vec<BlockClass> {
         while i < n && classes[i] != BlockClass::Changed {
             i += 1;
         }
-        if start > 0 && i < n && (i - start) as u64 <= gap {
+        let claimed = classes[start..i].contains(&BlockClass::Claimed);
+        if start > 0 && i < n && (i - start) as u64 <= gap && !claimed {
             out[start..i].fill(BlockClass::Changed);
         }
     }
@@ -441,6 +447,7 @@ fn plan_blocks(
                     flush_copy(&mut copy_src, &mut copy_dst, &mut ops);
                 }
             }
+            BlockClass::Claimed => {}
             BlockClass::Changed => {
                 while j < n
                     && classes[j as usize] == BlockClass::Changed
@@ -472,8 +479,23 @@ fn diff_partition(
         || src.map(SourceIndex::build),
         || rayon::join(|| partition_info(dst), || src.map(partition_info)),
     );
-    let classes = blocks::classify_with(dst, index.as_ref(), opts.in_place);
+    let mut classes = blocks::classify_with(dst, index.as_ref(), opts.in_place);
     drop(index);
+    let params = EncodeParams::from_options(opts);
+    // Content-aware operations first: the blocks they write are claimed.
+    let recompressed = match src {
+        Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
+            recompress::plan(s, dst, &classes, &params)
+        }
+        _ => Vec::new(),
+    };
+    for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
+        classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
+    }
+    dst.release_all();
+    if let Some(s) = src {
+        s.release_all();
+    }
     let anchors = match src {
         Some(s) if opts.anchors && classes.contains(&BlockClass::Changed) => {
             Some(anchors::AnchorIndex::build(s.bytes(), &|off, len| {
@@ -487,9 +509,22 @@ fn diff_partition(
     drop(planned);
     let changed: u64 = regions.iter().map(|r| r.len).sum();
     progress(dst.size().saturating_sub(changed * BLOCK_SIZE));
-    let params = EncodeParams::from_options(opts);
-    // In place: what each region would cost as a REPLACE, by its first block.
+    // In place: what each region would cost as a REPLACE, by its first
+    // block (recompressed clusters are estimated when needed).
     let mut replace_lens: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for r in recompressed {
+        data.write_all(&r.data)?;
+        operations.push(Operation {
+            kind: OpKind::SourceRecompress,
+            src_extents: r.src_extents,
+            dst_extents: r.dst_extents,
+            data_offset: *data_len,
+            data_length: r.data.len() as u64,
+            data_sha256: romdelta_format::sha256(&r.data),
+            src_sha256: r.src_sha256,
+        });
+        *data_len += r.data.len() as u64;
+    }
     for batch in regions.chunks(opts.batch_regions.max(1)) {
         let encoded: Vec<_> = batch
             .par_iter()

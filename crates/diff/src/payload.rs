@@ -111,7 +111,7 @@ fn plan(classes: &[BlockClass]) -> Vec<Piece> {
                     len: j - i,
                 });
             }
-            BlockClass::Changed => {
+            BlockClass::Changed | BlockClass::Claimed => {
                 while j < n && classes[j as usize] == BlockClass::Changed && j - i < CHUNK_BLOCKS {
                     j += 1;
                 }

@@ -1,0 +1,604 @@
+//! Content-aware generation for compressed EROFS images: SOURCE_RECOMPRESS
+//! operations.
+//!
+//! When both images of a partition are EROFS, every regular file whose
+//! clusters are lz4 (or plain) and changed is diffed in its decompressed
+//! form against the same file of the source (same path, or the same path
+//! but for its numbers: `lib/modules/6.1.0-50/...` → `.../6.1.0-57/...`).
+//! Each new cluster is compressed again here by the very code the applier
+//! runs ([`romdelta_format::recompress::rebuild_cluster`]) and compared
+//! with the image; a cluster that does not reproduce travels as it is
+//! (literal), and a file most of whose clusters do not reproduce is left
+//! to the byte-level encoders. The blocks these operations write are
+//! claimed: the block planner leaves them alone.
+
+use crate::blocks::BlockClass;
+use crate::encode::EncodeParams;
+use rayon::prelude::*;
+use romdelta_codecs::lz4;
+use romdelta_erofs::{DataMap, Encoding, ErofsMap, FileKind, Pcluster, Placement, Stored};
+use romdelta_format::recompress::{
+    self, ClusterHow, Header, Padding, PieceEncoding, SourcePiece, TargetCluster,
+};
+use romdelta_format::{ops, sha256, Digest, Extent, OpKind, BLOCK_SIZE};
+use romdelta_rom::Partition;
+use std::collections::HashMap;
+
+/// Most target stream bytes (decompressed) one operation rebuilds.
+const MAX_TARGET_STREAM: u64 = 4 << 20;
+/// Most destination blocks one operation writes.
+const MAX_TARGET_BLOCKS: u64 = 512;
+/// Most source stream bytes one operation decompresses.
+const MAX_SOURCE_STREAM: u64 = 8 << 20;
+/// Stream bytes past a cluster's end given to its compressor: enough for
+/// every cluster of the corpus images (64 KiB reproduced all 102,637
+/// lz4hc clusters; 4 KiB all but one).
+const LOOKAHEAD: u64 = 64 << 10;
+/// A chunk more than this share of whose clusters would be literal is left
+/// to the byte-level encoders.
+const MAX_LITERAL_PERCENT: usize = 25;
+/// Compressors tried, in order, on a file's first compressed cluster:
+/// lz4hc at mkfs.erofs's default level, the other lz4hc levels, lz4.
+const MODES: [lz4::Mode; 13] = [
+    lz4::Mode::Hc(9),
+    lz4::Mode::Hc(12),
+    lz4::Mode::Fast,
+    lz4::Mode::Hc(10),
+    lz4::Mode::Hc(11),
+    lz4::Mode::Hc(8),
+    lz4::Mode::Hc(7),
+    lz4::Mode::Hc(6),
+    lz4::Mode::Hc(5),
+    lz4::Mode::Hc(4),
+    lz4::Mode::Hc(3),
+    lz4::Mode::Hc(2),
+    lz4::Mode::Hc(1),
+];
+
+/// One planned SOURCE_RECOMPRESS operation.
+pub struct Planned {
+    /// Source blocks it reads.
+    pub src_extents: Vec<Extent>,
+    /// SHA-256 of those blocks.
+    pub src_sha256: Digest,
+    /// Destination blocks it writes.
+    pub dst_extents: Vec<Extent>,
+    /// Its data.
+    pub data: Vec<u8>,
+}
+
+/// The SOURCE_RECOMPRESS operations for `dst` against `src`, in target
+/// file order; empty unless both are EROFS images of 4 KiB blocks.
+/// `classes` tells which target blocks changed.
+pub fn plan(
+    src: &Partition,
+    dst: &Partition,
+    classes: &[BlockClass],
+    p: &EncodeParams,
+) -> Vec<Planned> {
+    let (Ok(sm), Ok(tm)) = (
+        romdelta_erofs::map_image(src.bytes()),
+        romdelta_erofs::map_image(dst.bytes()),
+    ) else {
+        return Vec::new();
+    };
+    if sm.superblock.block_size() != BLOCK_SIZE || tm.superblock.block_size() != BLOCK_SIZE {
+        return Vec::new();
+    }
+    let sources = SourceFiles::new(&sm);
+    let mut seen = std::collections::HashSet::new();
+    let files: Vec<(usize, u64)> = (0..tm.entries.len())
+        .filter(|&i| {
+            let m = tm.inode(i);
+            m.inode.kind == FileKind::Regular
+                && matches!(m.data, DataMap::Compressed { .. })
+                && seen.insert(tm.entries[i].nid)
+        })
+        .map(|i| (i, tm.entries[i].nid))
+        .collect();
+    let ctx = Ctx {
+        src,
+        dst,
+        sm: &sm,
+        tm: &tm,
+        classes,
+        p,
+        padding: if tm.superblock.feature_incompat & romdelta_erofs::INCOMPAT_ZERO_PADDING != 0 {
+            Padding::Front
+        } else {
+            Padding::Back
+        },
+    };
+    files
+        .par_iter()
+        .map(|&(i, nid)| {
+            let Some(snid) = sources.find(&tm.path(i)) else {
+                return Vec::new();
+            };
+            let ops = ctx.file(nid, snid);
+            // What the file read is mapped again on access.
+            release_file(dst, &tm, nid);
+            release_file(src, &sm, snid);
+            ops
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Lets the kernel drop this process's mapping of the bytes of file `nid`
+/// (from its first stored byte to its last), so the pass holds the files
+/// it is working on resident, not the images.
+fn release_file(p: &Partition, m: &ErofsMap, nid: u64) {
+    if let Some(s) = stretches(m, nid) {
+        let lo = s.iter().map(|s| s.offset).min().unwrap_or(0);
+        let hi = s.iter().map(|s| s.offset + s.stored_len).max().unwrap_or(0);
+        p.release(lo, hi.saturating_sub(lo));
+    }
+}
+
+/// Regular files of the source image by path and by path without its numbers.
+struct SourceFiles {
+    by_path: HashMap<Vec<u8>, u64>,
+    by_shape: HashMap<Vec<u8>, Option<u64>>,
+}
+
+/// `path` with every run of digits replaced by one `#`.
+fn shape(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &b in path {
+        if b.is_ascii_digit() {
+            if out.last() != Some(&b'#') {
+                out.push(b'#');
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+impl SourceFiles {
+    fn new(m: &ErofsMap) -> Self {
+        let mut by_path = HashMap::new();
+        let mut by_shape: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
+        for i in 0..m.entries.len() {
+            if m.inode(i).inode.kind != FileKind::Regular {
+                continue;
+            }
+            let path = m.path(i);
+            let nid = m.entries[i].nid;
+            // A shape shared by two files names neither.
+            by_shape
+                .entry(shape(&path))
+                .and_modify(|v| *v = None)
+                .or_insert(Some(nid));
+            by_path.insert(path, nid);
+        }
+        SourceFiles { by_path, by_shape }
+    }
+
+    fn find(&self, path: &[u8]) -> Option<u64> {
+        self.by_path
+            .get(path)
+            .copied()
+            .or_else(|| self.by_shape.get(&shape(path)).copied().flatten())
+    }
+}
+
+struct Ctx<'a> {
+    src: &'a Partition,
+    dst: &'a Partition,
+    sm: &'a ErofsMap,
+    tm: &'a ErofsMap,
+    classes: &'a [BlockClass],
+    p: &'a EncodeParams,
+    padding: Padding,
+}
+
+/// A run of a file's bytes and where they are stored, as a source piece
+/// reads them.
+#[derive(Clone, Copy)]
+struct Stretch {
+    logical: u64,
+    logical_len: u64,
+    /// Image byte offset and length of the stored bytes.
+    offset: u64,
+    stored_len: u64,
+    encoding: PieceEncoding,
+}
+
+/// The stored stretches of a file, or `None` if it has bytes this
+/// operation cannot read (holes, other compressors).
+fn stretches(m: &ErofsMap, nid: u64) -> Option<Vec<Stretch>> {
+    let bs = m.superblock.block_size();
+    match &m.inodes[&nid].data {
+        DataMap::Flat(x) => x
+            .iter()
+            .map(|e| match e.placement {
+                Placement::Hole => None,
+                _ => Some(Stretch {
+                    logical: e.logical,
+                    logical_len: e.len,
+                    offset: e.physical,
+                    stored_len: e.len,
+                    encoding: PieceEncoding::Plain,
+                }),
+            })
+            .collect(),
+        DataMap::Compressed { pclusters, .. } => pclusters
+            .iter()
+            .map(|c| {
+                let r = c.stored.byte_range(bs);
+                Some(Stretch {
+                    logical: c.logical,
+                    logical_len: c.logical_len,
+                    offset: r.start,
+                    stored_len: r.end - r.start,
+                    encoding: match c.encoding {
+                        Encoding::Plain => PieceEncoding::Plain,
+                        Encoding::Compressed(romdelta_erofs::Algorithm::Lz4) => PieceEncoding::Lz4,
+                        Encoding::Compressed(_) => return None,
+                    },
+                })
+            })
+            .collect(),
+        DataMap::None => None,
+    }
+}
+
+/// The stream bytes of `s`, read from `image`; `None` if they do not decode.
+fn decode_stretch(image: &[u8], s: &Stretch, out: &mut Vec<u8>) -> Option<()> {
+    let stored = image.get(s.offset as usize..(s.offset + s.stored_len) as usize)?;
+    let at = out.len();
+    match s.encoding {
+        PieceEncoding::Plain => out.extend_from_slice(stored.get(..s.logical_len as usize)?),
+        PieceEncoding::Lz4 => {
+            out.resize(at + s.logical_len as usize, 0);
+            let z = stored.iter().take_while(|&&b| b == 0).count();
+            lz4::decompress_exact(&stored[z..], &mut out[at..]).ok()?;
+        }
+    }
+    Some(())
+}
+
+impl Ctx<'_> {
+    fn changed(&self, c: &Pcluster) -> bool {
+        match c.stored {
+            Stored::Blocks { block, blocks } => (block..block + blocks)
+                .any(|b| self.classes.get(b as usize) == Some(&BlockClass::Changed)),
+            Stored::Inline { .. } => false,
+        }
+    }
+
+    /// The operations of target file `nid` against source file `snid`.
+    fn file(&self, nid: u64, snid: u64) -> Vec<Planned> {
+        let DataMap::Compressed { pclusters, .. } = &self.tm.inodes[&nid].data else {
+            return Vec::new();
+        };
+        // Whole blocks only: an inline tail lives in a metadata block.
+        let n_blocks = pclusters
+            .iter()
+            .take_while(|c| matches!(c.stored, Stored::Blocks { .. }))
+            .count();
+        let pcs = &pclusters[..n_blocks];
+        let (Some(first), Some(last)) = (
+            pcs.iter().position(|c| self.changed(c)),
+            pcs.iter().rposition(|c| self.changed(c)),
+        ) else {
+            return Vec::new();
+        };
+        let Some(tstretches) = stretches(self.tm, nid) else {
+            return Vec::new();
+        };
+        let Some(sstretches) = stretches(self.sm, snid) else {
+            return Vec::new();
+        };
+        let size = self.tm.inodes[&nid].inode.size;
+        let ssize = self.sm.inodes[&snid].inode.size;
+        // The target file's stream bytes from the first changed cluster to
+        // the lookahead past the last one.
+        let from = pcs[first].logical;
+        let until = (pcs[last].logical + pcs[last].logical_len + LOOKAHEAD).min(size);
+        let mut stream = Vec::new();
+        for s in tstretches
+            .iter()
+            .filter(|s| s.logical + s.logical_len > from && s.logical < until)
+        {
+            let mut piece = Vec::new();
+            if decode_stretch(self.dst.bytes(), s, &mut piece).is_none() {
+                return Vec::new();
+            }
+            let lo = from.saturating_sub(s.logical) as usize;
+            let hi = ((until - s.logical) as usize).min(piece.len());
+            stream.extend_from_slice(&piece[lo..hi]);
+        }
+        let Some(mode) = self.find_mode(pcs, first..=last, &stream, from) else {
+            return Vec::new();
+        };
+        // Chunks of consecutive clusters.
+        let mut out = Vec::new();
+        let mut i = first;
+        while i <= last {
+            let (mut j, mut len, mut blocks) = (i, 0u64, 0u64);
+            while j <= last {
+                let b = cluster_blocks(&pcs[j]);
+                if j > i
+                    && (len + pcs[j].logical_len > MAX_TARGET_STREAM
+                        || blocks + b > MAX_TARGET_BLOCKS)
+                {
+                    break;
+                }
+                len += pcs[j].logical_len;
+                blocks += b;
+                j += 1;
+            }
+            if let Some(op) = self.chunk(&pcs[i..j], mode, &stream, from, size, &sstretches, ssize)
+            {
+                out.push(op);
+            }
+            i = j;
+        }
+        out
+    }
+
+    /// The first compressor of [`MODES`] that rebuilds the first compressed
+    /// cluster of `range` exactly.
+    fn find_mode(
+        &self,
+        pcs: &[Pcluster],
+        range: std::ops::RangeInclusive<usize>,
+        stream: &[u8],
+        from: u64,
+    ) -> Option<lz4::Mode> {
+        let c = pcs[range]
+            .iter()
+            .find(|c| matches!(c.encoding, Encoding::Compressed(_)))?;
+        let mut compressor = lz4::Compressor::new();
+        MODES.into_iter().find(|&mode| {
+            self.reproduces(
+                &mut compressor,
+                mode,
+                c,
+                stream,
+                (c.logical - from) as usize,
+            ) == Some(ClusterHow::Rebuild)
+        })
+    }
+
+    /// How cluster `c` (whose stream bytes start at `stream[at..]`) can be
+    /// produced: rebuilt or plain if that gives its stored blocks exactly.
+    fn reproduces(
+        &self,
+        compressor: &mut lz4::Compressor,
+        mode: lz4::Mode,
+        c: &Pcluster,
+        stream: &[u8],
+        at: usize,
+    ) -> Option<ClusterHow> {
+        let range = c.stored.byte_range(BLOCK_SIZE);
+        let stored = &self.dst.bytes()[range.start as usize..range.end as usize];
+        let how = match c.encoding {
+            Encoding::Plain => ClusterHow::Plain,
+            Encoding::Compressed(_) => ClusterHow::Rebuild,
+        };
+        let header = Header {
+            mode,
+            library: lz4::library_version(),
+            padding: self.padding,
+            lookahead: LOOKAHEAD,
+            tail_len: 0,
+            inner: OpKind::Replace,
+            sources: Vec::new(),
+            clusters: Vec::new(),
+        };
+        let t = TargetCluster {
+            how,
+            blocks: cluster_blocks(c),
+            logical_len: c.logical_len,
+        };
+        let mut out = vec![0u8; stored.len()];
+        (recompress::rebuild_cluster(&header, compressor, stream, at, &t, &mut out)
+            && out == stored)
+            .then_some(how)
+    }
+
+    /// One operation for the target clusters `chunk`, or `None` when too
+    /// many of them do not reproduce or the source gives nothing to read.
+    #[allow(clippy::too_many_arguments)]
+    fn chunk(
+        &self,
+        chunk: &[Pcluster],
+        mode: lz4::Mode,
+        stream: &[u8],
+        from: u64,
+        size: u64,
+        sstretches: &[Stretch],
+        ssize: u64,
+    ) -> Option<Planned> {
+        let a = chunk[0].logical;
+        let end = chunk.last().map(|c| c.logical + c.logical_len)?;
+        let tail_end = (end + LOOKAHEAD).min(size);
+        // The clusters and their check.
+        let mut compressor = lz4::Compressor::new();
+        let mut clusters = Vec::with_capacity(chunk.len());
+        let mut literals = Vec::new();
+        let mut dst_extents: Vec<Extent> = Vec::new();
+        for c in chunk {
+            let at = (c.logical - from) as usize;
+            let how = self
+                .reproduces(&mut compressor, mode, c, stream, at)
+                .unwrap_or(ClusterHow::Literal);
+            let Stored::Blocks { block, blocks } = c.stored else {
+                return None;
+            };
+            if how == ClusterHow::Literal {
+                let r = c.stored.byte_range(BLOCK_SIZE);
+                literals.extend_from_slice(&self.dst.bytes()[r.start as usize..r.end as usize]);
+            }
+            match dst_extents.last_mut() {
+                Some(e) if e.end_block() == block => e.num_blocks += blocks,
+                _ => dst_extents.push(Extent::new(block, blocks)),
+            }
+            clusters.push(TargetCluster {
+                how,
+                blocks,
+                logical_len: c.logical_len,
+            });
+        }
+        let n_literal = clusters
+            .iter()
+            .filter(|c| c.how == ClusterHow::Literal)
+            .count();
+        if n_literal * 100 > clusters.len() * MAX_LITERAL_PERCENT {
+            return None;
+        }
+        let target = &stream[(a - from) as usize..(tail_end - from) as usize];
+        // The source window: the whole source file when it is small enough,
+        // else the part where this chunk's bytes sit proportionally.
+        let (lo, hi) = if ssize <= MAX_SOURCE_STREAM {
+            (0, ssize)
+        } else {
+            let centre = (a as u128 * ssize as u128 / size.max(1) as u128) as u64;
+            let half = (MAX_SOURCE_STREAM - (end - a).min(MAX_SOURCE_STREAM / 2)) / 2;
+            let lo = centre.saturating_sub(half).min(ssize - MAX_SOURCE_STREAM);
+            (lo, lo + MAX_SOURCE_STREAM)
+        };
+        let mut src_extents: Vec<Extent> = Vec::new();
+        let mut block_at: HashMap<u64, u64> = HashMap::new();
+        let mut src_blocks = 0u64;
+        let mut sources = Vec::new();
+        let mut source = Vec::new();
+        let mut logical_total = 0u64;
+        for s in sstretches
+            .iter()
+            .filter(|s| s.logical + s.logical_len > lo && s.logical < hi && s.logical_len > 0)
+        {
+            if logical_total + s.logical_len > MAX_SOURCE_STREAM {
+                break;
+            }
+            let at = source.len();
+            if decode_stretch(self.src.bytes(), s, &mut source).is_none() {
+                source.truncate(at);
+                continue;
+            }
+            // The blocks holding the stored bytes, each read once.
+            let first_block = s.offset / BLOCK_SIZE;
+            let last_block = (s.offset + s.stored_len).div_ceil(BLOCK_SIZE);
+            for b in first_block..last_block {
+                if let std::collections::hash_map::Entry::Vacant(v) = block_at.entry(b) {
+                    v.insert(src_blocks);
+                    src_blocks += 1;
+                    match src_extents.last_mut() {
+                        Some(e) if e.end_block() == b => e.num_blocks += 1,
+                        _ => src_extents.push(Extent::new(b, 1)),
+                    }
+                }
+            }
+            // A piece's blocks are consecutive in the image; they are
+            // consecutive in the operation's source bytes unless some were
+            // read earlier, in which case the piece is read again.
+            let start = block_at[&first_block];
+            let contiguous =
+                (first_block..last_block).all(|b| block_at[&b] == start + (b - first_block));
+            if !contiguous {
+                source.truncate(at);
+                continue;
+            }
+            sources.push(SourcePiece {
+                encoding: s.encoding,
+                offset: start * BLOCK_SIZE + s.offset % BLOCK_SIZE,
+                stored_len: s.stored_len,
+                logical_len: s.logical_len,
+            });
+            logical_total += s.logical_len;
+        }
+        if src_blocks > self.p.max_src_blocks.max(2048) {
+            return None;
+        }
+        let mut src_bytes = Vec::with_capacity((src_blocks * BLOCK_SIZE) as usize);
+        self.src
+            .read_extents(&src_extents, &mut src_bytes)
+            .expect("reads of a mapped image do not fail");
+        let (inner, inner_data) = encode_stream(&source, target, self.p);
+        if src_extents.is_empty() {
+            return None;
+        }
+        let header = Header {
+            mode,
+            library: lz4::library_version(),
+            padding: self.padding,
+            lookahead: LOOKAHEAD,
+            tail_len: tail_end - end,
+            inner,
+            sources,
+            clusters,
+        };
+        let data = recompress::encode(&header, &inner_data, &literals, self.p.level);
+        // Worth it only if smaller than carrying the stored blocks whole.
+        let mut stored = Vec::with_capacity(literals.capacity().max(1 << 16));
+        self.dst
+            .read_extents(&dst_extents, &mut stored)
+            .expect("reads of a mapped image do not fail");
+        if data.len() >= ops::encode_replace(&stored, self.p.trial_level).len() {
+            return None;
+        }
+        if cfg!(debug_assertions) {
+            let mut check =
+                vec![0u8; (romdelta_format::blocks_in(&dst_extents) * BLOCK_SIZE) as usize];
+            recompress::decode(&data, &src_bytes, &mut check).expect("a planned operation decodes");
+        }
+        Some(Planned {
+            src_sha256: sha256(&src_bytes),
+            src_extents,
+            dst_extents,
+            data,
+        })
+    }
+}
+
+fn cluster_blocks(c: &Pcluster) -> u64 {
+    match c.stored {
+        Stored::Blocks { blocks, .. } => blocks,
+        Stored::Inline { .. } => 0,
+    }
+}
+
+/// The smallest inner patch from `source` to `target`: every encoder at
+/// the trial level, those within the band of the best at the final level.
+fn encode_stream(source: &[u8], target: &[u8], p: &EncodeParams) -> (OpKind, Vec<u8>) {
+    let trial = p.trial_level.min(p.level);
+    let replace_trial = ops::encode_replace(target, trial);
+    if source.is_empty() {
+        return (OpKind::Replace, ops::encode_replace(target, p.level));
+    }
+    let zstd_trial = ops::encode_source_zstd(source, target, trial);
+    let mut trials = vec![
+        (OpKind::Replace, replace_trial.len()),
+        (OpKind::SourceZstd, zstd_trial.len()),
+    ];
+    let mut patch = None;
+    if zstd_trial.len() * 10 < replace_trial.len() * 9 {
+        let pt = crate::bsdiff::diff(source, target);
+        trials.push((
+            OpKind::SourceBsdiffSparse,
+            ops::encode_bsdiff_sparse(&pt, trial).len(),
+        ));
+        patch = Some(pt);
+    }
+    let best = trials.iter().map(|t| t.1).min().expect("non-empty") as u64;
+    trials
+        .into_iter()
+        .filter(|t| t.1 as u64 * 100 <= best * (100 + p.band_percent))
+        .map(|(kind, _)| {
+            let data = match kind {
+                OpKind::Replace => ops::encode_replace(target, p.level),
+                OpKind::SourceZstd => ops::encode_source_zstd(source, target, p.level),
+                _ => ops::encode_bsdiff_sparse(patch.as_ref().expect("tried"), p.level),
+            };
+            (kind, data)
+        })
+        .min_by_key(|(_, d)| d.len())
+        .expect("the best trial is in the band")
+}
