@@ -301,3 +301,91 @@ fn lz4hc_images_update_in_place() {
         .success();
     assert!(std::fs::read(&dev).unwrap() == std::fs::read(&b).unwrap());
 }
+
+/// The physical byte ranges of the pclusters of `path` in `img`, in file
+/// order, as `dump.erofs -e` lists them.
+fn pclusters(img: &Path, path: &str) -> Vec<(usize, usize)> {
+    let out = Command::new("dump.erofs")
+        .args(["-e", &format!("--path=/{path}")])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dump.erofs: {out:?}");
+    // "   3:    84734..  113089 |   28355 :      16384..     20480 |    4096"
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (ext, phys) = l.split_once(':')?;
+            ext.trim().parse::<u32>().ok()?;
+            let phys = phys.split(':').nth(1)?;
+            let (range, _) = phys.split_once('|')?;
+            let (start, end) = range.trim().split_once("..")?;
+            Some((start.trim().parse().ok()?, end.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn damaged_clusters_round_trip() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = image_pair(d, LZ4HC);
+    // 16 bytes in the middle of three pclusters of the second half of the
+    // large file, after mkfs: those clusters no longer decompress to what
+    // the file's metadata says, or not at all.
+    let damage = |img: &Path, to: &Path| {
+        let ranges = pclusters(img, BIG);
+        assert!(ranges.len() > 20, "{} pclusters of {BIG}", ranges.len());
+        let mut bytes = std::fs::read(img).unwrap();
+        let n = ranges.len();
+        for i in [n / 2, 2 * n / 3, n - 3] {
+            let (start, end) = ranges[i];
+            assert!(end - start >= 4096 && end <= bytes.len(), "{start}..{end}");
+            let at = (start + end) / 2;
+            for x in &mut bytes[at..at + 16] {
+                *x ^= 0xa5;
+            }
+        }
+        std::fs::write(to, bytes).unwrap();
+    };
+    let (bad_a, bad_b) = (d.join("bad-a.img"), d.join("bad-b.img"));
+    damage(&b, &bad_b);
+    damage(&a, &bad_a);
+    // A damaged target, and a damaged source.
+    round_trip(d, &a, &bad_b);
+    round_trip(d, &bad_a, &b);
+}
+
+#[test]
+fn images_that_are_not_erofs_round_trip() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = image_pair(d, LZ4HC);
+    let noise = |img: &Path, to: &Path, seed: u64| {
+        let len = std::fs::metadata(img).unwrap().len() as usize;
+        std::fs::write(to, random(len, seed)).unwrap();
+    };
+    let (na, nb) = (d.join("noise-a.img"), d.join("noise-b.img"));
+    noise(&b, &nb, 20);
+    noise(&a, &na, 21);
+    // EROFS to random bytes of the same size, and back.
+    round_trip(d, &a, &nb);
+    round_trip(d, &na, &b);
+}
+
+#[test]
+fn another_lz4hc_level_in_the_target_round_trips() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = mkfs(dir.path(), "a", &tree_a(), &["-zlz4hc,9"]);
+    let b = mkfs(dir.path(), "b", &tree_b(), &["-zlz4hc,12"]);
+    round_trip(dir.path(), &a, &b);
+}
