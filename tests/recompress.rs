@@ -9,9 +9,12 @@
 use crate::common::romdelta;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The operation kind that rebuilds compressed clusters at apply.
+const RECOMPRESS: &str = "SOURCE_RECOMPRESS";
 
 /// The large file of the trees (over 1 MiB), which the edits shift.
 const BIG: &str = "system/lib64/libbig.so";
@@ -388,4 +391,84 @@ fn another_lz4hc_level_in_the_target_round_trips() {
     let a = mkfs(dir.path(), "a", &tree_a(), &["-zlz4hc,9"]);
     let b = mkfs(dir.path(), "b", &tree_b(), &["-zlz4hc,12"]);
     round_trip(dir.path(), &a, &b);
+}
+
+/// The operation kinds of every partition of `pkg`, by `inspect --json`.
+fn kinds(pkg: &Path) -> BTreeSet<String> {
+    let out = romdelta()
+        .args(["inspect", "--json"])
+        .arg(pkg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["by_kind"].as_array().unwrap())
+        .map(|k| k["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The package from A to B built with `opts` rebuilds clusters at apply.
+fn check_uses_recompress(opts: &[&str]) {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = image_pair(dir.path(), opts);
+    let pkg = dir.path().join("p.romdelta");
+    diff(&a, &b, &pkg, &[]);
+    let used = kinds(&pkg);
+    assert!(
+        used.contains(RECOMPRESS),
+        "mkfs.erofs {opts:?}: no {RECOMPRESS} operation; used: {used:?}"
+    );
+    let out = romdelta().arg("inspect").arg(&pkg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(RECOMPRESS), "{text}");
+}
+
+#[test]
+fn lz4hc_packages_rebuild_clusters() {
+    check_uses_recompress(LZ4HC);
+}
+
+#[test]
+fn lz4hc_level_12_packages_rebuild_clusters() {
+    check_uses_recompress(LZ4HC_12);
+}
+
+#[test]
+fn lz4hc_64k_pcluster_packages_rebuild_clusters() {
+    check_uses_recompress(LZ4HC_64K);
+}
+
+#[test]
+fn lz4hc_tail_packed_packages_rebuild_clusters() {
+    check_uses_recompress(LZ4HC_TAIL);
+}
+
+#[test]
+fn rebuilding_clusters_makes_the_package_smaller() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = image_pair(dir.path(), LZ4HC);
+    let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+    diff(&a, &b, &with, &[]);
+    diff(&a, &b, &without, &["--no-recompress"]);
+    // Without the rebuild the package still applies.
+    let got = apply(&without, &a, &dir.path().join("out.img"));
+    assert!(got == std::fs::read(&b).unwrap());
+    assert!(!kinds(&without).contains(RECOMPRESS));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&with) < size(&without),
+        "{} bytes with the rebuild, {} without",
+        size(&with),
+        size(&without)
+    );
 }
