@@ -6,7 +6,7 @@
 //! images that are not EROFS, fall back to the byte diff. Whatever the
 //! differ chooses, the applied image must be the target byte for byte.
 
-use crate::common::romdelta;
+use crate::common::{listing, romdelta};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -471,4 +471,71 @@ fn rebuilding_clusters_makes_the_package_smaller() {
         size(&with),
         size(&without)
     );
+}
+
+#[test]
+fn damaged_recompress_data_is_refused() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = image_pair(d, LZ4HC);
+    let pkg = d.join("p.romdelta");
+    diff(&a, &b, &pkg, &[]);
+    // `inspect --json` reports no operation offsets: the package's own
+    // manifest says where each operation's data lies.
+    let bytes = std::fs::read(&pkg).unwrap();
+    let parsed = romdelta_format::Package::parse(&bytes).unwrap();
+    let data_start = bytes.len() - parsed.data.len();
+    let op = parsed
+        .manifest
+        .partitions
+        .iter()
+        .flat_map(|p| &p.operations)
+        .filter(|o| o.kind.name() == RECOMPRESS && o.data_length > 0)
+        .max_by_key(|o| o.data_length)
+        .unwrap_or_else(|| panic!("no {RECOMPRESS} operation with data"));
+    let (start, len) = (
+        data_start + op.data_offset as usize,
+        op.data_length as usize,
+    );
+    let runs = d.join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    for at in [0, 1, len / 3, len / 2, len - 1] {
+        let mut bad = bytes.clone();
+        bad[start + at] ^= 0x10;
+        let bad_pkg = d.join("bad.romdelta");
+        std::fs::write(&bad_pkg, &bad).unwrap();
+        let out = runs.join("out.img");
+        let run = romdelta()
+            .arg("apply")
+            .arg(&bad_pkg)
+            .arg("--source")
+            .arg(&a)
+            .arg("-o")
+            .arg(&out)
+            .arg("--insecure-no-verify")
+            .assert()
+            .code(1);
+        let err = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+        let error = err.lines().find(|l| l.starts_with("romdelta: error: "));
+        assert!(
+            error.is_some_and(|e| e.contains(&format!("({})", op.kind.name()))
+                && e.contains("package data hash mismatch")),
+            "byte {at} of {len}: {err}"
+        );
+        assert!(!out.exists(), "byte {at} of {len}: output left behind");
+        assert!(
+            listing(&runs).is_empty(),
+            "byte {at} of {len}: left behind {:?}",
+            listing(&runs)
+        );
+        romdelta()
+            .arg("verify")
+            .arg(&bad_pkg)
+            .arg("--insecure-no-verify")
+            .assert()
+            .code(1);
+    }
 }
