@@ -11,6 +11,7 @@ mod hardening;
 mod hostile;
 mod inplace;
 mod payload;
+mod recompress;
 mod recovery;
 mod resume;
 mod roundtrip;
