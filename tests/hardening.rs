@@ -110,6 +110,7 @@ fn one_zero_op(in_place: bool, device: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             stages: if in_place { vec![1] } else { vec![] },
         }],
         removed: vec![],
+        codecs: vec![],
     };
     let bytes = m.encode();
     Manifest::decode(&bytes).expect("the base manifest is valid");

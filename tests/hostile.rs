@@ -300,6 +300,7 @@ fn base_manifest() -> romdelta_format::Manifest {
             stages: vec![],
         }],
         removed: vec![],
+        codecs: vec![],
     }
 }
 
@@ -381,13 +382,13 @@ fn each_hostile_manifest_is_refused_with_a_clear_error() {
         .contains("too large"));
     // Format versions from the past and the future, and lengths past the end of the file.
     let pkg = Package::encode_prefix(&ok, &[]);
-    for v in [0u8, 1, 4, 200] {
+    for v in [0u8, 1, 5, 200] {
         let mut other = pkg.clone();
         other[8] = v;
         let err = Package::parse(&other).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
-                "unsupported package format version {v} (this romdelta reads versions 2 to 3)"
+                "unsupported package format version {v} (this romdelta reads versions 2 to 4)"
             )),
             "{err}"
         );

@@ -539,3 +539,61 @@ fn damaged_recompress_data_is_refused() {
             .code(1);
     }
 }
+
+/// A package whose manifest names another liblz4 than the one built in is
+/// refused before anything is written, with both versions in the message.
+#[test]
+fn another_liblz4_version_is_refused_before_writing() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = image_pair(d, LZ4HC);
+    let runs = d.join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    for in_place in [false, true] {
+        let pkg = d.join("p.romdelta");
+        diff(&a, &b, &pkg, if in_place { &["--in-place"] } else { &[] });
+        let bytes = std::fs::read(&pkg).unwrap();
+        let parsed = romdelta_format::Package::parse(&bytes).unwrap();
+        let mut m = parsed.manifest.clone();
+        assert_eq!(m.codecs, vec![romdelta_format::Codec::liblz4()]);
+        m.codecs[0].version = 10903;
+        let manifest = m.encode();
+        let mut other = romdelta_format::Package::encode_prefix_bytes(
+            m.format_version(),
+            &manifest,
+            m.data_len,
+            &[],
+        );
+        other.extend_from_slice(parsed.data);
+        let other_pkg = d.join("other.romdelta");
+        std::fs::write(&other_pkg, &other).unwrap();
+        let mut cmd = romdelta();
+        cmd.arg("apply").arg(&other_pkg).arg("--insecure-no-verify");
+        let copy = runs.join("copy.img");
+        if in_place {
+            std::fs::copy(&a, &copy).unwrap();
+            cmd.arg("--in-place").arg(&copy);
+        } else {
+            cmd.arg("--source")
+                .arg(&a)
+                .arg("-o")
+                .arg(runs.join("out.img"));
+        }
+        let run = cmd.assert().code(1);
+        let err = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+        assert!(
+            err.contains("liblz4 1.9.3") && err.contains("liblz4 1.9.4"),
+            "{err}"
+        );
+        if in_place {
+            assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&a).unwrap());
+            assert_eq!(listing(&runs), ["copy.img"]);
+            std::fs::remove_file(&copy).unwrap();
+        } else {
+            assert!(listing(&runs).is_empty(), "{:?}", listing(&runs));
+        }
+    }
+}

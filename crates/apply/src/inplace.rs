@@ -126,6 +126,7 @@ impl<'a> InPlacePlan<'a> {
         storage: &'a dyn Storage,
     ) -> Result<Self, ApplyError> {
         check_in_place_package(m)?;
+        crate::check_codecs(m)?;
         let single = match storage.entry(target).map_err(ApplyError::io(target))? {
             Some(EntryKind::Dir) => false,
             Some(EntryKind::File(_)) if m.partitions.len() == 1 => true,

@@ -344,6 +344,7 @@ impl<'a> Plan<'a> {
         storage: &'a dyn Storage,
     ) -> Result<Self, ApplyError> {
         check_ab_package(manifest)?;
+        check_codecs(manifest)?;
         let sources = match_sources(manifest, source)?;
         let out_is_dir = storage.entry(out).map_err(ApplyError::io(out))? == Some(EntryKind::Dir);
         let layout = match source {
@@ -365,6 +366,26 @@ impl<'a> Plan<'a> {
             checkpoint: CheckpointEvery::default(),
         })
     }
+}
+
+/// Refuses a package whose content-aware operations need a codec library
+/// version other than the one built in (they would not rebuild their bytes
+/// exactly), before anything is written.
+pub fn check_codecs(m: &Manifest) -> Result<(), ApplyError> {
+    for c in &m.codecs {
+        let have = match c.library {
+            romdelta_format::CodecLibrary::Liblz4 => romdelta_format::Codec::liblz4(),
+        };
+        if have.version != c.version {
+            return Err(ApplyError::Refused(format!(
+                "this package rebuilds compressed clusters with {name} {want}, but this romdelta has {name} {have}: they would not come out exactly; apply it with a romdelta built with {name} {want}, or install a full package",
+                name = c.name(),
+                want = c.version_name(),
+                have = have.version_name(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an incremental package made for in-place installation, with

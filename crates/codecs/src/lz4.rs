@@ -191,7 +191,7 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             v.extend_from_slice(words[(x % 5) as usize]);
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 v.push((x >> 8) as u8);
             }
         }

@@ -1000,6 +1000,7 @@ mod tests {
             data_len: next,
             partitions: vec![p],
             removed: vec![],
+            codecs: vec![],
         };
         m.check().expect("valid stages");
         romdelta_format::inplace::simulate(&m.partitions[0], &mut |r| r.rev().collect())

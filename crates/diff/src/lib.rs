@@ -289,9 +289,19 @@ pub fn write_package(
         target_build: opts.target_build.clone(),
         source_build: source.map(|_| opts.source_build.clone()),
         data_len,
+        codecs: Vec::new(),
         partitions,
         removed,
     };
+    let mut manifest = manifest;
+    if manifest
+        .partitions
+        .iter()
+        .flat_map(|p| &p.operations)
+        .any(|o| o.kind == OpKind::SourceRecompress)
+    {
+        manifest.codecs.push(romdelta_format::Codec::liblz4());
+    }
     manifest
         .check()
         .map_err(|e| DiffError::Invalid(format!("generated manifest is invalid: {e}")))?;

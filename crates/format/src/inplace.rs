@@ -401,6 +401,7 @@ mod tests {
                 stages,
             }],
             removed: vec![],
+            codecs: vec![],
         };
         lay_out_data(&mut m);
         m

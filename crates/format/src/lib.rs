@@ -33,8 +33,8 @@ pub use codec::{Reader, Writer};
 pub use error::FormatError;
 pub use extent::{blocks_in, Extent};
 pub use manifest::{
-    check_partition_name, max_data_len, BuildInfo, Manifest, OpKind, Operation, PackageKind,
-    PartitionInfo, PartitionUpdate, RemovedPartition,
+    check_partition_name, max_data_len, BuildInfo, Codec, CodecLibrary, Manifest, OpKind,
+    Operation, PackageKind, PartitionInfo, PartitionUpdate, RemovedPartition,
 };
 pub use package::{Header, Package, Prefix, Signature, HEADER_LEN, MAGIC};
 

@@ -371,6 +371,51 @@ pub struct Manifest {
     pub partitions: Vec<PartitionUpdate>,
     /// Partitions of the source build that the target no longer has.
     pub removed: Vec<RemovedPartition>,
+    /// The codec libraries the package's content-aware operations were
+    /// checked with (since format version 4; empty when none is used). An
+    /// applier with another version of one refuses the package before
+    /// writing.
+    pub codecs: Vec<Codec>,
+}
+
+/// A codec library and the version content-aware operations need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Codec {
+    /// Which library.
+    pub library: CodecLibrary,
+    /// Its version number, as the library gives it.
+    pub version: u32,
+}
+
+/// A codec library content-aware operations compress with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodecLibrary {
+    /// liblz4 (`LZ4_versionNumber`: major × 10000 + minor × 100 + release).
+    Liblz4,
+}
+
+impl Codec {
+    /// The liblz4 this build compresses with.
+    pub fn liblz4() -> Self {
+        Codec {
+            library: CodecLibrary::Liblz4,
+            version: romdelta_codecs::lz4::library_version(),
+        }
+    }
+
+    /// `major.minor.release`.
+    pub fn version_name(&self) -> String {
+        let v = self.version;
+        format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+    }
+
+    /// The library's name.
+    pub fn name(&self) -> &'static str {
+        match self.library {
+            CodecLibrary::Liblz4 => "liblz4",
+        }
+    }
 }
 
 /// Checks a partition name: 1 to 64 bytes of `[A-Za-z0-9_.-]`, not starting
@@ -394,8 +439,9 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 }
 
 impl Manifest {
-    /// The oldest format version that can express this manifest: 3 when an
-    /// operation is SOURCE_BSDIFF_SPARSE, else 2.
+    /// The oldest format version that can express this manifest: 4 when an
+    /// operation is SOURCE_RECOMPRESS (or codecs are named), 3 when one is
+    /// SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
         let uses = |k: OpKind| {
             self.partitions
@@ -403,7 +449,7 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceRecompress) {
+        if uses(OpKind::SourceRecompress) || !self.codecs.is_empty() {
             4
         } else if uses(OpKind::SourceBsdiffSparse) {
             3
@@ -491,6 +537,24 @@ impl Manifest {
                 old: PartitionInfo::decode(&mut r)?,
             });
         }
+        // Since format version 4: the codecs, when any is used.
+        let mut codecs = Vec::new();
+        if r.remaining() > 0 {
+            let n = r.count("codec count", 5, 16)?;
+            for _ in 0..n {
+                let library = match r.u8("codec library")? {
+                    1 => CodecLibrary::Liblz4,
+                    c => {
+                        return Err(FormatError::invalid(
+                            "codec library",
+                            format!("unknown code {c}"),
+                        ))
+                    }
+                };
+                let version = r.u32_le("codec version")?;
+                codecs.push(Codec { library, version });
+            }
+        }
         r.finish("manifest")?;
         let m = Manifest {
             kind,
@@ -500,6 +564,7 @@ impl Manifest {
             data_len,
             partitions,
             removed,
+            codecs,
         };
         m.check()?;
         Ok(m)
@@ -510,6 +575,25 @@ impl Manifest {
     /// full package that reads no source, and for an in-place package the
     /// stage rules of [`crate::inplace`] (an A/B package has no stages).
     pub fn check(&self) -> Result<(), FormatError> {
+        let recompress = self
+            .partitions
+            .iter()
+            .flat_map(|p| &p.operations)
+            .any(|o| o.kind == OpKind::SourceRecompress);
+        let lz4 = self
+            .codecs
+            .iter()
+            .filter(|c| c.library == CodecLibrary::Liblz4)
+            .count();
+        if lz4 > 1 {
+            return Err(FormatError::invalid("codecs", "a library is named twice"));
+        }
+        if recompress && lz4 == 0 {
+            return Err(FormatError::invalid(
+                "codecs",
+                "SOURCE_RECOMPRESS operations, but no liblz4 version",
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for name in self
             .partitions
@@ -606,6 +690,15 @@ impl Manifest {
         for r in &self.removed {
             w.string(&r.name);
             r.old.encode(&mut w);
+        }
+        if !self.codecs.is_empty() {
+            w.varint(self.codecs.len() as u64);
+            for c in &self.codecs {
+                w.u8(match c.library {
+                    CodecLibrary::Liblz4 => 1,
+                });
+                w.u32_le(c.version);
+            }
         }
         w.into_bytes()
     }

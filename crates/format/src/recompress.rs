@@ -524,7 +524,7 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             v.extend_from_slice(words[(x % 6) as usize]);
-            if x % 11 == 0 {
+            if x.is_multiple_of(11) {
                 v.push((x >> 9) as u8);
             }
         }
@@ -748,7 +748,8 @@ mod tests {
 
     #[test]
     fn hostile_headers_are_refused_with_their_reason() {
-        let cases: [(&str, Box<dyn Fn(&mut Header)>); 7] = [
+        type Change = Box<dyn Fn(&mut Header)>;
+        let cases: [(&str, Change); 7] = [
             (
                 "liblz4 1.9.3, this romdelta has liblz4 1.9.4",
                 Box::new(|h| h.library = 10903),
