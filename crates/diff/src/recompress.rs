@@ -8,8 +8,14 @@
 //! Each new cluster is compressed again here by the very code the applier
 //! runs ([`romdelta_format::recompress::rebuild_cluster`]) and compared
 //! with the image; a cluster that does not reproduce travels as it is
-//! (literal), and a file most of whose clusters do not reproduce is left
-//! to the byte-level encoders. The blocks these operations write are
+//! (literal), and a run most of whose clusters do not reproduce is left
+//! to the byte-level encoders.
+//!
+//! Each file's changed clusters form segments (runs of at most 2 MiB of
+//! blocks); consecutive segments, of one file or of several, are packed
+//! into one operation, so small files share one inner patch and one
+//! operation's overhead. An operation is kept only if it is smaller than
+//! carrying its blocks whole. The blocks these operations write are
 //! claimed: the block planner leaves them alone.
 
 use crate::blocks::BlockClass;
@@ -30,6 +36,9 @@ const MAX_TARGET_STREAM: u64 = 4 << 20;
 const MAX_TARGET_BLOCKS: u64 = 512;
 /// Most source stream bytes one operation decompresses.
 const MAX_SOURCE_STREAM: u64 = 8 << 20;
+/// Target file bytes whose segments are found and packed together (bounds
+/// the decompressed bytes held at a time).
+const BATCH_BYTES: u64 = 256 << 20;
 /// Stream bytes past a cluster's end given to its compressor: enough for
 /// every cluster of the corpus images (64 KiB reproduced all 102,637
 /// lz4hc clusters; 4 KiB all but one).
@@ -109,22 +118,44 @@ pub fn plan(
             Padding::Back
         },
     };
-    files
-        .par_iter()
-        .map(|&(i, nid)| {
-            let Some(snid) = sources.find(&tm.path(i)) else {
-                return Vec::new();
-            };
-            let ops = ctx.file(nid, snid);
-            // What the file read is mapped again on access.
-            release_file(dst, &tm, nid);
-            release_file(src, &sm, snid);
-            ops
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flatten()
-        .collect()
+    // Files in batches of bounded stream bytes: each batch's segments are
+    // found in parallel, packed in file order, then encoded in parallel.
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < files.len() {
+        let mut j = i;
+        let mut bytes = 0u64;
+        while j < files.len() && (j == i || bytes < BATCH_BYTES) {
+            bytes += tm.inodes[&files[j].1].inode.size;
+            j += 1;
+        }
+        let segments: Vec<Segment> = files[i..j]
+            .par_iter()
+            .map(|&(e, nid)| {
+                let Some(snid) = sources.find(&tm.path(e)) else {
+                    return Vec::new();
+                };
+                let segs = ctx.file(nid, snid);
+                // What the file read is mapped again on access.
+                release_file(dst, &tm, nid);
+                segs
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flatten()
+            .collect();
+        let groups = pack(segments);
+        out.extend(
+            groups
+                .par_iter()
+                .filter_map(|g| ctx.operation(g))
+                .collect::<Vec<_>>(),
+        );
+        src.release_all();
+        dst.release_all();
+        i = j;
+    }
+    out
 }
 
 /// Lets the kernel drop this process's mapping of the bytes of file `nid`
@@ -263,6 +294,23 @@ fn decode_stretch(image: &[u8], s: &Stretch, out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
+/// One file's run of changed clusters, each checked against the image,
+/// with the source stretches its operation reads.
+struct Segment {
+    mode: lz4::Mode,
+    /// The clusters; the last ends the segment.
+    clusters: Vec<TargetCluster>,
+    /// Their stream bytes, then the tail.
+    target: Vec<u8>,
+    /// The stored blocks of the literal clusters.
+    literals: Vec<u8>,
+    dst_extents: Vec<Extent>,
+    dst_blocks: u64,
+    /// Source stretches (image offsets) and their stream bytes in all.
+    sources: Vec<Stretch>,
+    source_len: u64,
+}
+
 impl Ctx<'_> {
     fn changed(&self, c: &Pcluster) -> bool {
         match c.stored {
@@ -272,8 +320,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// The operations of target file `nid` against source file `snid`.
-    fn file(&self, nid: u64, snid: u64) -> Vec<Planned> {
+    /// The segments of target file `nid` against source file `snid`.
+    fn file(&self, nid: u64, snid: u64) -> Vec<Segment> {
         let DataMap::Compressed { pclusters, .. } = &self.tm.inodes[&nid].data else {
             return Vec::new();
         };
@@ -334,9 +382,14 @@ impl Ctx<'_> {
                 blocks += b;
                 j += 1;
             }
-            if let Some(op) = self.chunk(&pcs[i..j], mode, &stream, from, size, &sstretches, ssize)
-            {
-                out.push(op);
+            let window = Window {
+                from,
+                until,
+                size,
+                ssize,
+            };
+            if let Some(seg) = self.segment(&pcs[i..j], mode, &stream, &window, &sstretches) {
+                out.push(seg);
             }
             i = j;
         }
@@ -367,7 +420,8 @@ impl Ctx<'_> {
         })
     }
 
-    /// How cluster `c` (whose stream bytes start at `stream[at..]`) can be
+    /// How cluster `c` (whose stream bytes start at `stream[at..]`, the
+    /// stream ending where its file's bytes known here end) can be
     /// produced: rebuilt or plain if that gives its stored blocks exactly.
     fn reproduces(
         &self,
@@ -388,7 +442,6 @@ impl Ctx<'_> {
             library: lz4::library_version(),
             padding: self.padding,
             lookahead: LOOKAHEAD,
-            tail_len: 0,
             inner: OpKind::Replace,
             sources: Vec::new(),
             clusters: Vec::new(),
@@ -397,38 +450,38 @@ impl Ctx<'_> {
             how,
             blocks: cluster_blocks(c),
             logical_len: c.logical_len,
+            tail_len: None,
         };
         let mut out = vec![0u8; stored.len()];
-        (recompress::rebuild_cluster(&header, compressor, stream, at, &t, &mut out)
+        (recompress::rebuild_cluster(&header, compressor, stream, at, stream.len(), &t, &mut out)
             && out == stored)
             .then_some(how)
     }
 
-    /// One operation for the target clusters `chunk`, or `None` when too
-    /// many of them do not reproduce or the source gives nothing to read.
-    #[allow(clippy::too_many_arguments)]
-    fn chunk(
+    /// The segment of the target clusters `chunk`, or `None` when too many
+    /// of them do not reproduce.
+    fn segment(
         &self,
         chunk: &[Pcluster],
         mode: lz4::Mode,
         stream: &[u8],
-        from: u64,
-        size: u64,
+        w: &Window,
         sstretches: &[Stretch],
-        ssize: u64,
-    ) -> Option<Planned> {
+    ) -> Option<Segment> {
         let a = chunk[0].logical;
         let end = chunk.last().map(|c| c.logical + c.logical_len)?;
-        let tail_end = (end + LOOKAHEAD).min(size);
-        // The clusters and their check.
+        let tail_end = (end + LOOKAHEAD).min(w.until);
         let mut compressor = lz4::Compressor::new();
         let mut clusters = Vec::with_capacity(chunk.len());
         let mut literals = Vec::new();
         let mut dst_extents: Vec<Extent> = Vec::new();
+        // Each cluster is checked as the applier will compress it: with
+        // the stream cut where this segment's tail ends.
+        let seg = &stream[..(tail_end - w.from) as usize];
         for c in chunk {
-            let at = (c.logical - from) as usize;
+            let at = (c.logical - w.from) as usize;
             let how = self
-                .reproduces(&mut compressor, mode, c, stream, at)
+                .reproduces(&mut compressor, mode, c, seg, at)
                 .unwrap_or(ClusterHow::Literal);
             let Stored::Blocks { block, blocks } = c.stored else {
                 return None;
@@ -445,6 +498,7 @@ impl Ctx<'_> {
                 how,
                 blocks,
                 logical_len: c.logical_len,
+                tail_len: None,
             });
         }
         let n_literal = clusters
@@ -454,30 +508,50 @@ impl Ctx<'_> {
         if n_literal * 100 > clusters.len() * MAX_LITERAL_PERCENT {
             return None;
         }
-        let target = &stream[(a - from) as usize..(tail_end - from) as usize];
+        clusters.last_mut()?.tail_len = Some(tail_end - end);
         // The source window: the whole source file when it is small enough,
         // else the part where this chunk's bytes sit proportionally.
-        let (lo, hi) = if ssize <= MAX_SOURCE_STREAM {
-            (0, ssize)
+        let (lo, hi) = if w.ssize <= MAX_SOURCE_STREAM {
+            (0, w.ssize)
         } else {
-            let centre = (a as u128 * ssize as u128 / size.max(1) as u128) as u64;
+            let centre = (a as u128 * w.ssize as u128 / w.size.max(1) as u128) as u64;
             let half = (MAX_SOURCE_STREAM - (end - a).min(MAX_SOURCE_STREAM / 2)) / 2;
-            let lo = centre.saturating_sub(half).min(ssize - MAX_SOURCE_STREAM);
+            let lo = centre.saturating_sub(half).min(w.ssize - MAX_SOURCE_STREAM);
             (lo, lo + MAX_SOURCE_STREAM)
         };
-        let mut src_extents: Vec<Extent> = Vec::new();
-        let mut block_at: HashMap<u64, u64> = HashMap::new();
-        let mut src_blocks = 0u64;
         let mut sources = Vec::new();
-        let mut source = Vec::new();
-        let mut logical_total = 0u64;
+        let mut source_len = 0u64;
         for s in sstretches
             .iter()
             .filter(|s| s.logical + s.logical_len > lo && s.logical < hi && s.logical_len > 0)
         {
-            if logical_total + s.logical_len > MAX_SOURCE_STREAM {
+            if source_len + s.logical_len > MAX_SOURCE_STREAM {
                 break;
             }
+            sources.push(*s);
+            source_len += s.logical_len;
+        }
+        Some(Segment {
+            mode,
+            clusters,
+            target: seg[(a - w.from) as usize..].to_vec(),
+            literals,
+            dst_blocks: romdelta_format::blocks_in(&dst_extents),
+            dst_extents,
+            sources,
+            source_len,
+        })
+    }
+
+    /// One operation for the segments `group` (one compressor), or `None`
+    /// when it would not be smaller than carrying their blocks whole.
+    fn operation(&self, group: &[Segment]) -> Option<Planned> {
+        let mut src_extents: Vec<Extent> = Vec::new();
+        let mut block_at: HashMap<u64, u64> = HashMap::new();
+        let mut src_blocks = 0u64;
+        let mut pieces = Vec::new();
+        let mut source = Vec::new();
+        for s in group.iter().flat_map(|g| &g.sources) {
             let at = source.len();
             if decode_stretch(self.src.bytes(), s, &mut source).is_none() {
                 source.truncate(at);
@@ -498,7 +572,7 @@ impl Ctx<'_> {
             }
             // A piece's blocks are consecutive in the image; they are
             // consecutive in the operation's source bytes unless some were
-            // read earlier, in which case the piece is read again.
+            // read earlier, and then the piece is left out.
             let start = block_at[&first_block];
             let contiguous =
                 (first_block..last_block).all(|b| block_at[&b] == start + (b - first_block));
@@ -506,38 +580,52 @@ impl Ctx<'_> {
                 source.truncate(at);
                 continue;
             }
-            sources.push(SourcePiece {
+            pieces.push(SourcePiece {
                 encoding: s.encoding,
                 offset: start * BLOCK_SIZE + s.offset % BLOCK_SIZE,
                 stored_len: s.stored_len,
                 logical_len: s.logical_len,
             });
-            logical_total += s.logical_len;
         }
-        if src_blocks > self.p.max_src_blocks.max(2048) {
+        if src_extents.is_empty() || src_blocks > romdelta_format::limits::MAX_OP_SRC_BLOCKS {
             return None;
         }
         let mut src_bytes = Vec::with_capacity((src_blocks * BLOCK_SIZE) as usize);
         self.src
             .read_extents(&src_extents, &mut src_bytes)
             .expect("reads of a mapped image do not fail");
-        let (inner, inner_data) = encode_stream(&source, target, self.p);
-        if src_extents.is_empty() {
-            return None;
+        let target: Vec<u8> = group
+            .iter()
+            .flat_map(|g| g.target.iter().copied())
+            .collect();
+        let literals: Vec<u8> = group
+            .iter()
+            .flat_map(|g| g.literals.iter().copied())
+            .collect();
+        let mut dst_extents: Vec<Extent> = Vec::new();
+        for e in group.iter().flat_map(|g| &g.dst_extents) {
+            match dst_extents.last_mut() {
+                Some(l) if l.end_block() == e.start_block => l.num_blocks += e.num_blocks,
+                _ => dst_extents.push(*e),
+            }
         }
+        let (inner, inner_data) = encode_stream(&source, &target, self.p);
+        drop(source);
         let header = Header {
-            mode,
+            mode: group[0].mode,
             library: lz4::library_version(),
             padding: self.padding,
             lookahead: LOOKAHEAD,
-            tail_len: tail_end - end,
             inner,
-            sources,
-            clusters,
+            sources: pieces,
+            clusters: group
+                .iter()
+                .flat_map(|g| g.clusters.iter().copied())
+                .collect(),
         };
         let data = recompress::encode(&header, &inner_data, &literals, self.p.level);
         // Worth it only if smaller than carrying the stored blocks whole.
-        let mut stored = Vec::with_capacity(literals.capacity().max(1 << 16));
+        let mut stored = Vec::new();
         self.dst
             .read_extents(&dst_extents, &mut stored)
             .expect("reads of a mapped image do not fail");
@@ -545,9 +633,9 @@ impl Ctx<'_> {
             return None;
         }
         if cfg!(debug_assertions) {
-            let mut check =
-                vec![0u8; (romdelta_format::blocks_in(&dst_extents) * BLOCK_SIZE) as usize];
+            let mut check = vec![0u8; stored.len()];
             recompress::decode(&data, &src_bytes, &mut check).expect("a planned operation decodes");
+            assert!(check == stored, "a planned operation rebuilds its blocks");
         }
         Some(Planned {
             src_sha256: sha256(&src_bytes),
@@ -556,6 +644,39 @@ impl Ctx<'_> {
             data,
         })
     }
+}
+
+/// Where a file's known stream bytes lie: `from..until` of its `size`
+/// bytes; its source file has `ssize`.
+struct Window {
+    from: u64,
+    until: u64,
+    size: u64,
+    ssize: u64,
+}
+
+/// Packs consecutive segments into groups of one compressor within the
+/// limits of one operation.
+fn pack(segments: Vec<Segment>) -> Vec<Vec<Segment>> {
+    let mut groups: Vec<Vec<Segment>> = Vec::new();
+    let (mut len, mut blocks, mut src) = (0u64, 0u64, 0u64);
+    for s in segments {
+        let fits = groups.last().is_some_and(|g| {
+            g[0].mode == s.mode
+                && len + s.target.len() as u64 <= MAX_TARGET_STREAM
+                && blocks + s.dst_blocks <= MAX_TARGET_BLOCKS
+                && src + s.source_len <= MAX_SOURCE_STREAM
+        });
+        if !fits {
+            groups.push(Vec::new());
+            (len, blocks, src) = (0, 0, 0);
+        }
+        len += s.target.len() as u64;
+        blocks += s.dst_blocks;
+        src += s.source_len;
+        groups.last_mut().expect("pushed").push(s);
+    }
+    groups
 }
 
 fn cluster_blocks(c: &Pcluster) -> u64 {

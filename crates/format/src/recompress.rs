@@ -10,15 +10,15 @@
 //!    reads) into one *source stream*;
 //! 2. decodes an inner patch (REPLACE, SOURCE_ZSTD or SOURCE_BSDIFF_SPARSE
 //!    data) against that stream into the *target stream*: the new
-//!    clusters' decompressed bytes, then `tail_len` bytes that follow them
-//!    in the file (the compressor saw them when it filled the last
-//!    cluster);
+//!    clusters' decompressed bytes, in *segments* (runs of clusters of one
+//!    file), each followed by the bytes that follow its last cluster in the
+//!    file (its tail: the compressor saw them when it filled that cluster);
 //! 3. compresses each new cluster again, with the recorded compressor
 //!    (liblz4's destSize functions at the recorded level and library
 //!    version) from its first byte in the target stream, `lookahead` bytes
-//!    past its end at most, into exactly its block count, or copies it as
-//!    stored (plain), or takes it from the literal stream where generation
-//!    found it does not reproduce.
+//!    past its end at most and never past its segment, into exactly its
+//!    block count, or copies it as stored (plain), or takes it from the
+//!    literal stream where generation found it does not reproduce.
 //!
 //! Wire form: `varint header_len · zstd(header) · varint inner_len · inner ·
 //! literals` (literals: one zstd frame of the literal clusters' blocks, or
@@ -39,6 +39,8 @@ pub const MAX_HEADER_LEN: u64 = 4 << 20;
 pub const MAX_LOOKAHEAD: u64 = 1 << 20;
 /// Header layout version.
 const HEADER_VERSION: u8 = 1;
+/// Bit of a cluster's kind byte: the cluster ends a segment.
+const SEGMENT_END: u8 = 0x80;
 /// Codec id of LZ4 (fast or HC).
 const CODEC_LZ4: u8 = 1;
 
@@ -93,6 +95,9 @@ pub struct TargetCluster {
     pub blocks: u64,
     /// Target stream bytes it holds (decompressed).
     pub logical_len: u64,
+    /// `Some(n)` when it ends a segment: `n` tail bytes follow it in the
+    /// target stream.
+    pub tail_len: Option<u64>,
 }
 
 /// The header of a SOURCE_RECOMPRESS operation.
@@ -107,8 +112,6 @@ pub struct Header {
     pub padding: Padding,
     /// Most stream bytes past a cluster's end given to its compressor.
     pub lookahead: u64,
-    /// Target stream bytes after the last cluster.
-    pub tail_len: u64,
     /// Kind of the inner patch.
     pub inner: OpKind,
     /// The source pieces, in stream order.
@@ -125,7 +128,10 @@ impl Header {
 
     /// Bytes of the target stream (the clusters' and the tail's).
     pub fn target_len(&self) -> u64 {
-        self.clusters.iter().map(|c| c.logical_len).sum::<u64>() + self.tail_len
+        self.clusters
+            .iter()
+            .map(|c| c.logical_len + c.tail_len.unwrap_or(0))
+            .sum()
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -139,7 +145,6 @@ impl Header {
             Padding::Back => 1,
         });
         w.varint(self.lookahead);
-        w.varint(self.tail_len);
         w.u8(self.inner.code());
         w.varint(self.sources.len() as u64);
         for p in &self.sources {
@@ -155,13 +160,17 @@ impl Header {
         }
         w.varint(self.clusters.len() as u64);
         for c in &self.clusters {
-            w.u8(match c.how {
+            let how = match c.how {
                 ClusterHow::Plain => 0,
                 ClusterHow::Rebuild => 1,
                 ClusterHow::Literal => 2,
-            });
+            };
+            w.u8(how | if c.tail_len.is_some() { SEGMENT_END } else { 0 });
             w.varint(c.blocks);
             w.varint(c.logical_len);
+            if let Some(t) = c.tail_len {
+                w.varint(t);
+            }
         }
         w.into_bytes()
     }
@@ -192,7 +201,6 @@ impl Header {
             p => return Err(bad("recompress padding", format!("unknown code {p}"))),
         };
         let lookahead = r.varint_max("recompress lookahead", MAX_LOOKAHEAD)?;
-        let tail_len = r.varint_max("recompress tail length", MAX_STREAM_LEN)?;
         let inner = OpKind::from_code(r.u8("recompress inner kind")?)?;
         if !matches!(
             inner,
@@ -244,9 +252,10 @@ impl Header {
         }
         let n = r.count("recompress target clusters", 3, dst_len / BLOCK_SIZE)?;
         let mut clusters = r.vec_for::<TargetCluster>(n);
-        let (mut blocks, mut target_len) = (0u64, tail_len);
+        let (mut blocks, mut target_len) = (0u64, 0u64);
         for _ in 0..n {
-            let how = match r.u8("target cluster kind")? {
+            let code = r.u8("target cluster kind")?;
+            let how = match code & !SEGMENT_END {
                 0 => ClusterHow::Plain,
                 1 => ClusterHow::Rebuild,
                 2 => ClusterHow::Literal,
@@ -254,6 +263,11 @@ impl Header {
             };
             let b = r.varint_max("target cluster blocks", dst_len / BLOCK_SIZE)?;
             let logical_len = r.varint_max("target cluster stream length", MAX_STREAM_LEN)?;
+            let tail_len = if code & SEGMENT_END != 0 {
+                Some(r.varint_max("target segment tail length", MAX_STREAM_LEN)?)
+            } else {
+                None
+            };
             if b == 0 || logical_len == 0 {
                 return Err(bad("target cluster", "an empty cluster".to_string()));
             }
@@ -264,7 +278,7 @@ impl Header {
                 ));
             }
             blocks += b;
-            target_len += logical_len;
+            target_len += logical_len + tail_len.unwrap_or(0);
             if blocks * BLOCK_SIZE > dst_len || target_len > MAX_STREAM_LEN {
                 return Err(bad(
                     "target clusters",
@@ -275,6 +289,7 @@ impl Header {
                 how,
                 blocks: b,
                 logical_len,
+                tail_len,
             });
         }
         if blocks * BLOCK_SIZE != dst_len {
@@ -292,7 +307,6 @@ impl Header {
             library,
             padding,
             lookahead,
-            tail_len,
             inner,
             sources,
             clusters,
@@ -409,14 +423,16 @@ pub fn source_stream(header: &Header, src: &[u8]) -> Result<Vec<u8>, FormatError
     Ok(out)
 }
 
-/// Writes cluster `c`, whose stream bytes start at `stream[at..]`, into
-/// `out` (its blocks); `false` if the compressor did not take exactly the
-/// cluster's bytes or the stream did not fit.
+/// Writes cluster `c`, whose stream bytes start at `stream[at..]` and whose
+/// segment ends at `stream[..segment_end]`, into `out` (its blocks);
+/// `false` if the compressor did not take exactly the cluster's bytes or
+/// the stream did not fit.
 pub fn rebuild_cluster(
     header: &Header,
     compressor: &mut lz4::Compressor,
     stream: &[u8],
     at: usize,
+    segment_end: usize,
     c: &TargetCluster,
     out: &mut [u8],
 ) -> bool {
@@ -428,7 +444,7 @@ pub fn rebuild_cluster(
             true
         }
         ClusterHow::Rebuild => {
-            let end = (at + len + header.lookahead as usize).min(stream.len());
+            let end = (at + len + header.lookahead as usize).min(segment_end);
             let (n, taken) = compressor.compress_dest_size(header.mode, &stream[at..end], out);
             if taken != len || n == 0 {
                 return false;
@@ -480,6 +496,7 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
     if !p.literals.is_empty() {
         crate::ops::decode_replace(p.literals, &mut literals)?;
     }
+    let ends = segment_ends(h);
     let mut compressor = lz4::Compressor::new();
     let (mut at, mut lit, mut dst) = (0usize, 0usize, 0usize);
     for (i, c) in h.clusters.iter().enumerate() {
@@ -488,7 +505,7 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
         if c.how == ClusterHow::Literal {
             o.copy_from_slice(&literals[lit..lit + n]);
             lit += n;
-        } else if !rebuild_cluster(h, &mut compressor, &stream, at, c, o) {
+        } else if !rebuild_cluster(h, &mut compressor, &stream, at, ends[i], c, o) {
             return Err(FormatError::invalid(
                 "recompress cluster",
                 format!(
@@ -497,10 +514,27 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
                 ),
             ));
         }
-        at += c.logical_len as usize;
+        at += (c.logical_len + c.tail_len.unwrap_or(0)) as usize;
         dst += n;
     }
     Ok(())
+}
+
+/// For each cluster of `h`, where its segment ends in the target stream:
+/// after the tail of the first cluster from it on that ends a segment, or
+/// at the end of the stream.
+pub fn segment_ends(h: &Header) -> Vec<usize> {
+    let mut ends = vec![0usize; h.clusters.len()];
+    let mut end = h.target_len() as usize;
+    let mut at = end;
+    for (i, c) in h.clusters.iter().enumerate().rev() {
+        at -= (c.logical_len + c.tail_len.unwrap_or(0)) as usize;
+        if c.tail_len.is_some() {
+            end = at + (c.logical_len + c.tail_len.unwrap_or(0)) as usize;
+        }
+        ends[i] = end;
+    }
+    ends
 }
 
 #[cfg(test)]
@@ -589,6 +623,7 @@ mod tests {
                 },
                 blocks: 1,
                 logical_len: l,
+                tail_len: None,
             })
             .collect();
         let header = Header {
@@ -596,7 +631,6 @@ mod tests {
             library: lz4::library_version(),
             padding: Padding::Front,
             lookahead: 65536,
-            tail_len: 0,
             inner: OpKind::SourceZstd,
             sources,
             clusters,
@@ -642,7 +676,6 @@ mod tests {
             library: lz4::library_version(),
             padding: Padding::Front,
             lookahead: 4096,
-            tail_len: 0,
             inner: OpKind::SourceBsdiffSparse,
             sources: (0..src_lens.len())
                 .map(|i| SourcePiece {
@@ -658,6 +691,7 @@ mod tests {
                     how: ClusterHow::Rebuild,
                     blocks: 1,
                     logical_len: l,
+                    tail_len: None,
                 })
                 .collect(),
         };
@@ -697,6 +731,59 @@ mod tests {
             seed,
             "{}: stale seed",
             path.display()
+        );
+    }
+
+    /// Two files in one operation: each file's clusters are one segment, so
+    /// the compressor of a file's last cluster never sees the next file.
+    #[test]
+    fn segments_keep_files_apart() {
+        let mode = lz4::Mode::Hc(9);
+        let files = [text(21, 20_000), text(22, 9_000)];
+        let (mut dst, mut clusters) = (Vec::new(), Vec::new());
+        for f in &files {
+            let (blocks, lens) = clusters_of(f, mode);
+            dst.extend_from_slice(&blocks);
+            let last = lens.len() - 1;
+            clusters.extend(lens.iter().enumerate().map(|(i, &l)| TargetCluster {
+                how: ClusterHow::Rebuild,
+                blocks: 1,
+                logical_len: l,
+                tail_len: (i == last).then_some(0),
+            }));
+        }
+        let stream = files.concat();
+        let src = vec![0u8; 4096];
+        let mut header = Header {
+            mode,
+            library: lz4::library_version(),
+            padding: Padding::Front,
+            lookahead: 65536,
+            inner: OpKind::Replace,
+            sources: vec![SourcePiece {
+                encoding: PieceEncoding::Plain,
+                offset: 0,
+                stored_len: 4096,
+                logical_len: 16,
+            }],
+            clusters,
+        };
+        let inner = crate::ops::encode_replace(&stream, 3);
+        let mut out = vec![0; dst.len()];
+        decode(&encode(&header, &inner, &[], 3), &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        // Without the segment end, the first file's last cluster would be
+        // compressed with the second file's bytes after it.
+        let first_last = header
+            .clusters
+            .iter()
+            .position(|c| c.tail_len.is_some())
+            .unwrap();
+        header.clusters[first_last].tail_len = None;
+        let e = decode(&encode(&header, &inner, &[], 3), &src, &mut out).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("cluster {first_last} ")),
+            "{e}"
         );
     }
 
