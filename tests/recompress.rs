@@ -451,6 +451,26 @@ fn lz4hc_tail_packed_packages_rebuild_clusters() {
 }
 
 #[test]
+fn lz4_packages_rebuild_clusters() {
+    check_uses_recompress(LZ4);
+}
+
+/// The package is the same bytes whatever the thread count.
+#[test]
+fn recompress_packages_do_not_depend_on_the_thread_count() {
+    if !have_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = image_pair(dir.path(), LZ4HC);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    diff(&a, &b, &one, &["--threads", "1"]);
+    diff(&a, &b, &two, &["--threads", "2"]);
+    assert!(kinds(&one).contains(RECOMPRESS));
+    assert!(std::fs::read(&one).unwrap() == std::fs::read(&two).unwrap());
+}
+
+#[test]
 fn rebuilding_clusters_makes_the_package_smaller() {
     if !have_tools() {
         return;
