@@ -173,11 +173,14 @@ fn release_file(p: &Partition, m: &ErofsMap, nid: u64) {
 struct SourceFiles {
     by_path: HashMap<Vec<u8>, u64>,
     /// By shape: each file's nid and the numbers in its path.
-    by_shape: HashMap<Vec<u8>, Vec<(u64, Vec<Vec<u8>>)>>,
+    by_shape: HashMap<Vec<u8>, Vec<(u64, Numbers)>>,
 }
 
+/// The runs of digits in a path, in order.
+type Numbers = Vec<Vec<u8>>;
+
 /// `path` with every run of digits replaced by one `#`, and the runs.
-fn shape(path: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+fn shape(path: &[u8]) -> (Vec<u8>, Numbers) {
     let mut out = Vec::with_capacity(path.len());
     let mut runs: Vec<Vec<u8>> = Vec::new();
     for &b in path {
@@ -198,7 +201,7 @@ fn shape(path: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
 impl SourceFiles {
     fn new(m: &ErofsMap) -> Self {
         let mut by_path = HashMap::new();
-        let mut by_shape: HashMap<Vec<u8>, Vec<(u64, Vec<Vec<u8>>)>> = HashMap::new();
+        let mut by_shape: HashMap<Vec<u8>, Vec<(u64, Numbers)>> = HashMap::new();
         for i in 0..m.entries.len() {
             if m.inode(i).inode.kind != FileKind::Regular {
                 continue;
