@@ -202,7 +202,9 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
             OpKind::SourceZstd,
             OpKind::SourceBsdiff,
             OpKind::SourceBsdiffSparse,
-        ][kind % 4];
+            OpKind::SourceRecompress,
+            OpKind::SourceFieldDelta,
+        ][kind % 6];
         return romdelta_format::ops::decode(kind, data, src, &mut out).map_err(|e| e.to_string());
     }
     let kind = [

@@ -6,6 +6,7 @@ mod bsdiff40;
 mod cli;
 mod common;
 mod faults;
+mod fielddelta;
 mod fuzz_seeds;
 mod hardening;
 mod hostile;

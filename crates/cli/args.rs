@@ -369,6 +369,9 @@ pub struct Tuning {
     /// their clusters at apply).
     #[arg(long)]
     pub no_recompress: bool,
+    /// Do not try SOURCE_FIELD_DELTA (ELF relocation tables delta-coded).
+    #[arg(long, hide = true)]
+    pub no_field_delta: bool,
     /// Source blocks kept around those the bsdiff matcher reads.
     #[arg(long, hide = true)]
     pub trim_slack_blocks: Option<u64>,
@@ -406,6 +409,9 @@ impl Tuning {
         }
         if self.no_recompress {
             o.recompress = false;
+        }
+        if self.no_field_delta {
+            o.field_delta = false;
         }
         if let Some(v) = self.trim_slack_blocks {
             o.trim_slack_blocks = v;

@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
         OpKind::SourceZstd,
         OpKind::SourceBsdiff,
         OpKind::SourceBsdiffSparse,
-    ][data[0] as usize % 4];
+        OpKind::SourceRecompress,
+        OpKind::SourceFieldDelta,
+    ][data[0] as usize % 6];
     let out_len = u16::from_le_bytes([data[1], data[2]]) as usize;
     let src_len = (u16::from_le_bytes([data[3], data[4]]) as usize).min(data.len() - 5);
     let (src, payload) = data[5..].split_at(src_len);

@@ -226,7 +226,8 @@ pub(crate) fn run_op(
         | OpKind::SourceZstd
         | OpKind::SourceBsdiff
         | OpKind::SourceBsdiffSparse
-        | OpKind::SourceRecompress => {
+        | OpKind::SourceRecompress
+        | OpKind::SourceFieldDelta => {
             check_data(data, part, i, op)?;
             let mut source = Vec::new();
             if op.kind.reads_source() {

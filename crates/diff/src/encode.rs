@@ -202,6 +202,7 @@ pub fn encode_region(
     dst: &Partition,
     classes: &[BlockClass],
     anchors: Option<&AnchorIndex>,
+    tables: Option<&crate::elf::FieldTables>,
     region: Region,
     p: &EncodeParams,
 ) -> Encoded {
@@ -269,9 +270,18 @@ pub fn encode_region(
             best = Some((kind, data));
         }
     }
-    let (kind, data) = best.expect("at least one candidate");
+    let (mut kind, mut data) = best.expect("at least one candidate");
     if kind == OpKind::Replace {
         return replace(data);
+    }
+    if let Some(t) = tables {
+        let trial = best_trial as u64;
+        if let Some(better) = field_delta(t, region, final_windows, final_source, &target, trial, p)
+        {
+            if better.len() < data.len() {
+                (kind, data) = (OpKind::SourceFieldDelta, better);
+            }
+        }
     }
     Encoded {
         kind,
@@ -280,6 +290,54 @@ pub fn encode_region(
         data,
         replace_len: replace_trial.len() as u64,
     }
+}
+
+/// SOURCE_FIELD_DELTA data for `region` against `source` (the bytes of
+/// `windows`), when relocation tables lie in both and a trial of their
+/// transformed bytes beats `best_trial`: the better of a SOURCE_ZSTD and a
+/// SOURCE_BSDIFF_SPARSE patch, by trial, at the final level.
+fn field_delta(
+    t: &crate::elf::FieldTables,
+    region: Region,
+    windows: &[Extent],
+    source: &[u8],
+    target: &[u8],
+    best_trial: u64,
+    p: &EncodeParams,
+) -> Option<Vec<u8>> {
+    use romdelta_format::fielddelta;
+    let dst = t.dst.ranges_in(&[Extent::new(region.start, region.len)]);
+    let src = t.src.ranges_in(windows);
+    if dst.is_empty() || src.is_empty() {
+        return None;
+    }
+    let (stride, field) = (crate::elf::STRIDE, 0);
+    let (mut s, mut d) = (source.to_vec(), target.to_vec());
+    fielddelta::forward(&mut s, &src, stride, field);
+    fielddelta::forward(&mut d, &dst, stride, field);
+    let trial = p.trial_level.min(p.level);
+    let zstd = ops::encode_source_zstd(&s, &d, trial).len() as u64;
+    let patch = crate::bsdiff::diff(&s, &d);
+    let bsdiff = ops::encode_bsdiff_sparse(&patch, trial).len() as u64;
+    if zstd.min(bsdiff) >= best_trial {
+        return None;
+    }
+    let (inner, data) = if bsdiff < zstd {
+        (
+            OpKind::SourceBsdiffSparse,
+            ops::encode_bsdiff_sparse(&patch, p.level),
+        )
+    } else {
+        (OpKind::SourceZstd, ops::encode_source_zstd(&s, &d, p.level))
+    };
+    let header = fielddelta::Header {
+        inner,
+        stride,
+        field,
+        src,
+        dst,
+    };
+    Some(fielddelta::encode(&header, &data))
 }
 
 /// A source window cut down to the blocks a bsdiff patch reads.

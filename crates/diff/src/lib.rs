@@ -18,6 +18,7 @@
 pub mod anchors;
 pub mod blocks;
 pub mod bsdiff;
+pub mod elf;
 pub mod encode;
 pub mod inplace;
 pub mod payload;
@@ -102,6 +103,9 @@ pub struct DiffOptions {
     /// Diff the compressed files of EROFS images in their decompressed
     /// form and rebuild their clusters at apply (SOURCE_RECOMPRESS).
     pub recompress: bool,
+    /// Try SOURCE_FIELD_DELTA (relocation tables delta-coded) on changed
+    /// regions that hold ELF relocation tables.
+    pub field_delta: bool,
 }
 
 impl Default for DiffOptions {
@@ -126,6 +130,7 @@ impl Default for DiffOptions {
             in_place: false,
             max_stash_blocks: 16384,
             recompress: true,
+            field_delta: true,
         }
     }
 }
@@ -514,6 +519,12 @@ fn diff_partition(
         }
         _ => None,
     };
+    let tables = match src {
+        Some(s) if opts.field_delta && classes.contains(&BlockClass::Changed) => {
+            elf::FieldTables::find(s, dst)
+        }
+        _ => None,
+    };
     let planned = absorb_gaps(&classes, opts.gap_blocks);
     let (mut operations, regions) = plan_blocks(&planned, src, opts);
     drop(planned);
@@ -538,7 +549,17 @@ fn diff_partition(
     for batch in regions.chunks(opts.batch_regions.max(1)) {
         let encoded: Vec<_> = batch
             .par_iter()
-            .map(|r| encode::encode_region(src, dst, &classes, anchors.as_ref(), *r, &params))
+            .map(|r| {
+                encode::encode_region(
+                    src,
+                    dst,
+                    &classes,
+                    anchors.as_ref(),
+                    tables.as_ref(),
+                    *r,
+                    &params,
+                )
+            })
             .collect();
         for (r, e) in batch.iter().zip(encoded) {
             data.write_all(&e.data)?;

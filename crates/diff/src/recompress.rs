@@ -38,7 +38,7 @@ const MAX_TARGET_BLOCKS: u64 = 512;
 const MAX_SOURCE_STREAM: u64 = 8 << 20;
 /// Target file bytes whose segments are found and packed together (bounds
 /// the decompressed bytes held at a time).
-const BATCH_BYTES: u64 = 256 << 20;
+const BATCH_BYTES: u64 = 64 << 20;
 /// Stream bytes past a cluster's end given to its compressor: enough for
 /// every cluster of the corpus images (64 KiB reproduced all 102,637
 /// lz4hc clusters; 4 KiB all but one).

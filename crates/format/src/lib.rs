@@ -19,6 +19,7 @@ pub mod buildprop;
 mod codec;
 mod error;
 mod extent;
+pub mod fielddelta;
 pub mod inplace;
 pub mod journal;
 mod manifest;

@@ -37,11 +37,15 @@ pub enum OpKind {
     /// new cluster is compressed again, bit for bit ([`crate::recompress`]).
     /// Since format version 4.
     SourceRecompress,
+    /// Data is an inner patch between the source and destination bytes
+    /// with their tables of sorted fixed-stride fields (ELF relocation
+    /// offsets) delta-coded ([`crate::fielddelta`]). Since format version 4.
+    SourceFieldDelta,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -49,6 +53,7 @@ impl OpKind {
         OpKind::SourceZstd,
         OpKind::SourceBsdiffSparse,
         OpKind::SourceRecompress,
+        OpKind::SourceFieldDelta,
     ];
 
     /// The wire code.
@@ -61,6 +66,7 @@ impl OpKind {
             OpKind::SourceZstd => 4,
             OpKind::SourceBsdiffSparse => 5,
             OpKind::SourceRecompress => 6,
+            OpKind::SourceFieldDelta => 8,
         }
     }
 
@@ -82,6 +88,7 @@ impl OpKind {
             OpKind::SourceZstd => "SOURCE_ZSTD",
             OpKind::SourceBsdiffSparse => "SOURCE_BSDIFF_SPARSE",
             OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
+            OpKind::SourceFieldDelta => "SOURCE_FIELD_DELTA",
         }
     }
 
@@ -94,6 +101,7 @@ impl OpKind {
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
                 | OpKind::SourceRecompress
+                | OpKind::SourceFieldDelta
         )
     }
 
@@ -106,6 +114,7 @@ impl OpKind {
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
                 | OpKind::SourceRecompress
+                | OpKind::SourceFieldDelta
         )
     }
 }
@@ -449,7 +458,10 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceRecompress) || !self.codecs.is_empty() {
+        if uses(OpKind::SourceRecompress)
+            || uses(OpKind::SourceFieldDelta)
+            || !self.codecs.is_empty()
+        {
             4
         } else if uses(OpKind::SourceBsdiffSparse) {
             3

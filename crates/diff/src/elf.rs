@@ -1,0 +1,185 @@
+//! Relocation tables of the ELF64 files an image holds, for
+//! SOURCE_FIELD_DELTA.
+//!
+//! Files start at block boundaries in the filesystems romdelta meets, and
+//! most are stored in consecutive blocks. So a block that starts with an
+//! ELF64 little-endian header is taken as the start of such a file, and
+//! its section headers (read at their file offsets from there) give the
+//! image bytes of its `SHT_RELA` sections. Nothing here needs to be right
+//! for a package to be correct (the field transform is a bijection of any
+//! bytes): a wrong guess only makes a patch that is not chosen. Every read
+//! is bounded by the image and by [`MAX_FILE`].
+
+use romdelta_format::{fielddelta::Range, Extent, BLOCK_SIZE};
+use romdelta_rom::Partition;
+
+/// Bytes of an ELF64 relocation entry (`Elf64_Rela`).
+pub const STRIDE: u8 = 24;
+/// Largest file offset a section may have.
+const MAX_FILE: u64 = 256 << 20;
+/// Most section headers read per file.
+const MAX_SECTIONS: u64 = 1 << 16;
+const SHT_RELA: u32 = 4;
+
+/// Relocation tables of an image: `(first byte, entries)`, in order, not
+/// overlapping.
+#[derive(Debug, Default)]
+pub struct Tables(Vec<(u64, u64)>);
+
+fn le<const N: usize>(b: &[u8], at: u64) -> Option<[u8; N]> {
+    let at = usize::try_from(at).ok()?;
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+fn u16_at(b: &[u8], at: u64) -> Option<u64> {
+    le::<2>(b, at).map(|v| u16::from_le_bytes(v) as u64)
+}
+fn u32_at(b: &[u8], at: u64) -> Option<u32> {
+    le::<4>(b, at).map(u32::from_le_bytes)
+}
+fn u64_at(b: &[u8], at: u64) -> Option<u64> {
+    le::<8>(b, at).map(u64::from_le_bytes)
+}
+
+/// The relocation tables of the ELF64 file whose header is at `base`.
+fn file_tables(b: &[u8], base: u64, out: &mut Vec<(u64, u64)>) -> Option<()> {
+    if le::<6>(b, base)? != *b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(b, base + 0x28)?;
+    let (entsize, num) = (u16_at(b, base + 0x3a)?, u16_at(b, base + 0x3c)?);
+    if entsize != 64 || num == 0 || num > MAX_SECTIONS || shoff > MAX_FILE {
+        return None;
+    }
+    for i in 0..num {
+        let sh = base + shoff + i * 64;
+        let (kind, off) = (u32_at(b, sh + 4)?, u64_at(b, sh + 0x18)?);
+        let (size, es) = (u64_at(b, sh + 0x20)?, u64_at(b, sh + 0x38)?);
+        if kind == SHT_RELA
+            && es == STRIDE as u64
+            && size >= 2 * es
+            && off <= MAX_FILE
+            && size <= MAX_FILE
+        {
+            let start = base + off;
+            if start + size <= b.len() as u64 {
+                out.push((start, size / es));
+            }
+        }
+    }
+    Some(())
+}
+
+impl Tables {
+    /// Finds the tables of every ELF64 file starting at a block of `p`.
+    pub fn find(p: &Partition) -> Tables {
+        let b = p.bytes();
+        let mut found = Vec::new();
+        let piece = crate::PASS_PIECE as u64;
+        let mut at = 0u64;
+        while at < b.len() as u64 {
+            let end = (at + piece).min(b.len() as u64);
+            let mut block = at;
+            while block < end {
+                if b[block as usize] == 0x7f {
+                    let _ = file_tables(b, block, &mut found);
+                }
+                block += BLOCK_SIZE;
+            }
+            p.release(at, end - at);
+            at = end;
+        }
+        found.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(found.len());
+        for (s, n) in found {
+            if out
+                .last()
+                .is_none_or(|&(ps, pn)| s >= ps + pn * STRIDE as u64)
+            {
+                out.push((s, n));
+            }
+        }
+        p.release_all();
+        Tables(out)
+    }
+
+    /// Whether no table was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The whole entries of tables within the image bytes of `extents`, as
+    /// ranges of the concatenation of those bytes.
+    pub fn ranges_in(&self, extents: &[Extent]) -> Vec<Range> {
+        let stride = STRIDE as u64;
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        for e in extents {
+            let (lo, hi) = (e.start_block * BLOCK_SIZE, e.end_block() * BLOCK_SIZE);
+            let first = self.0.partition_point(|&(s, n)| s + n * stride <= lo);
+            for &(s, n) in self.0[first..].iter().take_while(|&&(s, _)| s < hi) {
+                let k0 = if s >= lo {
+                    0
+                } else {
+                    (lo - s).div_ceil(stride)
+                };
+                let k1 = n.min(hi.saturating_sub(s) / stride);
+                if k1 >= k0 + 2 {
+                    out.push(Range {
+                        offset: pos + s + k0 * stride - lo,
+                        entries: k1 - k0,
+                    });
+                }
+            }
+            pos += hi - lo;
+        }
+        out
+    }
+}
+
+/// The relocation tables of a partition's source and target images.
+#[derive(Debug, Default)]
+pub struct FieldTables {
+    /// In the source image.
+    pub src: Tables,
+    /// In the target image.
+    pub dst: Tables,
+}
+
+impl FieldTables {
+    /// Finds both; `None` when either image has none.
+    pub fn find(src: &Partition, dst: &Partition) -> Option<FieldTables> {
+        let (s, d) = rayon::join(|| Tables::find(src), || Tables::find(dst));
+        (!s.is_empty() && !d.is_empty()).then_some(FieldTables { src: s, dst: d })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_cut_to_whole_entries_within_the_extents() {
+        // A table of 1000 entries from byte 4096 + 100 on.
+        let t = Tables(vec![(4096 + 100, 1000)]);
+        assert_eq!(
+            t.ranges_in(&[Extent::new(1, 2)]),
+            [Range {
+                offset: 100,
+                entries: (8192 - 100) / 24
+            }]
+        );
+        // From the third block: the first whole entry after it.
+        let r = t.ranges_in(&[Extent::new(0, 1), Extent::new(3, 2)]);
+        let k0 = (3 * 4096 - 4196u64).div_ceil(24);
+        let k1 = (5 * 4096 - 4196u64) / 24;
+        assert_eq!(
+            r,
+            [Range {
+                offset: 4096 + 4196 + k0 * 24 - 3 * 4096,
+                entries: k1 - k0
+            }]
+        );
+        assert!(t.ranges_in(&[Extent::new(20, 4)]).is_empty());
+        assert!(Tables::default().ranges_in(&[Extent::new(0, 9)]).is_empty());
+    }
+}
