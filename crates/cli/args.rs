@@ -131,6 +131,11 @@ pub enum Command {
         /// the package names a device).
         #[arg(long)]
         skip_build_check: bool,
+        /// Most memory (MiB) the package's operations may need; a package
+        /// made with a larger `diff --apply-memory` is refused before
+        /// anything is written.
+        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        max_memory: u64,
         /// Write Android sparse images (as img2simg does) instead of raw ones.
         #[arg(long)]
         sparse: bool,
@@ -469,6 +474,11 @@ pub enum RecoveryCommand {
         /// package names a device).
         #[arg(long)]
         skip_build_check: bool,
+        /// Most memory (MiB) the package's operations may need; a package
+        /// made with a larger `diff --apply-memory` is refused before
+        /// anything is written.
+        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        max_memory: u64,
         #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.

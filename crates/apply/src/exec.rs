@@ -148,6 +148,16 @@ fn op_indices(m: &romdelta_format::Manifest) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Operations that may need more memory than the default bound (an xz
+/// rebuild: hundreds of MiB) hold this exclusively, every other operation
+/// holds it shared: such an operation runs alone, never beside others.
+static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Whether an operation of `kind` runs alone ([`ALONE`]).
+pub(crate) fn runs_alone(kind: OpKind) -> bool {
+    kind == OpKind::SourceXzRebuild
+}
+
 /// Source copies up to this many bytes are read once into memory, hashed,
 /// and written from there.
 const COPY_BUFFER: u64 = 8 << 20;
@@ -168,6 +178,12 @@ pub(crate) fn run_op(
     in_place: bool,
 ) -> Result<u64, ApplyError> {
     let op = &part.operations[i];
+    // Held until the operation has written its bytes.
+    let (_shared, _alone) = if runs_alone(op.kind) {
+        (None, Some(ALONE.write().unwrap_or_else(|e| e.into_inner())))
+    } else {
+        (Some(ALONE.read().unwrap_or_else(|e| e.into_inner())), None)
+    };
     let mut w = ExtentWriter {
         file: &*out.file,
         path: &out.path,
@@ -226,7 +242,8 @@ pub(crate) fn run_op(
         | OpKind::SourceZstd
         | OpKind::SourceBsdiff
         | OpKind::SourceBsdiffSparse
-        | OpKind::SourceRecompress => {
+        | OpKind::SourceRecompress
+        | OpKind::SourceXzRebuild => {
             check_data(data, part, i, op)?;
             let mut source = Vec::new();
             if op.kind.reads_source() {

@@ -341,6 +341,28 @@ pub fn compress_into(params: &XzParams, data: &[u8], out: &mut [u8]) -> Result<b
     }
 }
 
+/// Whether compressing `data` with `params` gives exactly `expected`;
+/// compares as it compresses and stops at the first byte that differs, so
+/// a wrong guess costs little.
+pub fn reproduces(params: &XzParams, data: &[u8], expected: &[u8]) -> Result<bool, XzError> {
+    let mut s = Stream::new_stream_encoder(&params.filters()?, params.check.liblzma())
+        .map_err(|e| err(format!("encoder: {e}")))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let (i, o) = (s.total_in() as usize, s.total_out() as usize);
+        let st = s
+            .process(&data[i..], &mut buf, Action::Finish)
+            .map_err(|e| err(format!("encoder: {e}")))?;
+        let n = s.total_out() as usize - o;
+        if expected.get(o..o + n) != Some(&buf[..n]) {
+            return Ok(false);
+        }
+        if st == Status::StreamEnd {
+            return Ok(s.total_out() as usize == expected.len());
+        }
+    }
+}
+
 /// Decompresses `stream`, which must be exactly one xz stream (no padding,
 /// nothing after it) that expands to at most `max_out` bytes, with the
 /// decoder's memory bounded by [`MAX_DECODER_MEMORY`]. Its check is
@@ -380,6 +402,53 @@ pub fn decompress_exact(stream: &[u8], max_out: usize) -> Result<Vec<u8>, XzErro
                     return Err(err("xz stream is truncated"));
                 }
             }
+            Err(liblzma::stream::Error::MemLimit) => {
+                return Err(err(format!(
+                    "xz stream needs more than {} MiB to decode",
+                    MAX_DECODER_MEMORY >> 20
+                )))
+            }
+            Err(e) => return Err(err(format!("xz stream: {e}"))),
+        }
+    }
+}
+
+/// Decompresses `stream`, which must be exactly one xz stream, into `out`,
+/// which it must fill exactly; the check is verified and the decoder's
+/// memory bounded by [`MAX_DECODER_MEMORY`].
+pub fn decompress_into(stream: &[u8], out: &mut [u8]) -> Result<(), XzError> {
+    let mut s = Stream::new_stream_decoder(MAX_DECODER_MEMORY, 0)
+        .map_err(|e| err(format!("decoder: {e}")))?;
+    let mut probe = [0u8; 1];
+    loop {
+        let (i, o) = (s.total_in() as usize, s.total_out() as usize);
+        let before = (s.total_in(), s.total_out());
+        let r = if o < out.len() {
+            s.process(&stream[i..], &mut out[o..], Action::Finish)
+        } else {
+            s.process(&stream[i..], &mut probe, Action::Finish)
+        };
+        if s.total_out() as usize > out.len() {
+            return Err(err(format!(
+                "xz stream expands to more than {} bytes",
+                out.len()
+            )));
+        }
+        match r {
+            Ok(Status::StreamEnd) if s.total_out() as usize == out.len() => {
+                return finish(&s, stream, Vec::new()).map(drop)
+            }
+            Ok(Status::StreamEnd) => {
+                return Err(err(format!(
+                    "xz stream expands to {} bytes, not {}",
+                    s.total_out(),
+                    out.len()
+                )))
+            }
+            Ok(_) if (s.total_in(), s.total_out()) == before => {
+                return Err(err("xz stream is truncated"))
+            }
+            Ok(_) => {}
             Err(liblzma::stream::Error::MemLimit) => {
                 return Err(err(format!(
                     "xz stream needs more than {} MiB to decode",
@@ -653,8 +722,11 @@ mod tests {
             assert_eq!(info.props, Some((3, 0, 2)));
             let found = candidates(&info)
                 .into_iter()
-                .find(|c| compress(c, &data).unwrap() == s)
+                .find(|c| reproduces(c, &data, &s).unwrap())
                 .unwrap();
+            assert_eq!(compress(&found, &data).unwrap(), s);
+            assert!(!reproduces(&found, &data, &s[..s.len() - 1]).unwrap());
+            assert!(!reproduces(&found, &data[1..], &s).unwrap());
             // Presets 6 to 9 differ only in their dictionary, which the
             // stream names: 9e with a given dictionary is 6e.
             assert_eq!(found.extreme, extreme);
@@ -679,8 +751,19 @@ mod tests {
             assert!(decompress_exact(&s[..cut], 1 << 20).is_err(), "cut {cut}");
             assert_eq!(stream_len(&s[..cut], 1 << 20), None, "cut {cut}");
         }
+        for cut in (0..s.len()).step_by(3) {
+            let mut out = vec![0; data.len()];
+            assert!(decompress_into(&s[..cut], &mut out).is_err(), "cut {cut}");
+        }
+        let mut out = vec![0; data.len()];
+        decompress_into(&s, &mut out).unwrap();
+        assert_eq!(out, data);
+        for n in [data.len() - 1, data.len() + 1] {
+            assert!(decompress_into(&s, &mut vec![0; n]).is_err(), "{n}");
+        }
         let mut more = s.clone();
         more.push(0);
+        assert!(decompress_into(&more, &mut out).is_err());
         assert!(decompress_exact(&more, 1 << 20).is_err());
         // One byte short of the output limit, and exactly at it.
         assert!(decompress_exact(&s, data.len() - 1).is_err());

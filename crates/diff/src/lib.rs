@@ -290,6 +290,7 @@ pub fn write_package(
         source_build: source.map(|_| opts.source_build.clone()),
         data_len,
         codecs: Vec::new(),
+        apply_memory_mib: 0,
         partitions,
         removed,
     };

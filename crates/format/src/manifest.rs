@@ -37,11 +37,16 @@ pub enum OpKind {
     /// new cluster is compressed again, bit for bit ([`crate::recompress`]).
     /// Since format version 4.
     SourceRecompress,
+    /// Data rebuilds one xz stream (a kernel's payload): the source's
+    /// stream is decompressed, an inner patch turns it into the new
+    /// stream's decompressed bytes, which are compressed again bit for bit
+    /// ([`crate::xz_rebuild`]). Since format version 4.
+    SourceXzRebuild,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -49,6 +54,7 @@ impl OpKind {
         OpKind::SourceZstd,
         OpKind::SourceBsdiffSparse,
         OpKind::SourceRecompress,
+        OpKind::SourceXzRebuild,
     ];
 
     /// The wire code.
@@ -61,6 +67,7 @@ impl OpKind {
             OpKind::SourceZstd => 4,
             OpKind::SourceBsdiffSparse => 5,
             OpKind::SourceRecompress => 6,
+            OpKind::SourceXzRebuild => 7,
         }
     }
 
@@ -82,6 +89,7 @@ impl OpKind {
             OpKind::SourceZstd => "SOURCE_ZSTD",
             OpKind::SourceBsdiffSparse => "SOURCE_BSDIFF_SPARSE",
             OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
+            OpKind::SourceXzRebuild => "SOURCE_XZ_REBUILD",
         }
     }
 
@@ -94,6 +102,7 @@ impl OpKind {
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
                 | OpKind::SourceRecompress
+                | OpKind::SourceXzRebuild
         )
     }
 
@@ -106,6 +115,7 @@ impl OpKind {
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
                 | OpKind::SourceRecompress
+                | OpKind::SourceXzRebuild
         )
     }
 }
@@ -376,6 +386,11 @@ pub struct Manifest {
     /// applier with another version of one refuses the package before
     /// writing.
     pub codecs: Vec<Codec>,
+    /// The most memory, in MiB, one of the package's operations needs at
+    /// apply, when that is more than the default bound an applier keeps
+    /// (64 MiB); 0 when no operation needs more (since format version 4).
+    /// An applier allowed less refuses the package before writing.
+    pub apply_memory_mib: u64,
 }
 
 /// A codec library and the version content-aware operations need.
@@ -393,6 +408,9 @@ pub struct Codec {
 pub enum CodecLibrary {
     /// liblz4 (`LZ4_versionNumber`: major × 10000 + minor × 100 + release).
     Liblz4,
+    /// liblzma (`lzma_version_number`: major × 10000000 + minor × 10000 +
+    /// patch × 10 + stability).
+    Liblzma,
 }
 
 impl Codec {
@@ -404,16 +422,43 @@ impl Codec {
         }
     }
 
+    /// The liblzma this build compresses with.
+    pub fn liblzma() -> Self {
+        Codec {
+            library: CodecLibrary::Liblzma,
+            version: romdelta_codecs::xz::library_version(),
+        }
+    }
+
+    /// The version this build has of the same library.
+    pub fn built_in(&self) -> Self {
+        match self.library {
+            CodecLibrary::Liblz4 => Codec::liblz4(),
+            CodecLibrary::Liblzma => Codec::liblzma(),
+        }
+    }
+
     /// `major.minor.release`.
     pub fn version_name(&self) -> String {
         let v = self.version;
-        format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+        match self.library {
+            CodecLibrary::Liblz4 => format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100),
+            CodecLibrary::Liblzma => romdelta_codecs::xz::version_name(v),
+        }
     }
 
     /// The library's name.
     pub fn name(&self) -> &'static str {
         match self.library {
             CodecLibrary::Liblz4 => "liblz4",
+            CodecLibrary::Liblzma => "liblzma",
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self.library {
+            CodecLibrary::Liblz4 => 1,
+            CodecLibrary::Liblzma => 2,
         }
     }
 }
@@ -440,7 +485,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 
 impl Manifest {
     /// The oldest format version that can express this manifest: 4 when an
-    /// operation is SOURCE_RECOMPRESS (or codecs are named), 3 when one is
+    /// operation is SOURCE_RECOMPRESS or SOURCE_XZ_REBUILD (or codecs or an
+    /// apply memory are named), 3 when one is
     /// SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
         let uses = |k: OpKind| {
@@ -449,7 +495,11 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceRecompress) || !self.codecs.is_empty() {
+        if uses(OpKind::SourceRecompress)
+            || uses(OpKind::SourceXzRebuild)
+            || !self.codecs.is_empty()
+            || self.apply_memory_mib != 0
+        {
             4
         } else if uses(OpKind::SourceBsdiffSparse) {
             3
@@ -537,13 +587,16 @@ impl Manifest {
                 old: PartitionInfo::decode(&mut r)?,
             });
         }
-        // Since format version 4: the codecs, when any is used.
+        // Since format version 4: the codecs, when any is used, then the
+        // apply memory, when it is named.
         let mut codecs = Vec::new();
+        let mut apply_memory_mib = 0;
         if r.remaining() > 0 {
             let n = r.count("codec count", 5, 16)?;
             for _ in 0..n {
                 let library = match r.u8("codec library")? {
                     1 => CodecLibrary::Liblz4,
+                    2 => CodecLibrary::Liblzma,
                     c => {
                         return Err(FormatError::invalid(
                             "codec library",
@@ -553,6 +606,20 @@ impl Manifest {
                 };
                 let version = r.u32_le("codec version")?;
                 codecs.push(Codec { library, version });
+            }
+            if r.remaining() > 0 {
+                apply_memory_mib = r.varint_max("apply memory", MAX_APPLY_MEMORY_MIB)?;
+                if apply_memory_mib == 0 {
+                    return Err(FormatError::invalid(
+                        "apply memory",
+                        "0 is written by leaving the field out",
+                    ));
+                }
+            } else if n == 0 {
+                return Err(FormatError::invalid(
+                    "codecs",
+                    "no codec and no apply memory: leave the section out",
+                ));
             }
         }
         r.finish("manifest")?;
@@ -565,6 +632,7 @@ impl Manifest {
             partitions,
             removed,
             codecs,
+            apply_memory_mib,
         };
         m.check()?;
         Ok(m)
@@ -575,24 +643,40 @@ impl Manifest {
     /// full package that reads no source, and for an in-place package the
     /// stage rules of [`crate::inplace`] (an A/B package has no stages).
     pub fn check(&self) -> Result<(), FormatError> {
-        let recompress = self
-            .partitions
-            .iter()
-            .flat_map(|p| &p.operations)
-            .any(|o| o.kind == OpKind::SourceRecompress);
-        let lz4 = self
-            .codecs
-            .iter()
-            .filter(|c| c.library == CodecLibrary::Liblz4)
-            .count();
-        if lz4 > 1 {
-            return Err(FormatError::invalid("codecs", "a library is named twice"));
+        let uses = |k: OpKind| {
+            self.partitions
+                .iter()
+                .flat_map(|p| &p.operations)
+                .any(|o| o.kind == k)
+        };
+        let named = |l: CodecLibrary| self.codecs.iter().filter(|c| c.library == l).count();
+        for (kind, library) in [
+            (OpKind::SourceRecompress, CodecLibrary::Liblz4),
+            (OpKind::SourceXzRebuild, CodecLibrary::Liblzma),
+        ] {
+            if named(library) > 1 {
+                return Err(FormatError::invalid("codecs", "a library is named twice"));
+            }
+            if uses(kind) && named(library) == 0 {
+                return Err(FormatError::invalid(
+                    "codecs",
+                    format!(
+                        "{kind} operations, but no {} version",
+                        Codec {
+                            library,
+                            version: 0
+                        }
+                        .name()
+                    ),
+                ));
+            }
         }
-        if recompress && lz4 == 0 {
-            return Err(FormatError::invalid(
-                "codecs",
-                "SOURCE_RECOMPRESS operations, but no liblz4 version",
-            ));
+        if self.apply_memory_mib > MAX_APPLY_MEMORY_MIB {
+            return Err(FormatError::TooLarge {
+                what: "apply memory",
+                value: self.apply_memory_mib,
+                limit: MAX_APPLY_MEMORY_MIB,
+            });
         }
         let mut names = std::collections::BTreeSet::new();
         for name in self
@@ -691,13 +775,14 @@ impl Manifest {
             w.string(&r.name);
             r.old.encode(&mut w);
         }
-        if !self.codecs.is_empty() {
+        if !self.codecs.is_empty() || self.apply_memory_mib != 0 {
             w.varint(self.codecs.len() as u64);
             for c in &self.codecs {
-                w.u8(match c.library {
-                    CodecLibrary::Liblz4 => 1,
-                });
+                w.u8(c.code());
                 w.u32_le(c.version);
+            }
+            if self.apply_memory_mib != 0 {
+                w.varint(self.apply_memory_mib);
             }
         }
         w.into_bytes()
