@@ -18,3 +18,4 @@ mod roundtrip;
 mod rules;
 mod sparse;
 mod symlinks;
+mod xz_kernel;

@@ -374,6 +374,13 @@ pub struct Tuning {
     /// their clusters at apply).
     #[arg(long)]
     pub no_recompress: bool,
+    /// Most memory (MiB) one operation may need at apply (default 64, what
+    /// `apply` allows by default). More lets the xz payloads of Linux
+    /// kernels be rebuilt (SOURCE_XZ_REBUILD: about 470 MiB for a 32 MiB
+    /// dictionary); the package records what it needs and `apply` then
+    /// needs `--max-memory` at least that.
+    #[arg(long, value_name = "MIB")]
+    pub apply_memory: Option<u64>,
     /// Source blocks kept around those the bsdiff matcher reads.
     #[arg(long, hide = true)]
     pub trim_slack_blocks: Option<u64>,
@@ -411,6 +418,9 @@ impl Tuning {
         }
         if self.no_recompress {
             o.recompress = false;
+        }
+        if let Some(v) = self.apply_memory {
+            o.apply_memory_mib = v;
         }
         if let Some(v) = self.trim_slack_blocks {
             o.trim_slack_blocks = v;
