@@ -865,3 +865,92 @@ impl PartitionUpdate {
 fn ser_digest<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(d))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delta manifest with one SOURCE_XZ_REBUILD operation.
+    fn xz_manifest() -> Manifest {
+        let info = PartitionInfo {
+            size: 8 * BLOCK_SIZE,
+            sha256: [3; 32],
+        };
+        Manifest {
+            kind: PackageKind::Delta,
+            in_place: false,
+            target_build: BuildInfo::default(),
+            source_build: Some(BuildInfo::default()),
+            data_len: 100,
+            partitions: vec![PartitionUpdate {
+                name: "boot".into(),
+                old: Some(info),
+                new: info,
+                operations: vec![Operation {
+                    kind: OpKind::SourceXzRebuild,
+                    src_extents: vec![Extent::new(0, 4)],
+                    dst_extents: vec![Extent::new(2, 4)],
+                    data_offset: 0,
+                    data_length: 100,
+                    data_sha256: [1; 32],
+                    src_sha256: [2; 32],
+                }],
+                stages: vec![],
+            }],
+            removed: vec![],
+            codecs: vec![Codec::liblzma()],
+            apply_memory_mib: 470,
+        }
+    }
+
+    #[test]
+    fn apply_memory_and_liblzma_round_trip() {
+        let m = xz_manifest();
+        assert_eq!(m.format_version(), 4);
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        // An apply memory without codecs, and none at all.
+        let mut m2 = m.clone();
+        m2.partitions[0].operations[0].kind = OpKind::SourceZstd;
+        m2.codecs.clear();
+        assert_eq!(Manifest::decode(&m2.encode()).unwrap(), m2);
+        m2.apply_memory_mib = 0;
+        assert_eq!(m2.format_version(), 2);
+        assert_eq!(Manifest::decode(&m2.encode()).unwrap(), m2);
+        assert_eq!(Codec::liblzma().version_name(), "5.8.4");
+    }
+
+    #[test]
+    fn hostile_tails_are_refused() {
+        let m = xz_manifest();
+        let mut no_codec = m.clone();
+        no_codec.codecs.clear();
+        let e = no_codec.check().unwrap_err().to_string();
+        assert!(e.contains("no liblzma version"), "{e}");
+        let mut huge = m.clone();
+        huge.apply_memory_mib = MAX_APPLY_MEMORY_MIB + 1;
+        assert!(Manifest::decode(&huge.encode()).is_err());
+        // An explicit 0, and an empty codec list with nothing after it.
+        let mut b = m.encode();
+        *b.last_mut().unwrap() = 0;
+        let b = [&b[..b.len() - 2], &[0u8][..]].concat();
+        let e = Manifest::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("apply memory") || e.contains("leave"), "{e}");
+        let mut plain = m.clone();
+        plain.partitions[0].operations[0].kind = OpKind::SourceZstd;
+        plain.codecs.clear();
+        plain.apply_memory_mib = 0;
+        let mut b = plain.encode();
+        b.push(0);
+        let e = Manifest::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("leave the section out"), "{e}");
+        // Every truncation of the tail fails, except the one that drops the
+        // whole (optional) apply memory: the header's checksum and the
+        // signatures over the manifest's bytes are what catch that.
+        let b = m.encode();
+        for cut in b.len() - 8..b.len() {
+            if let Ok(t) = Manifest::decode(&b[..cut]) {
+                assert!(cut == b.len() - 2 && t.apply_memory_mib == 0, "cut {cut}");
+            }
+        }
+    }
+}
