@@ -119,17 +119,23 @@ fn uses(v: &serde_json::Value, kind: &str) -> bool {
         .any(|k| k["kind"] == kind)
 }
 
-#[test]
-fn a_changed_kernel_is_rebuilt_from_its_decompressed_code() {
-    let dir = tempfile::tempdir().unwrap();
+/// Source and target images with a kernel whose code changed in a few bytes.
+fn kernel_pair(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
     let old = code(5, 400_000);
     let mut new = old.clone();
     new[150_000..150_008].copy_from_slice(b"6.1.0-57");
     new[300_000] ^= 0x40;
     let (a, b) = (image(&bzimage(&old), 0), image(&bzimage(&new), 1));
-    let (pa, pb) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let (pa, pb) = (dir.join("a.img"), dir.join("b.img"));
     std::fs::write(&pa, &a).unwrap();
     std::fs::write(&pb, &b).unwrap();
+    (pa, pb, b)
+}
+
+#[test]
+fn a_changed_kernel_is_rebuilt_from_its_decompressed_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb, b) = kernel_pair(dir.path());
 
     // With the memory: one rebuild, much smaller than without.
     let pkg = dir.path().join("xz.romdelta");
@@ -228,4 +234,79 @@ fn a_changed_kernel_is_rebuilt_from_its_decompressed_code() {
         std::fs::metadata(&plain).unwrap().len(),
     );
     assert!(small * 3 < large, "{small} vs {large} bytes");
+}
+
+/// The package rewritten (unsigned) with a changed manifest.
+fn rewritten(pkg: &Path, out: &Path, f: impl FnOnce(&mut romdelta_format::Manifest)) {
+    let bytes = std::fs::read(pkg).unwrap();
+    let parsed = romdelta_format::Package::parse(&bytes).unwrap();
+    let mut m = parsed.manifest.clone();
+    f(&mut m);
+    let manifest = m.encode();
+    let mut other = romdelta_format::Package::encode_prefix_bytes(
+        m.format_version(),
+        &manifest,
+        m.data_len,
+        &[],
+    );
+    other.extend_from_slice(parsed.data);
+    std::fs::write(out, &other).unwrap();
+}
+
+#[test]
+fn another_liblzma_or_too_little_declared_memory_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (pa, pb, _) = kernel_pair(d);
+    let pkg = d.join("xz.romdelta");
+    romdelta()
+        .arg("diff")
+        .args([&pa, &pb])
+        .arg("-o")
+        .arg(&pkg)
+        .args(["--apply-memory", "512", "-q"])
+        .assert()
+        .success();
+    let runs = d.join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let apply = |p: &Path| {
+        let r = romdelta()
+            .args([
+                "apply",
+                "--insecure-no-verify",
+                "--max-memory",
+                "512",
+                "--source",
+            ])
+            .arg(&pa)
+            .arg("-o")
+            .arg(runs.join("out.img"))
+            .arg(p)
+            .output()
+            .unwrap();
+        assert_eq!(r.status.code(), Some(1));
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    // Another liblzma: refused before anything is staged.
+    let other = d.join("other.romdelta");
+    rewritten(&pkg, &other, |m| {
+        let c = m
+            .codecs
+            .iter_mut()
+            .find(|c| c.library == romdelta_format::CodecLibrary::Liblzma)
+            .unwrap();
+        c.version = 50020052;
+    });
+    let e = apply(&other);
+    assert!(
+        e.contains("liblzma 5.2.5") && e.contains("liblzma 5.8.4"),
+        "{e}"
+    );
+    assert!(crate::common::listing(&runs).is_empty());
+    // A package that declares less memory than its operation needs: the
+    // operation is refused before it allocates, and no output appears.
+    rewritten(&pkg, &other, |m| m.apply_memory_mib = 0);
+    let e = apply(&other);
+    assert!(e.contains("its package declares"), "{e}");
+    assert!(!runs.join("out.img").exists());
 }

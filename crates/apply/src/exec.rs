@@ -176,6 +176,7 @@ pub(crate) fn run_op(
     src: Option<&dyn SourceBytes>,
     out: &Output,
     in_place: bool,
+    package_memory_mib: u64,
 ) -> Result<u64, ApplyError> {
     let op = &part.operations[i];
     // Held until the operation has written its bytes.
@@ -245,6 +246,9 @@ pub(crate) fn run_op(
         | OpKind::SourceRecompress
         | OpKind::SourceXzRebuild => {
             check_data(data, part, i, op)?;
+            if op.kind == OpKind::SourceXzRebuild {
+                check_op_memory(data, part, i, op, package_memory_mib)?;
+            }
             let mut source = Vec::new();
             if op.kind.reads_source() {
                 let src = src.expect("plan: source reads have a source");
@@ -264,6 +268,38 @@ pub(crate) fn run_op(
         }
     }
     Ok(w.written)
+}
+
+/// Refuses an xz rebuild that needs more memory than its package declares
+/// (`package_memory_mib`, the manifest's apply memory; the default bound
+/// when it names none), before the operation allocates or writes anything:
+/// the applier was only checked against the declared value.
+fn check_op_memory(
+    data: &[u8],
+    part: &PartitionUpdate,
+    i: usize,
+    op: &Operation,
+    package_memory_mib: u64,
+) -> Result<(), ApplyError> {
+    let (src_len, dst_len) = (op.src_blocks() * BLOCK_SIZE, op.dst_blocks() * BLOCK_SIZE);
+    let decode_error = |source| ApplyError::Decode {
+        partition: part.name.clone(),
+        op: i,
+        kind: op.kind,
+        source,
+    };
+    let (header, _) =
+        romdelta_format::xz_rebuild::parse(data, src_len, dst_len).map_err(decode_error)?;
+    let need =
+        romdelta_format::xz_rebuild::apply_memory(&header, src_len, dst_len).div_ceil(1 << 20);
+    let allowed = package_memory_mib.max(crate::DEFAULT_APPLY_MEMORY_MIB);
+    if need > allowed {
+        return Err(ApplyError::Refused(format!(
+            "partition {}, operation {i}: {} needs {need} MiB of memory, more than the {allowed} MiB its package declares",
+            part.name, op.kind
+        )));
+    }
+    Ok(())
 }
 
 impl Plan<'_> {
@@ -321,7 +357,17 @@ impl Plan<'_> {
                 let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
                 let ran = data
                     .of(p, oi)
-                    .and_then(|op_data| run_op(&op_data, p, oi, src, &outputs[pi], false))
+                    .and_then(|op_data| {
+                        run_op(
+                            &op_data,
+                            p,
+                            oi,
+                            src,
+                            &outputs[pi],
+                            false,
+                            m.apply_memory_mib,
+                        )
+                    })
                     .and_then(|n| op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n));
                 if let Err(e) = ran {
                     fail(e);
@@ -386,9 +432,16 @@ impl Plan<'_> {
                     }
                     let p = &m.partitions[pi];
                     let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
-                    let ran = run_op(&op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
-                        op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n)
-                    });
+                    let ran = run_op(
+                        &op_data,
+                        p,
+                        oi,
+                        src,
+                        &outputs[pi],
+                        false,
+                        m.apply_memory_mib,
+                    )
+                    .and_then(|n| op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n));
                     if let Err(e) = ran {
                         fail(e);
                     }
