@@ -111,6 +111,7 @@ fn one_zero_op(in_place: bool, device: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         }],
         removed: vec![],
         codecs: vec![],
+        apply_memory_mib: 0,
     };
     let bytes = m.encode();
     Manifest::decode(&bytes).expect("the base manifest is valid");

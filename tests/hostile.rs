@@ -301,6 +301,7 @@ fn base_manifest() -> romdelta_format::Manifest {
         }],
         removed: vec![],
         codecs: vec![],
+        apply_memory_mib: 0,
     }
 }
 

@@ -19,3 +19,4 @@ mod roundtrip;
 mod rules;
 mod sparse;
 mod symlinks;
+mod xz_kernel;

@@ -131,6 +131,11 @@ pub enum Command {
         /// the package names a device).
         #[arg(long)]
         skip_build_check: bool,
+        /// Most memory (MiB) the package's operations may need; a package
+        /// made with a larger `diff --apply-memory` is refused before
+        /// anything is written.
+        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        max_memory: u64,
         /// Write Android sparse images (as img2simg does) instead of raw ones.
         #[arg(long)]
         sparse: bool,
@@ -372,6 +377,13 @@ pub struct Tuning {
     /// Do not try SOURCE_FIELD_DELTA (ELF relocation tables delta-coded).
     #[arg(long, hide = true)]
     pub no_field_delta: bool,
+    /// Most memory (MiB) one operation may need at apply (default 64, what
+    /// `apply` allows by default). More lets the xz payloads of Linux
+    /// kernels be rebuilt (SOURCE_XZ_REBUILD: about 470 MiB for a 32 MiB
+    /// dictionary); the package records what it needs and `apply` then
+    /// needs `--max-memory` at least that.
+    #[arg(long, value_name = "MIB")]
+    pub apply_memory: Option<u64>,
     /// Source blocks kept around those the bsdiff matcher reads.
     #[arg(long, hide = true)]
     pub trim_slack_blocks: Option<u64>,
@@ -412,6 +424,9 @@ impl Tuning {
         }
         if self.no_field_delta {
             o.field_delta = false;
+        }
+        if let Some(v) = self.apply_memory {
+            o.apply_memory_mib = v;
         }
         if let Some(v) = self.trim_slack_blocks {
             o.trim_slack_blocks = v;
@@ -475,6 +490,11 @@ pub enum RecoveryCommand {
         /// package names a device).
         #[arg(long)]
         skip_build_check: bool,
+        /// Most memory (MiB) the package's operations may need; a package
+        /// made with a larger `diff --apply-memory` is refused before
+        /// anything is written.
+        #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        max_memory: u64,
         #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.

@@ -55,6 +55,11 @@ struct View<'a> {
     source_build: Option<&'a BuildInfo>,
     partitions: Vec<PartitionView>,
     removed: Vec<Removed>,
+    /// Memory (MiB) applying the package needs: what the manifest records,
+    /// or the default bound when it records none.
+    apply_memory_mib: u64,
+    /// Codec libraries its content-aware operations need, `name version`.
+    codecs: Vec<String>,
 }
 
 fn image(i: &romdelta_format::PartitionInfo) -> Image {
@@ -119,6 +124,14 @@ fn view<'a>(prefix: &'a Prefix, m: &'a Manifest, package_bytes: u64) -> View<'a>
                 old: image(&r.old),
             })
             .collect(),
+        apply_memory_mib: m
+            .apply_memory_mib
+            .max(romdelta_apply::DEFAULT_APPLY_MEMORY_MIB),
+        codecs: m
+            .codecs
+            .iter()
+            .map(|c| format!("{} {}", c.name(), c.version_name()))
+            .collect(),
     }
 }
 
@@ -180,6 +193,22 @@ pub fn print(prefix: &Prefix, m: &Manifest, package_bytes: u64, json: bool) {
         say!("source build: {}", build_line(s));
     }
     say!("target build: {}", build_line(v.target_build));
+    if v.apply_memory_mib > romdelta_apply::DEFAULT_APPLY_MEMORY_MIB {
+        say!(
+            "apply memory: {} MiB (more than the default {} MiB: apply with --max-memory {})",
+            v.apply_memory_mib,
+            romdelta_apply::DEFAULT_APPLY_MEMORY_MIB,
+            v.apply_memory_mib
+        );
+    } else {
+        say!(
+            "apply memory: within the default {} MiB",
+            v.apply_memory_mib
+        );
+    }
+    if !v.codecs.is_empty() {
+        say!("codecs: {}", v.codecs.join(", "));
+    }
     for p in &v.partitions {
         say!();
         match &p.old {

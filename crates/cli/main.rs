@@ -328,6 +328,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             allow_downgrade,
             allow_line_switch,
             skip_build_check,
+            max_memory,
             sparse,
             threads,
             json,
@@ -341,6 +342,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 downgrade: allow_downgrade,
                 line_switch: allow_line_switch,
                 skip_build_check,
+                max_memory_mib: max_memory,
             };
             // The signature over the manifest's bytes first, then the
             // manifest decoded from those very bytes, then the update
@@ -348,6 +350,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let admit = |prefix: &romdelta_format::Prefix| {
                 policy.admit(&prefix.manifest_bytes, &prefix.signatures)?;
                 let manifest = prefix.manifest().map_err(ApplyError::from)?;
+                romdelta_apply::check_memory(&manifest, max_memory)?;
                 let checked =
                     romdelta_apply::rules::check_rules(&manifest, installed.as_ref(), allow)?;
                 if !checked {

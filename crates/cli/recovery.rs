@@ -95,6 +95,7 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             allow_downgrade,
             allow_line_switch,
             skip_build_check,
+            max_memory,
             threads,
             json,
         } => {
@@ -104,6 +105,7 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
                 downgrade: allow_downgrade,
                 line_switch: allow_line_switch,
                 skip_build_check,
+                max_memory_mib: max_memory,
             };
             let admit = |m: &[u8], sigs: &[romdelta_format::Signature]| {
                 romdelta_apply::check_trust(m, sigs, policy.keys(), policy.insecure())

@@ -148,6 +148,16 @@ fn op_indices(m: &romdelta_format::Manifest) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Operations that may need more memory than the default bound (an xz
+/// rebuild: hundreds of MiB) hold this exclusively, every other operation
+/// holds it shared: such an operation runs alone, never beside others.
+static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Whether an operation of `kind` runs alone ([`ALONE`]).
+pub(crate) fn runs_alone(kind: OpKind) -> bool {
+    kind == OpKind::SourceXzRebuild
+}
+
 /// Source copies up to this many bytes are read once into memory, hashed,
 /// and written from there.
 const COPY_BUFFER: u64 = 8 << 20;
@@ -166,8 +176,15 @@ pub(crate) fn run_op(
     src: Option<&dyn SourceBytes>,
     out: &Output,
     in_place: bool,
+    package_memory_mib: u64,
 ) -> Result<u64, ApplyError> {
     let op = &part.operations[i];
+    // Held until the operation has written its bytes.
+    let (_shared, _alone) = if runs_alone(op.kind) {
+        (None, Some(ALONE.write().unwrap_or_else(|e| e.into_inner())))
+    } else {
+        (Some(ALONE.read().unwrap_or_else(|e| e.into_inner())), None)
+    };
     let mut w = ExtentWriter {
         file: &*out.file,
         path: &out.path,
@@ -227,8 +244,12 @@ pub(crate) fn run_op(
         | OpKind::SourceBsdiff
         | OpKind::SourceBsdiffSparse
         | OpKind::SourceRecompress
+        | OpKind::SourceXzRebuild
         | OpKind::SourceFieldDelta => {
             check_data(data, part, i, op)?;
+            if op.kind == OpKind::SourceXzRebuild {
+                check_op_memory(data, part, i, op, package_memory_mib)?;
+            }
             let mut source = Vec::new();
             if op.kind.reads_source() {
                 let src = src.expect("plan: source reads have a source");
@@ -248,6 +269,38 @@ pub(crate) fn run_op(
         }
     }
     Ok(w.written)
+}
+
+/// Refuses an xz rebuild that needs more memory than its package declares
+/// (`package_memory_mib`, the manifest's apply memory; the default bound
+/// when it names none), before the operation allocates or writes anything:
+/// the applier was only checked against the declared value.
+fn check_op_memory(
+    data: &[u8],
+    part: &PartitionUpdate,
+    i: usize,
+    op: &Operation,
+    package_memory_mib: u64,
+) -> Result<(), ApplyError> {
+    let (src_len, dst_len) = (op.src_blocks() * BLOCK_SIZE, op.dst_blocks() * BLOCK_SIZE);
+    let decode_error = |source| ApplyError::Decode {
+        partition: part.name.clone(),
+        op: i,
+        kind: op.kind,
+        source,
+    };
+    let (header, _) =
+        romdelta_format::xz_rebuild::parse(data, src_len, dst_len).map_err(decode_error)?;
+    let need =
+        romdelta_format::xz_rebuild::apply_memory(&header, src_len, dst_len).div_ceil(1 << 20);
+    let allowed = package_memory_mib.max(crate::DEFAULT_APPLY_MEMORY_MIB);
+    if need > allowed {
+        return Err(ApplyError::Refused(format!(
+            "partition {}, operation {i}: {} needs {need} MiB of memory, more than the {allowed} MiB its package declares",
+            part.name, op.kind
+        )));
+    }
+    Ok(())
 }
 
 impl Plan<'_> {
@@ -305,7 +358,17 @@ impl Plan<'_> {
                 let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
                 let ran = data
                     .of(p, oi)
-                    .and_then(|op_data| run_op(&op_data, p, oi, src, &outputs[pi], false))
+                    .and_then(|op_data| {
+                        run_op(
+                            &op_data,
+                            p,
+                            oi,
+                            src,
+                            &outputs[pi],
+                            false,
+                            m.apply_memory_mib,
+                        )
+                    })
                     .and_then(|n| op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n));
                 if let Err(e) = ran {
                     fail(e);
@@ -370,9 +433,16 @@ impl Plan<'_> {
                     }
                     let p = &m.partitions[pi];
                     let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
-                    let ran = run_op(&op_data, p, oi, src, &outputs[pi], false).and_then(|n| {
-                        op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n)
-                    });
+                    let ran = run_op(
+                        &op_data,
+                        p,
+                        oi,
+                        src,
+                        &outputs[pi],
+                        false,
+                        m.apply_memory_mib,
+                    )
+                    .and_then(|n| op_finished(&hashes, &cp, &written, progress, (k, pi, oi), n));
                     if let Err(e) = ran {
                         fail(e);
                     }

@@ -299,7 +299,15 @@ impl<'a> InPlacePlan<'a> {
                     // run_op checks the data's hash, once, before decoding.
                     let op_data = self.data.of(p, oi)?;
                     let reads = op.kind.reads_source().then_some(&src as &dyn SourceBytes);
-                    let n = run_op(&op_data, p, oi, reads, out, true)?;
+                    let n = run_op(
+                        &op_data,
+                        p,
+                        oi,
+                        reads,
+                        out,
+                        true,
+                        self.manifest.apply_memory_mib,
+                    )?;
                     progress(written.fetch_add(n, Ordering::Relaxed) + n);
                     cp.done(k, n)
                 })?;

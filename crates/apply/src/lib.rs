@@ -368,17 +368,39 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// The memory (MiB) an applier keeps to by default, whatever the image
+/// size; a package whose operations need more is applied only when the
+/// applier is allowed more ([`check_memory`]).
+pub const DEFAULT_APPLY_MEMORY_MIB: u64 = 64;
+
+/// Refuses, before anything is written, a package whose operations need
+/// more memory at apply (its manifest's `apply_memory_mib`) than
+/// `max_mib` (0: [`DEFAULT_APPLY_MEMORY_MIB`]), naming both numbers and
+/// the flag that allows more.
+pub fn check_memory(m: &Manifest, max_mib: u64) -> Result<(), ApplyError> {
+    let max = if max_mib == 0 {
+        DEFAULT_APPLY_MEMORY_MIB
+    } else {
+        max_mib
+    };
+    if m.apply_memory_mib > max {
+        return Err(ApplyError::Refused(format!(
+            "this package needs {} MiB of memory to apply (an operation rebuilds an xz stream), more than the {max} MiB this apply may use: give --max-memory {} (or more) on a device that has it, or use a package made with a smaller `romdelta diff --apply-memory`",
+            m.apply_memory_mib, m.apply_memory_mib
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a package whose content-aware operations need a codec library
 /// version other than the one built in (they would not rebuild their bytes
 /// exactly), before anything is written.
 pub fn check_codecs(m: &Manifest) -> Result<(), ApplyError> {
     for c in &m.codecs {
-        let have = match c.library {
-            romdelta_format::CodecLibrary::Liblz4 => romdelta_format::Codec::liblz4(),
-        };
+        let have = c.built_in();
         if have.version != c.version {
             return Err(ApplyError::Refused(format!(
-                "this package rebuilds compressed clusters with {name} {want}, but this romdelta has {name} {have}: they would not come out exactly; apply it with a romdelta built with {name} {want}, or install a full package",
+                "this package rebuilds compressed data with {name} {want}, but this romdelta has {name} {have}: they would not come out exactly; apply it with a romdelta built with {name} {want}, or install a full package",
                 name = c.name(),
                 want = c.version_name(),
                 have = have.version_name(),

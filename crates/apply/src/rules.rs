@@ -28,6 +28,9 @@ pub struct Allow {
     pub line_switch: bool,
     /// Install without comparing the package with the installed build.
     pub skip_build_check: bool,
+    /// Most memory (MiB) the package's operations may need at apply; 0
+    /// means [`crate::DEFAULT_APPLY_MEMORY_MIB`] (see [`crate::check_memory`]).
+    pub max_memory_mib: u64,
 }
 
 /// A build, as messages name it.

@@ -1001,6 +1001,7 @@ mod tests {
             partitions: vec![p],
             removed: vec![],
             codecs: vec![],
+            apply_memory_mib: 0,
         };
         m.check().expect("valid stages");
         romdelta_format::inplace::simulate(&m.partitions[0], &mut |r| r.rev().collect())

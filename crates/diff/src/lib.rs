@@ -23,6 +23,7 @@ pub mod encode;
 pub mod inplace;
 pub mod payload;
 pub mod recompress;
+pub mod xz_rebuild;
 
 use blocks::{BlockClass, SourceIndex};
 use encode::{EncodeParams, Region};
@@ -106,6 +107,11 @@ pub struct DiffOptions {
     /// Try SOURCE_FIELD_DELTA (relocation tables delta-coded) on changed
     /// regions that hold ELF relocation tables.
     pub field_delta: bool,
+    /// Most memory (MiB) one operation may need at apply. Above the
+    /// applier's default bound (64 MiB) the generator may make operations
+    /// that need more (SOURCE_XZ_REBUILD of kernels: about 470 MiB for a
+    /// 32 MiB dictionary), and the package records what it needs.
+    pub apply_memory_mib: u64,
 }
 
 impl Default for DiffOptions {
@@ -131,6 +137,7 @@ impl Default for DiffOptions {
             max_stash_blocks: 16384,
             recompress: true,
             field_delta: true,
+            apply_memory_mib: 64,
         }
     }
 }
@@ -171,6 +178,14 @@ pub struct PartitionSummary {
     /// In-place packages only: stages and what the ordering did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_place: Option<inplace::InPlaceStats>,
+    /// The most memory (MiB) one of its SOURCE_XZ_REBUILD operations needs
+    /// at apply (0: none made).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub apply_memory_mib: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
@@ -295,6 +310,7 @@ pub fn write_package(
         source_build: source.map(|_| opts.source_build.clone()),
         data_len,
         codecs: Vec::new(),
+        apply_memory_mib: 0,
         partitions,
         removed,
     };
@@ -306,6 +322,23 @@ pub fn write_package(
         .any(|o| o.kind == OpKind::SourceRecompress)
     {
         manifest.codecs.push(romdelta_format::Codec::liblz4());
+    }
+    if manifest
+        .partitions
+        .iter()
+        .flat_map(|p| &p.operations)
+        .any(|o| o.kind == OpKind::SourceXzRebuild)
+    {
+        manifest.codecs.push(romdelta_format::Codec::liblzma());
+    }
+    // The most any operation needs, recorded when above the default bound.
+    let need = summaries
+        .iter()
+        .map(|s: &PartitionSummary| s.apply_memory_mib)
+        .max()
+        .unwrap_or(0);
+    if need > 64 {
+        manifest.apply_memory_mib = need;
     }
     manifest
         .check()
@@ -507,6 +540,23 @@ fn diff_partition(
     for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
         classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
     }
+    // Kernels whose xz payload is rebuilt, when the applier may be asked
+    // for the memory that takes.
+    let rebuilt = match src {
+        // Not in place: the stage planner has no estimate of these.
+        Some(s) if !opts.in_place && classes.contains(&BlockClass::Changed) => {
+            xz_rebuild::plan(s, dst, &classes, &params, opts.apply_memory_mib)
+        }
+        _ => Vec::new(),
+    };
+    for e in rebuilt.iter().flat_map(|r| &r.dst_extents) {
+        classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
+    }
+    let apply_memory_mib = rebuilt
+        .iter()
+        .map(|r| r.apply_memory_mib)
+        .max()
+        .unwrap_or(0);
     dst.release_all();
     if let Some(s) = src {
         s.release_all();
@@ -537,6 +587,19 @@ fn diff_partition(
         data.write_all(&r.data)?;
         operations.push(Operation {
             kind: OpKind::SourceRecompress,
+            src_extents: r.src_extents,
+            dst_extents: r.dst_extents,
+            data_offset: *data_len,
+            data_length: r.data.len() as u64,
+            data_sha256: romdelta_format::sha256(&r.data),
+            src_sha256: r.src_sha256,
+        });
+        *data_len += r.data.len() as u64;
+    }
+    for r in rebuilt {
+        data.write_all(&r.data)?;
+        operations.push(Operation {
+            kind: OpKind::SourceXzRebuild,
             src_extents: r.src_extents,
             dst_extents: r.dst_extents,
             data_offset: *data_len,
@@ -611,6 +674,7 @@ fn diff_partition(
         size: dst.size(),
         by_kind,
         in_place,
+        apply_memory_mib,
     };
     Ok((
         PartitionUpdate {

@@ -72,12 +72,14 @@ fn decode_ranges(r: &mut Reader<'_>, stride: u64, len: u64) -> Result<Vec<Range>
                 out.push(Range { offset, entries });
                 end = stop;
             }
-            _ => return Err(FormatError::invalid(
-                "field delta range",
-                format!(
+            _ => {
+                return Err(FormatError::invalid(
+                    "field delta range",
+                    format!(
                     "{entries} entries after a gap of {gap} do not fit in {len} bytes (at least 2)"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(out)

@@ -402,8 +402,18 @@ mod tests {
             }],
             removed: vec![],
             codecs: vec![],
+            apply_memory_mib: 0,
         };
         lay_out_data(&mut m);
+        // Content-aware kinds name their codec library.
+        for (kind, codec) in [
+            (OpKind::SourceRecompress, crate::Codec::liblz4()),
+            (OpKind::SourceXzRebuild, crate::Codec::liblzma()),
+        ] {
+            if m.partitions[0].operations.iter().any(|o| o.kind == kind) {
+                m.codecs.push(codec);
+            }
+        }
         m
     }
 

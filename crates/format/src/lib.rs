@@ -1,4 +1,4 @@
-//! The romdelta package format, version 3 (and version 2, which it extends).
+//! The romdelta package format, version 4 (and versions 2 and 3, which it extends).
 //!
 //! This crate is the only place in romdelta that parses untrusted bytes. It
 //! does no I/O of its own: it turns bytes into typed, structurally valid
@@ -29,6 +29,7 @@ pub mod payload;
 pub mod recompress;
 pub mod signing;
 pub mod sparse;
+pub mod xz_rebuild;
 
 pub use codec::{Reader, Writer};
 pub use error::FormatError;
@@ -73,6 +74,9 @@ pub mod limits {
     pub const MAX_COPY_BLOCKS: u64 = 1 << 18;
     /// Largest partition accepted (16 TiB).
     pub const MAX_PARTITION_SIZE: u64 = 1 << 44;
+    /// Apply memory (MiB) a package may ask for before a reader refuses it
+    /// as nonsense (64 GiB).
+    pub const MAX_APPLY_MEMORY_MIB: u64 = 1 << 16;
     /// Most blocks the stash of one in-place stage may hold (256 MiB).
     pub const MAX_STAGE_STASH_BLOCKS: u64 = 1 << 16;
 }

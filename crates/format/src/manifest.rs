@@ -37,6 +37,11 @@ pub enum OpKind {
     /// new cluster is compressed again, bit for bit ([`crate::recompress`]).
     /// Since format version 4.
     SourceRecompress,
+    /// Data rebuilds one xz stream (a kernel's payload): the source's
+    /// stream is decompressed, an inner patch turns it into the new
+    /// stream's decompressed bytes, which are compressed again bit for bit
+    /// ([`crate::xz_rebuild`]). Since format version 4.
+    SourceXzRebuild,
     /// Data is an inner patch between the source and destination bytes
     /// with their tables of sorted fixed-stride fields (ELF relocation
     /// offsets) delta-coded ([`crate::fielddelta`]). Since format version 4.
@@ -45,7 +50,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 8] = [
+    pub const ALL: [OpKind; 9] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -53,6 +58,7 @@ impl OpKind {
         OpKind::SourceZstd,
         OpKind::SourceBsdiffSparse,
         OpKind::SourceRecompress,
+        OpKind::SourceXzRebuild,
         OpKind::SourceFieldDelta,
     ];
 
@@ -66,6 +72,7 @@ impl OpKind {
             OpKind::SourceZstd => 4,
             OpKind::SourceBsdiffSparse => 5,
             OpKind::SourceRecompress => 6,
+            OpKind::SourceXzRebuild => 7,
             OpKind::SourceFieldDelta => 8,
         }
     }
@@ -88,6 +95,7 @@ impl OpKind {
             OpKind::SourceZstd => "SOURCE_ZSTD",
             OpKind::SourceBsdiffSparse => "SOURCE_BSDIFF_SPARSE",
             OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
+            OpKind::SourceXzRebuild => "SOURCE_XZ_REBUILD",
             OpKind::SourceFieldDelta => "SOURCE_FIELD_DELTA",
         }
     }
@@ -101,6 +109,7 @@ impl OpKind {
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
                 | OpKind::SourceRecompress
+                | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
         )
     }
@@ -114,6 +123,7 @@ impl OpKind {
                 | OpKind::SourceZstd
                 | OpKind::SourceBsdiffSparse
                 | OpKind::SourceRecompress
+                | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
         )
     }
@@ -385,6 +395,11 @@ pub struct Manifest {
     /// applier with another version of one refuses the package before
     /// writing.
     pub codecs: Vec<Codec>,
+    /// The most memory, in MiB, one of the package's operations needs at
+    /// apply, when that is more than the default bound an applier keeps
+    /// (64 MiB); 0 when no operation needs more (since format version 4).
+    /// An applier allowed less refuses the package before writing.
+    pub apply_memory_mib: u64,
 }
 
 /// A codec library and the version content-aware operations need.
@@ -402,6 +417,9 @@ pub struct Codec {
 pub enum CodecLibrary {
     /// liblz4 (`LZ4_versionNumber`: major × 10000 + minor × 100 + release).
     Liblz4,
+    /// liblzma (`lzma_version_number`: major × 10000000 + minor × 10000 +
+    /// patch × 10 + stability).
+    Liblzma,
 }
 
 impl Codec {
@@ -413,16 +431,43 @@ impl Codec {
         }
     }
 
+    /// The liblzma this build compresses with.
+    pub fn liblzma() -> Self {
+        Codec {
+            library: CodecLibrary::Liblzma,
+            version: romdelta_codecs::xz::library_version(),
+        }
+    }
+
+    /// The version this build has of the same library.
+    pub fn built_in(&self) -> Self {
+        match self.library {
+            CodecLibrary::Liblz4 => Codec::liblz4(),
+            CodecLibrary::Liblzma => Codec::liblzma(),
+        }
+    }
+
     /// `major.minor.release`.
     pub fn version_name(&self) -> String {
         let v = self.version;
-        format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+        match self.library {
+            CodecLibrary::Liblz4 => format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100),
+            CodecLibrary::Liblzma => romdelta_codecs::xz::version_name(v),
+        }
     }
 
     /// The library's name.
     pub fn name(&self) -> &'static str {
         match self.library {
             CodecLibrary::Liblz4 => "liblz4",
+            CodecLibrary::Liblzma => "liblzma",
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self.library {
+            CodecLibrary::Liblz4 => 1,
+            CodecLibrary::Liblzma => 2,
         }
     }
 }
@@ -449,7 +494,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 
 impl Manifest {
     /// The oldest format version that can express this manifest: 4 when an
-    /// operation is SOURCE_RECOMPRESS (or codecs are named), 3 when one is
+    /// operation is SOURCE_RECOMPRESS or SOURCE_XZ_REBUILD (or codecs or an
+    /// apply memory are named), 3 when one is
     /// SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
         let uses = |k: OpKind| {
@@ -460,7 +506,9 @@ impl Manifest {
         };
         if uses(OpKind::SourceRecompress)
             || uses(OpKind::SourceFieldDelta)
+            || uses(OpKind::SourceXzRebuild)
             || !self.codecs.is_empty()
+            || self.apply_memory_mib != 0
         {
             4
         } else if uses(OpKind::SourceBsdiffSparse) {
@@ -549,13 +597,16 @@ impl Manifest {
                 old: PartitionInfo::decode(&mut r)?,
             });
         }
-        // Since format version 4: the codecs, when any is used.
+        // Since format version 4: the codecs, when any is used, then the
+        // apply memory, when it is named.
         let mut codecs = Vec::new();
+        let mut apply_memory_mib = 0;
         if r.remaining() > 0 {
             let n = r.count("codec count", 5, 16)?;
             for _ in 0..n {
                 let library = match r.u8("codec library")? {
                     1 => CodecLibrary::Liblz4,
+                    2 => CodecLibrary::Liblzma,
                     c => {
                         return Err(FormatError::invalid(
                             "codec library",
@@ -565,6 +616,20 @@ impl Manifest {
                 };
                 let version = r.u32_le("codec version")?;
                 codecs.push(Codec { library, version });
+            }
+            if r.remaining() > 0 {
+                apply_memory_mib = r.varint_max("apply memory", MAX_APPLY_MEMORY_MIB)?;
+                if apply_memory_mib == 0 {
+                    return Err(FormatError::invalid(
+                        "apply memory",
+                        "0 is written by leaving the field out",
+                    ));
+                }
+            } else if n == 0 {
+                return Err(FormatError::invalid(
+                    "codecs",
+                    "no codec and no apply memory: leave the section out",
+                ));
             }
         }
         r.finish("manifest")?;
@@ -577,6 +642,7 @@ impl Manifest {
             partitions,
             removed,
             codecs,
+            apply_memory_mib,
         };
         m.check()?;
         Ok(m)
@@ -587,24 +653,40 @@ impl Manifest {
     /// full package that reads no source, and for an in-place package the
     /// stage rules of [`crate::inplace`] (an A/B package has no stages).
     pub fn check(&self) -> Result<(), FormatError> {
-        let recompress = self
-            .partitions
-            .iter()
-            .flat_map(|p| &p.operations)
-            .any(|o| o.kind == OpKind::SourceRecompress);
-        let lz4 = self
-            .codecs
-            .iter()
-            .filter(|c| c.library == CodecLibrary::Liblz4)
-            .count();
-        if lz4 > 1 {
-            return Err(FormatError::invalid("codecs", "a library is named twice"));
+        let uses = |k: OpKind| {
+            self.partitions
+                .iter()
+                .flat_map(|p| &p.operations)
+                .any(|o| o.kind == k)
+        };
+        let named = |l: CodecLibrary| self.codecs.iter().filter(|c| c.library == l).count();
+        for (kind, library) in [
+            (OpKind::SourceRecompress, CodecLibrary::Liblz4),
+            (OpKind::SourceXzRebuild, CodecLibrary::Liblzma),
+        ] {
+            if named(library) > 1 {
+                return Err(FormatError::invalid("codecs", "a library is named twice"));
+            }
+            if uses(kind) && named(library) == 0 {
+                return Err(FormatError::invalid(
+                    "codecs",
+                    format!(
+                        "{kind} operations, but no {} version",
+                        Codec {
+                            library,
+                            version: 0
+                        }
+                        .name()
+                    ),
+                ));
+            }
         }
-        if recompress && lz4 == 0 {
-            return Err(FormatError::invalid(
-                "codecs",
-                "SOURCE_RECOMPRESS operations, but no liblz4 version",
-            ));
+        if self.apply_memory_mib > MAX_APPLY_MEMORY_MIB {
+            return Err(FormatError::TooLarge {
+                what: "apply memory",
+                value: self.apply_memory_mib,
+                limit: MAX_APPLY_MEMORY_MIB,
+            });
         }
         let mut names = std::collections::BTreeSet::new();
         for name in self
@@ -703,13 +785,14 @@ impl Manifest {
             w.string(&r.name);
             r.old.encode(&mut w);
         }
-        if !self.codecs.is_empty() {
+        if !self.codecs.is_empty() || self.apply_memory_mib != 0 {
             w.varint(self.codecs.len() as u64);
             for c in &self.codecs {
-                w.u8(match c.library {
-                    CodecLibrary::Liblz4 => 1,
-                });
+                w.u8(c.code());
                 w.u32_le(c.version);
+            }
+            if self.apply_memory_mib != 0 {
+                w.varint(self.apply_memory_mib);
             }
         }
         w.into_bytes()
@@ -791,4 +874,93 @@ impl PartitionUpdate {
 
 fn ser_digest<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delta manifest with one SOURCE_XZ_REBUILD operation.
+    fn xz_manifest() -> Manifest {
+        let info = PartitionInfo {
+            size: 8 * BLOCK_SIZE,
+            sha256: [3; 32],
+        };
+        Manifest {
+            kind: PackageKind::Delta,
+            in_place: false,
+            target_build: BuildInfo::default(),
+            source_build: Some(BuildInfo::default()),
+            data_len: 100,
+            partitions: vec![PartitionUpdate {
+                name: "boot".into(),
+                old: Some(info),
+                new: info,
+                operations: vec![Operation {
+                    kind: OpKind::SourceXzRebuild,
+                    src_extents: vec![Extent::new(0, 4)],
+                    dst_extents: vec![Extent::new(2, 4)],
+                    data_offset: 0,
+                    data_length: 100,
+                    data_sha256: [1; 32],
+                    src_sha256: [2; 32],
+                }],
+                stages: vec![],
+            }],
+            removed: vec![],
+            codecs: vec![Codec::liblzma()],
+            apply_memory_mib: 470,
+        }
+    }
+
+    #[test]
+    fn apply_memory_and_liblzma_round_trip() {
+        let m = xz_manifest();
+        assert_eq!(m.format_version(), 4);
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        // An apply memory without codecs, and none at all.
+        let mut m2 = m.clone();
+        m2.partitions[0].operations[0].kind = OpKind::SourceZstd;
+        m2.codecs.clear();
+        assert_eq!(Manifest::decode(&m2.encode()).unwrap(), m2);
+        m2.apply_memory_mib = 0;
+        assert_eq!(m2.format_version(), 2);
+        assert_eq!(Manifest::decode(&m2.encode()).unwrap(), m2);
+        assert_eq!(Codec::liblzma().version_name(), "5.8.4");
+    }
+
+    #[test]
+    fn hostile_tails_are_refused() {
+        let m = xz_manifest();
+        let mut no_codec = m.clone();
+        no_codec.codecs.clear();
+        let e = no_codec.check().unwrap_err().to_string();
+        assert!(e.contains("no liblzma version"), "{e}");
+        let mut huge = m.clone();
+        huge.apply_memory_mib = MAX_APPLY_MEMORY_MIB + 1;
+        assert!(Manifest::decode(&huge.encode()).is_err());
+        // An explicit 0, and an empty codec list with nothing after it.
+        let mut b = m.encode();
+        *b.last_mut().unwrap() = 0;
+        let b = [&b[..b.len() - 2], &[0u8][..]].concat();
+        let e = Manifest::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("apply memory") || e.contains("leave"), "{e}");
+        let mut plain = m.clone();
+        plain.partitions[0].operations[0].kind = OpKind::SourceZstd;
+        plain.codecs.clear();
+        plain.apply_memory_mib = 0;
+        let mut b = plain.encode();
+        b.push(0);
+        let e = Manifest::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("leave the section out"), "{e}");
+        // Every truncation of the tail fails, except the one that drops the
+        // whole (optional) apply memory: the header's checksum and the
+        // signatures over the manifest's bytes are what catch that.
+        let b = m.encode();
+        for cut in b.len() - 8..b.len() {
+            if let Ok(t) = Manifest::decode(&b[..cut]) {
+                assert!(cut == b.len() - 2 && t.apply_memory_mib == 0, "cut {cut}");
+            }
+        }
+    }
 }

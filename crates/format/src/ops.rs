@@ -33,6 +33,7 @@ pub fn decode(
         K::SourceBsdiff => decode_bsdiff(data, src, out),
         K::SourceBsdiffSparse => decode_bsdiff_sparse(data, src, out),
         K::SourceRecompress => crate::recompress::decode(data, src, out),
+        K::SourceXzRebuild => crate::xz_rebuild::decode(data, src, out),
         K::SourceFieldDelta => crate::fielddelta::decode(data, src, out),
         K::Zero | K::SourceCopy => Err(FormatError::invalid(
             "operation data",

@@ -405,6 +405,7 @@ impl Device {
         admit(&prefix.manifest_bytes, &prefix.signatures)?;
         // Decoded from the very bytes whose signature was checked.
         let manifest = file.manifest()?;
+        romdelta_apply::check_memory(&manifest, allow.max_memory_mib)?;
         let manifest_sha = romdelta_format::hex_digest(&prefix.manifest_sha256());
         let active = self.state.active;
         let installed = self.build(active)?;

@@ -1,0 +1,257 @@
+//! SOURCE_XZ_REBUILD operations for Linux kernel images (bzImage) whose
+//! payload is an xz stream.
+//!
+//! A kernel update changes a few bytes of code, and the xz stream that
+//! holds the code then differs almost everywhere. When the package may
+//! ask the applier for the memory liblzma's encoder needs
+//! (`--apply-memory`), the generator:
+//! 1. finds bzImages by their header at block-aligned offsets of the target
+//!    image (`MZ` at 0, `HdrS` at 0x202, boot protocol ≥ 2.08, an xz stream
+//!    at the payload), each whose payload decodes from the image bytes
+//!    contiguously (a fragmented file is simply not found), and pairs each
+//!    one with the source bzImage of the nearest payload size;
+//! 2. finds the parameters that compress the target's decompressed payload
+//!    into exactly its stream ([`xz::candidates`], first that reproduces);
+//! 3. diffs the expanded forms (bytes before the stream, decompressed
+//!    stream, bytes after) with SOURCE_ZSTD and, when they are small enough
+//!    for its suffix array, bsdiff; keeps the smaller;
+//! 4. keeps the operation only when its data is smaller than what the
+//!    byte-level encoders would write for the same blocks.
+
+use crate::blocks::BlockClass;
+use crate::encode::EncodeParams;
+use romdelta_codecs::xz;
+use romdelta_format::{xz_rebuild, Digest, Extent, OpKind, BLOCK_SIZE};
+use romdelta_rom::Partition;
+
+/// Largest expanded source bsdiff is tried on (its suffix array takes 4
+/// bytes per byte).
+const MAX_BSDIFF_EXPANDED: usize = 96 << 20;
+
+/// A planned SOURCE_XZ_REBUILD operation.
+pub struct Planned {
+    /// Source blocks it reads.
+    pub src_extents: Vec<Extent>,
+    /// SHA-256 of those blocks.
+    pub src_sha256: Digest,
+    /// Destination blocks it writes.
+    pub dst_extents: Vec<Extent>,
+    /// Its data.
+    pub data: Vec<u8>,
+    /// Memory it needs at apply, in MiB.
+    pub apply_memory_mib: u64,
+}
+
+/// A bzImage found in an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kernel {
+    /// Its first block.
+    block: u64,
+    /// Bytes of its blocks (from its first byte to its last block's end).
+    len: u64,
+    /// Offset of the xz stream from its first byte.
+    stream_at: u64,
+    /// Exact stream length.
+    stream_len: u64,
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The bzImage whose header starts at `off` of `img`, if its payload is a
+/// whole xz stream there.
+fn kernel_at(img: &[u8], off: usize) -> Option<Kernel> {
+    let h = img.get(off..off + 0x250)?;
+    if &h[..2] != b"MZ" || &h[0x202..0x206] != b"HdrS" {
+        return None;
+    }
+    let version = u16::from_le_bytes([h[0x206], h[0x207]]);
+    if version < 0x0208 {
+        return None;
+    }
+    let setup = match h[0x1f1] {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let pm = (setup + 1) * 512;
+    let syssize = u64::from(le32(h, 0x1f4)) * 16;
+    let (po, pl) = (u64::from(le32(h, 0x248)), u64::from(le32(h, 0x24c)));
+    let at = pm + po;
+    let end = (pm + syssize).max(at + pl);
+    if pl < 32 || end > img.len() as u64 - off as u64 {
+        return None;
+    }
+    let payload = &img[off + at as usize..off + (at + pl) as usize];
+    if payload[..6] != [0xfd, b'7', b'z', b'X', b'Z', 0] {
+        return None;
+    }
+    let stream_len = xz::stream_len(payload, xz_rebuild::MAX_EXPANDED_LEN as usize / 2)? as u64;
+    let len = end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+    if len / BLOCK_SIZE > romdelta_format::limits::MAX_OP_DST_BLOCKS
+        || len > img.len() as u64 - off as u64
+    {
+        return None;
+    }
+    Some(Kernel {
+        block: off as u64 / BLOCK_SIZE,
+        len,
+        stream_at: at,
+        stream_len,
+    })
+}
+
+/// Every bzImage at a block-aligned offset of `p` for which `want` holds
+/// (given its first block), releasing the pages it scanned.
+fn find_kernels(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Kernel> {
+    let img = p.bytes();
+    let mut found = Vec::new();
+    let piece = 64u64 << 20;
+    let mut start = 0u64;
+    while start < img.len() as u64 {
+        let end = (start + piece).min(img.len() as u64);
+        let mut off = start;
+        while off < end {
+            let o = off as usize;
+            if img.get(o..o + 2) == Some(b"MZ")
+                && img.get(o + 0x202..o + 0x206) == Some(b"HdrS")
+                && want(off / BLOCK_SIZE)
+            {
+                if let Some(k) = kernel_at(img, o) {
+                    found.push(k);
+                }
+            }
+            off += BLOCK_SIZE;
+        }
+        p.release(start, end - start);
+        start = end;
+    }
+    found
+}
+
+/// The SOURCE_XZ_REBUILD operations for `dst` against `src`: one per
+/// changed target bzImage that reproduces, needs at most `memory_mib` MiB
+/// at apply and beats the byte-level encoders. `classes` tells which target
+/// blocks changed (claimed blocks are left alone).
+pub fn plan(
+    src: &Partition,
+    dst: &Partition,
+    classes: &[BlockClass],
+    p: &EncodeParams,
+    memory_mib: u64,
+) -> Vec<Planned> {
+    let changed = |k: &Kernel| {
+        let (a, b) = (k.block as usize, (k.block + k.len / BLOCK_SIZE) as usize);
+        let span = &classes[a.min(classes.len())..b.min(classes.len())];
+        span.contains(&BlockClass::Changed) && !span.contains(&BlockClass::Claimed)
+    };
+    let targets: Vec<Kernel> = find_kernels(dst, |b| {
+        classes.get(b as usize) == Some(&BlockClass::Changed)
+    })
+    .into_iter()
+    .filter(changed)
+    .collect();
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    let sources = find_kernels(src, |_| true);
+    let mut out = Vec::new();
+    for t in targets {
+        let Some(s) = sources
+            .iter()
+            .min_by_key(|s| (s.stream_len.abs_diff(t.stream_len), s.block))
+        else {
+            break;
+        };
+        if let Some(planned) = plan_one(src, dst, s, &t, p, memory_mib) {
+            out.push(planned);
+        }
+        src.release_all();
+        dst.release_all();
+    }
+    out
+}
+
+fn plan_one(
+    src: &Partition,
+    dst: &Partition,
+    s: &Kernel,
+    t: &Kernel,
+    p: &EncodeParams,
+    memory_mib: u64,
+) -> Option<Planned> {
+    let sb = &src.bytes()[(s.block * BLOCK_SIZE) as usize..][..s.len as usize];
+    let tb = &dst.bytes()[(t.block * BLOCK_SIZE) as usize..][..t.len as usize];
+    let stream = |k: &Kernel| k.stream_at as usize..(k.stream_at + k.stream_len) as usize;
+    let (sr, tr) = (stream(s), stream(t));
+    let limit = xz_rebuild::MAX_EXPANDED_LEN as usize;
+    let target_plain = xz::decompress_exact(&tb[tr.clone()], limit).ok()?;
+    let info = xz::read_headers(&tb[tr.clone()]).ok()?;
+    let mut header = xz_rebuild::Header {
+        library: xz::library_version(),
+        params: *xz::candidates(&info).first()?,
+        src_offset: sr.start as u64,
+        src_stream_len: sr.len() as u64,
+        src_decompressed_len: 0,
+        prefix_len: tr.start as u64,
+        decompressed_len: target_plain.len() as u64,
+        stream_len: tr.len() as u64,
+        inner: OpKind::SourceZstd,
+    };
+    let need = |h: &xz_rebuild::Header| {
+        xz_rebuild::apply_memory(h, sb.len() as u64, tb.len() as u64).div_ceil(1 << 20)
+    };
+    let params = xz::candidates(&info).into_iter().find(|c| {
+        header.params = *c;
+        need(&header) <= memory_mib
+            && xz::reproduces(c, &target_plain, &tb[tr.clone()]).unwrap_or(false)
+    })?;
+    header.params = params;
+    let source_plain = xz::decompress_exact(&sb[sr.clone()], limit).ok()?;
+    header.src_decompressed_len = source_plain.len() as u64;
+    let expanded_len = header.source_expanded_len(sb.len() as u64);
+    if expanded_len > xz_rebuild::MAX_EXPANDED_LEN
+        || header.target_expanded_len(tb.len() as u64) > xz_rebuild::MAX_EXPANDED_LEN
+    {
+        return None;
+    }
+    let se = [&sb[..sr.start], &source_plain, &sb[sr.end..]].concat();
+    drop(source_plain);
+    let te = [&tb[..tr.start], &target_plain, &tb[tr.end..]].concat();
+    drop(target_plain);
+    // Patches of the expanded forms: SOURCE_ZSTD, then bsdiff when its
+    // suffix array stays reasonable; the smaller is kept.
+    let mut inner = (
+        OpKind::SourceZstd,
+        romdelta_format::ops::encode_source_zstd(&se, &te, p.level),
+    );
+    if se.len() <= MAX_BSDIFF_EXPANDED {
+        let patch = crate::bsdiff::diff(&se, &te);
+        let data = romdelta_format::ops::encode_bsdiff_sparse(&patch, p.level);
+        if data.len() < inner.1.len() {
+            inner = (OpKind::SourceBsdiffSparse, data);
+        }
+    }
+    drop((se, te));
+    header.inner = inner.0;
+    let data = xz_rebuild::encode(&header, &inner.1);
+    // What the byte-level encoders would write for these blocks (at most):
+    // the stored bytes against the stored bytes.
+    let byte_level = romdelta_format::ops::encode_source_zstd(sb, tb, p.trial_level).len();
+    if data.len() >= byte_level {
+        return None;
+    }
+    // Checked with the very decoder an applier runs.
+    let mut check = vec![0u8; tb.len()];
+    romdelta_format::ops::decode(OpKind::SourceXzRebuild, &data, sb, &mut check).ok()?;
+    if check != tb {
+        return None;
+    }
+    Some(Planned {
+        src_extents: vec![Extent::new(s.block, s.len / BLOCK_SIZE)],
+        src_sha256: romdelta_format::sha256(sb),
+        dst_extents: vec![Extent::new(t.block, t.len / BLOCK_SIZE)],
+        apply_memory_mib: need(&header),
+        data,
+    })
+}

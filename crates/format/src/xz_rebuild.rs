@@ -1,0 +1,490 @@
+//! SOURCE_XZ_REBUILD operation data: one xz stream in the destination
+//! (a Linux kernel's payload) rebuilt from its decompressed bytes.
+//!
+//! A kernel image is mostly one xz stream, and a small change to the code
+//! changes almost every compressed byte after it. This operation
+//! 1. decompresses the xz stream it names in its source bytes, giving the
+//!    *source expanded* form: the source bytes before the stream, the
+//!    decompressed stream, the source bytes after it;
+//! 2. decodes an inner patch (REPLACE, SOURCE_ZSTD or SOURCE_BSDIFF_SPARSE
+//!    data) against that into the *target expanded* form: `prefix_len`
+//!    destination bytes, the `decompressed_len` bytes of the new stream,
+//!    the destination bytes after the stream;
+//! 3. compresses the new stream again with the recorded parameters
+//!    ([`XzParams`]) and liblzma version, into exactly `stream_len` bytes.
+//!
+//! Wire form: `varint header_len · header · inner`; the header (plain
+//! bytes, specified in docs/FORMAT.md) is checked against the source and
+//! destination sizes and [`MAX_EXPANDED_LEN`] before anything is allocated.
+//! The memory an applier needs for it is [`apply_memory`].
+
+use crate::{FormatError, OpKind, Reader, Writer};
+use romdelta_codecs::xz::{self, Bcj, XzCheck, XzParams};
+
+/// Most bytes of the source or the target expanded form.
+pub const MAX_EXPANDED_LEN: u64 = 256 << 20;
+/// Longest header.
+pub const MAX_HEADER_LEN: u64 = 256;
+const HEADER_VERSION: u8 = 1;
+
+/// The header of a SOURCE_XZ_REBUILD operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// liblzma version (`lzma_version_number`) that reproduced the stream
+    /// when the package was made.
+    pub library: u32,
+    /// The parameters the new stream is compressed with.
+    pub params: XzParams,
+    /// Offset of the source xz stream in the operation's source bytes.
+    pub src_offset: u64,
+    /// Its exact length.
+    pub src_stream_len: u64,
+    /// Bytes it decompresses to.
+    pub src_decompressed_len: u64,
+    /// Destination bytes before the new stream.
+    pub prefix_len: u64,
+    /// Bytes the new stream decompresses to.
+    pub decompressed_len: u64,
+    /// The new stream's exact length.
+    pub stream_len: u64,
+    /// Kind of the inner patch.
+    pub inner: OpKind,
+}
+
+impl Header {
+    /// Bytes of the source expanded form, for `src_len` source bytes.
+    pub fn source_expanded_len(&self, src_len: u64) -> u64 {
+        src_len - self.src_stream_len + self.src_decompressed_len
+    }
+
+    /// Bytes of the target expanded form, for `dst_len` destination bytes.
+    pub fn target_expanded_len(&self, dst_len: u64) -> u64 {
+        dst_len - self.stream_len + self.decompressed_len
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let p = &self.params;
+        let mut w = Writer::new();
+        w.u8(HEADER_VERSION);
+        w.u32_le(self.library);
+        w.u8(p.check.code());
+        w.u8(p.bcj.code());
+        w.u8(p.preset | if p.extreme { 0x80 } else { 0 });
+        w.u32_le(p.dict_size);
+        w.u8(p.lc);
+        w.u8(p.lp);
+        w.u8(p.pb);
+        for v in [
+            self.src_offset,
+            self.src_stream_len,
+            self.src_decompressed_len,
+            self.prefix_len,
+            self.decompressed_len,
+            self.stream_len,
+        ] {
+            w.varint(v);
+        }
+        w.u8(self.inner.code());
+        w.into_bytes()
+    }
+
+    fn decode(b: &[u8], src_len: u64, dst_len: u64) -> Result<Header, FormatError> {
+        let bad = |what: &'static str, d: String| FormatError::invalid(what, d);
+        let mut r = Reader::new(b);
+        let v = r.u8("xz rebuild header version")?;
+        if v != HEADER_VERSION {
+            return Err(bad(
+                "xz rebuild header version",
+                format!("unknown version {v}"),
+            ));
+        }
+        let library = r.u32_le("xz rebuild library version")?;
+        let c = r.u8("xz check")?;
+        let check = XzCheck::from_code(c)
+            .ok_or_else(|| bad("xz check", format!("unknown check id {c}")))?;
+        let c = r.u8("xz filter")?;
+        let bcj =
+            Bcj::from_code(c).ok_or_else(|| bad("xz filter", format!("unknown filter id {c}")))?;
+        let preset = r.u8("xz preset")?;
+        let params = XzParams {
+            check,
+            bcj,
+            preset: preset & 0x7f,
+            extreme: preset & 0x80 != 0,
+            dict_size: r.u32_le("xz dictionary size")?,
+            lc: r.u8("xz lc")?,
+            lp: r.u8("xz lp")?,
+            pb: r.u8("xz pb")?,
+        };
+        params
+            .check_ranges()
+            .map_err(|e| bad("xz parameters", e.to_string()))?;
+        let src_offset = r.varint("xz source offset")?;
+        let src_stream_len = r.varint("xz source stream length")?;
+        let src_decompressed_len =
+            r.varint_max("xz source decompressed length", MAX_EXPANDED_LEN)?;
+        let prefix_len = r.varint("xz prefix length")?;
+        let decompressed_len = r.varint_max("xz decompressed length", MAX_EXPANDED_LEN)?;
+        let stream_len = r.varint("xz stream length")?;
+        let inner = OpKind::from_code(r.u8("xz rebuild inner kind")?)?;
+        if !matches!(
+            inner,
+            OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiffSparse
+        ) {
+            return Err(bad(
+                "xz rebuild inner kind",
+                format!("{inner} cannot be an inner patch"),
+            ));
+        }
+        r.finish("xz rebuild header")?;
+        if src_stream_len == 0
+            || src_offset
+                .checked_add(src_stream_len)
+                .is_none_or(|e| e > src_len)
+        {
+            return Err(bad(
+                "xz source stream",
+                format!("bytes {src_offset}+{src_stream_len} lie past the {src_len} source bytes"),
+            ));
+        }
+        if stream_len == 0
+            || prefix_len
+                .checked_add(stream_len)
+                .is_none_or(|e| e > dst_len)
+        {
+            return Err(bad(
+                "xz stream",
+                format!("bytes {prefix_len}+{stream_len} lie past the {dst_len} destination bytes"),
+            ));
+        }
+        let h = Header {
+            library,
+            params,
+            src_offset,
+            src_stream_len,
+            src_decompressed_len,
+            prefix_len,
+            decompressed_len,
+            stream_len,
+            inner,
+        };
+        for (what, n) in [
+            ("xz source expanded form", h.source_expanded_len(src_len)),
+            ("xz target expanded form", h.target_expanded_len(dst_len)),
+        ] {
+            if n > MAX_EXPANDED_LEN {
+                return Err(FormatError::TooLarge {
+                    what,
+                    value: n,
+                    limit: MAX_EXPANDED_LEN,
+                });
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// Encodes SOURCE_XZ_REBUILD data from its header and inner patch data.
+pub fn encode(header: &Header, inner: &[u8]) -> Vec<u8> {
+    let head = header.encode();
+    let mut w = Writer::new();
+    w.varint(head.len() as u64);
+    w.bytes(&head);
+    w.bytes(inner);
+    w.into_bytes()
+}
+
+/// Splits SOURCE_XZ_REBUILD data into its header (checked against
+/// `src_len` source and `dst_len` destination bytes) and inner patch.
+pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, &[u8]), FormatError> {
+    let mut r = Reader::new(data);
+    let head_len = r.varint_max("xz rebuild header length", MAX_HEADER_LEN)?;
+    let head = r.take(head_len, "xz rebuild header")?;
+    let inner = r.take(r.remaining() as u64, "xz rebuild inner patch")?;
+    if inner.is_empty() {
+        return Err(FormatError::invalid("xz rebuild inner patch", "missing"));
+    }
+    Ok((Header::decode(head, src_len, dst_len)?, inner))
+}
+
+/// Memory, in bytes, an applier needs to run an operation with `header`
+/// reading `src_len` and writing `dst_len` bytes: the source and
+/// destination bytes, both expanded forms and liblzma's decoder while the
+/// inner patch is decoded, then the target expanded form and liblzma's
+/// encoder while the stream is compressed, and 16 MiB for the rest.
+pub fn apply_memory(header: &Header, src_len: u64, dst_len: u64) -> u64 {
+    let (s, t) = (
+        header.source_expanded_len(src_len),
+        header.target_expanded_len(dst_len),
+    );
+    let decode = s + t + u64::from(header.params.dict_size) + (1 << 20);
+    let encode = t + header.params.encoder_memory().unwrap_or(u64::MAX / 4);
+    src_len + 2 * dst_len + decode.max(encode) + (16 << 20)
+}
+
+/// Refuses a header this build cannot reproduce: one recorded with a
+/// liblzma version other than the one built in.
+pub fn check_library(header: &Header) -> Result<(), FormatError> {
+    let have = xz::library_version();
+    if header.library != have {
+        return Err(FormatError::invalid(
+            "xz rebuild library",
+            format!(
+                "the package was made with liblzma {}, this romdelta has liblzma {}: its xz stream would not be rebuilt exactly",
+                xz::version_name(header.library),
+                xz::version_name(have)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes SOURCE_XZ_REBUILD data against `src` into exactly `out.len()`
+/// bytes.
+pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    let (h, inner) = parse(data, src.len() as u64, out.len() as u64)?;
+    check_library(&h)?;
+    let target_len = h.target_expanded_len(out.len() as u64) as usize;
+    let mut target = vec![0u8; target_len];
+    {
+        let (off, len) = (h.src_offset as usize, h.src_stream_len as usize);
+        let source_len = h.source_expanded_len(src.len() as u64) as usize;
+        let mut source = vec![0u8; source_len];
+        let mid = h.src_decompressed_len as usize;
+        source[..off].copy_from_slice(&src[..off]);
+        source[off + mid..].copy_from_slice(&src[off + len..]);
+        xz::decompress_into(&src[off..off + len], &mut source[off..off + mid])
+            .map_err(|e| FormatError::invalid("xz source stream", e.to_string()))?;
+        let inner_src: &[u8] = if h.inner == OpKind::Replace {
+            &[]
+        } else {
+            &source
+        };
+        crate::ops::decode(h.inner, inner, inner_src, &mut target)?;
+    }
+    let (p, n, d) = (
+        h.prefix_len as usize,
+        h.stream_len as usize,
+        h.decompressed_len as usize,
+    );
+    out[..p].copy_from_slice(&target[..p]);
+    out[p + n..].copy_from_slice(&target[p + d..]);
+    let exact = xz::compress_into(&h.params, &target[p..p + d], &mut out[p..p + n])
+        .map_err(|e| FormatError::invalid("xz rebuild", e.to_string()))?;
+    if !exact {
+        return Err(FormatError::invalid(
+            "xz rebuild",
+            format!(
+                "{d} bytes do not compress into the package's {n}-byte stream with {}",
+                h.params
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Machine-code-like bytes (calls with nearby targets, common
+    /// instruction runs, noise).
+    pub(crate) fn code(seed: u32, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            match x % 5 {
+                0 => {
+                    v.push(0xe8);
+                    v.extend_from_slice(&((x >> 8) as i32 % 4096 - v.len() as i32).to_le_bytes());
+                }
+                1 => v.extend_from_slice(&[0x48, 0x89, 0xe5, 0x55]),
+                2 => v.extend_from_slice(&[0x48, 0x8b, 0x45, (x >> 24) as u8]),
+                3 => v.extend_from_slice(&[0xc3, 0x90, 0x90]),
+                _ => v.push((x >> 16) as u8),
+            }
+        }
+        v.truncate(n);
+        v
+    }
+
+    pub(crate) fn params() -> XzParams {
+        XzParams {
+            check: XzCheck::Crc32,
+            bcj: Bcj::X86,
+            preset: 6,
+            extreme: false,
+            dict_size: 64 << 10,
+            lc: 3,
+            lp: 0,
+            pb: 2,
+        }
+    }
+
+    /// Source and destination bytes (a few blocks each, an xz stream of
+    /// `code` inside with bytes before and after), and the operation data
+    /// between them, with `n` bytes of code.
+    pub(crate) fn fixture_of(n: usize, inner: OpKind) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let old = code(11, n);
+        let mut new = old.clone();
+        new[n / 3..n / 3 + 6].copy_from_slice(b"kernel");
+        new[n / 2] ^= 0x11;
+        let (so, ss) = (700, xz::compress(&params(), &old).unwrap());
+        let (to, ts) = (300, xz::compress(&params(), &new).unwrap());
+        let mut src = vec![0x5a; so];
+        src.extend_from_slice(&ss);
+        src.resize(src.len().div_ceil(4096) * 4096, 0x33);
+        let mut dst = vec![0xa7; to];
+        dst.extend_from_slice(&ts);
+        dst.extend_from_slice(b"tail");
+        dst.resize(dst.len().div_ceil(4096) * 4096, 0);
+        let header = Header {
+            library: xz::library_version(),
+            params: params(),
+            src_offset: so as u64,
+            src_stream_len: ss.len() as u64,
+            src_decompressed_len: n as u64,
+            prefix_len: to as u64,
+            decompressed_len: n as u64,
+            stream_len: ts.len() as u64,
+            inner,
+        };
+        let expand =
+            |b: &[u8], at: usize, len: usize, mid: &[u8]| [&b[..at], mid, &b[at + len..]].concat();
+        let se = expand(&src, so, ss.len(), &old);
+        let te = expand(&dst, to, ts.len(), &new);
+        let inner = match inner {
+            OpKind::SourceZstd => crate::ops::encode_source_zstd(&se, &te, 3),
+            _ => crate::ops::encode_replace(&te, 3),
+        };
+        (src, dst, encode(&header, &inner))
+    }
+
+    fn fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        fixture_of(40_000, OpKind::SourceZstd)
+    }
+
+    #[test]
+    fn a_changed_stream_is_rebuilt_exactly() {
+        for kind in [OpKind::SourceZstd, OpKind::Replace] {
+            let (src, dst, data) = fixture_of(40_000, kind);
+            let mut out = vec![0xee; dst.len()];
+            crate::ops::decode(OpKind::SourceXzRebuild, &data, &src, &mut out).unwrap();
+            assert_eq!(out, dst);
+        }
+        let (src, dst, data) = fixture();
+        // Far smaller than the stream it rebuilds.
+        assert!(data.len() * 10 < dst.len(), "{} bytes", data.len());
+        let (h, _) = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
+        let m = apply_memory(&h, src.len() as u64, dst.len() as u64);
+        assert!(
+            m > h.params.encoder_memory().unwrap() && m < 64 << 20,
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_wrong_size_is_refused() {
+        let (src, dst, data) = fixture();
+        for cut in 0..data.len() {
+            let mut out = vec![0; dst.len()];
+            assert!(decode(&data[..cut], &src, &mut out).is_err(), "cut {cut}");
+        }
+        for len in [dst.len() - 4096, dst.len() + 4096, dst.len() + 1] {
+            assert!(decode(&data, &src, &mut vec![0; len]).is_err(), "{len}");
+        }
+        let mut out = vec![0; dst.len()];
+        let e = decode(&data, &src[..700], &mut out).unwrap_err();
+        assert!(e.to_string().contains("past the"), "{e}");
+    }
+
+    #[test]
+    fn damaged_bytes_never_panic() {
+        let (src, dst, data) = fixture();
+        let mut out = vec![0; dst.len()];
+        for i in 0..data.len().min(200) {
+            let mut d = data.clone();
+            d[i] ^= 0x5a;
+            let _ = decode(&d, &src, &mut out);
+        }
+        let mut s = src.clone();
+        s[2000] ^= 0xff;
+        assert!(decode(&data, &s, &mut out).is_err());
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_with_their_reason() {
+        type Change = Box<dyn Fn(&mut Header)>;
+        let cases: [(&str, Change); 9] = [
+            (
+                "liblzma 5.2.5, this romdelta has",
+                Box::new(|h| h.library = 50020052),
+            ),
+            ("do not compress", Box::new(|h| h.params.preset = 1)),
+            ("do not compress", Box::new(|h| h.params.bcj = Bcj::None)),
+            (
+                "cannot be an inner patch",
+                Box::new(|h| h.inner = OpKind::SourceCopy),
+            ),
+            ("past the", Box::new(|h| h.src_offset = u64::MAX - 1)),
+            ("past the", Box::new(|h| h.stream_len = 1 << 40)),
+            (
+                "xz target expanded form",
+                Box::new(|h| h.decompressed_len = MAX_EXPANDED_LEN),
+            ),
+            (
+                "xz source expanded form",
+                Box::new(|h| h.src_decompressed_len = MAX_EXPANDED_LEN),
+            ),
+            ("xz parameters", Box::new(|h| h.params.dict_size = 1)),
+        ];
+        let (src, dst, data) = fixture();
+        let (h, inner) = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
+        for (want, f) in cases {
+            let mut h = h;
+            f(&mut h);
+            let d = encode(&h, inner);
+            let mut out = vec![0; dst.len()];
+            let e = decode(&d, &src, &mut out).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // The source stream's decompressed length is checked exactly.
+        let mut bad = h;
+        bad.src_decompressed_len += 1;
+        let e = decode(&encode(&bad, inner), &src, &mut vec![0; dst.len()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xz source stream"), "{e}");
+    }
+
+    /// The committed seed of the `xz_rebuild_decode` fuzz target (input
+    /// layout: u8 destination blocks − 1 · u16le source length · source ·
+    /// data), checked here and written anew with
+    /// `ROMDELTA_WRITE_FUZZ_SEEDS=1`.
+    #[test]
+    fn fuzz_seed_is_a_valid_operation() {
+        let (src, dst, data) = fixture_of(6000, OpKind::SourceZstd);
+        let mut out = vec![0; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        let mut seed = vec![(dst.len() / 4096 - 1) as u8];
+        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
+        seed.extend_from_slice(&src);
+        seed.extend_from_slice(&data);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/xz_rebuild_decode/seed-1");
+        if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &seed).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            seed,
+            "{}: stale seed",
+            path.display()
+        );
+    }
+}
