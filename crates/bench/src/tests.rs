@@ -386,3 +386,17 @@ fn native_hdiffpatch_is_found_in_its_dirs_or_reported_missing() {
         .to_markdown()
         .contains("| HDiffPatch native (`hdiffz -m-6 -SD -c-zstd-21-24 -p-2`) | full pair | – |"));
 }
+
+#[test]
+fn a_package_made_under_apply_memory_is_applied_with_it() {
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(tools::apply_memory(&args(&["--level", "19"])), None);
+    assert_eq!(
+        tools::apply_memory(&args(&["--apply-memory", "512"])),
+        Some("512")
+    );
+    assert_eq!(
+        tools::apply_memory(&args(&["--apply-memory=300", "-x"])),
+        Some("300")
+    );
+}

@@ -334,6 +334,12 @@ impl Tool {
                 }
                 push(s.threads.to_string().as_ref());
                 push("--insecure-no-verify".as_ref());
+                // A package made under --apply-memory N is applied with
+                // as much memory.
+                if let Some(mib) = apply_memory(s.romdelta_args) {
+                    push("--max-memory".as_ref());
+                    push(mib.as_ref());
+                }
             }
             Tool::Bsdiff => {
                 for a in ["bspatch".as_ref(), src, out, patch] {
@@ -423,4 +429,19 @@ fn quote(word: &str) -> String {
 /// for its suffix sort).
 pub fn bsdiff_memory_needed(source_bytes: u64) -> u64 {
     17 * source_bytes
+}
+
+/// The value of `--apply-memory` (`--apply-memory N` or `--apply-memory=N`)
+/// in romdelta diff arguments.
+pub fn apply_memory(args: &[String]) -> Option<&str> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--apply-memory" {
+            return it.next().map(String::as_str);
+        }
+        if let Some(v) = a.strip_prefix("--apply-memory=") {
+            return Some(v);
+        }
+    }
+    None
 }
