@@ -531,17 +531,9 @@ fn diff_partition(
     drop(index);
     let params = EncodeParams::from_options(opts);
     // Content-aware operations first: the blocks they write are claimed.
-    let recompressed = match src {
-        Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
-            recompress::plan(s, dst, &classes, &params)
-        }
-        _ => Vec::new(),
-    };
-    for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
-        classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
-    }
     // Kernels whose xz payload is rebuilt, when the applier may be asked
-    // for the memory that takes.
+    // for the memory that takes (before the clusters: an EROFS image may
+    // store a kernel as plain clusters, which this serves better).
     let rebuilt = match src {
         // Not in place: the stage planner has no estimate of these.
         Some(s) if !opts.in_place && classes.contains(&BlockClass::Changed) => {
@@ -550,6 +542,15 @@ fn diff_partition(
         _ => Vec::new(),
     };
     for e in rebuilt.iter().flat_map(|r| &r.dst_extents) {
+        classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
+    }
+    let recompressed = match src {
+        Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
+            recompress::plan(s, dst, &classes, &params)
+        }
+        _ => Vec::new(),
+    };
+    for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
         classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
     }
     let apply_memory_mib = rebuilt

@@ -329,6 +329,14 @@ struct Segment {
 }
 
 impl Ctx<'_> {
+    fn claimed(&self, c: &Pcluster) -> bool {
+        match c.stored {
+            Stored::Blocks { block, blocks } => (block..block + blocks)
+                .any(|b| self.classes.get(b as usize) == Some(&BlockClass::Claimed)),
+            Stored::Inline { .. } => false,
+        }
+    }
+
     fn changed(&self, c: &Pcluster) -> bool {
         match c.stored {
             Stored::Blocks { block, blocks } => (block..block + blocks)
@@ -354,6 +362,11 @@ impl Ctx<'_> {
         ) else {
             return Vec::new();
         };
+        // Blocks another operation writes (a kernel rebuilt whole) are
+        // not written twice: such a file is left to it and the planner.
+        if pcs[first..=last].iter().any(|c| self.claimed(c)) {
+            return Vec::new();
+        }
         let Some(tstretches) = stretches(self.tm, nid) else {
             return Vec::new();
         };

@@ -219,19 +219,21 @@ fn plan_one(
     drop(source_plain);
     let te = [&tb[..tr.start], &target_plain, &tb[tr.end..]].concat();
     drop(target_plain);
-    // Patches of the expanded forms: SOURCE_ZSTD, then bsdiff when its
-    // suffix array stays reasonable; the smaller is kept.
-    let mut inner = (
-        OpKind::SourceZstd,
-        romdelta_format::ops::encode_source_zstd(&se, &te, p.level),
-    );
-    if se.len() <= MAX_BSDIFF_EXPANDED {
-        let patch = crate::bsdiff::diff(&se, &te);
-        let data = romdelta_format::ops::encode_bsdiff_sparse(&patch, p.level);
-        if data.len() < inner.1.len() {
-            inner = (OpKind::SourceBsdiffSparse, data);
-        }
-    }
+    // Patches of the expanded forms: SOURCE_ZSTD, and bsdiff when its
+    // suffix array stays reasonable, tried at the trial level; the smaller
+    // is encoded at the final level (a final-level zstd pass over 66 MB
+    // against a 66 MB prefix alone takes longer than all the rest).
+    use romdelta_format::ops::{encode_bsdiff_sparse, encode_source_zstd};
+    let trial = p.trial_level.min(p.level);
+    let zstd_trial = encode_source_zstd(&se, &te, trial).len();
+    let patch = (se.len() <= MAX_BSDIFF_EXPANDED).then(|| crate::bsdiff::diff(&se, &te));
+    let inner = match patch {
+        Some(pt) if encode_bsdiff_sparse(&pt, trial).len() < zstd_trial => (
+            OpKind::SourceBsdiffSparse,
+            encode_bsdiff_sparse(&pt, p.level),
+        ),
+        _ => (OpKind::SourceZstd, encode_source_zstd(&se, &te, p.level)),
+    };
     drop((se, te));
     header.inner = inner.0;
     let data = xz_rebuild::encode(&header, &inner.1);

@@ -91,3 +91,23 @@ pub fn sha256(data: &[u8]) -> Digest {
 pub fn hex_digest(d: &Digest) -> String {
     hex::encode(d)
 }
+
+/// Test support: checks `seed` against the committed fuzz seed
+/// `fuzz/corpus/{target}/{name}`, writing it first when
+/// `ROMDELTA_WRITE_FUZZ_SEEDS` is set (after a format change).
+#[cfg(test)]
+pub(crate) fn check_fuzz_seed(target: &str, name: &str, seed: &[u8]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+        .join(name);
+    if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(path.parent().expect("a directory")).unwrap();
+        std::fs::write(&path, seed).unwrap();
+    }
+    assert!(
+        std::fs::read(&path).unwrap() == seed,
+        "{}: stale seed",
+        path.display()
+    );
+}

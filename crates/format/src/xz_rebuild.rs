@@ -474,17 +474,6 @@ pub(crate) mod tests {
         seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
         seed.extend_from_slice(&src);
         seed.extend_from_slice(&data);
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus/xz_rebuild_decode/seed-1");
-        if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &seed).unwrap();
-        }
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            seed,
-            "{}: stale seed",
-            path.display()
-        );
+        crate::check_fuzz_seed("xz_rebuild_decode", "seed-1", &seed);
     }
 }
