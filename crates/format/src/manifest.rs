@@ -494,9 +494,9 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 
 impl Manifest {
     /// The oldest format version that can express this manifest: 4 when an
-    /// operation is SOURCE_RECOMPRESS or SOURCE_XZ_REBUILD (or codecs or an
-    /// apply memory are named), 3 when one is
-    /// SOURCE_BSDIFF_SPARSE, else 2.
+    /// operation is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
+    /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
+    /// one is SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
         let uses = |k: OpKind| {
             self.partitions
