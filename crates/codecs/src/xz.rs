@@ -296,10 +296,17 @@ impl XzParams {
     }
 }
 
+/// The one encoder every compressing function here runs: [`compress`],
+/// [`compress_into`] (what an applier runs) and [`reproduces`] (what a
+/// generator checks with) give the same bytes for the same parameters.
+fn encoder(params: &XzParams) -> Result<Stream, XzError> {
+    Stream::new_stream_encoder(&params.filters()?, params.check.liblzma())
+        .map_err(|e| err(format!("encoder: {e}")))
+}
+
 /// Compresses `data` into one xz stream with `params`.
 pub fn compress(params: &XzParams, data: &[u8]) -> Result<Vec<u8>, XzError> {
-    let mut s = Stream::new_stream_encoder(&params.filters()?, params.check.liblzma())
-        .map_err(|e| err(format!("encoder: {e}")))?;
+    let mut s = encoder(params)?;
     let mut out = Vec::with_capacity(data.len() / 4 + 4096);
     loop {
         if out.capacity() - out.len() < 1 << 16 {
@@ -318,8 +325,7 @@ pub fn compress(params: &XzParams, data: &[u8]) -> Result<Vec<u8>, XzError> {
 /// `Ok(false)` when it comes out longer or shorter (so not the stream the
 /// caller wants). Needs no memory beyond the encoder's.
 pub fn compress_into(params: &XzParams, data: &[u8], out: &mut [u8]) -> Result<bool, XzError> {
-    let mut s = Stream::new_stream_encoder(&params.filters()?, params.check.liblzma())
-        .map_err(|e| err(format!("encoder: {e}")))?;
+    let mut s = encoder(params)?;
     let mut spare = [0u8; 64];
     loop {
         let (i, o) = (s.total_in() as usize, s.total_out() as usize);
@@ -345,8 +351,7 @@ pub fn compress_into(params: &XzParams, data: &[u8], out: &mut [u8]) -> Result<b
 /// compares as it compresses and stops at the first byte that differs, so
 /// a wrong guess costs little.
 pub fn reproduces(params: &XzParams, data: &[u8], expected: &[u8]) -> Result<bool, XzError> {
-    let mut s = Stream::new_stream_encoder(&params.filters()?, params.check.liblzma())
-        .map_err(|e| err(format!("encoder: {e}")))?;
+    let mut s = encoder(params)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let (i, o) = (s.total_in() as usize, s.total_out() as usize);

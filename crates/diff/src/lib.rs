@@ -515,6 +515,106 @@ fn plan_blocks(
     (ops, regions)
 }
 
+/// Where a partition's operations and their data go as they are made:
+/// data is written in the order of the operations that carry it.
+struct Output<'a, W: Write> {
+    data: &'a mut W,
+    data_len: &'a mut u64,
+    progress: &'a mut dyn FnMut(u64),
+    operations: Vec<Operation>,
+    /// In place: what each region would cost as a REPLACE, by its first
+    /// block.
+    replace_lens: std::collections::HashMap<u64, u64>,
+    /// The most any operation needs at apply, in MiB (0: the default).
+    apply_memory_mib: u64,
+}
+
+impl<W: Write> Output<'_, W> {
+    /// Writes `data` and appends the operation that carries it.
+    fn push(
+        &mut self,
+        kind: OpKind,
+        src_extents: Vec<Extent>,
+        dst_extents: Vec<Extent>,
+        data: &[u8],
+        src_sha256: Digest,
+    ) -> std::io::Result<()> {
+        self.data.write_all(data)?;
+        self.operations.push(Operation {
+            kind,
+            src_extents,
+            dst_extents,
+            data_offset: *self.data_len,
+            data_length: data.len() as u64,
+            data_sha256: romdelta_format::sha256(data),
+            src_sha256,
+        });
+        *self.data_len += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// The byte-level encoding of the blocks no content-aware operation claims.
+struct Regions<'a> {
+    src: Option<&'a Partition>,
+    dst: &'a Partition,
+    anchors: Option<&'a anchors::AnchorIndex>,
+    tables: Option<&'a elf::FieldTables>,
+    params: &'a EncodeParams,
+    opts: &'a DiffOptions,
+}
+
+impl Regions<'_> {
+    /// Appends the ZERO and SOURCE_COPY operations of `classes` to `out`
+    /// and returns the changed regions left to encode.
+    fn plan<W: Write>(&self, classes: &[BlockClass], out: &mut Output<'_, W>) -> Vec<Region> {
+        let planned = absorb_gaps(classes, self.opts.gap_blocks);
+        let (operations, regions) = plan_blocks(&planned, self.src, self.opts);
+        out.operations.extend(operations);
+        regions
+    }
+
+    /// Encodes `regions` in parallel batches, in order, into `out`.
+    fn encode<W: Write>(
+        &self,
+        regions: &[Region],
+        classes: &[BlockClass],
+        out: &mut Output<'_, W>,
+    ) -> std::io::Result<()> {
+        let (src, dst) = (self.src, self.dst);
+        for batch in regions.chunks(self.opts.batch_regions.max(1)) {
+            let encoded: Vec<_> = batch
+                .par_iter()
+                .map(|r| {
+                    encode::encode_region(
+                        src,
+                        dst,
+                        classes,
+                        self.anchors,
+                        self.tables,
+                        *r,
+                        self.params,
+                    )
+                })
+                .collect();
+            for (r, e) in batch.iter().zip(encoded) {
+                if self.opts.in_place {
+                    out.replace_lens.insert(r.start, e.replace_len);
+                }
+                let dst_extents = vec![Extent::new(r.start, r.len)];
+                out.push(e.kind, e.src_extents, dst_extents, &e.data, e.src_sha256)?;
+                (out.progress)((r.len * BLOCK_SIZE).min(dst.size()));
+            }
+            // What the next batch needs is mapped again on access.
+            dst.release_all();
+            if let Some(s) = src {
+                s.release_all();
+            }
+        }
+        Ok(())
+    }
+}
+
 fn diff_partition(
     src: Option<&Partition>,
     dst: &Partition,
@@ -531,124 +631,131 @@ fn diff_partition(
     drop(index);
     let params = EncodeParams::from_options(opts);
     // Content-aware operations first: the blocks they write are claimed.
-    // Kernels whose xz payload is rebuilt, when the applier may be asked
-    // for the memory that takes (before the clusters: an EROFS image may
-    // store a kernel as plain clusters, which this serves better).
-    let rebuilt = match src {
+    // Kernels whose xz payload may be rebuilt (when the applier may be
+    // asked for the memory that takes) are claimed before the clusters (an
+    // EROFS image may store a kernel as plain clusters, which this serves
+    // better); their rebuild, a minute of single-threaded work, is planned
+    // on a thread of its own beside everything else, and a kernel that
+    // makes no operation is encoded byte-level at the end.
+    let kernels = match src {
         // Not in place: the stage planner has no estimate of these.
         Some(s) if !opts.in_place && classes.contains(&BlockClass::Changed) => {
-            xz_rebuild::plan(s, dst, &classes, &params, opts.apply_memory_mib)
+            xz_rebuild::pairs(s, dst, &classes, opts.apply_memory_mib)
         }
         _ => Vec::new(),
     };
-    for e in rebuilt.iter().flat_map(|r| &r.dst_extents) {
+    let before_kernels = (!kernels.is_empty()).then(|| classes.clone());
+    for e in kernels.iter().map(xz_rebuild::Pair::dst_extent) {
         classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
     }
-    let recompressed = match src {
-        Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
-            recompress::plan(s, dst, &classes, &params)
-        }
-        _ => Vec::new(),
+    let kernel_blocks: u64 = kernels.iter().map(|k| k.dst_extent().num_blocks).sum();
+    let mut out = Output {
+        data,
+        data_len,
+        progress,
+        operations: Vec::new(),
+        replace_lens: std::collections::HashMap::new(),
+        apply_memory_mib: 0,
     };
-    for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
-        classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
-    }
-    let apply_memory_mib = rebuilt
-        .iter()
-        .map(|r| r.apply_memory_mib)
-        .max()
-        .unwrap_or(0);
-    dst.release_all();
-    if let Some(s) = src {
-        s.release_all();
-    }
-    let anchors = match src {
-        Some(s) if opts.anchors && classes.contains(&BlockClass::Changed) => {
-            Some(anchors::AnchorIndex::build(s.bytes(), &|off, len| {
-                s.release(off, len)
-            }))
-        }
-        _ => None,
-    };
-    let tables = match src {
-        Some(s) if opts.field_delta && classes.contains(&BlockClass::Changed) => {
-            elf::FieldTables::find(s, dst)
-        }
-        _ => None,
-    };
-    let planned = absorb_gaps(&classes, opts.gap_blocks);
-    let (mut operations, regions) = plan_blocks(&planned, src, opts);
-    drop(planned);
-    let changed: u64 = regions.iter().map(|r| r.len).sum();
-    progress(dst.size().saturating_sub(changed * BLOCK_SIZE));
-    // In place: what each region would cost as a REPLACE, by its first
-    // block (recompressed clusters are estimated when needed).
-    let mut replace_lens: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    for r in recompressed {
-        data.write_all(&r.data)?;
-        operations.push(Operation {
-            kind: OpKind::SourceRecompress,
-            src_extents: r.src_extents,
-            dst_extents: r.dst_extents,
-            data_offset: *data_len,
-            data_length: r.data.len() as u64,
-            data_sha256: romdelta_format::sha256(&r.data),
-            src_sha256: r.src_sha256,
+    std::thread::scope(|scope| {
+        let rebuilding = scope.spawn(|| match src {
+            Some(s) => kernels
+                .iter()
+                .map(|k| xz_rebuild::plan_pair(s, dst, k, &params, opts.apply_memory_mib))
+                .collect(),
+            None => Vec::new(),
         });
-        *data_len += r.data.len() as u64;
-    }
-    for r in rebuilt {
-        data.write_all(&r.data)?;
-        operations.push(Operation {
-            kind: OpKind::SourceXzRebuild,
-            src_extents: r.src_extents,
-            dst_extents: r.dst_extents,
-            data_offset: *data_len,
-            data_length: r.data.len() as u64,
-            data_sha256: romdelta_format::sha256(&r.data),
-            src_sha256: r.src_sha256,
-        });
-        *data_len += r.data.len() as u64;
-    }
-    for batch in regions.chunks(opts.batch_regions.max(1)) {
-        let encoded: Vec<_> = batch
-            .par_iter()
-            .map(|r| {
-                encode::encode_region(
-                    src,
-                    dst,
-                    &classes,
-                    anchors.as_ref(),
-                    tables.as_ref(),
-                    *r,
-                    &params,
-                )
-            })
-            .collect();
-        for (r, e) in batch.iter().zip(encoded) {
-            data.write_all(&e.data)?;
-            if opts.in_place {
-                replace_lens.insert(r.start, e.replace_len);
+        let recompressed = match src {
+            Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
+                recompress::plan(s, dst, &classes, &params)
             }
-            let data_sha256: Digest = romdelta_format::sha256(&e.data);
-            operations.push(Operation {
-                kind: e.kind,
-                src_extents: e.src_extents,
-                dst_extents: vec![Extent::new(r.start, r.len)],
-                data_offset: *data_len,
-                data_length: e.data.len() as u64,
-                data_sha256,
-                src_sha256: e.src_sha256,
-            });
-            *data_len += e.data.len() as u64;
-            progress((r.len * BLOCK_SIZE).min(dst.size()));
+            _ => Vec::new(),
+        };
+        for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
+            classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
         }
-        // What the next batch needs is mapped again on access.
         dst.release_all();
         if let Some(s) = src {
             s.release_all();
         }
-    }
+        // Built when some block may be encoded byte-level (a kernel's too).
+        let byte_level = classes.contains(&BlockClass::Changed) || !kernels.is_empty();
+        let anchors = match src {
+            Some(s) if opts.anchors && byte_level => {
+                Some(anchors::AnchorIndex::build(s.bytes(), &|off, len| {
+                    s.release(off, len)
+                }))
+            }
+            _ => None,
+        };
+        let tables = match src {
+            Some(s) if opts.field_delta && byte_level => elf::FieldTables::find(s, dst),
+            _ => None,
+        };
+        let regions = Regions {
+            src,
+            dst,
+            anchors: anchors.as_ref(),
+            tables: tables.as_ref(),
+            params: &params,
+            opts,
+        };
+        let changed = regions.plan(&classes, &mut out);
+        let pending: u64 = changed.iter().map(|r| r.len).sum::<u64>() + kernel_blocks;
+        (out.progress)(dst.size().saturating_sub(pending * BLOCK_SIZE));
+        for r in recompressed {
+            out.push(
+                OpKind::SourceRecompress,
+                r.src_extents,
+                r.dst_extents,
+                &r.data,
+                r.src_sha256,
+            )?;
+        }
+        regions.encode(&changed, &classes, &mut out)?;
+        let rebuilt: Vec<Option<xz_rebuild::Planned>> = rebuilding
+            .join()
+            .expect("the kernel rebuild's thread does not panic");
+        // A kernel that made no operation is encoded byte-level after all:
+        // its blocks as they were classified, all else claimed.
+        let mut fallback: Option<Vec<BlockClass>> = None;
+        for (k, r) in kernels.iter().zip(rebuilt) {
+            let e = k.dst_extent();
+            match r {
+                Some(r) => {
+                    out.apply_memory_mib = out.apply_memory_mib.max(r.apply_memory_mib);
+                    out.push(
+                        OpKind::SourceXzRebuild,
+                        r.src_extents,
+                        r.dst_extents,
+                        &r.data,
+                        r.src_sha256,
+                    )?;
+                    (out.progress)(e.num_blocks * BLOCK_SIZE);
+                }
+                None => {
+                    let before = before_kernels
+                        .as_ref()
+                        .expect("kept when there are kernels");
+                    let range = e.start_block as usize..e.end_block() as usize;
+                    fallback.get_or_insert_with(|| vec![BlockClass::Claimed; classes.len()])
+                        [range.clone()]
+                    .copy_from_slice(&before[range]);
+                }
+            }
+        }
+        if let Some(fallback) = fallback {
+            let changed = regions.plan(&fallback, &mut out);
+            regions.encode(&changed, &fallback, &mut out)?;
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    let Output {
+        operations,
+        replace_lens,
+        apply_memory_mib,
+        ..
+    } = out;
     let (operations, stages, in_place) = if opts.in_place {
         let o = inplace::order(operations, src, dst, opts, &replace_lens, data, data_len)?;
         (o.operations, o.stages, Some(o.stats))

@@ -240,33 +240,57 @@ pub fn check_library(header: &Header) -> Result<(), FormatError> {
 }
 
 /// Decodes SOURCE_XZ_REBUILD data against `src` into exactly `out.len()`
-/// bytes.
+/// bytes: [`expand`], then [`rebuild`].
 pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
-    let (h, inner) = parse(data, src.len() as u64, out.len() as u64)?;
+    let (h, target) = expand(data, src, out.len() as u64)?;
+    rebuild(&h, &target, out)
+}
+
+/// The first half of [`decode`]: the operation's header and the expanded
+/// target (the bytes before the new stream, its decompressed bytes, the
+/// bytes after it), made by decompressing the source's stream and running
+/// the inner patch, for a destination of `dst_len` bytes.
+pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>), FormatError> {
+    let (h, inner) = parse(data, src.len() as u64, dst_len)?;
     check_library(&h)?;
-    let target_len = h.target_expanded_len(out.len() as u64) as usize;
+    let target_len = h.target_expanded_len(dst_len) as usize;
     let mut target = vec![0u8; target_len];
-    {
-        let (off, len) = (h.src_offset as usize, h.src_stream_len as usize);
-        let source_len = h.source_expanded_len(src.len() as u64) as usize;
-        let mut source = vec![0u8; source_len];
-        let mid = h.src_decompressed_len as usize;
-        source[..off].copy_from_slice(&src[..off]);
-        source[off + mid..].copy_from_slice(&src[off + len..]);
-        xz::decompress_into(&src[off..off + len], &mut source[off..off + mid])
-            .map_err(|e| FormatError::invalid("xz source stream", e.to_string()))?;
-        let inner_src: &[u8] = if h.inner == OpKind::Replace {
-            &[]
-        } else {
-            &source
-        };
-        crate::ops::decode(h.inner, inner, inner_src, &mut target)?;
-    }
+    let (off, len) = (h.src_offset as usize, h.src_stream_len as usize);
+    let source_len = h.source_expanded_len(src.len() as u64) as usize;
+    let mut source = vec![0u8; source_len];
+    let mid = h.src_decompressed_len as usize;
+    source[..off].copy_from_slice(&src[..off]);
+    source[off + mid..].copy_from_slice(&src[off + len..]);
+    xz::decompress_into(&src[off..off + len], &mut source[off..off + mid])
+        .map_err(|e| FormatError::invalid("xz source stream", e.to_string()))?;
+    let inner_src: &[u8] = if h.inner == OpKind::Replace {
+        &[]
+    } else {
+        &source
+    };
+    crate::ops::decode(h.inner, inner, inner_src, &mut target)?;
+    Ok((h, target))
+}
+
+/// The second half of [`decode`]: `out` (the destination) from the
+/// expanded target, its stream compressed again with the header's
+/// parameters into exactly the recorded length.
+pub fn rebuild(h: &Header, target: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
     let (p, n, d) = (
         h.prefix_len as usize,
         h.stream_len as usize,
         h.decompressed_len as usize,
     );
+    if target.len() != h.target_expanded_len(out.len() as u64) as usize {
+        return Err(FormatError::invalid(
+            "xz rebuild",
+            format!(
+                "{} expanded bytes for a {}-byte destination",
+                target.len(),
+                out.len()
+            ),
+        ));
+    }
     out[..p].copy_from_slice(&target[..p]);
     out[p + n..].copy_from_slice(&target[p + d..]);
     let exact = xz::compress_into(&h.params, &target[p..p + d], &mut out[p..p + n])
