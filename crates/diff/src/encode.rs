@@ -203,6 +203,7 @@ pub fn encode_region(
     classes: &[BlockClass],
     anchors: Option<&AnchorIndex>,
     tables: Option<&crate::elf::FieldTables>,
+    code: Option<&crate::elf::Code>,
     region: Region,
     p: &EncodeParams,
 ) -> Encoded {
@@ -280,6 +281,28 @@ pub fn encode_region(
         {
             if better.len() < data.len() {
                 (kind, data) = (OpKind::SourceFieldDelta, better);
+            }
+        }
+    }
+    // Machine code: branch displacements predicted through the alignment
+    // of the plain bsdiff match.
+    if let (Some((arch, ranges)), Some(t)) =
+        (code.and_then(|c| c.ranges_in(final_windows)), &trimmed)
+    {
+        let trial = best_trial as u64;
+        let (tl, fl) = (trial_level, final_level);
+        if let Some(better) = crate::branch::branch_delta(
+            arch,
+            ranges,
+            final_source,
+            &target,
+            &t.patch,
+            trial,
+            tl,
+            fl,
+        ) {
+            if better.len() < data.len() {
+                (kind, data) = (OpKind::SourceBranchDelta, better);
             }
         }
     }

@@ -17,6 +17,7 @@
 
 pub mod anchors;
 pub mod blocks;
+pub mod branch;
 pub mod bsdiff;
 pub mod elf;
 pub mod encode;
@@ -107,6 +108,10 @@ pub struct DiffOptions {
     /// Try SOURCE_FIELD_DELTA (relocation tables delta-coded) on changed
     /// regions that hold ELF relocation tables.
     pub field_delta: bool,
+    /// Try SOURCE_BRANCH_DELTA (branch and call displacements predicted
+    /// through an alignment) on changed regions that hold x86-64 or
+    /// AArch64 code of ELF files.
+    pub branch_delta: bool,
     /// Most memory (MiB) one operation may need at apply. Above the
     /// applier's default bound (64 MiB) the generator may make operations
     /// that need more (SOURCE_XZ_REBUILD of kernels: about 470 MiB for a
@@ -137,6 +142,7 @@ impl Default for DiffOptions {
             max_stash_blocks: 16384,
             recompress: true,
             field_delta: true,
+            branch_delta: true,
             apply_memory_mib: 64,
         }
     }
@@ -576,6 +582,12 @@ fn diff_partition(
         }
         _ => None,
     };
+    let code = match src {
+        Some(s) if opts.branch_delta && classes.contains(&BlockClass::Changed) => {
+            Some(elf::Code::find(s)).filter(|c| !c.is_empty())
+        }
+        _ => None,
+    };
     let planned = absorb_gaps(&classes, opts.gap_blocks);
     let (mut operations, regions) = plan_blocks(&planned, src, opts);
     drop(planned);
@@ -620,6 +632,7 @@ fn diff_partition(
                     &classes,
                     anchors.as_ref(),
                     tables.as_ref(),
+                    code.as_ref(),
                     *r,
                     &params,
                 )

@@ -1,0 +1,135 @@
+//! SOURCE_BRANCH_DELTA generation: machine code diffed with its branch and
+//! call displacements predicted from the source through an alignment.
+//!
+//! The alignment is the copy ranges of a bsdiff match of the plain bytes:
+//! each run the matcher adds from the source, joined with its neighbours
+//! while the shift stays the same, long runs first where two would read
+//! the same source bytes. The package carries it in the operation's
+//! header; [`romdelta_format::branchdelta`] does the rest, and the result
+//! is kept only where it is smaller than every other candidate.
+
+use romdelta_format::branchdelta::{self, Arch, Header, Segment};
+use romdelta_format::{ops, OpKind};
+
+/// Shortest segment worth its header bytes.
+const MIN_SEGMENT: u64 = 32;
+
+/// The alignment a bsdiff patch from `src_len` source bytes implies: its
+/// add runs, joined while their shift stays the same, no two reading the
+/// same source bytes, in destination order.
+pub fn alignment(patch: &ops::BsdiffPatch, src_len: u64) -> Vec<Segment> {
+    let mut runs: Vec<Segment> = Vec::new();
+    let (mut old, mut new) = (0i64, 0u64);
+    for c in &patch.controls {
+        if c.add > 0 && old >= 0 && old as u64 + c.add <= src_len {
+            let s = Segment {
+                src: old as u64,
+                dst: new,
+                len: c.add,
+            };
+            match runs.last_mut() {
+                Some(l) if l.dst as i64 - l.src as i64 == s.dst as i64 - s.src as i64 => {
+                    l.len = s.dst + s.len - l.dst;
+                }
+                _ => runs.push(s),
+            }
+        }
+        new += c.add + c.copy;
+        old += c.add as i64 + c.seek;
+    }
+    runs.retain(|s| s.len >= MIN_SEGMENT);
+    // Longest first (then by position), each kept when its source bytes
+    // are free.
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_unstable_by_key(|&i| (std::cmp::Reverse(runs[i].len), runs[i].dst));
+    let mut taken: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let mut kept = Vec::new();
+    for i in order {
+        let s = runs[i];
+        let before = taken.range(..s.src + s.len).next_back();
+        if before.is_some_and(|(&a, &l)| a + l > s.src) {
+            continue;
+        }
+        taken.insert(s.src, s.len);
+        kept.push(s);
+    }
+    kept.sort_unstable_by_key(|s| s.dst);
+    kept
+}
+
+/// SOURCE_BRANCH_DELTA data turning `source` into `target` when the code
+/// ranges of `source` (of `arch`) make a trial of the transformed target
+/// smaller than `best_trial`: the better of a SOURCE_ZSTD and a
+/// SOURCE_BSDIFF_SPARSE inner patch, by trial, at `level`. `plain` is the
+/// bsdiff patch of the untransformed bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn branch_delta(
+    arch: Arch,
+    code: Vec<(u64, u64)>,
+    source: &[u8],
+    target: &[u8],
+    plain: &ops::BsdiffPatch,
+    best_trial: u64,
+    trial_level: i32,
+    level: i32,
+) -> Option<Vec<u8>> {
+    let mut header = Header {
+        arch,
+        inner: OpKind::SourceZstd,
+        code,
+        segments: alignment(plain, source.len() as u64),
+    };
+    branchdelta::check(&header, source.len() as u64, target.len() as u64).ok()?;
+    if branchdelta::corrected(&header, source) == 0 {
+        return None;
+    }
+    let mut t = target.to_vec();
+    branchdelta::forward(&header, source, &mut t);
+    let zstd = ops::encode_source_zstd(source, &t, trial_level).len() as u64;
+    let patch = crate::bsdiff::diff(source, &t);
+    let bsdiff = ops::encode_bsdiff_sparse(&patch, trial_level).len() as u64;
+    if zstd.min(bsdiff) >= best_trial {
+        return None;
+    }
+    let inner = if bsdiff < zstd {
+        header.inner = OpKind::SourceBsdiffSparse;
+        ops::encode_bsdiff_sparse(&patch, level)
+    } else {
+        ops::encode_source_zstd(source, &t, level)
+    };
+    let data = branchdelta::encode(&header, &inner);
+    // Exactness: the applier's decoder must give the target back.
+    let mut out = vec![0u8; target.len()];
+    (branchdelta::decode(&data, source, &mut out).is_ok() && out == target).then_some(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain and SOURCE_BRANCH_DELTA sizes of the ELF file pairs named by
+    /// `ROMDELTA_BRANCH_PAIRS` (`old:new` paths, comma-separated).
+    #[test]
+    fn measure_pairs() {
+        let Some(list) = std::env::var_os("ROMDELTA_BRANCH_PAIRS") else {
+            return;
+        };
+        for pair in list.to_str().unwrap().split(',') {
+            let (a, b) = pair.split_once(':').unwrap();
+            let (src, dst) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+            let (arch, code) = crate::elf::code_sections(&src, 0).unwrap();
+            let plain = crate::bsdiff::diff(&src, &dst);
+            let bs = ops::encode_bsdiff_sparse(&plain, 19).len();
+            let zs = ops::encode_source_zstd(&src, &dst, 19).len();
+            let best = bs.min(zs);
+            let t0 = std::time::Instant::now();
+            let bd = branch_delta(arch, code, &src, &dst, &plain, u64::MAX, 19, 19);
+            let segs = alignment(&plain, src.len() as u64).len();
+            eprintln!(
+                "{b}: {arch:?} zstd {zs} bsdiff {bs} branch {:?} segments {segs} ({:?})",
+                bd.map(|d| d.len() as f64 / best as f64),
+                t0.elapsed()
+            );
+        }
+    }
+}
