@@ -197,6 +197,7 @@ pub fn target_bytes(dst: &Partition, region: Region) -> Vec<u8> {
 /// cheaper one to apply: REPLACE, SOURCE_ZSTD, SOURCE_BSDIFF_SPARSE). bsdiff is
 /// tried only where the source evidently helps: its matcher is slow on
 /// unrelated data and would lose there anyway.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_region(
     src: Option<&Partition>,
     dst: &Partition,

@@ -438,3 +438,246 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
     inverse(&h, src, out);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed pseudo-random byte sequence (xorshift64 from `seed`).
+    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// x86-64 "code": `n` functions of 64 bytes, each calling the next
+    /// (`E8`) and jumping to the one after (`0F 84`), with filler between;
+    /// in the target 16 bytes are inserted before function `insert_at`.
+    fn x86(n: usize, insert_at: usize) -> (Vec<u8>, Vec<u8>) {
+        let build = |ins: usize| {
+            let start = |k: usize| (k * 64 + if k >= ins { 16 } else { 0 }) as i64;
+            let mut v = Vec::new();
+            for k in 0..n {
+                if k == ins {
+                    v.extend_from_slice(&[0x90; 16]);
+                }
+                let f = v.len() as i64;
+                v.extend_from_slice(&[0x55, 0x48, 0x89, 0xe5]);
+                let call = start(n - 1 - k) - (f + 4 + 5);
+                v.push(0xe8);
+                v.extend_from_slice(&(call as i32).to_le_bytes());
+                let jcc = start((k + 2) % n) - (f + 9 + 6);
+                v.extend_from_slice(&[0x0f, 0x84]);
+                v.extend_from_slice(&(jcc as i32).to_le_bytes());
+                v.extend_from_slice(&bytes(k as u64 + 7, 64 - 15));
+            }
+            v
+        };
+        (build(usize::MAX), build(insert_at))
+    }
+
+    fn header(src: &[u8], dst: &[u8], split: u64, arch: Arch) -> Header {
+        Header {
+            arch,
+            inner: OpKind::SourceZstd,
+            code: vec![(0, src.len() as u64)],
+            segments: vec![
+                Segment {
+                    src: 0,
+                    dst: 0,
+                    len: split,
+                },
+                Segment {
+                    src: split,
+                    dst: split + 16,
+                    len: dst.len() as u64 - split - 16,
+                },
+            ],
+        }
+    }
+
+    fn op(h: &Header, src: &[u8], dst: &[u8]) -> Vec<u8> {
+        let mut t = dst.to_vec();
+        forward(h, src, &mut t);
+        encode(h, &crate::ops::encode_source_zstd(src, &t, 19))
+    }
+
+    #[test]
+    fn moved_callees_cost_nothing_on_x86_64() {
+        let (src, dst) = x86(2000, 1000);
+        let h = header(&src, &dst, 1000 * 64, Arch::X86_64);
+        assert!(corrected(&h, &src) > 1000);
+        let data = op(&h, &src, &dst);
+        let mut out = vec![0xa5; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        let plain = crate::ops::encode_source_zstd(&src, &dst, 19);
+        assert!(
+            data.len() * 4 < plain.len(),
+            "{} vs {}",
+            data.len(),
+            plain.len()
+        );
+    }
+
+    /// AArch64 "code": words that are `BL`/`B.cond`/`CBZ` to functions
+    /// 16 words apart, with 4 words inserted before function `insert_at`.
+    fn a64(n: usize, insert_at: usize) -> (Vec<u8>, Vec<u8>) {
+        let build = |ins: usize| {
+            let start = |k: usize| (k * 16 + if k >= ins { 4 } else { 0 }) as i64;
+            let mut v: Vec<u32> = Vec::new();
+            for k in 0..n {
+                if k == ins {
+                    v.extend_from_slice(&[0xd503_201f; 4]);
+                }
+                let f = v.len() as i64;
+                let bl = (start((n - 1 - k) % n) - f) as u32 & 0x3ff_ffff;
+                v.push(0x9400_0000 | bl);
+                let bc = (start((k + 3) % n) - f - 1) as u32 & 0x7ffff;
+                v.push(0x5400_0001 | bc << 5);
+                let cbz = (start((k + 5) % n) - f - 2) as u32 & 0x7ffff;
+                v.push(0xb400_0003 | cbz << 5);
+                v.extend(bytes(k as u64, 52).chunks(4).map(|c| {
+                    u32::from_le_bytes(c.try_into().unwrap()) & 0x0fff_ffff | 0x8000_0000
+                }));
+            }
+            v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()
+        };
+        (build(usize::MAX), build(insert_at))
+    }
+
+    #[test]
+    fn moved_callees_cost_nothing_on_aarch64() {
+        let (src, dst) = a64(2000, 700);
+        let h = header(&src, &dst, 700 * 64, Arch::Aarch64);
+        assert!(corrected(&h, &src) > 1000);
+        let data = op(&h, &src, &dst);
+        let mut out = vec![0; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        let plain = crate::ops::encode_source_zstd(&src, &dst, 19);
+        assert!(
+            data.len() * 4 < plain.len(),
+            "{} vs {}",
+            data.len(),
+            plain.len()
+        );
+    }
+
+    #[test]
+    fn the_transform_undoes_itself_on_any_bytes() {
+        // Random sources and targets, sources dense with opcode bytes,
+        // overlapping candidate patterns and instructions cut by the ends
+        // of code ranges and segments.
+        let mut fields = [0usize; 2];
+        for seed in 0..40u64 {
+            let n = 3000 + seed as usize * 37;
+            let mut src = bytes(seed, n);
+            if seed % 2 == 0 {
+                for (i, b) in src.iter_mut().enumerate() {
+                    if i % (3 + seed as usize % 5) == 0 {
+                        *b = [0xe8, 0xe9, 0x0f, 0x84, 0x48, 0x8d, 0x05, 0x94, 0x54, 0x14][i % 10];
+                    }
+                }
+            }
+            let dst0 = bytes(seed + 1000, n + 64);
+            for arch in [Arch::X86_64, Arch::Aarch64] {
+                let cut = (seed as usize * 131) % n;
+                let h = Header {
+                    arch,
+                    inner: OpKind::SourceZstd,
+                    code: vec![
+                        (1, cut as u64 / 2 + 1),
+                        (cut as u64 / 2 + 3, (n - cut / 2 - 3) as u64),
+                    ],
+                    segments: vec![
+                        Segment {
+                            src: 0,
+                            dst: 0,
+                            len: cut as u64 + 1,
+                        },
+                        Segment {
+                            src: cut as u64 + 1,
+                            dst: cut as u64 + 50,
+                            len: 7,
+                        },
+                        Segment {
+                            src: cut as u64 + 13,
+                            dst: cut as u64 + 61,
+                            len: (n - cut - 13) as u64,
+                        },
+                    ],
+                };
+                check(&h, n as u64, dst0.len() as u64).unwrap();
+                fields[(arch == Arch::Aarch64) as usize] += corrected(&h, &src);
+                let mut d = dst0.clone();
+                forward(&h, &src, &mut d);
+                inverse(&h, &src, &mut d);
+                assert_eq!(d, dst0, "seed {seed} {arch:?}");
+                let data = op(&h, &src, &dst0);
+                let mut out = vec![0; dst0.len()];
+                decode(&data, &src, &mut out).unwrap();
+                assert_eq!(out, dst0, "seed {seed} {arch:?}");
+            }
+        }
+        assert!(fields[0] > 100 && fields[1] > 100, "{fields:?}");
+    }
+
+    /// The committed `branch_delta_decode` fuzz seed (u16le destination
+    /// length · u16le source length · source · data), checked here and
+    /// written anew with `ROMDELTA_WRITE_FUZZ_SEEDS=1`.
+    #[test]
+    fn fuzz_seed_is_a_valid_operation() {
+        let (src, dst) = x86(60, 30);
+        let h = header(&src, &dst, 30 * 64, Arch::X86_64);
+        let data = op(&h, &src, &dst);
+        let mut out = vec![0; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        let mut seed = Vec::new();
+        seed.extend_from_slice(&(dst.len() as u16).to_le_bytes());
+        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
+        seed.extend_from_slice(&src);
+        seed.extend_from_slice(&data);
+        crate::check_fuzz_seed("branch_delta_decode", "seed-x86", &seed);
+    }
+
+    #[test]
+    fn every_truncation_and_hostile_header_is_refused() {
+        let (src, dst) = a64(300, 100);
+        let h = header(&src, &dst, 100 * 64, Arch::Aarch64);
+        let data = op(&h, &src, &dst);
+        for cut in 0..data.len() {
+            assert!(
+                decode(&data[..cut], &src, &mut vec![0; dst.len()]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let with = |f: &dyn Fn(&mut Header)| {
+            let mut h = header(&src, &dst, 100 * 64, Arch::Aarch64);
+            f(&mut h);
+            decode(&encode(&h, &[]), &src, &mut vec![0; dst.len()])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(with(&|h| h.code[0].1 += 1).contains("do not fit"));
+        assert!(with(&|h| h.code.push((src.len() as u64, 0))).contains("at least 1"));
+        assert!(with(&|h| h.segments[1].len += 1).contains("do not fit"));
+        assert!(with(&|h| h.segments[0].src = 1 << 40).contains("do not fit"));
+        assert!(with(&|h| h.segments[0].len = 0).contains("at least 1"));
+        assert!(with(&|h| h.segments[1].src = 10).contains("in two segments"));
+        assert!(with(&|h| h.inner = OpKind::SourceBranchDelta).contains("cannot be an inner patch"));
+        let mut bad = encode(&h, &[]);
+        bad[2] = 9; // the architecture byte, after the one-byte length and the version
+        assert!(decode(&bad, &src, &mut vec![0; dst.len()])
+            .unwrap_err()
+            .to_string()
+            .contains("architecture"));
+    }
+}
