@@ -107,29 +107,48 @@ pub fn branch_delta(
 mod tests {
     use super::*;
 
-    /// Plain and SOURCE_BRANCH_DELTA sizes of the ELF file pairs named by
-    /// `ROMDELTA_BRANCH_PAIRS` (`old:new` paths, comma-separated).
     #[test]
-    fn measure_pairs() {
-        let Some(list) = std::env::var_os("ROMDELTA_BRANCH_PAIRS") else {
-            return;
+    fn alignment_joins_equal_shifts_and_reads_each_source_byte_once() {
+        let c = |add, copy, seek| ops::Control { add, copy, seek };
+        let patch = ops::BsdiffPatch {
+            controls: vec![
+                // 0..100 from 0, 10 new bytes, 110..210 from 110: one
+                // shift, one segment.
+                c(100, 10, 10),
+                c(100, 0, -170),
+                // 210..260 from 40: reads the first segment's bytes again
+                // and is shorter.
+                c(50, 5, 245),
+                // 265..365 from 335; then a 20-byte run of another shift.
+                c(100, 0, 7),
+                c(20, 0, 0),
+            ],
+            ..Default::default()
         };
-        for pair in list.to_str().unwrap().split(',') {
-            let (a, b) = pair.split_once(':').unwrap();
-            let (src, dst) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-            let (arch, code) = crate::elf::code_sections(&src, 0).unwrap();
-            let plain = crate::bsdiff::diff(&src, &dst);
-            let bs = ops::encode_bsdiff_sparse(&plain, 19).len();
-            let zs = ops::encode_source_zstd(&src, &dst, 19).len();
-            let best = bs.min(zs);
-            let t0 = std::time::Instant::now();
-            let bd = branch_delta(arch, code, &src, &dst, &plain, u64::MAX, 19, 19);
-            let segs = alignment(&plain, src.len() as u64).len();
-            eprintln!(
-                "{b}: {arch:?} zstd {zs} bsdiff {bs} branch {:?} segments {segs} ({:?})",
-                bd.map(|d| d.len() as f64 / best as f64),
-                t0.elapsed()
-            );
-        }
+        let a = alignment(&patch, 1000);
+        assert_eq!(
+            a,
+            [
+                Segment {
+                    src: 0,
+                    dst: 0,
+                    len: 210
+                },
+                Segment {
+                    src: 290,
+                    dst: 265,
+                    len: 100
+                },
+            ]
+        );
+        // Runs past the source are left out.
+        assert_eq!(
+            alignment(&patch, 300),
+            [Segment {
+                src: 0,
+                dst: 0,
+                len: 210
+            }]
+        );
     }
 }
