@@ -135,7 +135,7 @@ mod tests {
                     len: 210
                 },
                 Segment {
-                    src: 290,
+                    src: 335,
                     dst: 265,
                     len: 100
                 },
