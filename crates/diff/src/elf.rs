@@ -1,5 +1,6 @@
 //! Relocation tables of the ELF64 files an image holds, for
-//! SOURCE_FIELD_DELTA.
+//! SOURCE_FIELD_DELTA, and their executable sections, for
+//! SOURCE_BRANCH_DELTA.
 //!
 //! Files start at block boundaries in the filesystems romdelta meets, and
 //! most are stored in consecutive blocks. So a block that starts with an
