@@ -308,4 +308,43 @@ mod tests {
         assert!(t.ranges_in(&[Extent::new(20, 4)]).is_empty());
         assert!(Tables::default().ranges_in(&[Extent::new(0, 9)]).is_empty());
     }
+
+    #[test]
+    fn code_is_cut_to_the_extents_and_named_by_its_larger_part() {
+        let c = Code(disjoint(vec![
+            (4096 + 10, 5000, Arch::X86_64),
+            (4 * 4096, 100, Arch::Aarch64),
+            (4 * 4096 + 50, 10, Arch::X86_64),
+        ]));
+        // The overlapping third range is left out.
+        assert_eq!(c.0.len(), 2);
+        let (arch, r) = c
+            .ranges_in(&[Extent::new(1, 1), Extent::new(2, 3)])
+            .unwrap();
+        assert_eq!(arch, Arch::X86_64);
+        // One range over both extents (they are consecutive in the
+        // concatenation), then the AArch64 one.
+        assert_eq!(r, [(10, 5000), (3 * 4096, 100)]);
+        let (arch, r) = c.ranges_in(&[Extent::new(4, 1)]).unwrap();
+        assert_eq!((arch, r), (Arch::Aarch64, vec![(0, 100)]));
+        assert!(c.ranges_in(&[Extent::new(9, 3)]).is_none());
+        // A file's header: x86-64 with one executable section.
+        let mut f = vec![0u8; 4096];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[0x12] = 62;
+        f[0x28..0x30].copy_from_slice(&1024u64.to_le_bytes());
+        f[0x3a] = 64;
+        f[0x3c] = 2;
+        let sh = 1024 + 64;
+        f[sh + 4] = 1;
+        f[sh + 8] = 6;
+        f[sh + 0x18..sh + 0x20].copy_from_slice(&2048u64.to_le_bytes());
+        f[sh + 0x20..sh + 0x28].copy_from_slice(&300u64.to_le_bytes());
+        assert_eq!(
+            code_sections(&f, 0),
+            Some((Arch::X86_64, vec![(2048, 300)]))
+        );
+        f[0x12] = 40;
+        assert_eq!(code_sections(&f, 0), None);
+    }
 }
