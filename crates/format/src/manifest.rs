@@ -942,6 +942,16 @@ mod tests {
     }
 
     #[test]
+    fn a_branch_delta_operation_needs_version_5() {
+        let mut m = xz_manifest();
+        m.partitions[0].operations[0].kind = OpKind::SourceBranchDelta;
+        (m.codecs, m.apply_memory_mib) = (vec![], 0);
+        assert_eq!(m.format_version(), 5);
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        assert_eq!(OpKind::from_code(10).unwrap(), OpKind::SourceBranchDelta);
+    }
+
+    #[test]
     fn hostile_tails_are_refused() {
         let m = xz_manifest();
         let mut no_codec = m.clone();
