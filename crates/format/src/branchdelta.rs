@@ -724,23 +724,34 @@ mod tests {
         assert!(fields[0] > 100 && fields[1] > 50, "{fields:?}");
     }
 
-    /// The committed `branch_delta_decode` fuzz seed (u16le destination
+    /// The committed `branch_delta_decode` fuzz seeds (u16le destination
     /// length · u16le source length · source · data), checked here and
     /// written anew with `ROMDELTA_WRITE_FUZZ_SEEDS=1`.
     #[test]
     fn fuzz_seed_is_a_valid_operation() {
-        let (src, dst) = x86(60, 30);
-        let h = header(&src, &dst, 30 * 64, Arch::X86_64);
-        let data = op(&h, &src, &dst);
-        let mut out = vec![0; dst.len()];
-        decode(&data, &src, &mut out).unwrap();
-        assert_eq!(out, dst);
-        let mut seed = Vec::new();
-        seed.extend_from_slice(&(dst.len() as u16).to_le_bytes());
-        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
-        seed.extend_from_slice(&src);
-        seed.extend_from_slice(&data);
-        crate::check_fuzz_seed("branch_delta_decode", "seed-x86", &seed);
+        let pairs = [
+            ("seed-x86", Arch::X86_64, x86(60, 30)),
+            ("seed-a64", Arch::Aarch64, a64(60, 20)),
+        ];
+        for (name, arch, (src, dst)) in pairs {
+            let split = if arch == Arch::X86_64 {
+                30 * 64
+            } else {
+                20 * 64
+            };
+            let h = header(&src, &dst, split, arch);
+            assert!(corrected(&h, &src) > 10);
+            let data = op(&h, &src, &dst);
+            let mut out = vec![0; dst.len()];
+            decode(&data, &src, &mut out).unwrap();
+            assert_eq!(out, dst);
+            let mut seed = Vec::new();
+            seed.extend_from_slice(&(dst.len() as u16).to_le_bytes());
+            seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
+            seed.extend_from_slice(&src);
+            seed.extend_from_slice(&data);
+            crate::check_fuzz_seed("branch_delta_decode", name, &seed);
+        }
     }
 
     #[test]
