@@ -2,6 +2,7 @@
 
 mod archives;
 mod bench;
+mod branchdelta;
 mod bsdiff40;
 mod cli;
 mod common;

@@ -245,7 +245,8 @@ pub(crate) fn run_op(
         | OpKind::SourceBsdiffSparse
         | OpKind::SourceRecompress
         | OpKind::SourceXzRebuild
-        | OpKind::SourceFieldDelta => {
+        | OpKind::SourceFieldDelta
+        | OpKind::SourceBranchDelta => {
             check_data(data, part, i, op)?;
             if op.kind == OpKind::SourceXzRebuild {
                 check_op_memory(data, part, i, op, package_memory_mib)?;

@@ -1,5 +1,6 @@
 //! Relocation tables of the ELF64 files an image holds, for
-//! SOURCE_FIELD_DELTA.
+//! SOURCE_FIELD_DELTA, and their executable sections, for
+//! SOURCE_BRANCH_DELTA.
 //!
 //! Files start at block boundaries in the filesystems romdelta meets, and
 //! most are stored in consecutive blocks. So a block that starts with an
@@ -10,7 +11,7 @@
 //! bytes): a wrong guess only makes a patch that is not chosen. Every read
 //! is bounded by the image and by [`MAX_FILE`].
 
-use romdelta_format::{fielddelta::Range, Extent, BLOCK_SIZE};
+use romdelta_format::{branchdelta::Arch, fielddelta::Range, Extent, BLOCK_SIZE};
 use romdelta_rom::Partition;
 
 /// Bytes of an ELF64 relocation entry (`Elf64_Rela`).
@@ -67,6 +68,131 @@ fn file_tables(b: &[u8], base: u64, out: &mut Vec<(u64, u64)>) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// `SHF_EXECINSTR`.
+const SHF_EXECINSTR: u64 = 4;
+/// `SHT_NOBITS`: a section without file bytes.
+const SHT_NOBITS: u32 = 8;
+
+/// The instruction set and executable sections (`(first byte, length)`,
+/// from `base` on, in the order of the section headers) of the ELF64
+/// little-endian file whose header is at `base`, when it is x86-64 or
+/// AArch64 code.
+pub fn code_sections(b: &[u8], base: u64) -> Option<(Arch, Vec<(u64, u64)>)> {
+    if le::<6>(b, base)? != *b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let arch = match u16_at(b, base + 0x12)? {
+        62 => Arch::X86_64,
+        183 => Arch::Aarch64,
+        _ => return None,
+    };
+    let shoff = u64_at(b, base + 0x28)?;
+    let (entsize, num) = (u16_at(b, base + 0x3a)?, u16_at(b, base + 0x3c)?);
+    if entsize != 64 || num == 0 || num > MAX_SECTIONS || shoff > MAX_FILE {
+        return None;
+    }
+    let mut out = Vec::new();
+    for i in 0..num {
+        let sh = base + shoff + i * 64;
+        let (kind, flags) = (u32_at(b, sh + 4)?, u64_at(b, sh + 8)?);
+        let (off, size) = (u64_at(b, sh + 0x18)?, u64_at(b, sh + 0x20)?);
+        if kind != SHT_NOBITS
+            && flags & SHF_EXECINSTR != 0
+            && size > 0
+            && off <= MAX_FILE
+            && size <= MAX_FILE
+        {
+            out.push((base + off, size));
+        }
+    }
+    (!out.is_empty()).then_some((arch, out))
+}
+
+/// Executable sections of the ELF64 files an image holds (those starting at
+/// a block), by instruction set.
+#[derive(Debug, Default)]
+pub struct Code(Vec<(u64, u64, Arch)>);
+
+impl Code {
+    /// Finds the code of every ELF64 file starting at a block of `p`.
+    pub fn find(p: &Partition) -> Code {
+        let b = p.bytes();
+        let mut found = Vec::new();
+        let piece = crate::PASS_PIECE as u64;
+        let mut at = 0u64;
+        while at < b.len() as u64 {
+            let end = (at + piece).min(b.len() as u64);
+            let mut block = at;
+            while block < end {
+                if b[block as usize] == 0x7f {
+                    if let Some((arch, v)) = code_sections(b, block) {
+                        let n = b.len() as u64;
+                        found.extend(
+                            v.into_iter()
+                                .filter(|&(s, l)| s + l <= n)
+                                .map(|(s, l)| (s, l, arch)),
+                        );
+                    }
+                }
+                block += BLOCK_SIZE;
+            }
+            p.release(at, end - at);
+            at = end;
+        }
+        p.release_all();
+        Code(disjoint(found))
+    }
+
+    /// Whether no code was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The code within the image bytes of `extents` as ranges of the
+    /// concatenation of those bytes, with the instruction set most of them
+    /// are (`None` when there is none).
+    pub fn ranges_in(&self, extents: &[Extent]) -> Option<(Arch, Vec<(u64, u64)>)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut bytes = [0u64; 2];
+        let mut pos = 0u64;
+        for e in extents {
+            let (lo, hi) = (e.start_block * BLOCK_SIZE, e.end_block() * BLOCK_SIZE);
+            let first = self.0.partition_point(|&(s, n, _)| s + n <= lo);
+            for &(s, n, arch) in self.0[first..].iter().take_while(|&&(s, _, _)| s < hi) {
+                let (a, b) = (s.max(lo), (s + n).min(hi));
+                if a < b {
+                    bytes[(arch == Arch::Aarch64) as usize] += b - a;
+                    let start = pos + a - lo;
+                    match out.last_mut() {
+                        Some(l) if l.0 + l.1 == start => l.1 += b - a,
+                        _ => out.push((start, b - a)),
+                    }
+                }
+            }
+            pos += hi - lo;
+        }
+        let arch = if bytes[1] > bytes[0] {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        };
+        (!out.is_empty()).then_some((arch, out))
+    }
+}
+
+/// `(start, length, …)` ranges sorted, each kept when it starts after the
+/// ones kept before end.
+fn disjoint<T: Ord + Copy>(mut v: Vec<(u64, u64, T)>) -> Vec<(u64, u64, T)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64, T)> = Vec::with_capacity(v.len());
+    for r in v {
+        if out.last().is_none_or(|l| r.0 >= l.0 + l.1) {
+            out.push(r);
+        }
+    }
+    out
 }
 
 impl Tables {
@@ -181,5 +307,44 @@ mod tests {
         );
         assert!(t.ranges_in(&[Extent::new(20, 4)]).is_empty());
         assert!(Tables::default().ranges_in(&[Extent::new(0, 9)]).is_empty());
+    }
+
+    #[test]
+    fn code_is_cut_to_the_extents_and_named_by_its_larger_part() {
+        let c = Code(disjoint(vec![
+            (4096 + 10, 5000, Arch::X86_64),
+            (4 * 4096, 100, Arch::Aarch64),
+            (4 * 4096 + 50, 10, Arch::X86_64),
+        ]));
+        // The overlapping third range is left out.
+        assert_eq!(c.0.len(), 2);
+        let (arch, r) = c
+            .ranges_in(&[Extent::new(1, 1), Extent::new(2, 3)])
+            .unwrap();
+        assert_eq!(arch, Arch::X86_64);
+        // One range over both extents (they are consecutive in the
+        // concatenation), then the AArch64 one.
+        assert_eq!(r, [(10, 5000), (3 * 4096, 100)]);
+        let (arch, r) = c.ranges_in(&[Extent::new(4, 1)]).unwrap();
+        assert_eq!((arch, r), (Arch::Aarch64, vec![(0, 100)]));
+        assert!(c.ranges_in(&[Extent::new(9, 3)]).is_none());
+        // A file's header: x86-64 with one executable section.
+        let mut f = vec![0u8; 4096];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[0x12] = 62;
+        f[0x28..0x30].copy_from_slice(&1024u64.to_le_bytes());
+        f[0x3a] = 64;
+        f[0x3c] = 2;
+        let sh = 1024 + 64;
+        f[sh + 4] = 1;
+        f[sh + 8] = 6;
+        f[sh + 0x18..sh + 0x20].copy_from_slice(&2048u64.to_le_bytes());
+        f[sh + 0x20..sh + 0x28].copy_from_slice(&300u64.to_le_bytes());
+        assert_eq!(
+            code_sections(&f, 0),
+            Some((Arch::X86_64, vec![(2048, 300)]))
+        );
+        f[0x12] = 40;
+        assert_eq!(code_sections(&f, 0), None);
     }
 }

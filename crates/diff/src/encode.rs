@@ -197,12 +197,14 @@ pub fn target_bytes(dst: &Partition, region: Region) -> Vec<u8> {
 /// cheaper one to apply: REPLACE, SOURCE_ZSTD, SOURCE_BSDIFF_SPARSE). bsdiff is
 /// tried only where the source evidently helps: its matcher is slow on
 /// unrelated data and would lose there anyway.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_region(
     src: Option<&Partition>,
     dst: &Partition,
     classes: &[BlockClass],
     anchors: Option<&AnchorIndex>,
     tables: Option<&crate::elf::FieldTables>,
+    code: Option<&crate::elf::Code>,
     region: Region,
     p: &EncodeParams,
 ) -> Encoded {
@@ -280,6 +282,28 @@ pub fn encode_region(
         {
             if better.len() < data.len() {
                 (kind, data) = (OpKind::SourceFieldDelta, better);
+            }
+        }
+    }
+    // Machine code: branch displacements predicted through the alignment
+    // of the plain bsdiff match.
+    if let (Some((arch, ranges)), Some(t)) =
+        (code.and_then(|c| c.ranges_in(final_windows)), &trimmed)
+    {
+        let trial = best_trial as u64;
+        let (tl, fl) = (trial_level, final_level);
+        if let Some(better) = crate::branch::branch_delta(
+            arch,
+            ranges,
+            final_source,
+            &target,
+            &t.patch,
+            trial,
+            tl,
+            fl,
+        ) {
+            if better.len() < data.len() {
+                (kind, data) = (OpKind::SourceBranchDelta, better);
             }
         }
     }

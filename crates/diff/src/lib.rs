@@ -17,6 +17,7 @@
 
 pub mod anchors;
 pub mod blocks;
+pub mod branch;
 pub mod bsdiff;
 pub mod elf;
 pub mod encode;
@@ -107,6 +108,10 @@ pub struct DiffOptions {
     /// Try SOURCE_FIELD_DELTA (relocation tables delta-coded) on changed
     /// regions that hold ELF relocation tables.
     pub field_delta: bool,
+    /// Try SOURCE_BRANCH_DELTA (branch and call displacements predicted
+    /// through an alignment) on changed regions that hold x86-64 or
+    /// AArch64 code of ELF files.
+    pub branch_delta: bool,
     /// Most memory (MiB) one operation may need at apply. Above the
     /// applier's default bound (64 MiB) the generator may make operations
     /// that need more (SOURCE_XZ_REBUILD of kernels: about 470 MiB for a
@@ -137,6 +142,7 @@ impl Default for DiffOptions {
             max_stash_blocks: 16384,
             recompress: true,
             field_delta: true,
+            branch_delta: true,
             apply_memory_mib: 64,
         }
     }
@@ -560,6 +566,7 @@ struct Regions<'a> {
     dst: &'a Partition,
     anchors: Option<&'a anchors::AnchorIndex>,
     tables: Option<&'a elf::FieldTables>,
+    code: Option<&'a elf::Code>,
     params: &'a EncodeParams,
     opts: &'a DiffOptions,
 }
@@ -592,6 +599,7 @@ impl Regions<'_> {
                         classes,
                         self.anchors,
                         self.tables,
+                        self.code,
                         *r,
                         self.params,
                     )
@@ -692,11 +700,18 @@ fn diff_partition(
             Some(s) if opts.field_delta && byte_level => elf::FieldTables::find(s, dst),
             _ => None,
         };
+        let code = match src {
+            Some(s) if opts.branch_delta && byte_level => {
+                Some(elf::Code::find(s)).filter(|c| !c.is_empty())
+            }
+            _ => None,
+        };
         let regions = Regions {
             src,
             dst,
             anchors: anchors.as_ref(),
             tables: tables.as_ref(),
+            code: code.as_ref(),
             params: &params,
             opts,
         };

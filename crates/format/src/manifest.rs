@@ -46,11 +46,16 @@ pub enum OpKind {
     /// with their tables of sorted fixed-stride fields (ELF relocation
     /// offsets) delta-coded ([`crate::fielddelta`]). Since format version 4.
     SourceFieldDelta,
+    /// Data is an inner patch from the source to destination bytes whose
+    /// relative branch and call displacements were rewritten as the source
+    /// and an alignment predict them ([`crate::branchdelta`]). Since format
+    /// version 5.
+    SourceBranchDelta,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 9] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -60,6 +65,7 @@ impl OpKind {
         OpKind::SourceRecompress,
         OpKind::SourceXzRebuild,
         OpKind::SourceFieldDelta,
+        OpKind::SourceBranchDelta,
     ];
 
     /// The wire code.
@@ -74,6 +80,7 @@ impl OpKind {
             OpKind::SourceRecompress => 6,
             OpKind::SourceXzRebuild => 7,
             OpKind::SourceFieldDelta => 8,
+            OpKind::SourceBranchDelta => 10,
         }
     }
 
@@ -97,6 +104,7 @@ impl OpKind {
             OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
             OpKind::SourceXzRebuild => "SOURCE_XZ_REBUILD",
             OpKind::SourceFieldDelta => "SOURCE_FIELD_DELTA",
+            OpKind::SourceBranchDelta => "SOURCE_BRANCH_DELTA",
         }
     }
 
@@ -111,6 +119,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceBranchDelta
         )
     }
 
@@ -125,6 +134,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceBranchDelta
         )
     }
 }
@@ -493,8 +503,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 }
 
 impl Manifest {
-    /// The oldest format version that can express this manifest: 4 when an
-    /// operation is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
+    /// The oldest format version that can express this manifest: 5 when an
+    /// operation is SOURCE_BRANCH_DELTA, 4 when one is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
     /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
     /// one is SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
@@ -504,7 +514,9 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceRecompress)
+        if uses(OpKind::SourceBranchDelta) {
+            5
+        } else if uses(OpKind::SourceRecompress)
             || uses(OpKind::SourceFieldDelta)
             || uses(OpKind::SourceXzRebuild)
             || !self.codecs.is_empty()
@@ -927,6 +939,16 @@ mod tests {
         assert_eq!(m2.format_version(), 2);
         assert_eq!(Manifest::decode(&m2.encode()).unwrap(), m2);
         assert_eq!(Codec::liblzma().version_name(), "5.8.4");
+    }
+
+    #[test]
+    fn a_branch_delta_operation_needs_version_5() {
+        let mut m = xz_manifest();
+        m.partitions[0].operations[0].kind = OpKind::SourceBranchDelta;
+        (m.codecs, m.apply_memory_mib) = (vec![], 0);
+        assert_eq!(m.format_version(), 5);
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        assert_eq!(OpKind::from_code(10).unwrap(), OpKind::SourceBranchDelta);
     }
 
     #[test]
