@@ -298,6 +298,7 @@ fn base_manifest() -> romdelta_format::Manifest {
                 },
             ],
             stages: vec![],
+            source_reads: vec![],
         }],
         removed: vec![],
         codecs: vec![],

@@ -1,4 +1,4 @@
-//! The romdelta package format, version 4 (and versions 2 and 3, which it extends).
+//! The romdelta package format, version 5 (and versions 2 to 4, which it extends).
 //!
 //! This crate is the only place in romdelta that parses untrusted bytes. It
 //! does no I/O of its own: it turns bytes into typed, structurally valid
@@ -17,6 +17,7 @@
 pub mod bsdiff40;
 pub mod buildprop;
 mod codec;
+pub mod crosspart;
 mod error;
 mod extent;
 pub mod fielddelta;
@@ -46,7 +47,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// package is written with the oldest version that can express it (see
 /// [`Manifest::format_version`]), so older readers keep reading packages that
 /// use none of the newer features.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The oldest package format version this crate reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
