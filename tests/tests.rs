@@ -5,6 +5,7 @@ mod bench;
 mod bsdiff40;
 mod cli;
 mod common;
+mod crosspart;
 mod faults;
 mod fielddelta;
 mod fuzz_seeds;
