@@ -108,7 +108,10 @@ fn ext4(work: &Path, img: &Path, files: &[(&str, Vec<u8>)], mib: u64) {
 }
 
 /// A ROM directory: ext4 images by partition, and a raw boot image.
-fn rom(work: &Path, name: &str, parts: &[(&str, Vec<(&str, Vec<u8>)>)], boot: &[u8]) -> PathBuf {
+/// The files of one partition: (name, bytes).
+type Files = Vec<(&'static str, Vec<u8>)>;
+
+fn rom(work: &Path, name: &str, parts: &[(&str, Files)], boot: &[u8]) -> PathBuf {
     let dir = work.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for (part, files) in parts {
@@ -119,7 +122,7 @@ fn rom(work: &Path, name: &str, parts: &[(&str, Vec<(&str, Vec<u8>)>)], boot: &[
 }
 
 /// The system files both builds start from.
-fn system_files() -> Vec<(&'static str, Vec<u8>)> {
+fn system_files() -> Files {
     vec![
         ("libbase.so", content(1, 700_000)),
         ("libui.so", content(2, 420_000)),
@@ -684,4 +687,56 @@ fn power_cuts_during_a_cross_partition_install_leave_a_bootable_device() {
     }
     eprintln!("{total} points, 48 cuts: {old_seen} booted the old build and resumed, {new_seen} the new one");
     assert!(old_seen > 0);
+}
+
+/// The fuzz seeds with reads across partitions
+/// (`fuzz/corpus/{manifest_decode,package_parse}/seed-cross-partition`),
+/// made from small raw images; written anew with
+/// `ROMDELTA_WRITE_FUZZ_SEEDS=1`, else checked.
+#[test]
+fn cross_partition_fuzz_seeds_are_valid_version_5_inputs() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let paths = [
+        corpus.join("manifest_decode/seed-cross-partition"),
+        corpus.join("package_parse/seed-cross-partition"),
+    ];
+    if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = content(7, 16 * 4096);
+        let mut sys2 = sys.clone();
+        sys2[100] ^= 1;
+        // vendor: four blocks of system, and an edited fifth.
+        let mut vnd = sys[4 * 4096..8 * 4096].to_vec();
+        vnd.extend(edited(&sys[9 * 4096..10 * 4096], 1));
+        let write = |name: &str, parts: &[(&str, &[u8])]| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            for (p, b) in parts {
+                std::fs::write(d.join(format!("{p}.img")), b).unwrap();
+            }
+            romdelta_rom::Rom::open(&d).unwrap()
+        };
+        let old = write("old", &[("system", &sys)]);
+        let new = write("new", &[("system", &sys2), ("vendor", &vnd)]);
+        let out = dir.path().join("p.romdelta");
+        let opts = romdelta_diff::DiffOptions {
+            level: 3,
+            ..Default::default()
+        };
+        romdelta_diff::write_package(Some(&old), &new, &opts, &out, &|_| {}).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let p = Package::parse(&bytes).unwrap();
+        std::fs::write(&paths[0], p.manifest_bytes).unwrap();
+        std::fs::write(&paths[1], &bytes).unwrap();
+    }
+    let m = Manifest::decode(&std::fs::read(&paths[0]).unwrap()).unwrap();
+    let bytes = std::fs::read(&paths[1]).unwrap();
+    let p = Package::parse(&bytes).unwrap();
+    assert_eq!(p.manifest, m);
+    assert_eq!(p.header.version, 5);
+    let vendor = m.partitions.iter().find(|p| p.name == "vendor").unwrap();
+    assert!(
+        vendor.old.is_none() && vendor.source_reads.len() >= 2,
+        "{vendor:?}"
+    );
 }

@@ -44,6 +44,7 @@ impl<'a> Other<'a> {
             ix
         })
     }
+    /// Built by [`Others::claim_copies`] before any region is encoded.
     fn anchors(&self) -> &AnchorIndex {
         self.anchors.get_or_init(|| {
             let p = self.part;
@@ -141,7 +142,7 @@ impl<'a> Others<'a> {
             });
             from[i] = hit;
             prev = hit;
-            if (i as u64 + 1) % 16384 == 0 {
+            if (i as u64 + 1).is_multiple_of(16384) {
                 dst.release_all();
                 cands.iter().for_each(|(_, o)| o.part.release_all());
             }
@@ -168,6 +169,15 @@ impl<'a> Others<'a> {
             } else {
                 classes[start..i].fill(BlockClass::Claimed);
             }
+        }
+        // What is left changed becomes regions, encoded in parallel: the
+        // anchor indexes they look up are built here, before that (an index
+        // built from inside a parallel job could be asked for again by a
+        // job the same thread picks up while it waits).
+        if classes.contains(&BlockClass::Changed) {
+            cands.iter().for_each(|(_, o)| {
+                o.anchors();
+            });
         }
         ForeignCopies { from }
     }
@@ -256,7 +266,10 @@ impl<'a> Others<'a> {
         let own_hits = own_anchors.map_or(0, hits);
         let mut best: Option<(usize, u32)> = None;
         for (k, o) in self.candidates(own) {
-            let h = hits(o.anchors());
+            let Some(ix) = o.anchors.get() else {
+                continue;
+            };
+            let h = hits(ix);
             if h > own_hits && best.is_none_or(|(bh, _)| h > bh) {
                 best = Some((h, k));
             }
@@ -279,7 +292,7 @@ impl<'a> Others<'a> {
             Some(other.part),
             dst,
             &view,
-            Some(other.anchors()),
+            other.anchors.get(),
             None,
             region,
             p,
