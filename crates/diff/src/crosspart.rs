@@ -314,3 +314,96 @@ pub fn source_read(index: usize, partition: String) -> SourceRead {
         partition,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use romdelta_format::BLOCK_SIZE;
+    use romdelta_rom::Access;
+
+    /// `n` distinct pseudo-random blocks from `seed`.
+    fn blocks(seed: u64, n: usize) -> Vec<Vec<u8>> {
+        let mut x = seed * 2 + 1;
+        (0..n)
+            .map(|_| {
+                (0..BLOCK_SIZE)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn part(dir: &Path, name: &str, blocks: &[&Vec<u8>]) -> Partition {
+        let path = dir.join(format!("{name}.img"));
+        let bytes: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        std::fs::write(&path, bytes).unwrap();
+        Partition::open(name, &path, Access::Mapped).unwrap()
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn copies_follow_runs_prefer_earlier_partitions_and_leave_short_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = blocks(1, 8);
+        let b = blocks(2, 8);
+        let new = blocks(3, 8);
+        // "system" holds a0..a7; "vendor" holds a2 too (a copy of it), and b0..b7.
+        let system = part(dir.path(), "system", &a.iter().collect::<Vec<_>>());
+        let vendor = part(
+            dir.path(),
+            "vendor",
+            &[
+                &a[2], &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6], &b[7],
+            ],
+        );
+        // The target "product": a run a1 a2 a3 (a2 is in both: the run
+        // stays in system), new data, one block of vendor between new data
+        // (a short gap: left to the region), new data, then b4 b5.
+        let target = part(
+            dir.path(),
+            "product",
+            &[&a[1], &a[2], &a[3], &new[0], &b[0], &new[1], &b[4], &b[5]],
+        );
+        let sources = [system, vendor];
+        let others = Others::new(&sources);
+        let mut classes = vec![BlockClass::Changed; 8];
+        let copies = others.claim_copies(None, &target, &mut classes, 1);
+        use BlockClass::{Changed as C, Claimed as K};
+        assert_eq!(classes, [K, K, K, C, C, C, K, K]);
+        let ops = others.copy_operations(&copies);
+        let got: Vec<(&str, Vec<Extent>, Vec<Extent>)> = ops
+            .iter()
+            .map(|(op, from)| {
+                (
+                    from.as_str(),
+                    op.src_extents.clone(),
+                    op.dst_extents.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("system", vec![Extent::new(1, 3)], vec![Extent::new(0, 3)]),
+                ("vendor", vec![Extent::new(5, 2)], vec![Extent::new(6, 2)]),
+            ]
+        );
+        // The hash covers the bytes read there.
+        let mut want = Vec::new();
+        sources[1]
+            .read_extents(&[Extent::new(5, 2)], &mut want)
+            .unwrap();
+        assert_eq!(ops[1].0.src_sha256, romdelta_format::sha256(&want));
+        // The own partition is never a candidate: as "system"'s target,
+        // only vendor's blocks are claimed.
+        let mut classes = vec![BlockClass::Changed; 8];
+        others.claim_copies(Some(&sources[0]), &target, &mut classes, 0);
+        assert_eq!(classes, [C, K, C, C, K, C, K, K]);
+    }
+}
