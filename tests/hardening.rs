@@ -108,6 +108,7 @@ fn one_zero_op(in_place: bool, device: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             },
             operations: vec![zero_op(0)],
             stages: if in_place { vec![1] } else { vec![] },
+            source_reads: vec![],
         }],
         removed: vec![],
         codecs: vec![],

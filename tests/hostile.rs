@@ -298,6 +298,7 @@ fn base_manifest() -> romdelta_format::Manifest {
                 },
             ],
             stages: vec![],
+            source_reads: vec![],
         }],
         removed: vec![],
         codecs: vec![],
@@ -383,13 +384,14 @@ fn each_hostile_manifest_is_refused_with_a_clear_error() {
         .contains("too large"));
     // Format versions from the past and the future, and lengths past the end of the file.
     let pkg = Package::encode_prefix(&ok, &[]);
-    for v in [0u8, 1, 6, 200] {
+    let newest = romdelta_format::FORMAT_VERSION;
+    for v in [0u8, 1, newest as u8 + 1, 200] {
         let mut other = pkg.clone();
         other[8] = v;
         let err = Package::parse(&other).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
-                "unsupported package format version {v} (this romdelta reads versions 2 to 5)"
+                "unsupported package format version {v} (this romdelta reads versions 2 to {newest})"
             )),
             "{err}"
         );

@@ -6,6 +6,7 @@ mod branchdelta;
 mod bsdiff40;
 mod cli;
 mod common;
+mod crosspart;
 mod faults;
 mod fielddelta;
 mod fuzz_seeds;

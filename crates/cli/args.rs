@@ -380,6 +380,10 @@ pub struct Tuning {
     /// Do not try SOURCE_BRANCH_DELTA (branch displacements predicted).
     #[arg(long, hide = true)]
     pub no_branch_delta: bool,
+    /// Let operations read only their own partition's source image (no
+    /// reads across partitions, format version 5).
+    #[arg(long, hide = true)]
+    pub no_cross_partition: bool,
     /// Most memory (MiB) one operation may need at apply (default 64, what
     /// `apply` allows by default). More lets the xz payloads of Linux
     /// kernels be rebuilt (SOURCE_XZ_REBUILD: about 470 MiB for a 32 MiB
@@ -430,6 +434,9 @@ impl Tuning {
         }
         if self.no_branch_delta {
             o.branch_delta = false;
+        }
+        if self.no_cross_partition {
+            o.cross_partition = false;
         }
         if let Some(v) = self.apply_memory {
             o.apply_memory_mib = v;

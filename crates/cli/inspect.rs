@@ -14,6 +14,19 @@ struct KindStats {
     data_bytes: u64,
 }
 
+/// Operations of a partition that read another partition of the source
+/// build (format version 5), per partition read.
+#[derive(Serialize)]
+struct ReadsFrom {
+    partition: String,
+    operations: u64,
+    /// Blocks they write.
+    blocks: u64,
+    /// Source blocks they read.
+    src_blocks: u64,
+    data_bytes: u64,
+}
+
 #[derive(Serialize)]
 struct Image {
     size: u64,
@@ -34,6 +47,8 @@ struct PartitionView {
     operations: u64,
     data_bytes: u64,
     by_kind: Vec<KindStats>,
+    /// Operations that read another source partition, by partition read.
+    reads_from: Vec<ReadsFrom>,
     /// In place: the number of stages (`null` for A/B).
     stages: Option<u64>,
     /// In place: blocks in the largest stash of a stage (`null` for A/B).
@@ -106,6 +121,7 @@ fn view<'a>(prefix: &'a Prefix, m: &'a Manifest, package_bytes: u64) -> View<'a>
                         })
                     })
                     .collect(),
+                reads_from: reads_from(p),
                 stages: m.in_place.then_some(p.stages.len() as u64),
                 largest_stash_blocks: m.in_place.then(|| {
                     inplace::stage_ranges(p)
@@ -133,6 +149,35 @@ fn view<'a>(prefix: &'a Prefix, m: &'a Manifest, package_bytes: u64) -> View<'a>
             .map(|c| format!("{} {}", c.name(), c.version_name()))
             .collect(),
     }
+}
+
+fn reads_from(p: &romdelta_format::PartitionUpdate) -> Vec<ReadsFrom> {
+    let mut out: Vec<ReadsFrom> = Vec::new();
+    for s in &p.source_reads {
+        let Some(op) = p.operations.get(s.operation as usize) else {
+            continue;
+        };
+        let i = match out.iter().position(|r| r.partition == s.partition) {
+            Some(i) => i,
+            None => {
+                out.push(ReadsFrom {
+                    partition: s.partition.clone(),
+                    operations: 0,
+                    blocks: 0,
+                    src_blocks: 0,
+                    data_bytes: 0,
+                });
+                out.len() - 1
+            }
+        };
+        let r = &mut out[i];
+        r.operations += 1;
+        r.blocks += op.dst_blocks();
+        r.src_blocks += op.src_blocks();
+        r.data_bytes += op.data_length;
+    }
+    out.sort_by(|a, b| a.partition.cmp(&b.partition));
+    out
 }
 
 fn build_line(b: &BuildInfo) -> String {
@@ -245,6 +290,16 @@ pub fn print(prefix: &Prefix, m: &Manifest, package_bytes: u64, json: bool) {
                 k.operations,
                 k.blocks,
                 human(k.data_bytes)
+            );
+        }
+        for r in &p.reads_from {
+            say!(
+                "  reads source {}: {} ops write {} blocks from {} of its blocks, {} data",
+                r.partition,
+                r.operations,
+                r.blocks,
+                r.src_blocks,
+                human(r.data_bytes)
             );
         }
     }

@@ -356,7 +356,7 @@ impl Plan<'_> {
                     continue;
                 }
                 let p = &m.partitions[pi];
-                let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
+                let src = self.source_for(pi, oi);
                 let ran = data
                     .of(p, oi)
                     .and_then(|op_data| {
@@ -433,7 +433,7 @@ impl Plan<'_> {
                         continue;
                     }
                     let p = &m.partitions[pi];
-                    let src = self.sources[pi].map(|s| s as &dyn SourceBytes);
+                    let src = self.source_for(pi, oi);
                     let ran = run_op(
                         &op_data,
                         p,
@@ -819,9 +819,14 @@ pub fn verify(
         .count() as u64;
     if let Some(source) = source {
         let sources = crate::match_sources(m, Some(source))?;
+        let others = crate::match_other_sources(m, Some(source))?;
         jobs.par_iter().try_for_each(|&(pi, oi)| {
             let (p, op) = (&m.partitions[pi], &m.partitions[pi].operations[oi]);
-            if let (Some(src), true) = (sources[pi], op.kind.reads_source()) {
+            let src = match p.source_of(oi) {
+                Some(name) => crate::crosspart::find(&others, name),
+                None => sources[pi],
+            };
+            if let (Some(src), true) = (src, op.kind.reads_source()) {
                 check_source(src as &dyn SourceBytes, p, oi, op)?;
             }
             Ok::<(), ApplyError>(())

@@ -17,6 +17,7 @@
 //!    every partition matches are the staged files renamed into place, so an
 //!    output that exists is an output that verified.
 
+mod crosspart;
 mod error;
 mod exec;
 mod frontier;
@@ -27,6 +28,7 @@ mod stage;
 
 pub use stage::{staging_paths, CheckpointEvery};
 
+pub use crosspart::match_other_sources;
 pub use error::{ApplyError, Hashed, Mismatch};
 pub use inplace::{check_in_place_package, in_place_paths, InPlacePlan};
 
@@ -182,6 +184,9 @@ pub struct Plan<'a> {
     pub(crate) data: Option<PackageData<'a>>,
     /// For each partition update, the source partition it reads (if any).
     pub(crate) sources: Vec<Option<&'a Partition>>,
+    /// The other source partitions operations read (format version 5),
+    /// sorted by name ([`crosspart`]).
+    pub(crate) others: Vec<(String, &'a Partition)>,
     pub(crate) output: OutputSpec,
     /// Where the output is written.
     pub(crate) storage: &'a dyn Storage,
@@ -346,6 +351,7 @@ impl<'a> Plan<'a> {
         check_ab_package(manifest)?;
         check_codecs(manifest)?;
         let sources = match_sources(manifest, source)?;
+        let others = match_other_sources(manifest, source)?;
         let out_is_dir = storage.entry(out).map_err(ApplyError::io(out))? == Some(EntryKind::Dir);
         let layout = match source {
             Some(s) if manifest.kind == PackageKind::Delta => s.layout,
@@ -357,6 +363,7 @@ impl<'a> Plan<'a> {
             manifest,
             data: None,
             sources,
+            others,
             output: OutputSpec {
                 path: out.to_path_buf(),
                 layout,

@@ -110,11 +110,24 @@ impl Drop for Staging<'_> {
 /// A fingerprint of the source files a plan reads: name, size, device,
 /// inode and modification time of each. A journal written while reading
 /// other files (another build put in place) does not match it.
-fn source_id(m: &Manifest, sources: &[Option<&Partition>]) -> Result<Digest, ApplyError> {
+fn source_id(
+    m: &Manifest,
+    sources: &[Option<&Partition>],
+    others: &[(String, &Partition)],
+) -> Result<Digest, ApplyError> {
     let mut h = sha2::Sha256::new();
-    for (p, s) in m.partitions.iter().zip(sources) {
-        h.update((p.name.len() as u64).to_le_bytes());
-        h.update(p.name.as_bytes());
+    // The other source partitions read (format version 5) follow the own
+    // ones; a package without them hashes as before.
+    let named = others.iter().map(|(n, s)| (n.as_str(), Some(*s)));
+    for (name, s) in m
+        .partitions
+        .iter()
+        .map(|p| p.name.as_str())
+        .zip(sources.iter().copied())
+        .chain(named)
+    {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
         if let Some(s) = s {
             let id = s.identity().map_err(ApplyError::io(&s.path))?;
             h.update(s.size().to_le_bytes());
@@ -168,7 +181,7 @@ impl<'a> Plan<'a> {
         let (staged, journal_path) = staging_paths(&self.output.path);
         let dir = self.output.layout == Layout::Directory;
         let manifest_sha = romdelta_format::sha256(&m.encode());
-        let source = source_id(m, &self.sources)?;
+        let source = source_id(m, &self.sources, &self.others)?;
         let ops: u64 = m.partitions.iter().map(|p| p.operations.len() as u64).sum();
         let image_path = |i: usize| {
             if dir {

@@ -78,12 +78,12 @@ impl<'a> SourceIndex<'a> {
         SourceIndex { src, first }
     }
 
-    fn equal(&self, src_block: u64, target: &[u8]) -> bool {
+    pub(crate) fn equal(&self, src_block: u64, target: &[u8]) -> bool {
         self.src.block(src_block).is_some_and(|b| *b == *target)
     }
 
     /// The source block equal to `target`, if any.
-    fn lookup(&self, target: &[u8]) -> Option<u64> {
+    pub(crate) fn lookup(&self, target: &[u8]) -> Option<u64> {
         let j = *self.first.get(&xxh3_64(target))?;
         self.equal(j, target).then_some(j)
     }

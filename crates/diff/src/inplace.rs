@@ -978,6 +978,7 @@ mod tests {
             },
             operations: ops.to_vec(),
             stages: stages.to_vec(),
+            source_reads: vec![],
         };
         let mut next = 0;
         for o in p.operations.iter_mut() {

@@ -19,6 +19,7 @@ pub mod anchors;
 pub mod blocks;
 pub mod branch;
 pub mod bsdiff;
+pub mod crosspart;
 pub mod elf;
 pub mod encode;
 pub mod inplace;
@@ -117,6 +118,9 @@ pub struct DiffOptions {
     /// that need more (SOURCE_XZ_REBUILD of kernels: about 470 MiB for a
     /// 32 MiB dictionary), and the package records what it needs.
     pub apply_memory_mib: u64,
+    /// Let operations read any partition of the source build, not only
+    /// their own (format version 5, [`crosspart`]); never in place.
+    pub cross_partition: bool,
 }
 
 impl Default for DiffOptions {
@@ -144,6 +148,7 @@ impl Default for DiffOptions {
             field_delta: true,
             branch_delta: true,
             apply_memory_mib: 64,
+            cross_partition: true,
         }
     }
 }
@@ -188,6 +193,9 @@ pub struct PartitionSummary {
     /// at apply (0: none made).
     #[serde(skip_serializing_if = "is_zero")]
     pub apply_memory_mib: u64,
+    /// Operations that read another partition of the source build.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cross_partition_ops: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -265,11 +273,22 @@ pub fn write_package(
     let mut partitions = Vec::new();
     let mut summaries = Vec::new();
     let mut done = 0u64;
+    let others = source
+        .filter(|s| opts.cross_partition && !opts.in_place && s.layout != Layout::Image)
+        .map(|s| crosspart::Others::new(&s.partitions));
     for (t, s) in pair(source, target) {
-        let (update, summary) = diff_partition(s, t, opts, &mut data, &mut data_len, &mut |n| {
-            done += n;
-            progress(done)
-        })
+        let (update, summary) = diff_partition(
+            s,
+            t,
+            others.as_ref(),
+            opts,
+            &mut data,
+            &mut data_len,
+            &mut |n| {
+                done += n;
+                progress(done)
+            },
+        )
         .map_err(io_err(&dir))?;
         partitions.push(update);
         summaries.push(summary);
@@ -533,6 +552,8 @@ struct Output<'a, W: Write> {
     replace_lens: std::collections::HashMap<u64, u64>,
     /// The most any operation needs at apply, in MiB (0: the default).
     apply_memory_mib: u64,
+    /// The operations that read another source partition ([`crosspart`]).
+    source_reads: Vec<romdelta_format::crosspart::SourceRead>,
 }
 
 impl<W: Write> Output<'_, W> {
@@ -561,7 +582,7 @@ impl<W: Write> Output<'_, W> {
 }
 
 /// The byte-level encoding of the blocks no content-aware operation claims.
-struct Regions<'a> {
+struct Regions<'a, 'o> {
     src: Option<&'a Partition>,
     dst: &'a Partition,
     anchors: Option<&'a anchors::AnchorIndex>,
@@ -569,9 +590,11 @@ struct Regions<'a> {
     code: Option<&'a elf::Code>,
     params: &'a EncodeParams,
     opts: &'a DiffOptions,
+    /// The other source partitions and the blocks copied from them.
+    others: Option<(&'a crosspart::Others<'o>, &'a crosspart::ForeignCopies)>,
 }
 
-impl Regions<'_> {
+impl Regions<'_, '_> {
     /// Appends the ZERO and SOURCE_COPY operations of `classes` to `out`
     /// and returns the changed regions left to encode.
     fn plan<W: Write>(&self, classes: &[BlockClass], out: &mut Output<'_, W>) -> Vec<Region> {
@@ -592,20 +615,38 @@ impl Regions<'_> {
         for batch in regions.chunks(self.opts.batch_regions.max(1)) {
             let encoded: Vec<_> = batch
                 .par_iter()
-                .map(|r| {
-                    encode::encode_region(
+                .map(|r| match self.others {
+                    Some((o, copies)) => o.encode_region(
                         src,
+                        self.anchors,
                         dst,
                         classes,
-                        self.anchors,
+                        copies,
                         self.tables,
                         self.code,
                         *r,
                         self.params,
-                    )
+                    ),
+                    None => (
+                        encode::encode_region(
+                            src,
+                            dst,
+                            classes,
+                            self.anchors,
+                            self.tables,
+                            self.code,
+                            *r,
+                            self.params,
+                        ),
+                        None,
+                    ),
                 })
                 .collect();
-            for (r, e) in batch.iter().zip(encoded) {
+            for (r, (e, from)) in batch.iter().zip(encoded) {
+                if let Some(from) = from {
+                    let i = out.operations.len();
+                    out.source_reads.push(crosspart::source_read(i, from));
+                }
                 if self.opts.in_place {
                     out.replace_lens.insert(r.start, e.replace_len);
                 }
@@ -626,6 +667,7 @@ impl Regions<'_> {
 fn diff_partition(
     src: Option<&Partition>,
     dst: &Partition,
+    others: Option<&crosspart::Others<'_>>,
     opts: &DiffOptions,
     data: &mut impl Write,
     data_len: &mut u64,
@@ -637,6 +679,8 @@ fn diff_partition(
     );
     let mut classes = blocks::classify_with(dst, index.as_ref(), opts.in_place);
     drop(index);
+    // Blocks equal to a block of another source partition (after the own one).
+    let copies = others.map(|o| o.claim_copies(src, dst, &mut classes, opts.gap_blocks));
     let params = EncodeParams::from_options(opts);
     // Content-aware operations first: the blocks they write are claimed.
     // Kernels whose xz payload may be rebuilt (when the applier may be
@@ -664,6 +708,7 @@ fn diff_partition(
         operations: Vec::new(),
         replace_lens: std::collections::HashMap::new(),
         apply_memory_mib: 0,
+        source_reads: Vec::new(),
     };
     std::thread::scope(|scope| {
         let rebuilding = scope.spawn(|| match src {
@@ -714,8 +759,16 @@ fn diff_partition(
             code: code.as_ref(),
             params: &params,
             opts,
+            others: others.zip(copies.as_ref()),
         };
         let changed = regions.plan(&classes, &mut out);
+        if let Some((o, c)) = regions.others {
+            for (op, from) in o.copy_operations(c) {
+                let i = out.operations.len();
+                out.source_reads.push(crosspart::source_read(i, from));
+                out.operations.push(op);
+            }
+        }
         let pending: u64 = changed.iter().map(|r| r.len).sum::<u64>() + kernel_blocks;
         (out.progress)(dst.size().saturating_sub(pending * BLOCK_SIZE));
         for r in recompressed {
@@ -769,6 +822,7 @@ fn diff_partition(
         operations,
         replace_lens,
         apply_memory_mib,
+        source_reads,
         ..
     } = out;
     let (operations, stages, in_place) = if opts.in_place {
@@ -798,6 +852,7 @@ fn diff_partition(
         by_kind,
         in_place,
         apply_memory_mib,
+        cross_partition_ops: source_reads.len() as u64,
     };
     Ok((
         PartitionUpdate {
@@ -806,6 +861,7 @@ fn diff_partition(
             new: new_info,
             operations,
             stages,
+            source_reads,
         },
         summary,
     ))

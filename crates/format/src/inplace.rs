@@ -399,6 +399,7 @@ mod tests {
                 },
                 operations: ops,
                 stages,
+                source_reads: vec![],
             }],
             removed: vec![],
             codecs: vec![],

@@ -18,6 +18,7 @@ pub mod branchdelta;
 pub mod bsdiff40;
 pub mod buildprop;
 mod codec;
+pub mod crosspart;
 mod error;
 mod extent;
 pub mod fielddelta;

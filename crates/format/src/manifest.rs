@@ -323,6 +323,10 @@ pub struct PartitionUpdate {
     /// stages of `stages[i]` operations each (see [`crate::inplace`]).
     /// Empty in A/B packages.
     pub stages: Vec<u64>,
+    /// The operations that read another partition of the source build, by
+    /// index, in increasing order (since format version 5; see
+    /// [`crate::crosspart`]). Every other operation reads `old`.
+    pub source_reads: Vec<crate::crosspart::SourceRead>,
 }
 
 /// A partition present in the source build and absent from the target.
@@ -504,7 +508,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 
 impl Manifest {
     /// The oldest format version that can express this manifest: 5 when an
-    /// operation is SOURCE_BRANCH_DELTA, 4 when one is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
+    /// operation is SOURCE_BRANCH_DELTA or reads another source partition,
+    /// 4 when one is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
     /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
     /// one is SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
@@ -514,7 +519,9 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceBranchDelta) {
+        if uses(OpKind::SourceBranchDelta)
+            || self.partitions.iter().any(|p| !p.source_reads.is_empty())
+        {
             5
         } else if uses(OpKind::SourceRecompress)
             || uses(OpKind::SourceFieldDelta)
@@ -572,10 +579,19 @@ impl Manifest {
         for _ in 0..n {
             let name = r.string("partition name", MAX_NAME_LEN as u64)?;
             check_partition_name(&name)?;
-            let old = match r.u8("old partition flag")? {
+            // Bit 0: an old image; bit 1 (since version 5): a table of
+            // reads across partitions follows the operations.
+            use crate::crosspart::{FLAG_OLD, FLAG_SOURCE_READS};
+            let flags = r.u8("old partition flag")?;
+            if flags & !(FLAG_OLD | FLAG_SOURCE_READS) != 0 {
+                return Err(FormatError::invalid(
+                    "old partition flag",
+                    format!("{flags}"),
+                ));
+            }
+            let old = match flags & FLAG_OLD {
                 0 => None,
-                1 => Some(PartitionInfo::decode(&mut r)?),
-                f => return Err(FormatError::invalid("old partition flag", format!("{f}"))),
+                _ => Some(PartitionInfo::decode(&mut r)?),
             };
             let new = PartitionInfo::decode(&mut r)?;
             let n_ops = r.count("operation count", MIN_OPERATION_LEN, u64::MAX)?;
@@ -591,12 +607,17 @@ impl Manifest {
                     stages.push(r.varint("stage operation count")?);
                 }
             }
+            let source_reads = match flags & FLAG_SOURCE_READS {
+                0 => Vec::new(),
+                _ => crate::crosspart::decode(&mut r, operations.len())?,
+            };
             partitions.push(PartitionUpdate {
                 name,
                 old,
                 new,
                 operations,
                 stages,
+                source_reads,
             });
         }
         let n = r.count("removed partition count", 34, MAX_PARTITIONS)?;
@@ -726,7 +747,15 @@ impl Manifest {
         // The data section is exactly the operations' data, in manifest
         // order: an applier can stream it, and every byte is under a hash.
         let mut next = 0u64;
+        let source = |name: &str| {
+            let of_update = self.partitions.iter().find(|p| p.name == name);
+            of_update.map_or_else(
+                || self.removed.iter().find(|r| r.name == name).map(|r| r.old),
+                |p| p.old,
+            )
+        };
         for p in &self.partitions {
+            crate::crosspart::check(p, self.in_place, &source)?;
             p.check(self.kind, self.data_len)?;
             crate::inplace::check_partition(p, self.in_place)?;
             for (i, op) in p.operations.iter().enumerate() {
@@ -777,10 +806,15 @@ impl Manifest {
         w.varint(self.partitions.len() as u64);
         for p in &self.partitions {
             w.string(&p.name);
+            let reads = if p.source_reads.is_empty() {
+                0
+            } else {
+                crate::crosspart::FLAG_SOURCE_READS
+            };
             match &p.old {
-                None => w.u8(0),
+                None => w.u8(reads),
                 Some(o) => {
-                    w.u8(1);
+                    w.u8(crate::crosspart::FLAG_OLD | reads);
                     o.encode(&mut w);
                 }
             }
@@ -790,6 +824,9 @@ impl Manifest {
             if self.in_place {
                 w.varint(p.stages.len() as u64);
                 p.stages.iter().for_each(|&n| w.varint(n));
+            }
+            if !p.source_reads.is_empty() {
+                crate::crosspart::encode(&p.source_reads, &mut w);
             }
         }
         w.varint(self.removed.len() as u64);
@@ -842,7 +879,9 @@ impl PartitionUpdate {
                     ),
                 );
             }
-            if op.kind.reads_source() {
+            // An operation that reads another source partition is checked
+            // against that one ([`crate::crosspart::check`]).
+            if op.kind.reads_source() && self.source_of(i).is_none() {
                 match old_blocks {
                     None if kind == PackageKind::Full => {
                         return bad(i, format!("{} in a full package", op.kind))
@@ -918,6 +957,7 @@ mod tests {
                     src_sha256: [2; 32],
                 }],
                 stages: vec![],
+                source_reads: vec![],
             }],
             removed: vec![],
             codecs: vec![Codec::liblzma()],
