@@ -233,16 +233,7 @@ fn a_changed_kernel_is_rebuilt_from_its_decompressed_code() {
     let v = kinds(&plain);
     assert!(!uses(&v, KIND), "{v}");
     assert_eq!(v["apply_memory_mib"], 64);
-    let out = dir.path().join("plain.img");
-    romdelta()
-        .args(["apply", "--insecure-no-verify", "--source"])
-        .arg(&pa)
-        .arg("-o")
-        .arg(&out)
-        .arg(&plain)
-        .assert()
-        .success();
-    assert_eq!(std::fs::read(&out).unwrap(), b);
+    applies_exactly(&plain, &pa, &b);
     let (small, large) = (
         std::fs::metadata(&pkg).unwrap().len(),
         std::fs::metadata(&plain).unwrap().len(),
@@ -281,19 +272,25 @@ fn a_kernel_that_does_not_reproduce_falls_back_to_byte_level() {
         let v = kinds(&pkg);
         assert!(!uses(&v, KIND), "{v}");
         assert_eq!(v["apply_memory_mib"], 64, "{v}");
-        let out = dir.path().join("out.img");
-        romdelta()
-            .args(["apply", "--insecure-no-verify", "--source"])
-            .arg(&pa)
-            .arg("-o")
-            .arg(&out)
-            .arg(&pkg)
-            .assert()
-            .success();
-        assert_eq!(std::fs::read(&out).unwrap(), b);
+        applies_exactly(&pkg, &pa, &b);
         sizes.push(std::fs::metadata(&pkg).unwrap().len());
     }
     assert!(sizes[0] * 100 <= sizes[1] * 102, "{sizes:?}");
+}
+
+/// Applies `pkg` to `source` with the default memory and checks it writes
+/// exactly `target`.
+fn applies_exactly(pkg: &Path, source: &Path, target: &[u8]) {
+    let out = pkg.with_extension("out.img");
+    romdelta()
+        .args(["apply", "--insecure-no-verify", "--source"])
+        .arg(source)
+        .arg("-o")
+        .arg(&out)
+        .arg(pkg)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&out).unwrap(), target);
 }
 
 /// The package rewritten (unsigned) with a changed manifest.
