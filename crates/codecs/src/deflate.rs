@@ -363,11 +363,14 @@ impl Drop for Inflater {
     }
 }
 
-/// Inflates the raw deflate stream at the start of `data` into `out`,
-/// growing it by pieces up to `max_out` bytes. Returns the stream's
-/// compressed length; refuses bad data, a stream that does not end within
-/// `data`, and output past `max_out`.
-fn inflate(data: &[u8], out: &mut Vec<u8>, max_out: usize) -> Result<usize, DeflateError> {
+/// Inflates the raw deflate stream at the start of `data`, giving its
+/// output piece by piece to `sink` (which refuses what it cannot take).
+/// Returns the stream's compressed length; refuses bad data and a stream
+/// that does not end within `data`.
+fn inflate(
+    data: &[u8],
+    mut sink: impl FnMut(&[u8]) -> Result<(), DeflateError>,
+) -> Result<usize, DeflateError> {
     let mut inf = Inflater::new()?;
     let data = &data[..data.len().min(u32::MAX as usize)];
     let mut piece = vec![0u8; OUT_PIECE];
@@ -383,12 +386,10 @@ fn inflate(data: &[u8], out: &mut Vec<u8>, max_out: usize) -> Result<usize, Defl
         let n = piece.len() - s.avail_out as usize;
         s.next_in = std::ptr::null_mut();
         s.next_out = std::ptr::null_mut();
-        if n > max_out - out.len() {
-            return Err(err(format!("decompresses to more than {max_out} bytes")));
-        }
-        out.extend_from_slice(&piece[..n]);
+        let total_in = s.total_in as usize;
+        sink(&piece[..n])?;
         match rc {
-            z::Z_STREAM_END => return Ok(s.total_in as usize),
+            z::Z_STREAM_END => return Ok(total_in),
             z::Z_OK => {}
             z::Z_BUF_ERROR if n == 0 => {
                 return Err(err("truncated deflate stream"));
@@ -404,29 +405,38 @@ fn inflate(data: &[u8], out: &mut Vec<u8>, max_out: usize) -> Result<usize, Defl
 /// and decompressed bytes (at most `max_out` of them).
 pub fn inflate_len(data: &[u8], max_out: usize) -> Result<(usize, Vec<u8>), DeflateError> {
     let mut out = Vec::new();
-    let n = inflate(data, &mut out, max_out)?;
+    let n = inflate(data, |b| {
+        if b.len() > max_out - out.len() {
+            return Err(err(format!("decompresses to more than {max_out} bytes")));
+        }
+        out.extend_from_slice(b);
+        Ok(())
+    })?;
     Ok((n, out))
 }
 
 /// Decompresses `stream`, which must be exactly one raw deflate stream
 /// (no bytes after its end), into exactly `out.len()` bytes.
 pub fn decompress_into(stream: &[u8], out: &mut [u8]) -> Result<(), DeflateError> {
-    let mut v = Vec::new();
-    let n = inflate(stream, &mut v, out.len())?;
+    let mut at = 0usize;
+    let cap = out.len();
+    let n = inflate(stream, |b| {
+        if b.len() > cap - at {
+            return Err(err(format!("decompresses to more than {cap} bytes")));
+        }
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+        Ok(())
+    })?;
     if n != stream.len() {
         return Err(err(format!(
             "the deflate stream ends after {n} of its {} bytes",
             stream.len()
         )));
     }
-    if v.len() != out.len() {
-        return Err(err(format!(
-            "decompresses to {} bytes, not {}",
-            v.len(),
-            out.len()
-        )));
+    if at != cap {
+        return Err(err(format!("decompresses to {at} bytes, not {cap}")));
     }
-    out.copy_from_slice(&v);
     Ok(())
 }
 

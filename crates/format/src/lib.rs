@@ -17,6 +17,7 @@
 pub mod bsdiff40;
 pub mod buildprop;
 mod codec;
+pub mod deflate_rebuild;
 mod error;
 mod extent;
 pub mod fielddelta;
@@ -46,7 +47,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// package is written with the oldest version that can express it (see
 /// [`Manifest::format_version`]), so older readers keep reading packages that
 /// use none of the newer features.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The oldest package format version this crate reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;

@@ -46,11 +46,17 @@ pub enum OpKind {
     /// with their tables of sorted fixed-stride fields (ELF relocation
     /// offsets) delta-coded ([`crate::fielddelta`]). Since format version 4.
     SourceFieldDelta,
+    /// Data rebuilds a file's deflate streams (gzip members, zip entries,
+    /// zlib streams): they are decompressed, an inner patch turns the
+    /// expanded source into the expanded destination, whose streams are
+    /// compressed again bit for bit ([`crate::deflate_rebuild`]). Since
+    /// format version 5.
+    SourceDeflateRebuild,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 9] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -60,6 +66,7 @@ impl OpKind {
         OpKind::SourceRecompress,
         OpKind::SourceXzRebuild,
         OpKind::SourceFieldDelta,
+        OpKind::SourceDeflateRebuild,
     ];
 
     /// The wire code.
@@ -74,6 +81,7 @@ impl OpKind {
             OpKind::SourceRecompress => 6,
             OpKind::SourceXzRebuild => 7,
             OpKind::SourceFieldDelta => 8,
+            OpKind::SourceDeflateRebuild => 9,
         }
     }
 
@@ -97,6 +105,7 @@ impl OpKind {
             OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
             OpKind::SourceXzRebuild => "SOURCE_XZ_REBUILD",
             OpKind::SourceFieldDelta => "SOURCE_FIELD_DELTA",
+            OpKind::SourceDeflateRebuild => "SOURCE_DEFLATE_REBUILD",
         }
     }
 
@@ -111,6 +120,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceDeflateRebuild
         )
     }
 
@@ -125,6 +135,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceDeflateRebuild
         )
     }
 }
@@ -420,6 +431,9 @@ pub enum CodecLibrary {
     /// liblzma (`lzma_version_number`: major × 10000000 + minor × 10000 +
     /// patch × 10 + stability).
     Liblzma,
+    /// zlib (`zlibVersion` as major × 1000000 + minor × 10000 + revision ×
+    /// 100 + subrevision). Since format version 5.
+    Zlib,
 }
 
 impl Codec {
@@ -439,11 +453,20 @@ impl Codec {
         }
     }
 
+    /// The zlib this build compresses with.
+    pub fn zlib() -> Self {
+        Codec {
+            library: CodecLibrary::Zlib,
+            version: romdelta_codecs::deflate::library_version(),
+        }
+    }
+
     /// The version this build has of the same library.
     pub fn built_in(&self) -> Self {
         match self.library {
             CodecLibrary::Liblz4 => Codec::liblz4(),
             CodecLibrary::Liblzma => Codec::liblzma(),
+            CodecLibrary::Zlib => Codec::zlib(),
         }
     }
 
@@ -453,6 +476,7 @@ impl Codec {
         match self.library {
             CodecLibrary::Liblz4 => format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100),
             CodecLibrary::Liblzma => romdelta_codecs::xz::version_name(v),
+            CodecLibrary::Zlib => romdelta_codecs::deflate::version_name(v),
         }
     }
 
@@ -461,6 +485,7 @@ impl Codec {
         match self.library {
             CodecLibrary::Liblz4 => "liblz4",
             CodecLibrary::Liblzma => "liblzma",
+            CodecLibrary::Zlib => "zlib",
         }
     }
 
@@ -468,6 +493,7 @@ impl Codec {
         match self.library {
             CodecLibrary::Liblz4 => 1,
             CodecLibrary::Liblzma => 2,
+            CodecLibrary::Zlib => 3,
         }
     }
 }
@@ -493,7 +519,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 }
 
 impl Manifest {
-    /// The oldest format version that can express this manifest: 4 when an
+    /// The oldest format version that can express this manifest: 5 when an
+    /// operation is SOURCE_DEFLATE_REBUILD (or zlib is named), 4 when an
     /// operation is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
     /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
     /// one is SOURCE_BSDIFF_SPARSE, else 2.
@@ -504,7 +531,11 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceRecompress)
+        if uses(OpKind::SourceDeflateRebuild)
+            || self.codecs.iter().any(|c| c.library == CodecLibrary::Zlib)
+        {
+            5
+        } else if uses(OpKind::SourceRecompress)
             || uses(OpKind::SourceFieldDelta)
             || uses(OpKind::SourceXzRebuild)
             || !self.codecs.is_empty()
@@ -607,6 +638,7 @@ impl Manifest {
                 let library = match r.u8("codec library")? {
                     1 => CodecLibrary::Liblz4,
                     2 => CodecLibrary::Liblzma,
+                    3 => CodecLibrary::Zlib,
                     c => {
                         return Err(FormatError::invalid(
                             "codec library",
@@ -663,6 +695,7 @@ impl Manifest {
         for (kind, library) in [
             (OpKind::SourceRecompress, CodecLibrary::Liblz4),
             (OpKind::SourceXzRebuild, CodecLibrary::Liblzma),
+            (OpKind::SourceDeflateRebuild, CodecLibrary::Zlib),
         ] {
             if named(library) > 1 {
                 return Err(FormatError::invalid("codecs", "a library is named twice"));
