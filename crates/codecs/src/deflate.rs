@@ -17,7 +17,7 @@ use std::fmt;
 
 /// Bytes of output each `deflate` call is given (part of what decides
 /// stored blocks' sizes at level 0, so fixed).
-pub const OUT_PIECE: usize = 1 << 16;
+pub const OUT_PIECE: usize = 4096;
 
 /// zlib's `Z_DEFLATED` method.
 const Z_DEFLATED: i32 = 8;
