@@ -5,6 +5,7 @@ mod bench;
 mod bsdiff40;
 mod cli;
 mod common;
+mod deflate;
 mod faults;
 mod fielddelta;
 mod fuzz_seeds;

@@ -539,7 +539,7 @@ mod tests {
         while v.len() < n {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             v.extend_from_slice(words[(x >> 16) as usize % words.len()].as_bytes());
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 v.extend_from_slice(&x.to_le_bytes());
             }
         }

@@ -18,6 +18,7 @@
 pub mod anchors;
 pub mod blocks;
 pub mod bsdiff;
+pub mod deflate_rebuild;
 pub mod elf;
 pub mod encode;
 pub mod inplace;
@@ -107,6 +108,9 @@ pub struct DiffOptions {
     /// Try SOURCE_FIELD_DELTA (relocation tables delta-coded) on changed
     /// regions that hold ELF relocation tables.
     pub field_delta: bool,
+    /// Rebuild the deflate streams of changed gzip files, zip archives and
+    /// zlib streams from their decompressed bytes (SOURCE_DEFLATE_REBUILD).
+    pub deflate: bool,
     /// Most memory (MiB) one operation may need at apply. Above the
     /// applier's default bound (64 MiB) the generator may make operations
     /// that need more (SOURCE_XZ_REBUILD of kernels: about 470 MiB for a
@@ -137,6 +141,7 @@ impl Default for DiffOptions {
             max_stash_blocks: 16384,
             recompress: true,
             field_delta: true,
+            deflate: true,
             apply_memory_mib: 64,
         }
     }
@@ -330,6 +335,14 @@ pub fn write_package(
         .any(|o| o.kind == OpKind::SourceXzRebuild)
     {
         manifest.codecs.push(romdelta_format::Codec::liblzma());
+    }
+    if manifest
+        .partitions
+        .iter()
+        .flat_map(|p| &p.operations)
+        .any(|o| o.kind == OpKind::SourceDeflateRebuild)
+    {
+        manifest.codecs.push(romdelta_format::Codec::zlib());
     }
     // The most any operation needs, recorded when above the default bound.
     let need = summaries
@@ -553,9 +566,21 @@ fn diff_partition(
     for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
         classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
     }
+    // Files holding deflate streams (gzip, zip, zlib), rebuilt from their
+    // decompressed bytes. Not in place, as the xz rebuilds.
+    let deflated = match src {
+        Some(s) if opts.deflate && !opts.in_place && classes.contains(&BlockClass::Changed) => {
+            deflate_rebuild::plan(s, dst, &classes, &params, opts.apply_memory_mib)
+        }
+        _ => Vec::new(),
+    };
+    for e in deflated.iter().flat_map(|r| &r.dst_extents) {
+        classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
+    }
     let apply_memory_mib = rebuilt
         .iter()
         .map(|r| r.apply_memory_mib)
+        .chain(deflated.iter().map(|r| r.apply_memory_mib))
         .max()
         .unwrap_or(0);
     dst.release_all();
@@ -601,6 +626,19 @@ fn diff_partition(
         data.write_all(&r.data)?;
         operations.push(Operation {
             kind: OpKind::SourceXzRebuild,
+            src_extents: r.src_extents,
+            dst_extents: r.dst_extents,
+            data_offset: *data_len,
+            data_length: r.data.len() as u64,
+            data_sha256: romdelta_format::sha256(&r.data),
+            src_sha256: r.src_sha256,
+        });
+        *data_len += r.data.len() as u64;
+    }
+    for r in deflated {
+        data.write_all(&r.data)?;
+        operations.push(Operation {
+            kind: OpKind::SourceDeflateRebuild,
             src_extents: r.src_extents,
             dst_extents: r.dst_extents,
             data_offset: *data_len,

@@ -51,6 +51,18 @@ pub struct Stream {
     pub hint: LevelHint,
     /// Its name: a zip entry's path, a gzip member's FNAME (empty if none).
     pub name: Vec<u8>,
+    /// CRC-32 of its decompressed bytes.
+    pub crc: u32,
+    /// CRC-32 of its first [`HEAD_LEN`] decompressed bytes (what tells
+    /// versions of one file from other files when names do not).
+    pub head_crc: u32,
+}
+
+/// Decompressed bytes [`Stream::head_crc`] covers.
+pub const HEAD_LEN: usize = 4096;
+
+fn head_crc(plain: &[u8]) -> u32 {
+    crc32(&plain[..plain.len().min(HEAD_LEN)])
 }
 
 /// The deflate streams found at the start of some bytes.
@@ -165,6 +177,8 @@ fn gzip_member(b: &[u8], at: usize, budget: &mut Budget) -> Option<(Stream, usiz
             expanded_len: plain.len(),
             hint: LevelHint::GzipXfl(xfl),
             name,
+            crc,
+            head_crc: head_crc(&plain),
         },
         p + len + 8,
     ))
@@ -178,7 +192,7 @@ pub fn zlib(b: &[u8], max_expanded: usize) -> Option<Container> {
     if cmf & 0x0f != 8
         || cmf >> 4 > 7
         || flg & 0x20 != 0
-        || (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0
+        || !(u16::from(cmf) << 8 | u16::from(flg)).is_multiple_of(31)
     {
         return None;
     }
@@ -195,6 +209,8 @@ pub fn zlib(b: &[u8], max_expanded: usize) -> Option<Container> {
             expanded_len: plain.len(),
             hint: LevelHint::ZlibFlevel(flg >> 6),
             name: Vec::new(),
+            crc: crc32(&plain),
+            head_crc: head_crc(&plain),
         }],
         end: 6 + len,
     })
@@ -299,6 +315,8 @@ fn zip_entry(b: &[u8], at: usize, budget: &mut Budget, streams: &mut Vec<Stream>
         expanded_len: plain.len(),
         hint: LevelHint::ZipFlags((flags >> 1 & 3) as u8),
         name,
+        crc,
+        head_crc: head_crc(&plain),
     });
     Some(next)
 }
@@ -316,7 +334,7 @@ pub fn at(b: &[u8], max_expanded: usize) -> Option<Container> {
 /// Whether `b` starts with the signature of a container [`at`] reads.
 pub fn has_signature(b: &[u8]) -> bool {
     matches!(b.get(..4), Some([0x1f, 0x8b, 8, _] | [b'P', b'K', 3, 4]))
-        || matches!(b.get(..2), Some([0x78, f]) if (0x7800u16 | u16::from(*f)) % 31 == 0 && f & 0x20 == 0)
+        || matches!(b.get(..2), Some([0x78, f]) if (0x7800u16 | u16::from(*f)).is_multiple_of(31) && f & 0x20 == 0)
 }
 
 #[cfg(test)]
