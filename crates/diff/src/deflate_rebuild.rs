@@ -3,11 +3,13 @@
 //!
 //! A changed entry of an archive changes almost every compressed byte
 //! after the change. The generator:
-//! 1. finds containers by their signature at the block starts of the
-//!    target image ([`romdelta_streams::at`]: a file of an ext4 or EROFS
-//!    image that is stored contiguously starts at a block), each whose
-//!    blocks changed and are not claimed by another operation, and pairs
-//!    each with the source container of the same kind whose streams hold
+//! 1. finds containers ([`romdelta_streams::at`]) among the files of an
+//!    ext4 image (through its file map, [`romdelta_ext4`]: a file's blocks
+//!    may be several extents) or else by their signature at the block
+//!    starts of the image (a contiguously stored file of any filesystem
+//!    starts at a block), each whose blocks changed and are not claimed by
+//!    another operation, and pairs each with the source file of the same
+//!    path, or else the source container of the same kind whose streams hold
 //!    the most of what the target's hold (equal CRC-32s of whole streams,
 //!    then of their first 4 KiB), then shares the most stream names (zip
 //!    entry paths, gzip FNAMEs), then is nearest in expanded size;
@@ -59,10 +61,13 @@ pub struct Planned {
     pub streams: (usize, usize),
 }
 
-/// A container found at a block start.
+/// A container found in an image: at a block start, or as a file of the
+/// image's file map.
 struct Found {
-    block: u64,
-    blocks: u64,
+    /// The image blocks that hold it, in its byte order.
+    extents: Vec<Extent>,
+    /// Its path in the file map.
+    path: Option<String>,
     c: Container,
 }
 
@@ -90,11 +95,94 @@ impl Found {
     fn expanded(&self) -> u64 {
         self.c.streams.iter().map(|s| s.expanded_len as u64).sum()
     }
+    fn blocks(&self) -> u64 {
+        romdelta_format::blocks_in(&self.extents)
+    }
+    fn first_block(&self) -> u64 {
+        self.extents.first().map_or(0, |e| e.start_block)
+    }
+    /// Its bytes, read from `p`.
+    fn bytes(&self, p: &Partition) -> Vec<u8> {
+        let mut v = Vec::with_capacity((self.blocks() * BLOCK_SIZE) as usize);
+        p.for_each_piece(&self.extents, |b| v.extend_from_slice(b))
+            .expect("reads of a mapped image do not fail");
+        v
+    }
+}
+
+/// The files of an ext4 image with their image blocks as extents in file
+/// order: each file without holes whose blocks lie in the image, at most
+/// [`romdelta_format::limits::MAX_OP_DST_BLOCKS`] of them. `None` when the
+/// image is not ext4 (or its metadata does not hold).
+fn ext4_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
+    let img = p.bytes();
+    if !romdelta_ext4::is_ext4(img) {
+        return None;
+    }
+    let map = romdelta_ext4::FileMap::read(img, romdelta_ext4::Limits::default()).ok();
+    p.release_all();
+    let map = map?;
+    if map.block_size != BLOCK_SIZE {
+        return None;
+    }
+    let mut out = Vec::new();
+    for f in map.files {
+        let need = f.size.div_ceil(BLOCK_SIZE);
+        if need == 0 || need > romdelta_format::limits::MAX_OP_DST_BLOCKS {
+            continue;
+        }
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut next = 0u64;
+        for r in &f.runs {
+            if next >= need {
+                break;
+            }
+            if r.file_block != next {
+                break;
+            }
+            let len = r.len.min(need - next);
+            extents.push(Extent::new(r.image_block, len));
+            next += len;
+        }
+        if next == need {
+            out.push((f.path, extents));
+        }
+    }
+    Some(out)
+}
+
+/// Every container of `p` for which `want` holds (given its extents): its
+/// files' when it is an ext4 image (located through its file map),
+/// else those at its block starts. Releases the pages it read.
+fn find(p: &Partition, want: impl Fn(&[Extent]) -> bool) -> Vec<Found> {
+    let Some(files) = ext4_files(p) else {
+        return find_at_block_starts(p, |b| want(&[Extent::new(b, 1)]));
+    };
+    let mut found = Vec::new();
+    let img = p.bytes();
+    for (path, extents) in files {
+        let first = (extents[0].start_block * BLOCK_SIZE) as usize;
+        if !romdelta_streams::has_signature(&img[first..]) || !want(&extents) {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        p.for_each_piece(&extents, |b| bytes.extend_from_slice(b))
+            .expect("reads of a mapped image do not fail");
+        if let Some(c) = romdelta_streams::at(&bytes, PARSE_BUDGET) {
+            found.push(Found {
+                extents,
+                path: Some(path),
+                c,
+            });
+        }
+        p.release_all();
+    }
+    found
 }
 
 /// Every container at a block start of `p` for which `want` holds (given
 /// its first block), releasing the pages it scanned.
-fn find(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Found> {
+fn find_at_block_starts(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Found> {
     let img = p.bytes();
     let nblocks = img.len() as u64 / BLOCK_SIZE;
     let mut found = Vec::new();
@@ -110,8 +198,8 @@ fn find(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Found> {
                 let blocks = (c.end as u64).div_ceil(BLOCK_SIZE).max(1);
                 next = b + blocks;
                 found.push(Found {
-                    block: b,
-                    blocks,
+                    extents: vec![Extent::new(b, blocks)],
+                    path: None,
                     c,
                 });
             }
@@ -137,13 +225,26 @@ pub fn plan(
     p: &EncodeParams,
     memory_mib: u64,
 ) -> Vec<Planned> {
-    let changed = |f: &Found| {
-        let (a, b) = (f.block as usize, (f.block + f.blocks) as usize);
-        let span = &classes[a.min(classes.len())..b.min(classes.len())];
-        span.contains(&BlockClass::Changed) && !span.contains(&BlockClass::Claimed)
+    let span = |e: &Extent| {
+        let (a, b) = (e.start_block as usize, e.end_block() as usize);
+        &classes[a.min(classes.len())..b.min(classes.len())]
     };
-    let targets: Vec<Found> = find(dst, |b| {
-        !matches!(classes.get(b as usize), Some(BlockClass::Claimed) | None)
+    let changed = |f: &Found| {
+        f.extents
+            .iter()
+            .any(|e| span(e).contains(&BlockClass::Changed))
+            && !f
+                .extents
+                .iter()
+                .any(|e| span(e).contains(&BlockClass::Claimed))
+    };
+    let targets: Vec<Found> = find(dst, |ex| {
+        ex.first().is_some_and(|e| {
+            !matches!(
+                classes.get(e.start_block as usize),
+                Some(BlockClass::Claimed) | None
+            )
+        })
     })
     .into_iter()
     .filter(changed)
@@ -152,6 +253,11 @@ pub fn plan(
         return Vec::new();
     }
     let sources = find(src, |_| true);
+    let by_path: std::collections::HashMap<&str, usize> = sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((s.path.as_deref()?, i)))
+        .collect();
     let prints: Vec<Fingerprint> = sources.iter().map(Found::fingerprint).collect();
     let mut out = Vec::new();
     for t in &targets {
@@ -159,22 +265,31 @@ pub fn plan(
         // (whole streams, then their first bytes), then shares the most
         // names, then is nearest in size.
         let tp = t.fingerprint();
-        let best = sources
-            .iter()
-            .zip(&prints)
-            .filter(|(s, _)| s.c.kind == t.c.kind)
-            .min_by_key(|(s, sp)| {
-                (
-                    std::cmp::Reverse((
-                        sp.crcs.intersection(&tp.crcs).count(),
-                        sp.heads.intersection(&tp.heads).count(),
-                        sp.names.intersection(&tp.names).count(),
-                    )),
-                    s.expanded().abs_diff(t.expanded()),
-                    s.block,
-                )
-            });
-        if let Some((s, _)) = best {
+        let same_path = t
+            .path
+            .as_deref()
+            .and_then(|p| by_path.get(p))
+            .map(|&i| &sources[i])
+            .filter(|s| s.c.kind == t.c.kind);
+        let best = same_path.or_else(|| {
+            sources
+                .iter()
+                .zip(&prints)
+                .filter(|(s, _)| s.c.kind == t.c.kind)
+                .min_by_key(|(s, sp)| {
+                    (
+                        std::cmp::Reverse((
+                            sp.crcs.intersection(&tp.crcs).count(),
+                            sp.heads.intersection(&tp.heads).count(),
+                            sp.names.intersection(&tp.names).count(),
+                        )),
+                        s.expanded().abs_diff(t.expanded()),
+                        s.first_block(),
+                    )
+                })
+                .map(|(s, _)| s)
+        });
+        if let Some(s) = best {
             if let Some(planned) = plan_one(src, dst, s, t, p, memory_mib) {
                 out.push(planned);
             }
@@ -210,13 +325,13 @@ fn plan_one(
     p: &EncodeParams,
     memory_mib: u64,
 ) -> Option<Planned> {
-    if s.blocks > romdelta_format::limits::MAX_OP_SRC_BLOCKS
-        || t.blocks > romdelta_format::limits::MAX_OP_DST_BLOCKS
+    if s.blocks() > romdelta_format::limits::MAX_OP_SRC_BLOCKS
+        || t.blocks() > romdelta_format::limits::MAX_OP_DST_BLOCKS
     {
         return None;
     }
-    let sb = &src.bytes()[(s.block * BLOCK_SIZE) as usize..][..(s.blocks * BLOCK_SIZE) as usize];
-    let tb = &dst.bytes()[(t.block * BLOCK_SIZE) as usize..][..(t.blocks * BLOCK_SIZE) as usize];
+    let (sb, tb) = (s.bytes(src), t.bytes(dst));
+    let (sb, tb) = (sb.as_slice(), tb.as_slice());
     // The target streams that reproduce.
     let mut dst_streams = Vec::new();
     let mut last = None;
@@ -299,9 +414,9 @@ fn plan_one(
         return None;
     }
     Some(Planned {
-        src_extents: vec![Extent::new(s.block, s.blocks)],
+        src_extents: s.extents.clone(),
         src_sha256: romdelta_format::sha256(sb),
-        dst_extents: vec![Extent::new(t.block, t.blocks)],
+        dst_extents: t.extents.clone(),
         apply_memory_mib: need(&header),
         streams: (header.dst_streams.len(), t.c.streams.len()),
         data,
