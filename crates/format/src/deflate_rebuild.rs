@@ -516,6 +516,51 @@ pub(crate) mod tests {
         assert!(e.contains("deflate source stream"), "{e}");
     }
 
+    #[test]
+    fn a_manifest_with_the_operation_is_version_5_and_names_zlib() {
+        use crate::{BuildInfo, Codec, Extent, Manifest, Operation, PackageKind};
+        use crate::{PartitionInfo, PartitionUpdate, BLOCK_SIZE};
+        let info = PartitionInfo {
+            size: 8 * BLOCK_SIZE,
+            sha256: [3; 32],
+        };
+        let mut m = Manifest {
+            kind: PackageKind::Delta,
+            in_place: false,
+            target_build: BuildInfo::default(),
+            source_build: Some(BuildInfo::default()),
+            data_len: 100,
+            partitions: vec![PartitionUpdate {
+                name: "system".into(),
+                old: Some(info),
+                new: info,
+                operations: vec![Operation {
+                    kind: OpKind::SourceDeflateRebuild,
+                    src_extents: vec![Extent::new(0, 2), Extent::new(5, 1)],
+                    dst_extents: vec![Extent::new(1, 1), Extent::new(4, 2)],
+                    data_offset: 0,
+                    data_length: 100,
+                    data_sha256: [1; 32],
+                    src_sha256: [2; 32],
+                }],
+                stages: vec![],
+            }],
+            removed: vec![],
+            codecs: vec![Codec::zlib()],
+            apply_memory_mib: 0,
+        };
+        assert_eq!(m.format_version(), 5);
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        assert_eq!(
+            Codec::zlib().version_name(),
+            deflate::version_name(deflate::library_version())
+        );
+        assert_eq!(Codec::zlib().built_in(), Codec::zlib());
+        m.codecs.clear();
+        let e = m.check().unwrap_err().to_string();
+        assert!(e.contains("no zlib version"), "{e}");
+    }
+
     /// The committed seed of the `deflate_rebuild_decode` fuzz target
     /// (input layout: u8 destination blocks − 1 · u16le source length ·
     /// source · data), checked here and written anew with
