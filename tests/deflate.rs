@@ -204,3 +204,30 @@ fn archives_and_gzip_files_are_rebuilt_from_their_decompressed_bytes() {
         "{with_bytes} vs {without_bytes}"
     );
 }
+
+/// A raw image (no filesystem) of some of the files, each from a block
+/// start: found by their signatures.
+#[test]
+fn containers_in_a_raw_image_are_found_at_block_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = |v: u32| {
+        image(d, v, false);
+        let mut img = vec![0x5au8; 3 * 4096];
+        for f in ["lib6.jar", "log9.txt.gz", "lib2.jar"] {
+            img.extend_from_slice(&std::fs::read(d.join(format!("tree-{v}")).join(f)).unwrap());
+            img.resize(img.len().div_ceil(4096) * 4096, 0);
+        }
+        img
+    };
+    let (a, b) = (raw(0), raw(1));
+    assert!(
+        round_trip(d, &a, &b, &fast_opts()) == b,
+        "the applied image differs"
+    );
+    let n = kinds(&d.join("p.romdelta"))
+        .iter()
+        .filter(|(k, _)| *k == OpKind::SourceDeflateRebuild)
+        .count();
+    assert_eq!(n, 3);
+}

@@ -151,18 +151,23 @@ fn ext4_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
     Some(out)
 }
 
-/// Every container of `p` for which `want` holds (given its extents): its
-/// files' when it is an ext4 image (located through its file map),
-/// else those at its block starts. Releases the pages it read.
-fn find(p: &Partition, want: impl Fn(&[Extent]) -> bool) -> Vec<Found> {
+/// Every container of `p`: its files' when it is an ext4 image (located
+/// through its file map; those for which `want_file` holds, given their
+/// extents), else those at its block starts (for which `want_start` holds,
+/// given the first block). Releases the pages it read.
+fn find(
+    p: &Partition,
+    want_file: impl Fn(&[Extent]) -> bool,
+    want_start: impl Fn(u64) -> bool,
+) -> Vec<Found> {
     let Some(files) = ext4_files(p) else {
-        return find_at_block_starts(p, |b| want(&[Extent::new(b, 1)]));
+        return find_at_block_starts(p, want_start);
     };
     let mut found = Vec::new();
     let img = p.bytes();
     for (path, extents) in files {
         let first = (extents[0].start_block * BLOCK_SIZE) as usize;
-        if !romdelta_streams::has_signature(&img[first..]) || !want(&extents) {
+        if !romdelta_streams::has_signature(&img[first..]) || !want_file(&extents) {
             continue;
         }
         let mut bytes = Vec::new();
@@ -229,30 +234,30 @@ pub fn plan(
         let (a, b) = (e.start_block as usize, e.end_block() as usize);
         &classes[a.min(classes.len())..b.min(classes.len())]
     };
+    let changed_blocks = |ex: &[Extent]| ex.iter().any(|e| span(e).contains(&BlockClass::Changed));
     let changed = |f: &Found| {
-        f.extents
-            .iter()
-            .any(|e| span(e).contains(&BlockClass::Changed))
+        changed_blocks(&f.extents)
             && !f
                 .extents
                 .iter()
                 .any(|e| span(e).contains(&BlockClass::Claimed))
     };
-    let targets: Vec<Found> = find(dst, |ex| {
-        ex.first().is_some_and(|e| {
-            !matches!(
-                classes.get(e.start_block as usize),
-                Some(BlockClass::Claimed) | None
-            )
-        })
-    })
+    // A file of the map is parsed only when some of its blocks changed; a
+    // container found at a block start, whose end is not known before, is
+    // parsed when its first block is not claimed.
+    let free = |b: u64| !matches!(classes.get(b as usize), Some(BlockClass::Claimed) | None);
+    let targets: Vec<Found> = find(
+        dst,
+        |ex| changed_blocks(ex) && ex.first().is_some_and(|e| free(e.start_block)),
+        free,
+    )
     .into_iter()
     .filter(changed)
     .collect();
     if targets.is_empty() {
         return Vec::new();
     }
-    let sources = find(src, |_| true);
+    let sources = find(src, |_| true, |_| true);
     let by_path: std::collections::HashMap<&str, usize> = sources
         .iter()
         .enumerate()
