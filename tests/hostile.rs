@@ -370,11 +370,11 @@ fn each_hostile_manifest_is_refused_with_a_clear_error() {
     let op_at = no_ops.encode().len() - 2 + 1;
     let mut b = bytes.clone();
     assert_eq!(b[op_at], OpKind::Replace.code(), "offset arithmetic");
-    b[op_at] = 9;
+    b[op_at] = 200;
     assert!(Manifest::decode(&b)
         .unwrap_err()
         .to_string()
-        .contains("unknown code 9"));
+        .contains("unknown code 200"));
     // A huge operation count with few bytes behind it.
     let mut b = bytes[..op_at - 1].to_vec();
     b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);

@@ -7,6 +7,7 @@ mod bsdiff40;
 mod cli;
 mod common;
 mod crosspart;
+mod deflate;
 mod faults;
 mod fielddelta;
 mod fuzz_seeds;

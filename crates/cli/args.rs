@@ -384,6 +384,10 @@ pub struct Tuning {
     /// reads across partitions, format version 5).
     #[arg(long, hide = true)]
     pub no_cross_partition: bool,
+    /// Do not try SOURCE_DEFLATE_REBUILD (gzip, zip and zlib files rebuilt
+    /// from their decompressed bytes).
+    #[arg(long, hide = true)]
+    pub no_deflate: bool,
     /// Most memory (MiB) one operation may need at apply (default 64, what
     /// `apply` allows by default). More lets the xz payloads of Linux
     /// kernels be rebuilt (SOURCE_XZ_REBUILD: about 470 MiB for a 32 MiB
@@ -437,6 +441,9 @@ impl Tuning {
         }
         if self.no_cross_partition {
             o.cross_partition = false;
+        }
+        if self.no_deflate {
+            o.deflate = false;
         }
         if let Some(v) = self.apply_memory {
             o.apply_memory_mib = v;

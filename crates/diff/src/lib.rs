@@ -20,6 +20,7 @@ pub mod blocks;
 pub mod branch;
 pub mod bsdiff;
 pub mod crosspart;
+pub mod deflate_rebuild;
 pub mod elf;
 pub mod encode;
 pub mod inplace;
@@ -113,6 +114,9 @@ pub struct DiffOptions {
     /// through an alignment) on changed regions that hold x86-64 or
     /// AArch64 code of ELF files.
     pub branch_delta: bool,
+    /// Rebuild the deflate streams of changed gzip files, zip archives and
+    /// zlib streams from their decompressed bytes (SOURCE_DEFLATE_REBUILD).
+    pub deflate: bool,
     /// Most memory (MiB) one operation may need at apply. Above the
     /// applier's default bound (64 MiB) the generator may make operations
     /// that need more (SOURCE_XZ_REBUILD of kernels: about 470 MiB for a
@@ -147,6 +151,7 @@ impl Default for DiffOptions {
             recompress: true,
             field_delta: true,
             branch_delta: true,
+            deflate: true,
             apply_memory_mib: 64,
             cross_partition: true,
         }
@@ -355,6 +360,14 @@ pub fn write_package(
         .any(|o| o.kind == OpKind::SourceXzRebuild)
     {
         manifest.codecs.push(romdelta_format::Codec::liblzma());
+    }
+    if manifest
+        .partitions
+        .iter()
+        .flat_map(|p| &p.operations)
+        .any(|o| o.kind == OpKind::SourceDeflateRebuild)
+    {
+        manifest.codecs.push(romdelta_format::Codec::zlib());
     }
     // The most any operation needs, recorded when above the default bound.
     let need = summaries
@@ -727,6 +740,17 @@ fn diff_partition(
         for e in recompressed.iter().flat_map(|r| &r.dst_extents) {
             classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
         }
+        // Files holding deflate streams (gzip, zip, zlib), rebuilt from
+        // their decompressed bytes. Not in place, as the xz rebuilds.
+        let deflated = match src {
+            Some(s) if opts.deflate && !opts.in_place && classes.contains(&BlockClass::Changed) => {
+                deflate_rebuild::plan(s, dst, &classes, &params, opts.apply_memory_mib)
+            }
+            _ => Vec::new(),
+        };
+        for e in deflated.iter().flat_map(|r| &r.dst_extents) {
+            classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
+        }
         dst.release_all();
         if let Some(s) = src {
             s.release_all();
@@ -774,6 +798,16 @@ fn diff_partition(
         for r in recompressed {
             out.push(
                 OpKind::SourceRecompress,
+                r.src_extents,
+                r.dst_extents,
+                &r.data,
+                r.src_sha256,
+            )?;
+        }
+        for r in deflated {
+            out.apply_memory_mib = out.apply_memory_mib.max(r.apply_memory_mib);
+            out.push(
+                OpKind::SourceDeflateRebuild,
                 r.src_extents,
                 r.dst_extents,
                 &r.data,

@@ -410,6 +410,7 @@ mod tests {
         for (kind, codec) in [
             (OpKind::SourceRecompress, crate::Codec::liblz4()),
             (OpKind::SourceXzRebuild, crate::Codec::liblzma()),
+            (OpKind::SourceDeflateRebuild, crate::Codec::zlib()),
         ] {
             if m.partitions[0].operations.iter().any(|o| o.kind == kind) {
                 m.codecs.push(codec);

@@ -19,6 +19,7 @@ pub mod bsdiff40;
 pub mod buildprop;
 mod codec;
 pub mod crosspart;
+pub mod deflate_rebuild;
 mod error;
 mod extent;
 pub mod fielddelta;

@@ -46,6 +46,12 @@ pub enum OpKind {
     /// with their tables of sorted fixed-stride fields (ELF relocation
     /// offsets) delta-coded ([`crate::fielddelta`]). Since format version 4.
     SourceFieldDelta,
+    /// Data rebuilds a file's deflate streams (gzip members, zip entries,
+    /// zlib streams): they are decompressed, an inner patch turns the
+    /// expanded source into the expanded destination, whose streams are
+    /// compressed again bit for bit ([`crate::deflate_rebuild`]). Since
+    /// format version 5.
+    SourceDeflateRebuild,
     /// Data is an inner patch from the source to destination bytes whose
     /// relative branch and call displacements were rewritten as the source
     /// and an alignment predict them ([`crate::branchdelta`]). Since format
@@ -55,7 +61,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 10] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -65,6 +71,7 @@ impl OpKind {
         OpKind::SourceRecompress,
         OpKind::SourceXzRebuild,
         OpKind::SourceFieldDelta,
+        OpKind::SourceDeflateRebuild,
         OpKind::SourceBranchDelta,
     ];
 
@@ -80,6 +87,7 @@ impl OpKind {
             OpKind::SourceRecompress => 6,
             OpKind::SourceXzRebuild => 7,
             OpKind::SourceFieldDelta => 8,
+            OpKind::SourceDeflateRebuild => 9,
             OpKind::SourceBranchDelta => 10,
         }
     }
@@ -104,6 +112,7 @@ impl OpKind {
             OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
             OpKind::SourceXzRebuild => "SOURCE_XZ_REBUILD",
             OpKind::SourceFieldDelta => "SOURCE_FIELD_DELTA",
+            OpKind::SourceDeflateRebuild => "SOURCE_DEFLATE_REBUILD",
             OpKind::SourceBranchDelta => "SOURCE_BRANCH_DELTA",
         }
     }
@@ -119,6 +128,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceDeflateRebuild
                 | OpKind::SourceBranchDelta
         )
     }
@@ -134,6 +144,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceDeflateRebuild
                 | OpKind::SourceBranchDelta
         )
     }
@@ -434,6 +445,9 @@ pub enum CodecLibrary {
     /// liblzma (`lzma_version_number`: major × 10000000 + minor × 10000 +
     /// patch × 10 + stability).
     Liblzma,
+    /// zlib (`zlibVersion` as major × 1000000 + minor × 10000 + revision ×
+    /// 100 + subrevision). Since format version 5.
+    Zlib,
 }
 
 impl Codec {
@@ -453,11 +467,20 @@ impl Codec {
         }
     }
 
+    /// The zlib this build compresses with.
+    pub fn zlib() -> Self {
+        Codec {
+            library: CodecLibrary::Zlib,
+            version: romdelta_codecs::deflate::library_version(),
+        }
+    }
+
     /// The version this build has of the same library.
     pub fn built_in(&self) -> Self {
         match self.library {
             CodecLibrary::Liblz4 => Codec::liblz4(),
             CodecLibrary::Liblzma => Codec::liblzma(),
+            CodecLibrary::Zlib => Codec::zlib(),
         }
     }
 
@@ -467,6 +490,7 @@ impl Codec {
         match self.library {
             CodecLibrary::Liblz4 => format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100),
             CodecLibrary::Liblzma => romdelta_codecs::xz::version_name(v),
+            CodecLibrary::Zlib => romdelta_codecs::deflate::version_name(v),
         }
     }
 
@@ -475,6 +499,7 @@ impl Codec {
         match self.library {
             CodecLibrary::Liblz4 => "liblz4",
             CodecLibrary::Liblzma => "liblzma",
+            CodecLibrary::Zlib => "zlib",
         }
     }
 
@@ -482,6 +507,7 @@ impl Codec {
         match self.library {
             CodecLibrary::Liblz4 => 1,
             CodecLibrary::Liblzma => 2,
+            CodecLibrary::Zlib => 3,
         }
     }
 }
@@ -508,8 +534,9 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 
 impl Manifest {
     /// The oldest format version that can express this manifest: 5 when an
-    /// operation is SOURCE_BRANCH_DELTA or reads another source partition,
-    /// 4 when one is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
+    /// operation is SOURCE_DEFLATE_REBUILD or SOURCE_BRANCH_DELTA, reads
+    /// another source partition, or zlib is named; 4 when one is
+    /// SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
     /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
     /// one is SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
@@ -519,7 +546,9 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceBranchDelta)
+        if uses(OpKind::SourceDeflateRebuild)
+            || uses(OpKind::SourceBranchDelta)
+            || self.codecs.iter().any(|c| c.library == CodecLibrary::Zlib)
             || self.partitions.iter().any(|p| !p.source_reads.is_empty())
         {
             5
@@ -640,6 +669,7 @@ impl Manifest {
                 let library = match r.u8("codec library")? {
                     1 => CodecLibrary::Liblz4,
                     2 => CodecLibrary::Liblzma,
+                    3 => CodecLibrary::Zlib,
                     c => {
                         return Err(FormatError::invalid(
                             "codec library",
@@ -696,6 +726,7 @@ impl Manifest {
         for (kind, library) in [
             (OpKind::SourceRecompress, CodecLibrary::Liblz4),
             (OpKind::SourceXzRebuild, CodecLibrary::Liblzma),
+            (OpKind::SourceDeflateRebuild, CodecLibrary::Zlib),
         ] {
             if named(library) > 1 {
                 return Err(FormatError::invalid("codecs", "a library is named twice"));

@@ -35,6 +35,7 @@ pub fn decode(
         K::SourceRecompress => crate::recompress::decode(data, src, out),
         K::SourceXzRebuild => crate::xz_rebuild::decode(data, src, out),
         K::SourceFieldDelta => crate::fielddelta::decode(data, src, out),
+        K::SourceDeflateRebuild => crate::deflate_rebuild::decode(data, src, out),
         K::SourceBranchDelta => crate::branchdelta::decode(data, src, out),
         K::Zero | K::SourceCopy => Err(FormatError::invalid(
             "operation data",
