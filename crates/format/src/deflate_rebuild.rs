@@ -544,6 +544,7 @@ pub(crate) mod tests {
                     src_sha256: [2; 32],
                 }],
                 stages: vec![],
+                source_reads: vec![],
             }],
             removed: vec![],
             codecs: vec![Codec::zlib()],
