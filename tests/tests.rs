@@ -11,6 +11,7 @@ mod fuzz_seeds;
 mod hardening;
 mod hostile;
 mod inplace;
+mod lz4_boot;
 mod payload;
 mod recompress;
 mod recovery;

@@ -377,6 +377,9 @@ pub struct Tuning {
     /// Do not try SOURCE_FIELD_DELTA (ELF relocation tables delta-coded).
     #[arg(long, hide = true)]
     pub no_field_delta: bool,
+    /// Do not try SOURCE_LZ4_REBUILD (lz4 kernels and ramdisks rebuilt).
+    #[arg(long, hide = true)]
+    pub no_lz4_rebuild: bool,
     /// Most memory (MiB) one operation may need at apply (default 64, what
     /// `apply` allows by default). More lets the xz payloads of Linux
     /// kernels be rebuilt (SOURCE_XZ_REBUILD: about 470 MiB for a 32 MiB
@@ -424,6 +427,9 @@ impl Tuning {
         }
         if self.no_field_delta {
             o.field_delta = false;
+        }
+        if self.no_lz4_rebuild {
+            o.lz4_rebuild = false;
         }
         if let Some(v) = self.apply_memory {
             o.apply_memory_mib = v;

@@ -155,7 +155,7 @@ static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Whether an operation of `kind` runs alone ([`ALONE`]).
 pub(crate) fn runs_alone(kind: OpKind) -> bool {
-    kind == OpKind::SourceXzRebuild
+    matches!(kind, OpKind::SourceXzRebuild | OpKind::SourceLz4Rebuild)
 }
 
 /// Source copies up to this many bytes are read once into memory, hashed,
@@ -245,9 +245,10 @@ pub(crate) fn run_op(
         | OpKind::SourceBsdiffSparse
         | OpKind::SourceRecompress
         | OpKind::SourceXzRebuild
-        | OpKind::SourceFieldDelta => {
+        | OpKind::SourceFieldDelta
+        | OpKind::SourceLz4Rebuild => {
             check_data(data, part, i, op)?;
-            if op.kind == OpKind::SourceXzRebuild {
+            if runs_alone(op.kind) {
                 check_op_memory(data, part, i, op, package_memory_mib)?;
             }
             let mut source = Vec::new();
@@ -271,7 +272,7 @@ pub(crate) fn run_op(
     Ok(w.written)
 }
 
-/// Refuses an xz rebuild that needs more memory than its package declares
+/// Refuses an xz or lz4 rebuild that needs more memory than its package declares
 /// (`package_memory_mib`, the manifest's apply memory; the default bound
 /// when it names none), before the operation allocates or writes anything:
 /// the applier was only checked against the declared value.
@@ -289,10 +290,16 @@ fn check_op_memory(
         kind: op.kind,
         source,
     };
-    let (header, _) =
-        romdelta_format::xz_rebuild::parse(data, src_len, dst_len).map_err(decode_error)?;
-    let need =
-        romdelta_format::xz_rebuild::apply_memory(&header, src_len, dst_len).div_ceil(1 << 20);
+    let need = if op.kind == OpKind::SourceLz4Rebuild {
+        use romdelta_format::lz4_rebuild as lz4;
+        let (header, _) = lz4::parse(data, src_len, dst_len).map_err(decode_error)?;
+        lz4::apply_memory(&header, src_len, dst_len)
+    } else {
+        use romdelta_format::xz_rebuild as xz;
+        let (header, _) = xz::parse(data, src_len, dst_len).map_err(decode_error)?;
+        xz::apply_memory(&header, src_len, dst_len)
+    }
+    .div_ceil(1 << 20);
     let allowed = package_memory_mib.max(crate::DEFAULT_APPLY_MEMORY_MIB);
     if need > allowed {
         return Err(ApplyError::Refused(format!(

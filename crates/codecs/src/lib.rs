@@ -11,4 +11,5 @@
 #![warn(missing_docs)]
 
 pub mod lz4;
+pub mod lz4_stream;
 pub mod xz;

@@ -21,6 +21,7 @@ pub mod bsdiff;
 pub mod elf;
 pub mod encode;
 pub mod inplace;
+pub mod lz4_rebuild;
 pub mod payload;
 pub mod recompress;
 pub mod xz_rebuild;
@@ -112,6 +113,9 @@ pub struct DiffOptions {
     /// that need more (SOURCE_XZ_REBUILD of kernels: about 470 MiB for a
     /// 32 MiB dictionary), and the package records what it needs.
     pub apply_memory_mib: u64,
+    /// Try SOURCE_LZ4_REBUILD on the lz4 streams (boot image kernels and
+    /// ramdisks, lz4 frames) of changed regions.
+    pub lz4_rebuild: bool,
 }
 
 impl Default for DiffOptions {
@@ -138,6 +142,7 @@ impl Default for DiffOptions {
             recompress: true,
             field_delta: true,
             apply_memory_mib: 64,
+            lz4_rebuild: true,
         }
     }
 }
@@ -319,7 +324,7 @@ pub fn write_package(
         .partitions
         .iter()
         .flat_map(|p| &p.operations)
-        .any(|o| o.kind == OpKind::SourceRecompress)
+        .any(|o| matches!(o.kind, OpKind::SourceRecompress | OpKind::SourceLz4Rebuild))
     {
         manifest.codecs.push(romdelta_format::Codec::liblz4());
     }
@@ -665,6 +670,19 @@ fn diff_partition(
                 .collect(),
             None => Vec::new(),
         });
+        // lz4 streams (boot image kernels and ramdisks) rebuilt from their
+        // decompressed bytes, their blocks claimed before the clusters'.
+        let lz4_rebuilt = match src {
+            Some(s)
+                if opts.lz4_rebuild && !opts.in_place && classes.contains(&BlockClass::Changed) =>
+            {
+                lz4_rebuild::plan(s, dst, &classes, &params, opts.apply_memory_mib)
+            }
+            _ => Vec::new(),
+        };
+        for e in lz4_rebuilt.iter().flat_map(|r| &r.dst_extents) {
+            classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
+        }
         let recompressed = match src {
             Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
                 recompress::plan(s, dst, &classes, &params)
@@ -706,6 +724,16 @@ fn diff_partition(
         for r in recompressed {
             out.push(
                 OpKind::SourceRecompress,
+                r.src_extents,
+                r.dst_extents,
+                &r.data,
+                r.src_sha256,
+            )?;
+        }
+        for r in lz4_rebuilt {
+            out.apply_memory_mib = out.apply_memory_mib.max(r.apply_memory_mib);
+            out.push(
+                OpKind::SourceLz4Rebuild,
                 r.src_extents,
                 r.dst_extents,
                 &r.data,

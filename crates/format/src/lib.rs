@@ -22,6 +22,7 @@ mod extent;
 pub mod fielddelta;
 pub mod inplace;
 pub mod journal;
+pub mod lz4_rebuild;
 mod manifest;
 pub mod ops;
 mod package;
@@ -46,7 +47,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// package is written with the oldest version that can express it (see
 /// [`Manifest::format_version`]), so older readers keep reading packages that
 /// use none of the newer features.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The oldest package format version this crate reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;

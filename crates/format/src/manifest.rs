@@ -46,11 +46,15 @@ pub enum OpKind {
     /// with their tables of sorted fixed-stride fields (ELF relocation
     /// offsets) delta-coded ([`crate::fielddelta`]). Since format version 4.
     SourceFieldDelta,
+    /// Data rebuilds one lz4 stream (a legacy `lz4 -l` kernel or ramdisk,
+    /// or an lz4 frame) from its decompressed bytes and an inner patch of
+    /// them ([`crate::lz4_rebuild`]). Since format version 5.
+    SourceLz4Rebuild,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 9] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -60,6 +64,7 @@ impl OpKind {
         OpKind::SourceRecompress,
         OpKind::SourceXzRebuild,
         OpKind::SourceFieldDelta,
+        OpKind::SourceLz4Rebuild,
     ];
 
     /// The wire code.
@@ -74,6 +79,7 @@ impl OpKind {
             OpKind::SourceRecompress => 6,
             OpKind::SourceXzRebuild => 7,
             OpKind::SourceFieldDelta => 8,
+            OpKind::SourceLz4Rebuild => 11,
         }
     }
 
@@ -97,6 +103,7 @@ impl OpKind {
             OpKind::SourceRecompress => "SOURCE_RECOMPRESS",
             OpKind::SourceXzRebuild => "SOURCE_XZ_REBUILD",
             OpKind::SourceFieldDelta => "SOURCE_FIELD_DELTA",
+            OpKind::SourceLz4Rebuild => "SOURCE_LZ4_REBUILD",
         }
     }
 
@@ -111,6 +118,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceLz4Rebuild
         )
     }
 
@@ -125,6 +133,7 @@ impl OpKind {
                 | OpKind::SourceRecompress
                 | OpKind::SourceXzRebuild
                 | OpKind::SourceFieldDelta
+                | OpKind::SourceLz4Rebuild
         )
     }
 }
@@ -493,7 +502,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 }
 
 impl Manifest {
-    /// The oldest format version that can express this manifest: 4 when an
+    /// The oldest format version that can express this manifest: 5 when an
+    /// operation is SOURCE_LZ4_REBUILD, 4 when an
     /// operation is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
     /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
     /// one is SOURCE_BSDIFF_SPARSE, else 2.
@@ -504,7 +514,9 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceRecompress)
+        if uses(OpKind::SourceLz4Rebuild) {
+            5
+        } else if uses(OpKind::SourceRecompress)
             || uses(OpKind::SourceFieldDelta)
             || uses(OpKind::SourceXzRebuild)
             || !self.codecs.is_empty()
@@ -663,6 +675,7 @@ impl Manifest {
         for (kind, library) in [
             (OpKind::SourceRecompress, CodecLibrary::Liblz4),
             (OpKind::SourceXzRebuild, CodecLibrary::Liblzma),
+            (OpKind::SourceLz4Rebuild, CodecLibrary::Liblz4),
         ] {
             if named(library) > 1 {
                 return Err(FormatError::invalid("codecs", "a library is named twice"));

@@ -35,6 +35,7 @@ pub fn decode(
         K::SourceRecompress => crate::recompress::decode(data, src, out),
         K::SourceXzRebuild => crate::xz_rebuild::decode(data, src, out),
         K::SourceFieldDelta => crate::fielddelta::decode(data, src, out),
+        K::SourceLz4Rebuild => crate::lz4_rebuild::decode(data, src, out),
         K::Zero | K::SourceCopy => Err(FormatError::invalid(
             "operation data",
             format!("{kind} carries no data"),
