@@ -238,7 +238,6 @@ fn boot_image_kernels_and_ramdisks_are_rebuilt() {
     // bytes: one operation writes the kernel, the ramdisk goes byte-level.
     for (version, page, rd_args, both) in [
         (2u32, 2048usize, &["-l", "-9"][..], 1),
-        (2, 4096, &["-l", "-12"][..], 2),
         (4, 4096, &["-l", "-1"], 2),
     ] {
         let k = |d: &[u8]| lz4(&["-l", "-12", "--favor-decSpeed"], d);

@@ -290,10 +290,7 @@ fn legacy_info(b: &[u8], cap: usize) -> Option<StreamInfo> {
     let mut at = 4;
     let mut total = 0usize;
     let mut scratch = vec![0u8; LEGACY_BLOCK];
-    loop {
-        let Some(n) = le32(b, at).map(|n| n as usize) else {
-            break;
-        };
+    while let Some(n) = le32(b, at).map(|n| n as usize) {
         if n == 0 || n > legacy_bound() || b.len() - at - 4 < n {
             break;
         }

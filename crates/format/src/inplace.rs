@@ -409,8 +409,11 @@ mod tests {
         for (kind, codec) in [
             (OpKind::SourceRecompress, crate::Codec::liblz4()),
             (OpKind::SourceXzRebuild, crate::Codec::liblzma()),
+            (OpKind::SourceLz4Rebuild, crate::Codec::liblz4()),
         ] {
-            if m.partitions[0].operations.iter().any(|o| o.kind == kind) {
+            if m.partitions[0].operations.iter().any(|o| o.kind == kind)
+                && !m.codecs.contains(&codec)
+            {
                 m.codecs.push(codec);
             }
         }
