@@ -383,13 +383,13 @@ fn each_hostile_manifest_is_refused_with_a_clear_error() {
         .contains("too large"));
     // Format versions from the past and the future, and lengths past the end of the file.
     let pkg = Package::encode_prefix(&ok, &[]);
-    for v in [0u8, 1, 5, 200] {
+    for v in [0u8, 1, 6, 200] {
         let mut other = pkg.clone();
         other[8] = v;
         let err = Package::parse(&other).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
-                "unsupported package format version {v} (this romdelta reads versions 2 to 4)"
+                "unsupported package format version {v} (this romdelta reads versions 2 to 5)"
             )),
             "{err}"
         );

@@ -122,8 +122,10 @@ fn find_streams(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Stream> {
     let mut found: Vec<Stream> = Vec::new();
     let piece = 64u64 << 20;
     let mut start = 0u64;
-    let at = |off: u64, role: Role| {
-        let b = img.get(off as usize..)?;
+    // The stream at `off`, within `len` bytes when a boot header says so.
+    let at = |off: u64, len: Option<u64>, role: Role| {
+        let end = len.map_or(img.len(), |n| (off + n).min(img.len() as u64) as usize);
+        let b = img.get(off as usize..end)?;
         let info = lz4_stream::stream_info(b, MAX_PLAIN)?;
         Some(Stream {
             offset: off,
@@ -138,10 +140,10 @@ fn find_streams(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Stream> {
             let o = off as usize;
             let head = img.get(o..o + 8);
             if head == Some(b"ANDROID!") {
-                for (rel, _, role) in boot_sections(&img[o..(o + 4096).min(img.len())]) {
+                for (rel, len, role) in boot_sections(&img[o..(o + 4096).min(img.len())]) {
                     let s = off + rel;
                     if want(s / BLOCK_SIZE) {
-                        found.extend(at(s, role));
+                        found.extend(at(s, Some(len), role));
                     }
                 }
             } else if let Some(h) = head {
@@ -150,7 +152,7 @@ fn find_streams(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Stream> {
                     && want(off / BLOCK_SIZE)
                     && !found.iter().any(|s| s.offset == off);
                 if magic {
-                    found.extend(at(off, Role::Bare));
+                    found.extend(at(off, None, Role::Bare));
                 }
             }
             off += BLOCK_SIZE;
