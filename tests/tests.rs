@@ -14,6 +14,7 @@ mod fuzz_seeds;
 mod hardening;
 mod hostile;
 mod inplace;
+mod lz4_boot;
 mod payload;
 mod recompress;
 mod recovery;

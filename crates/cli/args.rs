@@ -388,6 +388,9 @@ pub struct Tuning {
     /// from their decompressed bytes).
     #[arg(long, hide = true)]
     pub no_deflate: bool,
+    /// Do not try SOURCE_LZ4_REBUILD (lz4 kernels and ramdisks rebuilt).
+    #[arg(long, hide = true)]
+    pub no_lz4_rebuild: bool,
     /// Most memory (MiB) one operation may need at apply (default 64, what
     /// `apply` allows by default). More lets the xz payloads of Linux
     /// kernels be rebuilt (SOURCE_XZ_REBUILD: about 470 MiB for a 32 MiB
@@ -444,6 +447,9 @@ impl Tuning {
         }
         if self.no_deflate {
             o.deflate = false;
+        }
+        if self.no_lz4_rebuild {
+            o.lz4_rebuild = false;
         }
         if let Some(v) = self.apply_memory {
             o.apply_memory_mib = v;

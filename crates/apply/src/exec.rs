@@ -155,7 +155,10 @@ static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Whether an operation of `kind` runs alone ([`ALONE`]).
 pub(crate) fn runs_alone(kind: OpKind) -> bool {
-    matches!(kind, OpKind::SourceXzRebuild | OpKind::SourceDeflateRebuild)
+    matches!(
+        kind,
+        OpKind::SourceXzRebuild | OpKind::SourceDeflateRebuild | OpKind::SourceLz4Rebuild
+    )
 }
 
 /// Source copies up to this many bytes are read once into memory, hashed,
@@ -247,7 +250,8 @@ pub(crate) fn run_op(
         | OpKind::SourceXzRebuild
         | OpKind::SourceFieldDelta
         | OpKind::SourceDeflateRebuild
-        | OpKind::SourceBranchDelta => {
+        | OpKind::SourceBranchDelta
+        | OpKind::SourceLz4Rebuild => {
             check_data(data, part, i, op)?;
             if runs_alone(op.kind) {
                 check_op_memory(data, part, i, op, package_memory_mib)?;
@@ -273,7 +277,7 @@ pub(crate) fn run_op(
     Ok(w.written)
 }
 
-/// Refuses an xz or deflate rebuild that needs more memory than its package declares
+/// Refuses an xz, deflate or lz4 rebuild that needs more memory than its package declares
 /// (`package_memory_mib`, the manifest's apply memory; the default bound
 /// when it names none), before the operation allocates or writes anything:
 /// the applier was only checked against the declared value.
@@ -295,6 +299,10 @@ fn check_op_memory(
         use romdelta_format::deflate_rebuild as d;
         let (header, _) = d::parse(data, src_len, dst_len).map_err(decode_error)?;
         d::apply_memory(&header, src_len, dst_len)
+    } else if op.kind == OpKind::SourceLz4Rebuild {
+        use romdelta_format::lz4_rebuild as l;
+        let (header, _) = l::parse(data, src_len, dst_len).map_err(decode_error)?;
+        l::apply_memory(&header, src_len, dst_len)
     } else {
         use romdelta_format::xz_rebuild as x;
         let (header, _) = x::parse(data, src_len, dst_len).map_err(decode_error)?;

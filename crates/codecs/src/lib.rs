@@ -13,4 +13,5 @@
 
 pub mod deflate;
 pub mod lz4;
+pub mod lz4_stream;
 pub mod xz;

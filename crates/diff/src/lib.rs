@@ -24,6 +24,7 @@ pub mod deflate_rebuild;
 pub mod elf;
 pub mod encode;
 pub mod inplace;
+pub mod lz4_rebuild;
 pub mod payload;
 pub mod recompress;
 pub mod xz_rebuild;
@@ -125,6 +126,9 @@ pub struct DiffOptions {
     /// Let operations read any partition of the source build, not only
     /// their own (format version 5, [`crosspart`]); never in place.
     pub cross_partition: bool,
+    /// Try SOURCE_LZ4_REBUILD on the lz4 streams (boot image kernels and
+    /// ramdisks, lz4 frames) of changed regions.
+    pub lz4_rebuild: bool,
 }
 
 impl Default for DiffOptions {
@@ -154,6 +158,7 @@ impl Default for DiffOptions {
             deflate: true,
             apply_memory_mib: 64,
             cross_partition: true,
+            lz4_rebuild: true,
         }
     }
 }
@@ -349,7 +354,7 @@ pub fn write_package(
         .partitions
         .iter()
         .flat_map(|p| &p.operations)
-        .any(|o| o.kind == OpKind::SourceRecompress)
+        .any(|o| matches!(o.kind, OpKind::SourceRecompress | OpKind::SourceLz4Rebuild))
     {
         manifest.codecs.push(romdelta_format::Codec::liblz4());
     }
@@ -731,6 +736,19 @@ fn diff_partition(
                 .collect(),
             None => Vec::new(),
         });
+        // lz4 streams (boot image kernels and ramdisks) rebuilt from their
+        // decompressed bytes, their blocks claimed before the clusters'.
+        let lz4_rebuilt = match src {
+            Some(s)
+                if opts.lz4_rebuild && !opts.in_place && classes.contains(&BlockClass::Changed) =>
+            {
+                lz4_rebuild::plan(s, dst, &classes, &params, opts.apply_memory_mib)
+            }
+            _ => Vec::new(),
+        };
+        for e in lz4_rebuilt.iter().flat_map(|r| &r.dst_extents) {
+            classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
+        }
         let recompressed = match src {
             Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
                 recompress::plan(s, dst, &classes, &params)
@@ -798,6 +816,16 @@ fn diff_partition(
         for r in recompressed {
             out.push(
                 OpKind::SourceRecompress,
+                r.src_extents,
+                r.dst_extents,
+                &r.data,
+                r.src_sha256,
+            )?;
+        }
+        for r in lz4_rebuilt {
+            out.apply_memory_mib = out.apply_memory_mib.max(r.apply_memory_mib);
+            out.push(
+                OpKind::SourceLz4Rebuild,
                 r.src_extents,
                 r.dst_extents,
                 &r.data,

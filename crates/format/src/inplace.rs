@@ -411,8 +411,11 @@ mod tests {
             (OpKind::SourceRecompress, crate::Codec::liblz4()),
             (OpKind::SourceXzRebuild, crate::Codec::liblzma()),
             (OpKind::SourceDeflateRebuild, crate::Codec::zlib()),
+            (OpKind::SourceLz4Rebuild, crate::Codec::liblz4()),
         ] {
-            if m.partitions[0].operations.iter().any(|o| o.kind == kind) {
+            if m.partitions[0].operations.iter().any(|o| o.kind == kind)
+                && !m.codecs.contains(&codec)
+            {
                 m.codecs.push(codec);
             }
         }

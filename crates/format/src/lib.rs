@@ -25,6 +25,7 @@ mod extent;
 pub mod fielddelta;
 pub mod inplace;
 pub mod journal;
+pub mod lz4_rebuild;
 mod manifest;
 pub mod ops;
 mod package;

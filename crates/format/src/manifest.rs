@@ -57,11 +57,15 @@ pub enum OpKind {
     /// and an alignment predict them ([`crate::branchdelta`]). Since format
     /// version 5.
     SourceBranchDelta,
+    /// Data rebuilds one lz4 stream (a legacy `lz4 -l` kernel or ramdisk,
+    /// or an lz4 frame) from its decompressed bytes and an inner patch of
+    /// them ([`crate::lz4_rebuild`]). Since format version 5.
+    SourceLz4Rebuild,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 11] = [
+    pub const ALL: [OpKind; 12] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -73,6 +77,7 @@ impl OpKind {
         OpKind::SourceFieldDelta,
         OpKind::SourceDeflateRebuild,
         OpKind::SourceBranchDelta,
+        OpKind::SourceLz4Rebuild,
     ];
 
     /// The wire code.
@@ -89,6 +94,7 @@ impl OpKind {
             OpKind::SourceFieldDelta => 8,
             OpKind::SourceDeflateRebuild => 9,
             OpKind::SourceBranchDelta => 10,
+            OpKind::SourceLz4Rebuild => 11,
         }
     }
 
@@ -114,6 +120,7 @@ impl OpKind {
             OpKind::SourceFieldDelta => "SOURCE_FIELD_DELTA",
             OpKind::SourceDeflateRebuild => "SOURCE_DEFLATE_REBUILD",
             OpKind::SourceBranchDelta => "SOURCE_BRANCH_DELTA",
+            OpKind::SourceLz4Rebuild => "SOURCE_LZ4_REBUILD",
         }
     }
 
@@ -130,6 +137,7 @@ impl OpKind {
                 | OpKind::SourceFieldDelta
                 | OpKind::SourceDeflateRebuild
                 | OpKind::SourceBranchDelta
+                | OpKind::SourceLz4Rebuild
         )
     }
 
@@ -146,6 +154,7 @@ impl OpKind {
                 | OpKind::SourceFieldDelta
                 | OpKind::SourceDeflateRebuild
                 | OpKind::SourceBranchDelta
+                | OpKind::SourceLz4Rebuild
         )
     }
 }
@@ -534,9 +543,9 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 
 impl Manifest {
     /// The oldest format version that can express this manifest: 5 when an
-    /// operation is SOURCE_DEFLATE_REBUILD or SOURCE_BRANCH_DELTA, reads
-    /// another source partition, or zlib is named; 4 when one is
-    /// SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
+    /// operation is SOURCE_DEFLATE_REBUILD, SOURCE_BRANCH_DELTA or
+    /// SOURCE_LZ4_REBUILD, reads another source partition, or zlib is
+    /// named; 4 when one is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
     /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
     /// one is SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
@@ -548,6 +557,7 @@ impl Manifest {
         };
         if uses(OpKind::SourceDeflateRebuild)
             || uses(OpKind::SourceBranchDelta)
+            || uses(OpKind::SourceLz4Rebuild)
             || self.codecs.iter().any(|c| c.library == CodecLibrary::Zlib)
             || self.partitions.iter().any(|p| !p.source_reads.is_empty())
         {
@@ -727,6 +737,7 @@ impl Manifest {
             (OpKind::SourceRecompress, CodecLibrary::Liblz4),
             (OpKind::SourceXzRebuild, CodecLibrary::Liblzma),
             (OpKind::SourceDeflateRebuild, CodecLibrary::Zlib),
+            (OpKind::SourceLz4Rebuild, CodecLibrary::Liblz4),
         ] {
             if named(library) > 1 {
                 return Err(FormatError::invalid("codecs", "a library is named twice"));

@@ -1,0 +1,524 @@
+//! SOURCE_LZ4_REBUILD operation data: one lz4 stream in the destination
+//! (a legacy `lz4 -l` stream of a kernel or ramdisk, or an lz4 frame)
+//! rebuilt from its decompressed bytes.
+//!
+//! Like [`crate::xz_rebuild`], this operation
+//! 1. decompresses the lz4 stream it names in its source bytes, giving the
+//!    *source expanded* form: the source bytes before the stream, the
+//!    decompressed stream, the source bytes after it;
+//! 2. decodes an inner patch (REPLACE, SOURCE_ZSTD or SOURCE_BSDIFF_SPARSE
+//!    data) against that into the *target expanded* form: `prefix_len`
+//!    destination bytes, the `decompressed_len` bytes of the new stream,
+//!    the destination bytes after the stream;
+//! 3. compresses the new stream again with the recorded parameters
+//!    ([`Lz4Params`]) and liblz4 version, into exactly `stream_len` bytes.
+//!
+//! Wire form: `varint header_len · header · inner`; the header (specified
+//! in docs/FORMAT.md) is checked against the source and destination sizes
+//! and [`MAX_EXPANDED_LEN`] before anything is allocated. The memory an
+//! applier needs for it is [`apply_memory`].
+
+use crate::{FormatError, OpKind, Reader, Writer};
+use romdelta_codecs::lz4::{self, LIBRARY_VERSION};
+use romdelta_codecs::lz4_stream::{self, FramePrefs, Lz4Params, StreamFormat};
+
+/// Most bytes of the source or the target expanded form.
+pub const MAX_EXPANDED_LEN: u64 = 256 << 20;
+/// Longest header.
+pub const MAX_HEADER_LEN: u64 = 128;
+const HEADER_VERSION: u8 = 1;
+
+/// The header of a SOURCE_LZ4_REBUILD operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// liblz4 version (`LZ4_versionNumber`) that reproduced the stream
+    /// when the package was made.
+    pub library: u32,
+    /// The parameters the new stream is compressed with.
+    pub params: Lz4Params,
+    /// Offset of the source lz4 stream in the operation's source bytes.
+    pub src_offset: u64,
+    /// Its exact length.
+    pub src_stream_len: u64,
+    /// Bytes it decompresses to.
+    pub src_decompressed_len: u64,
+    /// Destination bytes before the new stream.
+    pub prefix_len: u64,
+    /// Bytes the new stream decompresses to.
+    pub decompressed_len: u64,
+    /// The new stream's exact length.
+    pub stream_len: u64,
+    /// Kind of the inner patch.
+    pub inner: OpKind,
+}
+
+impl Header {
+    /// Bytes of the source expanded form, for `src_len` source bytes.
+    pub fn source_expanded_len(&self, src_len: u64) -> u64 {
+        src_len - self.src_stream_len + self.src_decompressed_len
+    }
+
+    /// Bytes of the target expanded form, for `dst_len` destination bytes.
+    pub fn target_expanded_len(&self, dst_len: u64) -> u64 {
+        dst_len - self.stream_len + self.decompressed_len
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let p = &self.params;
+        let mut w = Writer::new();
+        w.u8(HEADER_VERSION);
+        w.u32_le(self.library);
+        w.u8(p.format.code());
+        w.u8(p.level);
+        w.u8(p.frame.block_size_id);
+        w.u8(p.frame.flags());
+        for v in [
+            self.src_offset,
+            self.src_stream_len,
+            self.src_decompressed_len,
+            self.prefix_len,
+            self.decompressed_len,
+            self.stream_len,
+        ] {
+            w.varint(v);
+        }
+        w.u8(self.inner.code());
+        w.into_bytes()
+    }
+
+    fn decode(b: &[u8], src_len: u64, dst_len: u64) -> Result<Header, FormatError> {
+        let bad = |what: &'static str, d: String| FormatError::invalid(what, d);
+        let mut r = Reader::new(b);
+        let v = r.u8("lz4 rebuild header version")?;
+        if v != HEADER_VERSION {
+            return Err(bad(
+                "lz4 rebuild header version",
+                format!("unknown version {v}"),
+            ));
+        }
+        let library = r.u32_le("lz4 rebuild library version")?;
+        let c = r.u8("lz4 stream format")?;
+        let format = StreamFormat::from_code(c)
+            .ok_or_else(|| bad("lz4 stream format", format!("unknown format {c}")))?;
+        let level = r.u8("lz4 level")?;
+        let id = r.u8("lz4 block size id")?;
+        let flags = r.u8("lz4 frame flags")?;
+        let frame = FramePrefs::from_flags(id, flags)
+            .ok_or_else(|| bad("lz4 parameters", format!("unknown frame flags {flags:#x}")))?;
+        let params = Lz4Params {
+            format,
+            level,
+            frame,
+        };
+        params
+            .check_ranges()
+            .map_err(|e| bad("lz4 parameters", e))?;
+        let src_offset = r.varint("lz4 source offset")?;
+        let src_stream_len = r.varint("lz4 source stream length")?;
+        let src_decompressed_len =
+            r.varint_max("lz4 source decompressed length", MAX_EXPANDED_LEN)?;
+        let prefix_len = r.varint("lz4 prefix length")?;
+        let decompressed_len = r.varint_max("lz4 decompressed length", MAX_EXPANDED_LEN)?;
+        let stream_len = r.varint("lz4 stream length")?;
+        let inner = OpKind::from_code(r.u8("lz4 rebuild inner kind")?)?;
+        if !matches!(
+            inner,
+            OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiffSparse
+        ) {
+            return Err(bad(
+                "lz4 rebuild inner kind",
+                format!("{inner} cannot be an inner patch"),
+            ));
+        }
+        r.finish("lz4 rebuild header")?;
+        if src_stream_len == 0
+            || src_offset
+                .checked_add(src_stream_len)
+                .is_none_or(|e| e > src_len)
+        {
+            return Err(bad(
+                "lz4 source stream",
+                format!("bytes {src_offset}+{src_stream_len} lie past the {src_len} source bytes"),
+            ));
+        }
+        if stream_len == 0
+            || prefix_len
+                .checked_add(stream_len)
+                .is_none_or(|e| e > dst_len)
+        {
+            return Err(bad(
+                "lz4 stream",
+                format!("bytes {prefix_len}+{stream_len} lie past the {dst_len} destination bytes"),
+            ));
+        }
+        let h = Header {
+            library,
+            params,
+            src_offset,
+            src_stream_len,
+            src_decompressed_len,
+            prefix_len,
+            decompressed_len,
+            stream_len,
+            inner,
+        };
+        for (what, n) in [
+            ("lz4 source expanded form", h.source_expanded_len(src_len)),
+            ("lz4 target expanded form", h.target_expanded_len(dst_len)),
+        ] {
+            if n > MAX_EXPANDED_LEN {
+                return Err(FormatError::TooLarge {
+                    what,
+                    value: n,
+                    limit: MAX_EXPANDED_LEN,
+                });
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// Encodes SOURCE_LZ4_REBUILD data from its header and inner patch data.
+pub fn encode(header: &Header, inner: &[u8]) -> Vec<u8> {
+    let head = header.encode();
+    let mut w = Writer::new();
+    w.varint(head.len() as u64);
+    w.bytes(&head);
+    w.bytes(inner);
+    w.into_bytes()
+}
+
+/// Splits SOURCE_LZ4_REBUILD data into its header (checked against
+/// `src_len` source and `dst_len` destination bytes) and inner patch.
+pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, &[u8]), FormatError> {
+    let mut r = Reader::new(data);
+    let head_len = r.varint_max("lz4 rebuild header length", MAX_HEADER_LEN)?;
+    let head = r.take(head_len, "lz4 rebuild header")?;
+    let inner = r.take(r.remaining() as u64, "lz4 rebuild inner patch")?;
+    if inner.is_empty() {
+        return Err(FormatError::invalid("lz4 rebuild inner patch", "missing"));
+    }
+    Ok((Header::decode(head, src_len, dst_len)?, inner))
+}
+
+/// Memory, in bytes, an applier needs to run an operation with `header`
+/// reading `src_len` and writing `dst_len` bytes: the source bytes, the
+/// destination bytes twice over (decoded, written), both expanded forms,
+/// and liblz4's buffers: one compressed block and the HC state for a
+/// legacy stream; for a frame the decoder's and encoder's block buffers
+/// too (three blocks in all); 1 MiB for the rest of liblz4 and 16 MiB for
+/// the rest.
+pub fn apply_memory(header: &Header, src_len: u64, dst_len: u64) -> u64 {
+    let (s, t) = (
+        header.source_expanded_len(src_len),
+        header.target_expanded_len(dst_len),
+    );
+    let block = header.params.block_size() as u64;
+    let buffers = match header.params.format {
+        StreamFormat::Legacy => block,
+        StreamFormat::Frame => 3 * block,
+    };
+    src_len + 2 * dst_len + s + t + buffers + (1 << 20) + (16 << 20)
+}
+
+/// Refuses a header this build cannot reproduce: one recorded with a
+/// liblz4 version other than the one built in.
+pub fn check_library(header: &Header) -> Result<(), FormatError> {
+    let have = lz4::library_version();
+    if header.library != have || have != LIBRARY_VERSION {
+        return Err(FormatError::invalid(
+            "lz4 rebuild library",
+            format!(
+                "the package was made with liblz4 {}, this romdelta has liblz4 {}: its lz4 stream would not be rebuilt exactly",
+                version_name(header.library),
+                version_name(have)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn version_name(v: u32) -> String {
+    format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+}
+
+/// Decodes SOURCE_LZ4_REBUILD data against `src` into exactly `out.len()`
+/// bytes: [`expand`], then [`rebuild`].
+pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    let (h, target) = expand(data, src, out.len() as u64)?;
+    rebuild(&h, &target, out)
+}
+
+/// The first half of [`decode`]: the operation's header and the expanded
+/// target (the bytes before the new stream, its decompressed bytes, the
+/// bytes after it), made by decompressing the source's stream and running
+/// the inner patch, for a destination of `dst_len` bytes.
+pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>), FormatError> {
+    let (h, inner) = parse(data, src.len() as u64, dst_len)?;
+    check_library(&h)?;
+    let (off, len) = (h.src_offset as usize, h.src_stream_len as usize);
+    let source_len = h.source_expanded_len(src.len() as u64) as usize;
+    let mut source = vec![0u8; source_len];
+    let mid = h.src_decompressed_len as usize;
+    source[..off].copy_from_slice(&src[..off]);
+    source[off + mid..].copy_from_slice(&src[off + len..]);
+    lz4_stream::decompress_exact(&src[off..off + len], &mut source[off..off + mid])
+        .map_err(|e| FormatError::invalid("lz4 source stream", e))?;
+    let mut target = vec![0u8; h.target_expanded_len(dst_len) as usize];
+    let inner_src: &[u8] = if h.inner == OpKind::Replace {
+        &[]
+    } else {
+        &source
+    };
+    crate::ops::decode(h.inner, inner, inner_src, &mut target)?;
+    Ok((h, target))
+}
+
+/// The second half of [`decode`]: `out` (the destination) from the
+/// expanded target, its stream compressed again with the header's
+/// parameters into exactly the recorded length.
+pub fn rebuild(h: &Header, target: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    let (p, n, d) = (
+        h.prefix_len as usize,
+        h.stream_len as usize,
+        h.decompressed_len as usize,
+    );
+    if target.len() != h.target_expanded_len(out.len() as u64) as usize {
+        return Err(FormatError::invalid(
+            "lz4 rebuild",
+            format!(
+                "{} expanded bytes for a {}-byte destination",
+                target.len(),
+                out.len()
+            ),
+        ));
+    }
+    out[..p].copy_from_slice(&target[..p]);
+    out[p + n..].copy_from_slice(&target[p + d..]);
+    let exact = lz4_stream::compress_into(&h.params, &target[p..p + d], &mut out[p..p + n])
+        .map_err(|e| FormatError::invalid("lz4 rebuild", e))?;
+    if !exact {
+        return Err(FormatError::invalid(
+            "lz4 rebuild",
+            format!(
+                "{d} bytes do not compress into the package's {n}-byte stream with {}",
+                h.params
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn text(seed: u32, n: usize) -> Vec<u8> {
+        let words = [&b"init "[..], b"ramdisk ", b"cpio ", b"070701\n", b"boot "];
+        let mut x = seed | 1;
+        let mut v = Vec::with_capacity(n + 16);
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            v.extend_from_slice(words[(x % 5) as usize]);
+            if x.is_multiple_of(3) {
+                v.push((x >> 8) as u8);
+            }
+        }
+        v.truncate(n);
+        v
+    }
+
+    pub(crate) fn legacy() -> Lz4Params {
+        Lz4Params {
+            format: StreamFormat::Legacy,
+            level: 12,
+            frame: FramePrefs::default(),
+        }
+    }
+
+    fn frame() -> Lz4Params {
+        Lz4Params {
+            format: StreamFormat::Frame,
+            level: 9,
+            frame: FramePrefs {
+                block_size_id: 4,
+                block_linked: true,
+                block_checksum: true,
+                content_checksum: true,
+                content_size: false,
+                favor_dec_speed: false,
+                auto_flush: true,
+                single_pass: false,
+            },
+        }
+    }
+
+    /// Source and destination bytes (a few blocks each, an lz4 stream
+    /// inside with bytes before and after), and the operation data.
+    pub(crate) fn fixture_of(
+        n: usize,
+        params: Lz4Params,
+        inner: OpKind,
+    ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let old = text(11, n);
+        let mut new = old.clone();
+        new[n / 3..n / 3 + 6].copy_from_slice(b"kernel");
+        new[n / 2] ^= 0x11;
+        let (so, ss) = (700, lz4_stream::compress(&params, &old).unwrap());
+        let (to, ts) = (300, lz4_stream::compress(&params, &new).unwrap());
+        let mut src = vec![0x5a; so];
+        src.extend_from_slice(&ss);
+        src.resize(src.len().div_ceil(4096) * 4096, 0x33);
+        let mut dst = vec![0xa7; to];
+        dst.extend_from_slice(&ts);
+        dst.extend_from_slice(b"tail");
+        dst.resize(dst.len().div_ceil(4096) * 4096, 0);
+        let header = Header {
+            library: lz4::library_version(),
+            params,
+            src_offset: so as u64,
+            src_stream_len: ss.len() as u64,
+            src_decompressed_len: n as u64,
+            prefix_len: to as u64,
+            decompressed_len: n as u64,
+            stream_len: ts.len() as u64,
+            inner,
+        };
+        let expand =
+            |b: &[u8], at: usize, len: usize, mid: &[u8]| [&b[..at], mid, &b[at + len..]].concat();
+        let se = expand(&src, so, ss.len(), &old);
+        let te = expand(&dst, to, ts.len(), &new);
+        let inner = match inner {
+            OpKind::SourceZstd => crate::ops::encode_source_zstd(&se, &te, 3),
+            _ => crate::ops::encode_replace(&te, 3),
+        };
+        (src, dst, encode(&header, &inner))
+    }
+
+    fn fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        fixture_of(40_000, legacy(), OpKind::SourceZstd)
+    }
+
+    #[test]
+    fn a_changed_stream_is_rebuilt_exactly() {
+        for (params, kind) in [
+            (legacy(), OpKind::SourceZstd),
+            (legacy(), OpKind::Replace),
+            (frame(), OpKind::SourceZstd),
+        ] {
+            let (src, dst, data) = fixture_of(40_000, params, kind);
+            let mut out = vec![0xee; dst.len()];
+            crate::ops::decode(OpKind::SourceLz4Rebuild, &data, &src, &mut out).unwrap();
+            assert_eq!(out, dst);
+        }
+        let (src, dst, data) = fixture();
+        assert!(data.len() * 10 < dst.len(), "{} bytes", data.len());
+        let (h, _) = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
+        let m = apply_memory(&h, src.len() as u64, dst.len() as u64);
+        assert!(m > 8 << 20 && m < 64 << 20, "{m}");
+    }
+
+    #[test]
+    fn every_truncation_and_wrong_size_is_refused() {
+        for params in [legacy(), frame()] {
+            let (src, dst, data) = fixture_of(40_000, params, OpKind::SourceZstd);
+            for cut in 0..data.len() {
+                let mut out = vec![0; dst.len()];
+                assert!(decode(&data[..cut], &src, &mut out).is_err(), "cut {cut}");
+            }
+            for len in [dst.len() - 4096, dst.len() + 4096, dst.len() + 1] {
+                assert!(decode(&data, &src, &mut vec![0; len]).is_err(), "{len}");
+            }
+            let mut out = vec![0; dst.len()];
+            let e = decode(&data, &src[..700], &mut out).unwrap_err();
+            assert!(e.to_string().contains("past the"), "{e}");
+        }
+    }
+
+    #[test]
+    fn damaged_bytes_never_panic() {
+        let (src, dst, data) = fixture_of(40_000, frame(), OpKind::SourceZstd);
+        let mut out = vec![0; dst.len()];
+        for i in 0..data.len().min(200) {
+            let mut d = data.clone();
+            d[i] ^= 0x5a;
+            let _ = decode(&d, &src, &mut out);
+        }
+        let mut s = src.clone();
+        s[2000] ^= 0xff;
+        assert!(decode(&data, &s, &mut out).is_err());
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_with_their_reason() {
+        type Change = Box<dyn Fn(&mut Header)>;
+        let cases: [(&str, Change); 10] = [
+            (
+                "liblz4 1.9.3, this romdelta has",
+                Box::new(|h| h.library = 10903),
+            ),
+            ("do not compress", Box::new(|h| h.params.level = 3)),
+            (
+                "do not compress",
+                Box::new(|h| h.params.format = StreamFormat::Frame),
+            ),
+            (
+                "cannot be an inner patch",
+                Box::new(|h| h.inner = OpKind::SourceCopy),
+            ),
+            ("past the", Box::new(|h| h.src_offset = u64::MAX - 1)),
+            ("past the", Box::new(|h| h.stream_len = 1 << 40)),
+            (
+                "lz4 target expanded form",
+                Box::new(|h| h.decompressed_len = MAX_EXPANDED_LEN),
+            ),
+            (
+                "lz4 source expanded form",
+                Box::new(|h| h.src_decompressed_len = MAX_EXPANDED_LEN),
+            ),
+            ("lz4 parameters", Box::new(|h| h.params.level = 13)),
+            (
+                "lz4 parameters",
+                Box::new(|h| h.params.frame.block_checksum = true),
+            ),
+        ];
+        let (src, dst, data) = fixture();
+        let (h, inner) = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
+        for (want, f) in cases {
+            let mut h = h;
+            f(&mut h);
+            if h.params.format == StreamFormat::Frame {
+                h.params.frame.block_size_id = 7;
+            }
+            let d = encode(&h, inner);
+            let mut out = vec![0; dst.len()];
+            let e = decode(&d, &src, &mut out).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let mut bad = h;
+        bad.src_decompressed_len += 1;
+        let e = decode(&encode(&bad, inner), &src, &mut vec![0; dst.len()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lz4 source stream"), "{e}");
+    }
+
+    /// The committed seed of the `lz4_rebuild_decode` fuzz target (input
+    /// layout: u8 destination blocks − 1 · u16le source length · source ·
+    /// data), checked here and written anew with
+    /// `ROMDELTA_WRITE_FUZZ_SEEDS=1`.
+    #[test]
+    fn fuzz_seed_is_a_valid_operation() {
+        let (src, dst, data) = fixture_of(6000, frame(), OpKind::SourceZstd);
+        let mut out = vec![0; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        let mut seed = vec![(dst.len() / 4096 - 1) as u8];
+        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
+        seed.extend_from_slice(&src);
+        seed.extend_from_slice(&data);
+        crate::check_fuzz_seed("lz4_rebuild_decode", "seed-1", &seed);
+    }
+}
