@@ -7,7 +7,7 @@
 //! refused before anything is written, and in-place packages read no other
 //! partition.
 
-use crate::common::romdelta;
+use crate::common::{fast_opts, listing, romdelta};
 use romdelta_format::{Manifest, Package};
 use romdelta_recovery::{Device, Slots};
 use romdelta_storage::sim::{CutMode, SimFs};
@@ -26,6 +26,12 @@ fn have_mke2fs() -> bool {
         eprintln!("skipping: mke2fs not installed");
     }
     ok
+}
+
+/// A temporary working directory, or `None` (the test skipped) where
+/// `mke2fs` does not run.
+fn work() -> Option<tempfile::TempDir> {
+    have_mke2fs().then(|| tempfile::tempdir().unwrap())
 }
 
 /// `len` bytes of file content: pseudo-random runs (as machine code and
@@ -107,10 +113,10 @@ fn ext4(work: &Path, img: &Path, files: &[(&str, Vec<u8>)], mib: u64) {
     );
 }
 
-/// A ROM directory: ext4 images by partition, and a raw boot image.
 /// The files of one partition: (name, bytes).
 type Files = Vec<(&'static str, Vec<u8>)>;
 
+/// A ROM directory: ext4 images by partition, and a raw boot image.
 fn rom(work: &Path, name: &str, parts: &[(&str, Files)], boot: &[u8]) -> PathBuf {
     let dir = work.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -200,21 +206,82 @@ fn odm_pair(work: &Path) -> (PathBuf, PathBuf) {
     (old, new)
 }
 
-/// Writes a package from `old` to `new` with the CLI; returns its path.
-fn diff(work: &Path, old: &Path, new: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let out = work.join(name);
+/// Runs `romdelta diff` with `args` from `old` to `new` into `out`,
+/// which must succeed.
+fn diff_to(args: &[&str], old: &Path, new: &Path, out: &Path) {
     romdelta()
-        .args(["diff", "--level", "3"])
-        .args(extra)
+        .arg("diff")
+        .args(args)
         .arg(old)
         .arg(new)
         .arg("-o")
-        .arg(&out)
+        .arg(out)
         .assert()
         .success();
+}
+
+/// Writes a package from `old` to `new` with the CLI; returns its path.
+fn diff(work: &Path, old: &Path, new: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let out = work.join(name);
+    diff_to(&[&["--level", "3"], extra].concat(), old, new, &out);
     out
 }
 
+/// Packages from `old` to `new` with and without reads across partitions
+/// (`with.romdelta`, `without.romdelta`); the first must be less than a
+/// quarter of the second. Returns both and the second's size.
+fn with_and_without(w: &Path, old: &Path, new: &Path, what: &str) -> (PathBuf, PathBuf, u64) {
+    let with = diff(w, old, new, "with.romdelta", &[]);
+    let without = diff(w, old, new, "without.romdelta", &["--no-cross-partition"]);
+    let (a, b) = (
+        std::fs::metadata(&with).unwrap().len(),
+        std::fs::metadata(&without).unwrap().len(),
+    );
+    eprintln!("{what}: {a} bytes with reads across partitions, {b} without");
+    assert!(a * 4 < b, "{a} vs {b}");
+    (with, without, b)
+}
+
+/// `romdelta apply` of the package file `pkg` to `source` into `out`.
+fn apply(source: &Path, pkg: &Path, out: &Path) -> assert_cmd::assert::Assert {
+    romdelta()
+        .args(["apply", "--insecure-no-verify", "--source"])
+        .arg(source)
+        .arg(pkg)
+        .arg("-o")
+        .arg(out)
+        .assert()
+}
+
+/// `romdelta apply -` (with `extra` arguments) of the package `bytes`,
+/// read from a pipe, to `source` into `out`.
+fn apply_stream(
+    extra: &[&str],
+    source: &Path,
+    bytes: Vec<u8>,
+    out: &Path,
+) -> assert_cmd::assert::Assert {
+    romdelta()
+        .args(["apply", "-", "--insecure-no-verify"])
+        .args(extra)
+        .arg("--source")
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .write_stdin(bytes)
+        .assert()
+}
+
+/// Copies the files of directory `from` into a new directory `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+/// `romdelta inspect --json` of `pkg`.
 fn inspect(pkg: &Path) -> serde_json::Value {
     let out = romdelta()
         .args(["inspect", "--json"])
@@ -226,14 +293,11 @@ fn inspect(pkg: &Path) -> serde_json::Value {
 
 /// Every image of `want` is in `got` with the same bytes, and nothing else.
 fn same_rom(got: &Path, want: &Path) {
-    let names = |d: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let names = |d: &Path| -> Vec<String> {
+        listing(d)
+            .into_iter()
             .filter(|n| n.ends_with(".img"))
-            .collect();
-        v.sort();
-        v
+            .collect()
     };
     assert_eq!(names(got), names(want));
     for n in names(want) {
@@ -248,31 +312,10 @@ fn same_rom(got: &Path, want: &Path) {
 /// from a pipe, and checks both against `new`.
 fn apply_both_ways(work: &Path, pkg: &Path, old: &Path, new: &Path) {
     let out = work.join("out-file");
-    romdelta()
-        .args(["apply", "--insecure-no-verify", "--source"])
-        .arg(old)
-        .arg(pkg)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
+    apply(old, pkg, &out).success();
     same_rom(&out, new);
     let out = work.join("out-stream");
-    romdelta()
-        .args([
-            "apply",
-            "-",
-            "--insecure-no-verify",
-            "--threads",
-            "2",
-            "--source",
-        ])
-        .arg(old)
-        .arg("-o")
-        .arg(&out)
-        .write_stdin(std::fs::read(pkg).unwrap())
-        .assert()
-        .success();
+    apply_stream(&["--threads", "2"], old, std::fs::read(pkg).unwrap(), &out).success();
     same_rom(&out, new);
     romdelta()
         .args(["verify", "--insecure-no-verify", "--source"])
@@ -282,36 +325,28 @@ fn apply_both_ways(work: &Path, pkg: &Path, old: &Path, new: &Path) {
         .success();
 }
 
-/// The `reads_from` entries of partition `name` in `inspect --json`.
-fn reads_from(v: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+/// Partition `name` in `inspect --json`.
+fn partition<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     v["partitions"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no partition {name}"))["reads_from"]
-        .as_array()
-        .unwrap()
-        .clone()
+        .unwrap_or_else(|| panic!("no partition {name}"))
+}
+
+/// The `reads_from` entries of partition `name` in `inspect --json`.
+fn reads_from(v: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    partition(v, name)["reads_from"].as_array().unwrap().clone()
 }
 
 #[test]
 fn a_file_moved_from_system_to_product_costs_a_copy() {
-    if !have_mke2fs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = work() else { return };
     let w = dir.path();
     let (old, new) = moved_pair(w);
-    let with = diff(w, &old, &new, "with.romdelta", &[]);
-    let without = diff(w, &old, &new, "without.romdelta", &["--no-cross-partition"]);
-    let (a, b) = (
-        std::fs::metadata(&with).unwrap().len(),
-        std::fs::metadata(&without).unwrap().len(),
-    );
-    eprintln!("file moved system -> product: {a} bytes with reads across partitions, {b} without");
     // The moved files (1.1 MB of incompressible bytes) are no longer sent.
-    assert!(a * 4 < b, "{a} vs {b}");
+    let (with, without, b) = with_and_without(w, &old, &new, "file moved system -> product");
     let v = inspect(&with);
     assert_eq!(v["format_version"], 5);
     let reads = reads_from(&v, "product");
@@ -343,14 +378,7 @@ fn a_file_moved_from_system_to_product_costs_a_copy() {
     };
     let (old, new) = (no_boot(&old, "old-p"), no_boot(&new, "new-p"));
     let payload = w.join("payload.bin");
-    romdelta()
-        .args(["diff", "--format", "payload"])
-        .arg(&old)
-        .arg(&new)
-        .arg("-o")
-        .arg(&payload)
-        .assert()
-        .success();
+    diff_to(&["--format", "payload"], &old, &new, &payload);
     let out = w.join("payload-out");
     romdelta()
         .args(["payload", "apply"])
@@ -369,28 +397,12 @@ fn a_file_moved_from_system_to_product_costs_a_copy() {
 
 #[test]
 fn a_new_partition_built_from_system_files_reads_system() {
-    if !have_mke2fs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = work() else { return };
     let w = dir.path();
     let (old, new) = odm_pair(w);
-    let with = diff(w, &old, &new, "with.romdelta", &[]);
-    let without = diff(w, &old, &new, "without.romdelta", &["--no-cross-partition"]);
-    let (a, b) = (
-        std::fs::metadata(&with).unwrap().len(),
-        std::fs::metadata(&without).unwrap().len(),
-    );
-    eprintln!("new odm from system files: {a} bytes with reads across partitions, {b} without");
-    assert!(a * 4 < b, "{a} vs {b}");
+    let (with, _, _) = with_and_without(w, &old, &new, "new odm from system files");
     let v = inspect(&with);
-    let odm = v["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "odm")
-        .unwrap()
-        .clone();
+    let odm = partition(&v, "odm");
     assert!(odm["old"].is_null());
     let reads = reads_from(&v, "odm");
     assert_eq!(reads[0]["partition"], "system");
@@ -411,11 +423,8 @@ fn a_new_partition_built_from_system_files_reads_system() {
 
 #[test]
 fn the_same_inputs_give_the_same_package_whatever_the_thread_count() {
-    if !have_mke2fs() {
-        return;
-    }
     for pair in [odm_pair, moved_pair] {
-        let dir = tempfile::tempdir().unwrap();
+        let Some(dir) = work() else { return };
         let w = dir.path();
         let (old, new) = pair(w);
         let one = diff(w, &old, &new, "one.romdelta", &["--threads", "1"]);
@@ -426,35 +435,27 @@ fn the_same_inputs_give_the_same_package_whatever_the_thread_count() {
 
 #[test]
 fn a_cut_stream_of_a_cross_partition_package_resumes() {
-    if !have_mke2fs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = work() else { return };
     let w = dir.path();
     let (old, new) = moved_pair(w);
     let pkg = diff(w, &old, &new, "p.romdelta", &[]);
     let bytes = std::fs::read(&pkg).unwrap();
     let out = w.join("out");
-    romdelta()
-        .args(["apply", "-", "--insecure-no-verify", "--source"])
-        .arg(&old)
-        .arg("-o")
-        .arg(&out)
-        .write_stdin(bytes[..bytes.len() * 7 / 10].to_vec())
-        .assert()
-        .code(1);
+    apply_stream(&[], &old, bytes[..bytes.len() * 7 / 10].to_vec(), &out).code(1);
     assert!(!out.exists());
-    let done = romdelta()
-        .args(["apply", "-", "--insecure-no-verify", "--json", "--source"])
-        .arg(&old)
-        .arg("-o")
-        .arg(&out)
-        .write_stdin(bytes)
-        .assert()
-        .success();
+    let done = apply_stream(&["--json"], &old, bytes, &out).success();
     let report: serde_json::Value = serde_json::from_slice(&done.get_output().stdout).unwrap();
     assert!(report["resumed_ops"].as_u64().unwrap() > 0, "{report}");
     same_rom(&out, &new);
+}
+
+/// Points every read across partitions of `m` at partition `name`.
+fn reads_moved_to(m: &mut Manifest, name: &str) {
+    for p in &mut m.partitions {
+        for s in &mut p.source_reads {
+            s.partition = name.into();
+        }
+    }
 }
 
 /// `pkg` with its manifest changed by `f`, unsigned, at `out`.
@@ -471,62 +472,32 @@ fn rewritten(pkg: &Path, out: &Path, f: impl Fn(&mut Manifest)) {
 
 #[test]
 fn a_package_naming_a_missing_source_partition_is_refused_before_writing() {
-    if !have_mke2fs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = work() else { return };
     let w = dir.path();
     let (old, new) = moved_pair(w);
     let pkg = diff(w, &old, &new, "p.romdelta", &[]);
     let bad = w.join("bad.romdelta");
-    rewritten(&pkg, &bad, |m| {
-        for p in &mut m.partitions {
-            for s in &mut p.source_reads {
-                s.partition = "oem".into();
-            }
-        }
-    });
-    for args in [
-        vec!["apply", "--insecure-no-verify"],
-        vec!["apply", "-", "--insecure-no-verify"],
-    ] {
-        let out = w.join("out");
-        let mut cmd = romdelta();
-        cmd.args(&args)
-            .arg("--source")
-            .arg(&old)
-            .arg("-o")
-            .arg(&out);
-        if args.contains(&"-") {
-            cmd.write_stdin(std::fs::read(&bad).unwrap());
-        } else {
-            cmd.arg(&bad);
-        }
-        let r = cmd.assert().failure();
-        let err = String::from_utf8_lossy(&r.get_output().stderr).into_owned();
+    rewritten(&pkg, &bad, |m| reads_moved_to(m, "oem"));
+    let out = w.join("out");
+    let refused = |r: assert_cmd::assert::Assert| {
+        let err = String::from_utf8_lossy(&r.failure().get_output().stderr).into_owned();
         assert!(
             err.contains("source partition oem, which the source build does not have"),
             "{err}"
         );
         assert!(!out.exists() && !romdelta_apply::staging_paths(&out).0.exists());
-    }
+    };
+    refused(apply(&old, &bad, &out));
+    refused(apply_stream(&[], &old, std::fs::read(&bad).unwrap(), &out));
     // A package that is valid, applied to a source build without the
     // partition it reads: refused too, before writing. (The source
     // directory keeps system, so only the read across partitions is
     // missing: product's old image is system's under another name.)
     let src2 = w.join("old2");
-    std::fs::create_dir_all(&src2).unwrap();
-    for e in std::fs::read_dir(&old).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, src2.join(p.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&old, &src2);
     let renamed = w.join("renamed.romdelta");
     rewritten(&pkg, &renamed, |m| {
-        for p in &mut m.partitions {
-            for s in &mut p.source_reads {
-                s.partition = "system_ext".into();
-            }
-        }
+        reads_moved_to(m, "system_ext");
         let sys = m.partitions.iter().find(|p| p.name == "system").unwrap();
         m.removed.push(romdelta_format::RemovedPartition {
             name: "system_ext".into(),
@@ -534,14 +505,7 @@ fn a_package_naming_a_missing_source_partition_is_refused_before_writing() {
         });
     });
     let out = w.join("out2");
-    let r = romdelta()
-        .args(["apply", "--insecure-no-verify", "--source"])
-        .arg(&src2)
-        .arg(&renamed)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .failure();
+    let r = apply(&src2, &renamed, &out).failure();
     let err = String::from_utf8_lossy(&r.get_output().stderr).into_owned();
     assert!(
         err.contains("reads source partition system_ext")
@@ -552,23 +516,13 @@ fn a_package_naming_a_missing_source_partition_is_refused_before_writing() {
     // With the image there, under its name, the same package applies.
     std::fs::copy(old.join("system.img"), src2.join("system_ext.img")).unwrap();
     let out = w.join("out3");
-    romdelta()
-        .args(["apply", "--insecure-no-verify", "--source"])
-        .arg(&src2)
-        .arg(&renamed)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
+    apply(&src2, &renamed, &out).success();
     same_rom(&out, &new);
 }
 
 #[test]
 fn in_place_packages_read_only_their_own_partition() {
-    if !have_mke2fs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = work() else { return };
     let w = dir.path();
     let (old, new) = moved_pair(w);
     let pkg = diff(w, &old, &new, "p.romdelta", &["--in-place"]);
@@ -579,11 +533,7 @@ fn in_place_packages_read_only_their_own_partition() {
         assert!(p["reads_from"].as_array().unwrap().is_empty());
     }
     let dev = w.join("dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    for e in std::fs::read_dir(&old).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dev.join(p.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&old, &dev);
     romdelta()
         .args(["apply", "--insecure-no-verify", "--in-place"])
         .arg(&dev)
@@ -610,10 +560,7 @@ fn in_place_packages_read_only_their_own_partition() {
 
 #[test]
 fn power_cuts_during_a_cross_partition_install_leave_a_bootable_device() {
-    if !have_mke2fs() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = work() else { return };
     let w = dir.path();
     let (old, new) = odm_pair(w);
     let pkg = diff(w, &old, &new, "p.romdelta", &[]);
@@ -719,11 +666,7 @@ fn cross_partition_fuzz_seeds_are_valid_version_5_inputs() {
         let old = write("old", &[("system", &sys)]);
         let new = write("new", &[("system", &sys2), ("vendor", &vnd)]);
         let out = dir.path().join("p.romdelta");
-        let opts = romdelta_diff::DiffOptions {
-            level: 3,
-            ..Default::default()
-        };
-        romdelta_diff::write_package(Some(&old), &new, &opts, &out, &|_| {}).unwrap();
+        romdelta_diff::write_package(Some(&old), &new, &fast_opts(), &out, &|_| {}).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let p = Package::parse(&bytes).unwrap();
         std::fs::write(&paths[0], p.manifest_bytes).unwrap();

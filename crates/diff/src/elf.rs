@@ -118,30 +118,17 @@ pub struct Code(Vec<(u64, u64, Arch)>);
 impl Code {
     /// Finds the code of every ELF64 file starting at a block of `p`.
     pub fn find(p: &Partition) -> Code {
-        let b = p.bytes();
         let mut found = Vec::new();
-        let piece = crate::PASS_PIECE as u64;
-        let mut at = 0u64;
-        while at < b.len() as u64 {
-            let end = (at + piece).min(b.len() as u64);
-            let mut block = at;
-            while block < end {
-                if b[block as usize] == 0x7f {
-                    if let Some((arch, v)) = code_sections(b, block) {
-                        let n = b.len() as u64;
-                        found.extend(
-                            v.into_iter()
-                                .filter(|&(s, l)| s + l <= n)
-                                .map(|(s, l)| (s, l, arch)),
-                        );
-                    }
-                }
-                block += BLOCK_SIZE;
+        each_elf_start(p, |b, block| {
+            if let Some((arch, v)) = code_sections(b, block) {
+                let n = b.len() as u64;
+                found.extend(
+                    v.into_iter()
+                        .filter(|&(s, l)| s + l <= n)
+                        .map(|(s, l)| (s, l, arch)),
+                );
             }
-            p.release(at, end - at);
-            at = end;
-        }
-        p.release_all();
+        });
         Code(disjoint(found))
     }
 
@@ -182,6 +169,28 @@ impl Code {
     }
 }
 
+/// Calls `f(bytes, block)` for every block of `p` that starts as an ELF
+/// file may (`0x7f`), a pass piece at a time, releasing each piece's pages
+/// once it is read and all of them at the end.
+fn each_elf_start(p: &Partition, mut f: impl FnMut(&[u8], u64)) {
+    let b = p.bytes();
+    let piece = crate::PASS_PIECE as u64;
+    let mut at = 0u64;
+    while at < b.len() as u64 {
+        let end = (at + piece).min(b.len() as u64);
+        let mut block = at;
+        while block < end {
+            if b[block as usize] == 0x7f {
+                f(b, block);
+            }
+            block += BLOCK_SIZE;
+        }
+        p.release(at, end - at);
+        at = end;
+    }
+    p.release_all();
+}
+
 /// `(start, length, …)` ranges sorted, each kept when it starts after the
 /// ones kept before end.
 fn disjoint<T: Ord + Copy>(mut v: Vec<(u64, u64, T)>) -> Vec<(u64, u64, T)> {
@@ -198,22 +207,10 @@ fn disjoint<T: Ord + Copy>(mut v: Vec<(u64, u64, T)>) -> Vec<(u64, u64, T)> {
 impl Tables {
     /// Finds the tables of every ELF64 file starting at a block of `p`.
     pub fn find(p: &Partition) -> Tables {
-        let b = p.bytes();
         let mut found = Vec::new();
-        let piece = crate::PASS_PIECE as u64;
-        let mut at = 0u64;
-        while at < b.len() as u64 {
-            let end = (at + piece).min(b.len() as u64);
-            let mut block = at;
-            while block < end {
-                if b[block as usize] == 0x7f {
-                    let _ = file_tables(b, block, &mut found);
-                }
-                block += BLOCK_SIZE;
-            }
-            p.release(at, end - at);
-            at = end;
-        }
+        each_elf_start(p, |b, block| {
+            let _ = file_tables(b, block, &mut found);
+        });
         found.sort_unstable();
         let mut out: Vec<(u64, u64)> = Vec::with_capacity(found.len());
         for (s, n) in found {
@@ -224,7 +221,6 @@ impl Tables {
                 out.push((s, n));
             }
         }
-        p.release_all();
         Tables(out)
     }
 

@@ -195,6 +195,30 @@ impl Writer {
     }
 }
 
+/// The data of an operation that transforms its bytes around an inner
+/// patch: the transform's header, length-prefixed, then the inner patch.
+pub(crate) fn headed(head: &[u8], inner: &[u8]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.varint(head.len() as u64);
+    w.bytes(head);
+    w.bytes(inner);
+    w.into_bytes()
+}
+
+/// Splits data written by [`headed`] into its header and inner patch;
+/// `what` names the header's length, the header and the inner patch in
+/// errors.
+pub(crate) fn split_headed<'a>(
+    data: &'a [u8],
+    what: [&'static str; 3],
+) -> Result<(&'a [u8], &'a [u8]), FormatError> {
+    let mut r = Reader::new(data);
+    let head_len = r.varint(what[0])?;
+    let head = r.take(head_len, what[1])?;
+    let inner = r.take(r.remaining() as u64, what[2])?;
+    Ok((head, inner))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

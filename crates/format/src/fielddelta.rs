@@ -169,21 +169,20 @@ pub fn inverse(buf: &mut [u8], ranges: &[Range], stride: u8, field: u8) {
 
 /// Encodes SOURCE_FIELD_DELTA data from its header and inner patch data.
 pub fn encode(header: &Header, inner: &[u8]) -> Vec<u8> {
-    let head = header.encode();
-    let mut w = Writer::new();
-    w.varint(head.len() as u64);
-    w.bytes(&head);
-    w.bytes(inner);
-    w.into_bytes()
+    crate::codec::headed(&header.encode(), inner)
 }
 
 /// Decodes SOURCE_FIELD_DELTA data against `src` into exactly `out.len()`
 /// bytes.
 pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
-    let mut r = Reader::new(data);
-    let head_len = r.varint("field delta header length")?;
-    let head = r.take(head_len, "field delta header")?;
-    let inner = r.take(r.remaining() as u64, "field delta inner patch")?;
+    let (head, inner) = crate::codec::split_headed(
+        data,
+        [
+            "field delta header length",
+            "field delta header",
+            "field delta inner patch",
+        ],
+    )?;
     let h = Header::decode(head, src.len() as u64, out.len() as u64)?;
     let mut source = src.to_vec();
     forward(&mut source, &h.src, h.stride, h.field);
