@@ -285,7 +285,7 @@ pub fn print(prefix: &Prefix, m: &Manifest, package_bytes: u64, json: bool) {
         }
         for k in &p.by_kind {
             say!(
-                "  {:<20} {:>7} ops {:>10} blocks {:>12} data",
+                "  {:<22} {:>7} ops {:>10} blocks {:>12} data",
                 k.kind.name(),
                 k.operations,
                 k.blocks,
