@@ -29,6 +29,7 @@
 
 use crate::blocks::BlockClass;
 use crate::encode::EncodeParams;
+use rayon::prelude::*;
 use romdelta_codecs::deflate::{self, DeflateParams};
 use romdelta_format::deflate_rebuild::{self as op, Header, Stream};
 use romdelta_format::{Digest, Extent, OpKind, BLOCK_SIZE};
@@ -264,8 +265,8 @@ pub fn plan(
         .filter_map(|(i, s)| Some((s.path.as_deref()?, i)))
         .collect();
     let prints: Vec<Fingerprint> = sources.iter().map(Found::fingerprint).collect();
-    let mut out = Vec::new();
-    for t in &targets {
+    // Each target is planned on its own (in parallel, in order).
+    let plan_target = |t: &Found| -> Option<Planned> {
         // The source whose streams hold the most of what the target's do
         // (whole streams, then their first bytes), then shares the most
         // names, then is nearest in size.
@@ -294,14 +295,11 @@ pub fn plan(
                 })
                 .map(|(s, _)| s)
         });
-        if let Some(s) = best {
-            if let Some(planned) = plan_one(src, dst, s, t, p, memory_mib) {
-                out.push(planned);
-            }
-        }
-        src.release_all();
-        dst.release_all();
-    }
+        plan_one(src, dst, best?, t, p, memory_mib)
+    };
+    let out = targets.par_iter().filter_map(plan_target).collect();
+    src.release_all();
+    dst.release_all();
     out
 }
 
@@ -408,8 +406,13 @@ fn plan_one(
     let data = op::encode(&header, &inner.1);
     // What the byte-level encoders would write for these blocks (at most):
     // the stored bytes against the stored bytes.
+    // Both plain candidates, bsdiff only when zstd alone is beaten: a
+    // changed container's stored bytes often patch well where only a few
+    // of its streams changed.
     let byte_level = encode_source_zstd(sb, tb, p.trial_level).len();
-    if data.len() >= byte_level {
+    if data.len() >= byte_level
+        || data.len() >= encode_bsdiff_sparse(&crate::bsdiff::diff(sb, tb), p.trial_level).len()
+    {
         return None;
     }
     // Checked with the very decoder an applier runs.
