@@ -298,3 +298,44 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
         assert!(n >= 2, "{target}: {n} seeds");
     }
 }
+
+/// `fuzz/Cargo.toml` (its own workspace, which `cargo test` does not
+/// build) names each dependency and each target once, and each target's
+/// source file exists: a merge that repeats a key there makes cargo-fuzz
+/// refuse the whole manifest.
+#[test]
+fn the_fuzz_manifest_names_each_dependency_and_target_once() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let text = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let mut section = String::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if section == "[dependencies]" {
+            assert!(seen.insert(key.to_string()), "dependency {key} named twice");
+        } else if section == "[[bin]]" && key == "name" {
+            names.push(value.trim().trim_matches('"').to_string());
+        }
+    }
+    let unique: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "a fuzz target named twice: {names:?}"
+    );
+    assert!(names.len() >= 18, "{names:?}");
+    for n in &names {
+        assert!(
+            dir.join("fuzz_targets").join(format!("{n}.rs")).is_file(),
+            "fuzz target {n} has no source"
+        );
+    }
+}
