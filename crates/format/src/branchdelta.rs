@@ -502,6 +502,7 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
             "branch delta header",
             "branch delta inner patch",
         ],
+        u64::MAX,
     )?;
     let h = Header::decode(head, src.len() as u64, out.len() as u64)?;
     crate::ops::decode(h.inner, inner, src, out)?;

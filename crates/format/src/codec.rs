@@ -205,15 +205,16 @@ pub(crate) fn headed(head: &[u8], inner: &[u8]) -> Vec<u8> {
     w.into_bytes()
 }
 
-/// Splits data written by [`headed`] into its header and inner patch;
-/// `what` names the header's length, the header and the inner patch in
-/// errors.
+/// Splits data written by [`headed`] into its header (at most `max_head`
+/// bytes) and inner patch; `what` names the header's length, the header
+/// and the inner patch in errors.
 pub(crate) fn split_headed<'a>(
     data: &'a [u8],
     what: [&'static str; 3],
+    max_head: u64,
 ) -> Result<(&'a [u8], &'a [u8]), FormatError> {
     let mut r = Reader::new(data);
-    let head_len = r.varint(what[0])?;
+    let head_len = r.varint_max(what[0], max_head)?;
     let head = r.take(head_len, what[1])?;
     let inner = r.take(r.remaining() as u64, what[2])?;
     Ok((head, inner))

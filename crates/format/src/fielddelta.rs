@@ -182,6 +182,7 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
             "field delta header",
             "field delta inner patch",
         ],
+        u64::MAX,
     )?;
     let h = Header::decode(head, src.len() as u64, out.len() as u64)?;
     let mut source = src.to_vec();

@@ -180,21 +180,21 @@ impl Header {
 
 /// Encodes SOURCE_LZ4_REBUILD data from its header and inner patch data.
 pub fn encode(header: &Header, inner: &[u8]) -> Vec<u8> {
-    let head = header.encode();
-    let mut w = Writer::new();
-    w.varint(head.len() as u64);
-    w.bytes(&head);
-    w.bytes(inner);
-    w.into_bytes()
+    crate::codec::headed(&header.encode(), inner)
 }
 
 /// Splits SOURCE_LZ4_REBUILD data into its header (checked against
 /// `src_len` source and `dst_len` destination bytes) and inner patch.
 pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, &[u8]), FormatError> {
-    let mut r = Reader::new(data);
-    let head_len = r.varint_max("lz4 rebuild header length", MAX_HEADER_LEN)?;
-    let head = r.take(head_len, "lz4 rebuild header")?;
-    let inner = r.take(r.remaining() as u64, "lz4 rebuild inner patch")?;
+    let (head, inner) = crate::codec::split_headed(
+        data,
+        [
+            "lz4 rebuild header length",
+            "lz4 rebuild header",
+            "lz4 rebuild inner patch",
+        ],
+        MAX_HEADER_LEN,
+    )?;
     if inner.is_empty() {
         return Err(FormatError::invalid("lz4 rebuild inner patch", "missing"));
     }
