@@ -61,7 +61,8 @@ pub fn alignment(patch: &ops::BsdiffPatch, src_len: u64) -> Vec<Segment> {
 /// ranges of `source` (of `arch`) make a trial of the transformed target
 /// smaller than `best_trial`: the better of a SOURCE_ZSTD and a
 /// SOURCE_BSDIFF_SPARSE inner patch, by trial, at `level`. `plain` is the
-/// bsdiff patch of the untransformed bytes.
+/// bsdiff patch of the untransformed bytes, whose alignment both the
+/// operation's header and its bsdiff patch follow.
 #[allow(clippy::too_many_arguments)]
 pub fn branch_delta(
     arch: Arch,
@@ -86,7 +87,11 @@ pub fn branch_delta(
     let mut t = target.to_vec();
     branchdelta::forward(&header, source, &mut t);
     let zstd = ops::encode_source_zstd(source, &t, trial_level).len() as u64;
-    let patch = crate::bsdiff::diff(source, &t);
+    // The transform leaves the plain alignment standing (it rewrites
+    // displacements in place), so the patch follows it: one pass, not a
+    // second match (which measured 112 bytes smaller on the corpus pair's
+    // kernel modules and libraries, for 9 s of its 86 s diff).
+    let patch = crate::bsdiff::from_runs(&crate::bsdiff::runs(&plain.controls)?, source, &t)?;
     let bsdiff = ops::encode_bsdiff_sparse(&patch, trial_level).len() as u64;
     if zstd.min(bsdiff) >= best_trial {
         return None;

@@ -278,8 +278,16 @@ pub fn encode_region(
     }
     if let Some(t) = tables {
         let trial = best_trial as u64;
-        if let Some(better) = field_delta(t, region, final_windows, final_source, &target, trial, p)
-        {
+        if let Some(better) = field_delta(
+            t,
+            region,
+            final_windows,
+            final_source,
+            &target,
+            trimmed.as_ref().map(|t| &t.patch),
+            trial,
+            p,
+        ) {
             if better.len() < data.len() {
                 (kind, data) = (OpKind::SourceFieldDelta, better);
             }
@@ -319,13 +327,17 @@ pub fn encode_region(
 /// SOURCE_FIELD_DELTA data for `region` against `source` (the bytes of
 /// `windows`), when relocation tables lie in both and a trial of their
 /// transformed bytes beats `best_trial`: the better of a SOURCE_ZSTD and a
-/// SOURCE_BSDIFF_SPARSE patch, by trial, at the final level.
+/// SOURCE_BSDIFF_SPARSE patch, by trial, at the final level. `plain`, the
+/// region's bsdiff patch when it has one, gives the alignment outside the
+/// tables.
+#[allow(clippy::too_many_arguments)]
 fn field_delta(
     t: &crate::elf::FieldTables,
     region: Region,
     windows: &[Extent],
     source: &[u8],
     target: &[u8],
+    plain: Option<&ops::BsdiffPatch>,
     best_trial: u64,
     p: &EncodeParams,
 ) -> Option<Vec<u8>> {
@@ -341,7 +353,17 @@ fn field_delta(
     fielddelta::forward(&mut d, &dst, stride, field);
     let trial = p.trial_level.min(p.level);
     let zstd = ops::encode_source_zstd(&s, &d, trial).len() as u64;
-    let patch = crate::bsdiff::diff(&s, &d);
+    // Only the tables changed shape: the plain alignment stands elsewhere,
+    // and the target's tables are matched afresh against the source's.
+    let span = |r: &[fielddelta::Range]| -> Vec<(u64, u64)> {
+        r.iter()
+            .map(|r| (r.offset, r.entries * u64::from(stride)))
+            .collect()
+    };
+    let patch = match plain {
+        Some(pl) => crate::bsdiff::rematch(&pl.controls, &s, &d, &span(&src), &span(&dst))?,
+        None => crate::bsdiff::diff(&s, &d),
+    };
     let bsdiff = ops::encode_bsdiff_sparse(&patch, trial).len() as u64;
     if zstd.min(bsdiff) >= best_trial {
         return None;
