@@ -12,7 +12,7 @@ use romdelta_format::ops::{BsdiffPatch, Control};
 /// Texts from this length on get three-byte buckets (a 64 MiB table that
 /// saves eight more cache-missing steps of every search of a kernel-sized
 /// text); shorter ones two-byte buckets (256 KiB).
-const WIDE_BUCKETS_FROM: usize = 8 << 20;
+const WIDE_BUCKETS_FROM: usize = 32 << 20;
 
 /// A suffix array over `old`, built once and searched many times.
 pub struct SuffixIndex<'a> {
