@@ -23,4 +23,5 @@ mod roundtrip;
 mod rules;
 mod sparse;
 mod symlinks;
+mod xz_files;
 mod xz_kernel;

@@ -111,47 +111,6 @@ impl Found {
     }
 }
 
-/// The files of an ext4 image with their image blocks as extents in file
-/// order: each file without holes whose blocks lie in the image, at most
-/// [`romdelta_format::limits::MAX_OP_DST_BLOCKS`] of them. `None` when the
-/// image is not ext4 (or its metadata does not hold).
-fn ext4_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
-    let img = p.bytes();
-    if !romdelta_ext4::is_ext4(img) {
-        return None;
-    }
-    let map = romdelta_ext4::FileMap::read(img, romdelta_ext4::Limits::default()).ok();
-    p.release_all();
-    let map = map?;
-    if map.block_size != BLOCK_SIZE {
-        return None;
-    }
-    let mut out = Vec::new();
-    for f in map.files {
-        let need = f.size.div_ceil(BLOCK_SIZE);
-        if need == 0 || need > romdelta_format::limits::MAX_OP_DST_BLOCKS {
-            continue;
-        }
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut next = 0u64;
-        for r in &f.runs {
-            if next >= need {
-                break;
-            }
-            if r.file_block != next {
-                break;
-            }
-            let len = r.len.min(need - next);
-            extents.push(Extent::new(r.image_block, len));
-            next += len;
-        }
-        if next == need {
-            out.push((f.path, extents));
-        }
-    }
-    Some(out)
-}
-
 /// Every container of `p`: its files' when it is an ext4 image (located
 /// through its file map; those for which `want_file` holds, given their
 /// extents), else those at its block starts (for which `want_start` holds,
@@ -161,7 +120,7 @@ fn find(
     want_file: impl Fn(&[Extent]) -> bool,
     want_start: impl Fn(u64) -> bool,
 ) -> Vec<Found> {
-    let Some(files) = ext4_files(p) else {
+    let Some(files) = crate::files::ext4_files(p) else {
         return find_at_block_starts(p, want_start);
     };
     let mut found = Vec::new();

@@ -23,6 +23,7 @@ pub mod crosspart;
 pub mod deflate_rebuild;
 pub mod elf;
 pub mod encode;
+pub mod files;
 pub mod inplace;
 pub mod lz4_rebuild;
 pub mod payload;
@@ -701,24 +702,27 @@ fn diff_partition(
     let copies = others.map(|o| o.claim_copies(src, dst, &mut classes, opts.gap_blocks));
     let params = EncodeParams::from_options(opts);
     // Content-aware operations first: the blocks they write are claimed.
-    // Kernels whose xz payload may be rebuilt (when the applier may be
-    // asked for the memory that takes) are claimed before the clusters (an
-    // EROFS image may store a kernel as plain clusters, which this serves
-    // better); their rebuild, a minute of single-threaded work, is planned
-    // on a thread of its own beside everything else, and a kernel that
-    // makes no operation is encoded byte-level at the end.
-    let kernels = match src {
+    // xz streams that may be rebuilt (kernels; xz files whose encoder fits
+    // the applier's memory) are claimed before the clusters (an EROFS
+    // image may store a kernel as plain clusters, which this serves
+    // better); their rebuild, a minute of single-threaded work for a
+    // kernel, is planned on a thread of its own beside everything else,
+    // and a stream that makes no operation is encoded byte-level at the end.
+    let xz_pairs = match src {
         // Not in place: the stage planner has no estimate of these.
         Some(s) if !opts.in_place && classes.contains(&BlockClass::Changed) => {
             xz_rebuild::pairs(s, dst, &classes, opts.apply_memory_mib)
         }
         _ => Vec::new(),
     };
-    let before_kernels = (!kernels.is_empty()).then(|| classes.clone());
-    for e in kernels.iter().map(xz_rebuild::Pair::dst_extent) {
+    let before_xz = (!xz_pairs.is_empty()).then(|| classes.clone());
+    for e in xz_pairs.iter().flat_map(xz_rebuild::Pair::dst_extents) {
         classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
     }
-    let kernel_blocks: u64 = kernels.iter().map(|k| k.dst_extent().num_blocks).sum();
+    let xz_blocks: u64 = xz_pairs
+        .iter()
+        .map(|k| romdelta_format::blocks_in(k.dst_extents()))
+        .sum();
     let mut out = Output {
         data,
         data_len,
@@ -730,10 +734,7 @@ fn diff_partition(
     };
     std::thread::scope(|scope| {
         let rebuilding = scope.spawn(|| match src {
-            Some(s) => kernels
-                .iter()
-                .map(|k| xz_rebuild::plan_pair(s, dst, k, &params, opts.apply_memory_mib))
-                .collect(),
+            Some(s) => xz_rebuild::plan(s, dst, &xz_pairs, &params, opts.apply_memory_mib),
             None => Vec::new(),
         });
         // lz4 streams (boot image kernels and ramdisks) rebuilt from their
@@ -773,8 +774,8 @@ fn diff_partition(
         if let Some(s) = src {
             s.release_all();
         }
-        // Built when some block may be encoded byte-level (a kernel's too).
-        let byte_level = classes.contains(&BlockClass::Changed) || !kernels.is_empty();
+        // Built when some block may be encoded byte-level (an xz stream's too).
+        let byte_level = classes.contains(&BlockClass::Changed) || !xz_pairs.is_empty();
         let anchors = match src {
             Some(s) if opts.anchors && byte_level => {
                 Some(anchors::AnchorIndex::build(s.bytes(), &|off, len| {
@@ -811,7 +812,7 @@ fn diff_partition(
                 out.operations.push(op);
             }
         }
-        let pending: u64 = changed.iter().map(|r| r.len).sum::<u64>() + kernel_blocks;
+        let pending: u64 = changed.iter().map(|r| r.len).sum::<u64>() + xz_blocks;
         (out.progress)(dst.size().saturating_sub(pending * BLOCK_SIZE));
         for r in recompressed {
             out.push(
@@ -845,12 +846,11 @@ fn diff_partition(
         regions.encode(&changed, &classes, &mut out)?;
         let rebuilt: Vec<Option<xz_rebuild::Planned>> = rebuilding
             .join()
-            .expect("the kernel rebuild's thread does not panic");
-        // A kernel that made no operation is encoded byte-level after all:
+            .expect("the xz rebuild's thread does not panic");
+        // A stream that made no operation is encoded byte-level after all:
         // its blocks as they were classified, all else claimed.
         let mut fallback: Option<Vec<BlockClass>> = None;
-        for (k, r) in kernels.iter().zip(rebuilt) {
-            let e = k.dst_extent();
+        for (k, r) in xz_pairs.iter().zip(rebuilt) {
             match r {
                 Some(r) => {
                     out.apply_memory_mib = out.apply_memory_mib.max(r.apply_memory_mib);
@@ -861,16 +861,16 @@ fn diff_partition(
                         &r.data,
                         r.src_sha256,
                     )?;
-                    (out.progress)(e.num_blocks * BLOCK_SIZE);
+                    (out.progress)(romdelta_format::blocks_in(k.dst_extents()) * BLOCK_SIZE);
                 }
                 None => {
-                    let before = before_kernels
-                        .as_ref()
-                        .expect("kept when there are kernels");
-                    let range = e.start_block as usize..e.end_block() as usize;
-                    fallback.get_or_insert_with(|| vec![BlockClass::Claimed; classes.len()])
-                        [range.clone()]
-                    .copy_from_slice(&before[range]);
+                    let before = before_xz.as_ref().expect("kept when there are xz streams");
+                    let f =
+                        fallback.get_or_insert_with(|| vec![BlockClass::Claimed; classes.len()]);
+                    for e in k.dst_extents() {
+                        let range = e.start_block as usize..e.end_block() as usize;
+                        f[range.clone()].copy_from_slice(&before[range]);
+                    }
                 }
             }
         }

@@ -20,6 +20,7 @@
 
 use crate::blocks::BlockClass;
 use crate::encode::EncodeParams;
+use crate::files::PathIndex;
 use rayon::prelude::*;
 use romdelta_codecs::lz4;
 use romdelta_erofs::{DataMap, Encoding, ErofsMap, FileKind, Pcluster, Placement, Stored};
@@ -94,7 +95,7 @@ pub fn plan(
     if sm.superblock.block_size() != BLOCK_SIZE || tm.superblock.block_size() != BLOCK_SIZE {
         return Vec::new();
     }
-    let sources = SourceFiles::new(&sm);
+    let sources = source_files(&sm);
     let mut seen = std::collections::HashSet::new();
     let files: Vec<(usize, u64)> = (0..tm.entries.len())
         .filter(|&i| {
@@ -169,70 +170,13 @@ fn release_file(p: &Partition, m: &ErofsMap, nid: u64) {
     }
 }
 
-/// Regular files of the source image by path and by path without its numbers.
-struct SourceFiles {
-    by_path: HashMap<Vec<u8>, u64>,
-    /// By shape: each file's nid and the numbers in its path.
-    by_shape: HashMap<Vec<u8>, Vec<(u64, Numbers)>>,
-}
-
-/// The runs of digits in a path, in order.
-type Numbers = Vec<Vec<u8>>;
-
-/// `path` with every run of digits replaced by one `#`, and the runs.
-fn shape(path: &[u8]) -> (Vec<u8>, Numbers) {
-    let mut out = Vec::with_capacity(path.len());
-    let mut runs: Vec<Vec<u8>> = Vec::new();
-    for &b in path {
-        if b.is_ascii_digit() {
-            if out.last() == Some(&b'#') {
-                runs.last_mut().expect("a run is open").push(b);
-            } else {
-                out.push(b'#');
-                runs.push(vec![b]);
-            }
-        } else {
-            out.push(b);
-        }
-    }
-    (out, runs)
-}
-
-impl SourceFiles {
-    fn new(m: &ErofsMap) -> Self {
-        let mut by_path = HashMap::new();
-        let mut by_shape: HashMap<Vec<u8>, Vec<(u64, Numbers)>> = HashMap::new();
-        for i in 0..m.entries.len() {
-            if m.inode(i).inode.kind != FileKind::Regular {
-                continue;
-            }
-            let path = m.path(i);
-            let nid = m.entries[i].nid;
-            let (sh, runs) = shape(&path);
-            by_shape.entry(sh).or_default().push((nid, runs));
-            by_path.insert(path, nid);
-        }
-        SourceFiles { by_path, by_shape }
-    }
-
-    /// The source file of target `path`: the same path, else the one file
-    /// of its shape whose numbers agree with it in the most places
-    /// (`net/mac80211/mac80211.ko` goes with its old self, not with
-    /// `net/mac802154/mac802154.ko`); none when two agree as well.
-    fn find(&self, path: &[u8]) -> Option<u64> {
-        if let Some(&nid) = self.by_path.get(path) {
-            return Some(nid);
-        }
-        let (sh, runs) = shape(path);
-        let candidates = self.by_shape.get(&sh)?;
-        let score = |r: &[Vec<u8>]| r.iter().zip(&runs).filter(|(a, b)| a == b).count();
-        let best = candidates.iter().map(|(_, r)| score(r)).max()?;
-        let mut top = candidates.iter().filter(|(_, r)| score(r) == best);
-        match (top.next(), top.next()) {
-            (Some(&(nid, _)), None) => Some(nid),
-            _ => None,
-        }
-    }
+/// The regular files of an EROFS image by path, as nids.
+fn source_files(m: &ErofsMap) -> PathIndex<u64> {
+    PathIndex::new(
+        (0..m.entries.len())
+            .filter(|&i| m.inode(i).inode.kind == FileKind::Regular)
+            .map(|i| (m.path(i), m.entries[i].nid)),
+    )
 }
 
 struct Ctx<'a> {
@@ -752,48 +696,4 @@ fn encode_stream(source: &[u8], target: &[u8], p: &EncodeParams) -> (OpKind, Vec
         })
         .min_by_key(|(_, d)| d.len())
         .expect("the best trial is in the band")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn files(paths: &[&str]) -> SourceFiles {
-        let mut f = SourceFiles {
-            by_path: HashMap::new(),
-            by_shape: HashMap::new(),
-        };
-        for (nid, p) in paths.iter().enumerate() {
-            let (sh, runs) = shape(p.as_bytes());
-            f.by_shape.entry(sh).or_default().push((nid as u64, runs));
-            f.by_path.insert(p.as_bytes().to_vec(), nid as u64);
-        }
-        f
-    }
-
-    #[test]
-    fn files_are_found_by_path_then_by_their_numbers() {
-        let f = files(&[
-            "lib/modules/6.1.0-50-amd64/kernel/net/mac80211/mac80211.ko",
-            "lib/modules/6.1.0-50-amd64/kernel/net/mac802154/mac802154.ko",
-            "usr/lib/libfoo.so.1",
-            "usr/lib/libfoo.so.2",
-            "etc/hosts",
-        ]);
-        let find = |p: &str| f.find(p.as_bytes());
-        assert_eq!(find("etc/hosts"), Some(4));
-        assert_eq!(
-            find("lib/modules/6.1.0-57-amd64/kernel/net/mac80211/mac80211.ko"),
-            Some(0)
-        );
-        assert_eq!(
-            find("lib/modules/6.1.0-57-amd64/kernel/net/mac802154/mac802154.ko"),
-            Some(1)
-        );
-        // Two candidates agreeing as well: neither.
-        assert_eq!(find("usr/lib/libfoo.so.3"), None);
-        assert_eq!(find("usr/lib/libfoo.so.2"), Some(3));
-        assert_eq!(find("usr/lib/libbar.so.1"), None);
-        assert_eq!(shape(b"a12b3").0, b"a#b#");
-    }
 }

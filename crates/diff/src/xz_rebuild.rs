@@ -1,30 +1,38 @@
-//! SOURCE_XZ_REBUILD operations for Linux kernel images (bzImage) whose
-//! payload is an xz stream.
+//! SOURCE_XZ_REBUILD operations for xz streams: the payload of a Linux
+//! kernel image (bzImage), and files that are one xz stream (`.xz` files,
+//! kernel modules compressed with xz).
 //!
 //! A kernel update changes a few bytes of code, and the xz stream that
-//! holds the code then differs almost everywhere. When the package may
-//! ask the applier for the memory liblzma's encoder needs
-//! (`--apply-memory`), the generator:
+//! holds the code then differs almost everywhere. The generator:
 //! 1. finds bzImages by their header at block-aligned offsets of the target
 //!    image (`MZ` at 0, `HdrS` at 0x202, boot protocol ≥ 2.08, an xz stream
 //!    at the payload), each whose payload decodes from the image bytes
 //!    contiguously (a fragmented file is simply not found), and pairs each
 //!    one with the source bzImage of the nearest payload size;
-//! 2. finds the parameters that compress the target's decompressed payload
-//!    into exactly its stream ([`xz::candidates`], first that reproduces);
-//! 3. diffs the expanded forms (bytes before the stream, decompressed
+//! 2. finds files that start with an xz stream: through the file map of an
+//!    ext4 image (a file may be several extents), paired with the source
+//!    file of the same path or shape ([`crate::files::PathIndex`]), or
+//!    else at block starts, paired with the source stream of the nearest
+//!    length;
+//! 3. finds the parameters that compress the target's decompressed bytes
+//!    into exactly its stream ([`xz::candidates`], first that reproduces),
+//!    among those whose encoder fits the memory the applier may use
+//!    (`--apply-memory`; the default 64 MiB fits dictionaries up to about
+//!    4 MiB, a kernel's 32 MiB needs about 470 MiB);
+//! 4. diffs the expanded forms (bytes before the stream, decompressed
 //!    stream, bytes after) with SOURCE_ZSTD and, when they are small enough
 //!    for its suffix array, bsdiff; keeps the smaller;
-//! 4. keeps the operation only when its data is smaller than what the
+//! 5. keeps the operation only when its data is smaller than what the
 //!    byte-level encoders would write for the same blocks, and the
 //!    applier's [`xz_rebuild::expand`] of it gives the expanded target.
 //!
-//! Steps 2 to 4 are about a minute of single-threaded work for a 66 MB
-//! kernel; [`pairs`] is cheap, so the caller claims the kernels' blocks
-//! first and runs [`plan_pair`] beside the rest of the plan.
+//! Steps 3 to 5 are about a minute of single-threaded work for a 66 MB
+//! kernel; [`pairs`] is cheap, so the caller claims the streams' blocks
+//! first and runs [`plan`] beside the rest of the plan.
 
 use crate::blocks::BlockClass;
 use crate::encode::EncodeParams;
+use rayon::prelude::*;
 use romdelta_codecs::xz;
 use romdelta_format::{xz_rebuild, Digest, Extent, OpKind, BLOCK_SIZE};
 use romdelta_rom::Partition;
@@ -32,6 +40,10 @@ use romdelta_rom::Partition;
 /// Largest expanded source bsdiff is tried on (its suffix array takes 4
 /// bytes per byte).
 const MAX_BSDIFF_EXPANDED: usize = 96 << 20;
+/// Most xz files (not kernels) one partition's plan takes on.
+const MAX_FILES: usize = 1 << 14;
+/// The magic bytes an xz stream starts with.
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
 
 /// A planned SOURCE_XZ_REBUILD operation.
 pub struct Planned {
@@ -47,17 +59,33 @@ pub struct Planned {
     pub apply_memory_mib: u64,
 }
 
-/// A bzImage found in an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Kernel {
-    /// Its first block.
-    block: u64,
-    /// Bytes of its blocks (from its first byte to its last block's end).
-    len: u64,
-    /// Offset of the xz stream from its first byte.
+/// An xz stream found in an image: a bzImage's payload or an xz file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Found {
+    /// The image blocks that hold it, in byte order.
+    extents: Vec<Extent>,
+    /// Offset of the xz stream from the first byte.
     stream_at: u64,
     /// Exact stream length.
     stream_len: u64,
+    /// A bzImage (paired with bzImages only).
+    kernel: bool,
+    /// Its path, when found through a file map.
+    path: Option<String>,
+}
+
+impl Found {
+    fn blocks(&self) -> u64 {
+        romdelta_format::blocks_in(&self.extents)
+    }
+
+    /// Its bytes, read from `p`.
+    fn bytes(&self, p: &Partition) -> Vec<u8> {
+        let mut v = Vec::with_capacity((self.blocks() * BLOCK_SIZE) as usize);
+        p.for_each_piece(&self.extents, |b| v.extend_from_slice(b))
+            .expect("reads of a mapped image do not fail");
+        v
+    }
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -66,7 +94,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
 
 /// The bzImage whose header starts at `off` of `img`, if its payload is a
 /// whole xz stream there.
-fn kernel_at(img: &[u8], off: usize) -> Option<Kernel> {
+fn kernel_at(img: &[u8], off: usize) -> Option<Found> {
     let h = img.get(off..off + 0x250)?;
     if &h[..2] != b"MZ" || &h[0x202..0x206] != b"HdrS" {
         return None;
@@ -88,7 +116,7 @@ fn kernel_at(img: &[u8], off: usize) -> Option<Kernel> {
         return None;
     }
     let payload = &img[off + at as usize..off + (at + pl) as usize];
-    if payload[..6] != [0xfd, b'7', b'z', b'X', b'Z', 0] {
+    if payload[..6] != XZ_MAGIC {
         return None;
     }
     let stream_len = xz::stream_len(payload, xz_rebuild::MAX_EXPANDED_LEN as usize / 2)? as u64;
@@ -98,33 +126,68 @@ fn kernel_at(img: &[u8], off: usize) -> Option<Kernel> {
     {
         return None;
     }
-    Some(Kernel {
-        block: off as u64 / BLOCK_SIZE,
-        len,
+    Some(Found {
+        extents: vec![Extent::new(off as u64 / BLOCK_SIZE, len / BLOCK_SIZE)],
         stream_at: at,
         stream_len,
+        kernel: true,
+        path: None,
     })
 }
 
-/// Every bzImage at a block-aligned offset of `p` for which `want` holds
-/// (given its first block), releasing the pages it scanned.
-fn find_kernels(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Kernel> {
+/// The xz stream that starts at `bytes`' first byte, as a file of the
+/// blocks `extents` (which hold `bytes`).
+fn stream_file(bytes: &[u8], extents: Vec<Extent>, path: Option<String>) -> Option<Found> {
+    if bytes.get(..6)? != XZ_MAGIC {
+        return None;
+    }
+    let stream_len = xz::stream_len(bytes, xz_rebuild::MAX_EXPANDED_LEN as usize / 2)? as u64;
+    Some(Found {
+        extents,
+        stream_at: 0,
+        stream_len,
+        kernel: false,
+        path,
+    })
+}
+
+/// Every bzImage at a block-aligned offset of `p`, and (with `files`) every
+/// xz stream at one, for which `want` holds (given its first block),
+/// releasing the pages it scanned.
+fn find_at_block_starts(p: &Partition, files: bool, want: impl Fn(u64) -> bool) -> Vec<Found> {
     let img = p.bytes();
     let mut found = Vec::new();
     let piece = 64u64 << 20;
     let mut start = 0u64;
+    // First block not inside a stream found already.
+    let mut free = 0u64;
     while start < img.len() as u64 {
         let end = (start + piece).min(img.len() as u64);
         let mut off = start;
         while off < end {
-            let o = off as usize;
-            if img.get(o..o + 2) == Some(b"MZ")
+            let (o, b) = (off as usize, off / BLOCK_SIZE);
+            let head = img.get(o..o + 6);
+            let f = if b < free {
+                None
+            } else if head.is_some_and(|h| h[..2] == *b"MZ")
                 && img.get(o + 0x202..o + 0x206) == Some(b"HdrS")
-                && want(off / BLOCK_SIZE)
+                && want(b)
             {
-                if let Some(k) = kernel_at(img, o) {
-                    found.push(k);
-                }
+                kernel_at(img, o)
+            } else if files && head == Some(&XZ_MAGIC[..]) && want(b) {
+                stream_file(&img[o..], Vec::new(), None).and_then(|mut f| {
+                    let n = f.stream_len.div_ceil(BLOCK_SIZE);
+                    (n <= romdelta_format::limits::MAX_OP_DST_BLOCKS).then(|| {
+                        f.extents = vec![Extent::new(b, n)];
+                        f
+                    })
+                })
+            } else {
+                None
+            };
+            if let Some(f) = f {
+                free = f.extents[0].end_block();
+                found.push(f);
             }
             off += BLOCK_SIZE;
         }
@@ -134,36 +197,72 @@ fn find_kernels(p: &Partition, want: impl Fn(u64) -> bool) -> Vec<Kernel> {
     found
 }
 
-/// A changed target bzImage and the source bzImage it is diffed against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Every xz stream of `p` worth a look: bzImages at block starts (those
+/// for which `want_start` holds, given the first block), and xz files
+/// through the file map of an ext4 image (those for which `want_file`
+/// holds, given their extents), else at block starts.
+fn find(
+    p: &Partition,
+    want_start: impl Fn(u64) -> bool,
+    want_file: impl Fn(&[Extent]) -> bool,
+) -> Vec<Found> {
+    let Some(files) = crate::files::ext4_files(p) else {
+        return find_at_block_starts(p, true, want_start);
+    };
+    let mut found = find_at_block_starts(p, false, want_start);
+    let img = p.bytes();
+    for (path, extents) in files {
+        let first = (extents[0].start_block * BLOCK_SIZE) as usize;
+        if img.get(first..first + 6) != Some(&XZ_MAGIC[..]) || !want_file(&extents) {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        p.for_each_piece(&extents, |b| bytes.extend_from_slice(b))
+            .expect("reads of a mapped image do not fail");
+        found.extend(stream_file(&bytes, extents, Some(path)));
+        p.release_all();
+        if found.len() > MAX_FILES {
+            break;
+        }
+    }
+    found
+}
+
+/// A changed target xz stream and the source stream it is diffed against.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
-    source: Kernel,
-    target: Kernel,
+    source: Found,
+    target: Found,
 }
 
 impl Pair {
     /// The target blocks a SOURCE_XZ_REBUILD of this pair writes.
-    pub fn dst_extent(&self) -> Extent {
-        Extent::new(self.target.block, self.target.len / BLOCK_SIZE)
+    pub fn dst_extents(&self) -> &[Extent] {
+        &self.target.extents
     }
 }
 
-/// The kernels worth a SOURCE_XZ_REBUILD of `dst` against `src`: each
-/// changed target bzImage (none of whose blocks is claimed), with the
-/// source bzImage of the nearest payload size. Cheap: a header scan of
-/// block starts, one stream walk per kernel.
+/// The xz streams worth a SOURCE_XZ_REBUILD of `dst` against `src`: each
+/// changed target stream (none of whose blocks is claimed) for which some
+/// candidate's encoder fits `memory_mib`, with its source stream. Cheap:
+/// a header scan of block starts and of the ext4 file map, one stream
+/// walk per stream.
 pub fn pairs(
     src: &Partition,
     dst: &Partition,
     classes: &[BlockClass],
     memory_mib: u64,
 ) -> Vec<Pair> {
+    let img = dst.bytes();
     // A lower bound of what a rebuild needs at apply: its encoder and the
     // fixed reserve (see `xz_rebuild::apply_memory`).
-    let img = dst.bytes();
-    let may_fit = |k: &Kernel| {
-        let at = (k.block * BLOCK_SIZE + k.stream_at) as usize;
-        let Ok(info) = xz::read_headers(&img[at..at + k.stream_len as usize]) else {
+    let may_fit = |f: &Found| {
+        // The headers lie in the stream's first 2 KiB, which are in its
+        // first block when it starts one (a file's) and contiguous in a
+        // kernel.
+        let at = (f.extents[0].start_block * BLOCK_SIZE + f.stream_at) as usize;
+        let stream = &img[at..at + f.stream_len.min(2048) as usize];
+        let Ok(info) = xz::read_headers(stream) else {
             return false;
         };
         xz::candidates(&info).iter().any(|c| {
@@ -171,37 +270,63 @@ pub fn pairs(
                 .is_ok_and(|m| m + (16 << 20) <= memory_mib.saturating_mul(1 << 20))
         })
     };
-    let changed = |k: &Kernel| {
-        let (a, b) = (k.block as usize, (k.block + k.len / BLOCK_SIZE) as usize);
-        let span = &classes[a.min(classes.len())..b.min(classes.len())];
-        span.contains(&BlockClass::Changed) && !span.contains(&BlockClass::Claimed)
+    let changed = |extents: &[Extent]| {
+        let mut span = extents.iter().flat_map(|e| {
+            let (a, b) = (e.start_block as usize, e.end_block() as usize);
+            &classes[a.min(classes.len())..b.min(classes.len())]
+        });
+        let (mut any, mut claimed) = (false, false);
+        for c in &mut span {
+            any |= *c == BlockClass::Changed;
+            claimed |= *c == BlockClass::Claimed;
+        }
+        any && !claimed
     };
-    let targets: Vec<Kernel> = find_kernels(dst, |b| {
-        classes.get(b as usize) == Some(&BlockClass::Changed)
-    })
-    .into_iter()
-    .filter(|k| changed(k) && may_fit(k))
-    .collect();
+    let first_changed = |b: u64| classes.get(b as usize) == Some(&BlockClass::Changed);
+    let targets: Vec<Found> = find(dst, first_changed, changed)
+        .into_iter()
+        .filter(|f| changed(&f.extents) && may_fit(f))
+        .collect();
     if targets.is_empty() {
         return Vec::new();
     }
-    let sources = find_kernels(src, |_| true);
-    let mut out: Vec<Pair> = Vec::new();
-    for t in targets {
-        // Two bzImages sharing blocks cannot both be written by one each.
-        let end = t.block + t.len / BLOCK_SIZE;
-        if out
+    let sources = find(src, |_| true, |_| true);
+    let by_path = crate::files::PathIndex::new(
+        sources
             .iter()
-            .any(|p| p.target.block < end && t.block < p.dst_extent().end_block())
-        {
+            .enumerate()
+            .filter_map(|(i, s)| Some((s.path.clone()?.into_bytes(), i))),
+    );
+    let mut out: Vec<Pair> = Vec::new();
+    let mut taken = std::collections::BTreeMap::new();
+    for t in targets {
+        // Two streams sharing blocks cannot both be written by one each.
+        if t.extents.iter().any(|e| {
+            taken
+                .range(..e.end_block())
+                .next_back()
+                .is_some_and(|(_, &end)| end > e.start_block)
+        }) {
             continue;
         }
-        if let Some(s) = sources
-            .iter()
-            .min_by_key(|s| (s.stream_len.abs_diff(t.stream_len), s.block))
-        {
+        let source = match &t.path {
+            Some(p) => by_path.find(p.as_bytes()).map(|i| &sources[i]),
+            None => sources
+                .iter()
+                .filter(|s| s.kernel == t.kernel)
+                .min_by_key(|s| {
+                    (
+                        s.stream_len.abs_diff(t.stream_len),
+                        s.extents[0].start_block,
+                    )
+                }),
+        };
+        if let Some(s) = source {
+            for e in &t.extents {
+                taken.insert(e.start_block, e.end_block());
+            }
             out.push(Pair {
-                source: *s,
+                source: s.clone(),
                 target: t,
             });
         }
@@ -209,34 +334,41 @@ pub fn pairs(
     out
 }
 
-/// The SOURCE_XZ_REBUILD operation of `pair`, if its stream reproduces,
-/// it needs at most `memory_mib` MiB at apply and beats the byte-level
-/// encoders. Single-threaded work of about a minute for a 66 MB kernel:
-/// the caller runs it beside the rest of the plan.
-pub fn plan_pair(
+/// The SOURCE_XZ_REBUILD operation of each of `pairs` (`None` where its
+/// stream does not reproduce, it needs more than `memory_mib` MiB at
+/// apply or does not beat the byte-level encoders), planned in parallel.
+/// About a minute of single-threaded work for a 66 MB kernel: the caller
+/// runs it beside the rest of the plan.
+pub fn plan(
     src: &Partition,
     dst: &Partition,
-    pair: &Pair,
+    pairs: &[Pair],
     p: &EncodeParams,
     memory_mib: u64,
-) -> Option<Planned> {
-    let planned = plan_one(src, dst, &pair.source, &pair.target, p, memory_mib);
+) -> Vec<Option<Planned>> {
+    let one = |pair: &Pair| {
+        let (sb, tb) = (pair.source.bytes(src), pair.target.bytes(dst));
+        plan_one(&sb, &tb, pair, p, memory_mib)
+    };
+    // One stream (a kernel, as a rule) stays on the caller's thread.
+    let planned = match pairs {
+        [pair] => vec![one(pair)],
+        _ => pairs.par_iter().map(one).collect(),
+    };
     src.release_all();
     dst.release_all();
     planned
 }
 
 fn plan_one(
-    src: &Partition,
-    dst: &Partition,
-    s: &Kernel,
-    t: &Kernel,
+    sb: &[u8],
+    tb: &[u8],
+    pair: &Pair,
     p: &EncodeParams,
     memory_mib: u64,
 ) -> Option<Planned> {
-    let sb = &src.bytes()[(s.block * BLOCK_SIZE) as usize..][..s.len as usize];
-    let tb = &dst.bytes()[(t.block * BLOCK_SIZE) as usize..][..t.len as usize];
-    let stream = |k: &Kernel| k.stream_at as usize..(k.stream_at + k.stream_len) as usize;
+    let stream = |k: &Found| k.stream_at as usize..(k.stream_at + k.stream_len) as usize;
+    let (s, t) = (&pair.source, &pair.target);
     let (sr, tr) = (stream(s), stream(t));
     let limit = xz_rebuild::MAX_EXPANDED_LEN as usize;
     let target_plain = xz::decompress_exact(&tb[tr.clone()], limit).ok()?;
@@ -307,9 +439,9 @@ fn plan_one(
     }
     drop((expanded, te));
     Some(Planned {
-        src_extents: vec![Extent::new(s.block, s.len / BLOCK_SIZE)],
+        src_extents: s.extents.clone(),
         src_sha256: romdelta_format::sha256(sb),
-        dst_extents: vec![Extent::new(t.block, t.len / BLOCK_SIZE)],
+        dst_extents: t.extents.clone(),
         apply_memory_mib: need(&header),
         data,
     })
