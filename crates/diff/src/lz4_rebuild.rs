@@ -316,28 +316,35 @@ fn plan_one(
     drop(target_plain);
     use romdelta_format::ops::{encode_bsdiff_sparse, encode_source_zstd};
     let trial = p.trial_level.min(p.level);
-    let zstd_trial = encode_source_zstd(&se, &te, trial).len();
-    let patch = (se.len() <= MAX_BSDIFF_EXPANDED).then(|| crate::bsdiff::diff(&se, &te));
-    let inner = match patch {
-        Some(pt) if encode_bsdiff_sparse(&pt, trial).len() < zstd_trial => (
-            OpKind::SourceBsdiffSparse,
-            encode_bsdiff_sparse(&pt, p.level),
-        ),
-        _ => (OpKind::SourceZstd, encode_source_zstd(&se, &te, p.level)),
-    };
+    // The inner patch of the expanded forms and what the byte-level
+    // encoders would write for these blocks (at most: the stored bytes
+    // against the stored bytes, the smaller of SOURCE_ZSTD and bsdiff; lz4
+    // has no entropy stage, so a small change stays local in its stream
+    // and the byte-level patch can be small too) are two single-threaded
+    // bsdiff matches of a kernel's size: made side by side.
+    let (inner, (zstd, stored_bsdiff)) = rayon::join(
+        || {
+            let zstd_trial = encode_source_zstd(&se, &te, trial).len();
+            let patch = (se.len() <= MAX_BSDIFF_EXPANDED).then(|| crate::bsdiff::diff(&se, &te));
+            match patch {
+                Some(pt) if encode_bsdiff_sparse(&pt, trial).len() < zstd_trial => (
+                    OpKind::SourceBsdiffSparse,
+                    encode_bsdiff_sparse(&pt, p.level),
+                ),
+                _ => (OpKind::SourceZstd, encode_source_zstd(&se, &te, p.level)),
+            }
+        },
+        || {
+            let zstd = encode_source_zstd(sb, tb, trial).len();
+            let bsdiff = (sb.len() <= MAX_BSDIFF_EXPANDED)
+                .then(|| encode_bsdiff_sparse(&crate::bsdiff::diff(sb, tb), trial).len());
+            (zstd, bsdiff)
+        },
+    );
     drop(se);
     header.inner = inner.0;
     let data = lz4_rebuild::encode(&header, &inner.1);
-    // What the byte-level encoders would write for these blocks (at most):
-    // the stored bytes against the stored bytes, the smaller of SOURCE_ZSTD
-    // and bsdiff (lz4 has no entropy stage, so a small change stays local
-    // in its stream and the byte-level patch can be small too).
-    let zstd = encode_source_zstd(sb, tb, trial).len();
-    let byte_level = if data.len() < zstd && sb.len() <= MAX_BSDIFF_EXPANDED {
-        zstd.min(encode_bsdiff_sparse(&crate::bsdiff::diff(sb, tb), trial).len())
-    } else {
-        zstd
-    };
+    let byte_level = stored_bsdiff.map_or(zstd, |b| b.min(zstd));
     if data.len() >= byte_level {
         return None;
     }
