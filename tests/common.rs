@@ -115,3 +115,25 @@ pub fn romdelta_within(mib: u64) -> assert_cmd::Command {
         .arg(assert_cmd::cargo::cargo_bin("romdelta"));
     assert_cmd::Command::from_std(cmd)
 }
+
+/// The ext4 image (`mke2fs -t ext4 -b 4096 -d tree`, `size` as mke2fs takes
+/// it) of `tree`, written to `img`, with a fixed UUID, hash seed and time so
+/// that it is the same image each run; returns its bytes.
+pub fn ext4_image(tree: &Path, img: &Path, size: &str) -> Vec<u8> {
+    let out = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-E"])
+        .arg("hash_seed=2e4c6f1a-8b3d-4f5e-9a7b-1c2d3e4f5a6b,root_owner=0:0")
+        .args(["-U", "6f1c2a9e-5b7d-4e3f-9a8b-0c1d2e3f4a5b", "-d"])
+        .arg(tree)
+        .arg(img)
+        .arg(size)
+        .env("E2FSPROGS_FAKE_TIME", "1600000000")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mke2fs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(img).unwrap()
+}

@@ -9,7 +9,7 @@
 //! everything round-trips exactly, the rest through the byte-level
 //! operations.
 
-use crate::common::{fast_opts, round_trip};
+use crate::common::{ext4_image, fast_opts, round_trip};
 use romdelta_format::OpKind;
 use std::path::Path;
 use std::process::Command;
@@ -70,23 +70,7 @@ fn tree(dir: &Path, v: u32) -> std::path::PathBuf {
 /// The ext4 image of version `v` of the tree.
 fn image(dir: &Path, v: u32) -> Vec<u8> {
     let tree = tree(dir, v);
-    let img = dir.join(format!("fs-{v}.img"));
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-E"])
-        .arg("hash_seed=2e4c6f1a-8b3d-4f5e-9a7b-1c2d3e4f5a6b,root_owner=0:0")
-        .args(["-U", "6f1c2a9e-5b7d-4e3f-9a8b-0c1d2e3f4a5b", "-d"])
-        .arg(&tree)
-        .arg(&img)
-        .arg("16M")
-        .env("E2FSPROGS_FAKE_TIME", "1600000000")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(&img).unwrap()
+    ext4_image(&tree, &dir.join(format!("fs-{v}.img")), "16M")
 }
 
 /// The number of SOURCE_XZ_REBUILD operations of the package at `pkg`,
