@@ -163,4 +163,22 @@ fn xz_streams_in_a_raw_image_are_found_at_block_starts() {
         "the applied image differs"
     );
     assert_eq!(rebuilds(&d.join("p.romdelta")).0, 2);
+    // An image that ends inside a stream's last block (no whole number of
+    // blocks): that stream is rebuilt too, its last block as far as the
+    // image goes.
+    let cut = |img: &[u8], v: u32| {
+        let m = d.join(format!("tree-{v}")).join(format!(
+            "lib/modules/6.1.0-{}-amd64/kernel/drivers/m2.ko.xz",
+            if v == 0 { 50 } else { 57 }
+        ));
+        let mut img = img.to_vec();
+        img.extend_from_slice(&std::fs::read(m).unwrap());
+        img
+    };
+    let (a, b) = (cut(&a, 0), cut(&b, 1));
+    assert!(
+        round_trip(d, &a, &b, &fast_opts()) == b,
+        "the applied image differs"
+    );
+    assert_eq!(rebuilds(&d.join("p.romdelta")).0, 3);
 }
