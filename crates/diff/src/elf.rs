@@ -9,7 +9,7 @@
 //! image bytes of its `SHT_RELA` sections. Nothing here needs to be right
 //! for a package to be correct (the field transform is a bijection of any
 //! bytes): a wrong guess only makes a patch that is not chosen. Every read
-//! is bounded by the image and by [`MAX_FILE`].
+//! is bounded by the image and by `MAX_FILE`.
 
 use romdelta_format::{branchdelta::Arch, fielddelta::Range, Extent, BLOCK_SIZE};
 use romdelta_rom::Partition;

@@ -5,14 +5,24 @@
 //! 1. every source block is hashed ([`blocks::SourceIndex`]);
 //! 2. target blocks that are zero become `ZERO`, blocks equal to any source
 //!    block become `SOURCE_COPY` ([`blocks::classify`]);
-//! 3. the remaining changed blocks form regions of bounded size; each region
+//! 3. content-aware operations claim the changed blocks they serve better
+//!    than bytes: xz streams of kernels and files ([`xz_rebuild`], planned
+//!    on a thread of its own), lz4 streams of boot images
+//!    ([`lz4_rebuild`]), compressed EROFS clusters ([`recompress`]), gzip,
+//!    zip and zlib containers ([`deflate_rebuild`]), each diffed in its
+//!    decompressed form and kept only when the applier's own decode
+//!    rebuilds it exactly and it is smaller; files are paired through
+//!    [`files`];
+//! 4. the remaining changed blocks form regions of bounded size; each region
 //!    is encoded with every candidate encoder against the source bytes it most
-//!    likely came from, and the smallest result is kept ([`encode`]);
-//! 4. regions are encoded in parallel on the current rayon pool, in batches,
+//!    likely came from, and the smallest result is kept ([`encode`]), machine
+//!    code also with its relocations and branch displacements predicted
+//!    ([`elf`], [`branch`]);
+//! 5. regions are encoded in parallel on the current rayon pool, in batches,
 //!    so memory is bounded by the batch, not by the image;
-//! 5. the output is deterministic: the same inputs give the same bytes,
+//! 6. the output is deterministic: the same inputs give the same bytes,
 //!    whatever the thread count;
-//! 6. for an in-place package, each partition's operations are then ordered
+//! 7. for an in-place package, each partition's operations are then ordered
 //!    into stages ([`inplace`]), and the data section is rebuilt in that order.
 
 pub mod anchors;
