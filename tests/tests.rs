@@ -15,6 +15,7 @@ mod hardening;
 mod hostile;
 mod inplace;
 mod lz4_boot;
+mod newdata;
 mod payload;
 mod recompress;
 mod recovery;

@@ -391,6 +391,10 @@ pub struct Tuning {
     /// Do not try SOURCE_LZ4_REBUILD (lz4 kernels and ramdisks rebuilt).
     #[arg(long, hide = true)]
     pub no_lz4_rebuild: bool,
+    /// Encode each new region (REPLACE) on its own, never several in one
+    /// compression context.
+    #[arg(long, hide = true)]
+    pub no_join_new: bool,
     /// Most memory (MiB) one operation may need at apply (default 64, what
     /// `apply` allows by default). More lets the xz payloads of Linux
     /// kernels be rebuilt (SOURCE_XZ_REBUILD: about 470 MiB for a 32 MiB
@@ -450,6 +454,9 @@ impl Tuning {
         }
         if self.no_lz4_rebuild {
             o.lz4_rebuild = false;
+        }
+        if self.no_join_new {
+            o.join_new = false;
         }
         if let Some(v) = self.apply_memory {
             o.apply_memory_mib = v;

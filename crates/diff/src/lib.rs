@@ -36,6 +36,7 @@ pub mod encode;
 pub mod files;
 pub mod inplace;
 pub mod lz4_rebuild;
+pub mod newdata;
 pub mod payload;
 pub mod recompress;
 pub mod xz_rebuild;
@@ -140,6 +141,9 @@ pub struct DiffOptions {
     /// Try SOURCE_LZ4_REBUILD on the lz4 streams (boot image kernels and
     /// ramdisks, lz4 frames) of changed regions.
     pub lz4_rebuild: bool,
+    /// Join an incremental package's REPLACE regions into one operation
+    /// (one compression context) where that is smaller ([`newdata`]).
+    pub join_new: bool,
 }
 
 impl Default for DiffOptions {
@@ -170,6 +174,7 @@ impl Default for DiffOptions {
             apply_memory_mib: 64,
             cross_partition: true,
             lz4_rebuild: true,
+            join_new: true,
         }
     }
 }
@@ -641,6 +646,9 @@ impl Regions<'_, '_> {
         out: &mut Output<'_, W>,
     ) -> std::io::Result<()> {
         let (src, dst) = (self.src, self.dst);
+        // New data against new data ([`newdata`]): incremental, not in place.
+        let join_new = self.opts.join_new && !self.opts.in_place && src.is_some();
+        let mut group = newdata::Group::default();
         for batch in regions.chunks(self.opts.batch_regions.max(1)) {
             let encoded: Vec<_> = batch
                 .par_iter()
@@ -672,6 +680,10 @@ impl Regions<'_, '_> {
                 })
                 .collect();
             for (r, (e, from)) in batch.iter().zip(encoded) {
+                if join_new && e.kind == OpKind::Replace && from.is_none() {
+                    group.add(*r, e.data, e.replace_len, dst, self.params, out)?;
+                    continue;
+                }
                 if let Some(from) = from {
                     let i = out.operations.len();
                     out.source_reads.push(crosspart::source_read(i, from));
@@ -689,7 +701,7 @@ impl Regions<'_, '_> {
                 s.release_all();
             }
         }
-        Ok(())
+        group.flush(dst, self.params, out)
     }
 }
 
