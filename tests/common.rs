@@ -137,3 +137,16 @@ pub fn ext4_image(tree: &Path, img: &Path, size: &str) -> Vec<u8> {
     );
     std::fs::read(img).unwrap()
 }
+
+/// `n` pseudo-random bytes (xorshift64 from `seed | 1`).
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

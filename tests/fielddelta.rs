@@ -3,28 +3,15 @@
 //! nothing; round trips stay exact, and the transform is chosen only where
 //! it is smaller.
 
-use crate::common::{fast_opts, round_trip};
+use crate::common::{fast_opts, noise, round_trip};
 use romdelta_format::{OpKind, Package};
-
-/// A pseudo-random byte (xorshift64 from `seed`).
-fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// An ELF64 relocatable-like file: a header, 64 KiB of "code", one
 /// SHT_RELA section of `n` entries whose offsets ascend (those from
 /// `shift_from` on moved by 40 bytes, as after an insertion), and the
 /// section headers.
 fn elf(n: usize, shift_from: usize, code_seed: u64) -> Vec<u8> {
-    let code = bytes(code_seed, 64 << 10);
+    let code = noise(code_seed, 64 << 10);
     let rela_off = 64 + code.len();
     let mut f = vec![0u8; 64];
     f[..6].copy_from_slice(b"\x7fELF\x02\x01");
@@ -51,7 +38,7 @@ fn elf(n: usize, shift_from: usize, code_seed: u64) -> Vec<u8> {
 
 /// An image of filler with the file at block 8.
 fn image(file: &[u8]) -> Vec<u8> {
-    let mut img = bytes(99, 8 * 4096);
+    let mut img = noise(99, 8 * 4096);
     img.extend_from_slice(file);
     img.resize(img.len().next_multiple_of(4096) + 4 * 4096, 0x11);
     img

@@ -5,20 +5,8 @@
 //! almost nothing; with `join_new` off each region is its own REPLACE.
 //! Both round-trip exactly.
 
-use crate::common::{fast_opts, round_trip};
+use crate::common::{fast_opts, noise, round_trip};
 use romdelta_format::OpKind;
-
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 #[test]
 fn repeated_new_data_is_encoded_in_one_context() {
@@ -33,7 +21,7 @@ fn repeated_new_data_is_encoded_in_one_context() {
     }
     target[100 * bs..356 * bs].copy_from_slice(&new);
     target[1000 * bs..1256 * bs].copy_from_slice(&edited);
-    target[2000 * bs..2256 * bs].copy_from_slice(&noise(3, 256 * bs));
+    target[2000 * bs..2256 * bs].copy_from_slice(&noise(4, 256 * bs));
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
