@@ -30,6 +30,7 @@ mod manifest;
 pub mod ops;
 mod package;
 pub mod payload;
+mod placement;
 pub mod recompress;
 pub mod signing;
 pub mod sparse;

@@ -18,6 +18,7 @@
 //! and [`MAX_EXPANDED_LEN`] before anything is allocated. The memory an
 //! applier needs for it is [`apply_memory`].
 
+use crate::placement::{Labels, Placement};
 use crate::{FormatError, OpKind, Reader, Writer};
 use romdelta_codecs::lz4::{self, LIBRARY_VERSION};
 use romdelta_codecs::lz4_stream::{self, FramePrefs, Lz4Params, StreamFormat};
@@ -27,6 +28,21 @@ pub const MAX_EXPANDED_LEN: u64 = 256 << 20;
 /// Longest header.
 pub const MAX_HEADER_LEN: u64 = 128;
 const HEADER_VERSION: u8 = 1;
+
+/// The names errors give the stream's placement fields.
+const LABELS: Labels = Labels {
+    src_offset: "lz4 source offset",
+    src_stream_len: "lz4 source stream length",
+    src_decompressed_len: "lz4 source decompressed length",
+    prefix_len: "lz4 prefix length",
+    decompressed_len: "lz4 decompressed length",
+    stream_len: "lz4 stream length",
+    inner: "lz4 rebuild inner kind",
+    src_stream: "lz4 source stream",
+    stream: "lz4 stream",
+    source_expanded: "lz4 source expanded form",
+    target_expanded: "lz4 target expanded form",
+};
 
 /// The header of a SOURCE_LZ4_REBUILD operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,68 +129,20 @@ impl Header {
         params
             .check_ranges()
             .map_err(|e| bad("lz4 parameters", e))?;
-        let src_offset = r.varint("lz4 source offset")?;
-        let src_stream_len = r.varint("lz4 source stream length")?;
-        let src_decompressed_len =
-            r.varint_max("lz4 source decompressed length", MAX_EXPANDED_LEN)?;
-        let prefix_len = r.varint("lz4 prefix length")?;
-        let decompressed_len = r.varint_max("lz4 decompressed length", MAX_EXPANDED_LEN)?;
-        let stream_len = r.varint("lz4 stream length")?;
-        let inner = OpKind::from_code(r.u8("lz4 rebuild inner kind")?)?;
-        if !matches!(
-            inner,
-            OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiffSparse
-        ) {
-            return Err(bad(
-                "lz4 rebuild inner kind",
-                format!("{inner} cannot be an inner patch"),
-            ));
-        }
+        let at = Placement::read(&mut r, &LABELS, MAX_EXPANDED_LEN)?;
         r.finish("lz4 rebuild header")?;
-        if src_stream_len == 0
-            || src_offset
-                .checked_add(src_stream_len)
-                .is_none_or(|e| e > src_len)
-        {
-            return Err(bad(
-                "lz4 source stream",
-                format!("bytes {src_offset}+{src_stream_len} lie past the {src_len} source bytes"),
-            ));
-        }
-        if stream_len == 0
-            || prefix_len
-                .checked_add(stream_len)
-                .is_none_or(|e| e > dst_len)
-        {
-            return Err(bad(
-                "lz4 stream",
-                format!("bytes {prefix_len}+{stream_len} lie past the {dst_len} destination bytes"),
-            ));
-        }
-        let h = Header {
+        at.check(src_len, dst_len, &LABELS, MAX_EXPANDED_LEN)?;
+        Ok(Header {
             library,
             params,
-            src_offset,
-            src_stream_len,
-            src_decompressed_len,
-            prefix_len,
-            decompressed_len,
-            stream_len,
-            inner,
-        };
-        for (what, n) in [
-            ("lz4 source expanded form", h.source_expanded_len(src_len)),
-            ("lz4 target expanded form", h.target_expanded_len(dst_len)),
-        ] {
-            if n > MAX_EXPANDED_LEN {
-                return Err(FormatError::TooLarge {
-                    what,
-                    value: n,
-                    limit: MAX_EXPANDED_LEN,
-                });
-            }
-        }
-        Ok(h)
+            src_offset: at.src_offset,
+            src_stream_len: at.src_stream_len,
+            src_decompressed_len: at.src_decompressed_len,
+            prefix_len: at.prefix_len,
+            decompressed_len: at.decompressed_len,
+            stream_len: at.stream_len,
+            inner: at.inner,
+        })
     }
 }
 

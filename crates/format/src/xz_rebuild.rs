@@ -18,6 +18,7 @@
 //! destination sizes and [`MAX_EXPANDED_LEN`] before anything is allocated.
 //! The memory an applier needs for it is [`apply_memory`].
 
+use crate::placement::{Labels, Placement};
 use crate::{FormatError, OpKind, Reader, Writer};
 use romdelta_codecs::xz::{self, Bcj, XzCheck, XzParams};
 
@@ -26,6 +27,21 @@ pub const MAX_EXPANDED_LEN: u64 = 256 << 20;
 /// Longest header.
 pub const MAX_HEADER_LEN: u64 = 256;
 const HEADER_VERSION: u8 = 1;
+
+/// The names errors give the stream's placement fields.
+const LABELS: Labels = Labels {
+    src_offset: "xz source offset",
+    src_stream_len: "xz source stream length",
+    src_decompressed_len: "xz source decompressed length",
+    prefix_len: "xz prefix length",
+    decompressed_len: "xz decompressed length",
+    stream_len: "xz stream length",
+    inner: "xz rebuild inner kind",
+    src_stream: "xz source stream",
+    stream: "xz stream",
+    source_expanded: "xz source expanded form",
+    target_expanded: "xz target expanded form",
+};
 
 /// The header of a SOURCE_XZ_REBUILD operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,68 +135,20 @@ impl Header {
         params
             .check_ranges()
             .map_err(|e| bad("xz parameters", e.to_string()))?;
-        let src_offset = r.varint("xz source offset")?;
-        let src_stream_len = r.varint("xz source stream length")?;
-        let src_decompressed_len =
-            r.varint_max("xz source decompressed length", MAX_EXPANDED_LEN)?;
-        let prefix_len = r.varint("xz prefix length")?;
-        let decompressed_len = r.varint_max("xz decompressed length", MAX_EXPANDED_LEN)?;
-        let stream_len = r.varint("xz stream length")?;
-        let inner = OpKind::from_code(r.u8("xz rebuild inner kind")?)?;
-        if !matches!(
-            inner,
-            OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiffSparse
-        ) {
-            return Err(bad(
-                "xz rebuild inner kind",
-                format!("{inner} cannot be an inner patch"),
-            ));
-        }
+        let at = Placement::read(&mut r, &LABELS, MAX_EXPANDED_LEN)?;
         r.finish("xz rebuild header")?;
-        if src_stream_len == 0
-            || src_offset
-                .checked_add(src_stream_len)
-                .is_none_or(|e| e > src_len)
-        {
-            return Err(bad(
-                "xz source stream",
-                format!("bytes {src_offset}+{src_stream_len} lie past the {src_len} source bytes"),
-            ));
-        }
-        if stream_len == 0
-            || prefix_len
-                .checked_add(stream_len)
-                .is_none_or(|e| e > dst_len)
-        {
-            return Err(bad(
-                "xz stream",
-                format!("bytes {prefix_len}+{stream_len} lie past the {dst_len} destination bytes"),
-            ));
-        }
-        let h = Header {
+        at.check(src_len, dst_len, &LABELS, MAX_EXPANDED_LEN)?;
+        Ok(Header {
             library,
             params,
-            src_offset,
-            src_stream_len,
-            src_decompressed_len,
-            prefix_len,
-            decompressed_len,
-            stream_len,
-            inner,
-        };
-        for (what, n) in [
-            ("xz source expanded form", h.source_expanded_len(src_len)),
-            ("xz target expanded form", h.target_expanded_len(dst_len)),
-        ] {
-            if n > MAX_EXPANDED_LEN {
-                return Err(FormatError::TooLarge {
-                    what,
-                    value: n,
-                    limit: MAX_EXPANDED_LEN,
-                });
-            }
-        }
-        Ok(h)
+            src_offset: at.src_offset,
+            src_stream_len: at.src_stream_len,
+            src_decompressed_len: at.src_decompressed_len,
+            prefix_len: at.prefix_len,
+            decompressed_len: at.decompressed_len,
+            stream_len: at.stream_len,
+            inner: at.inner,
+        })
     }
 }
 
