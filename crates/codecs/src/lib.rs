@@ -5,7 +5,7 @@
 //! compressor writes exactly the bytes the image holds, so each codec here
 //! is one pinned library version, built statically into romdelta, and
 //! names that version ([`lz4::LIBRARY_VERSION`], [`xz::library_version`],
-//! [`deflate::library_version`]): a package records it,
+//! [`deflate::library_version`], [`zstd_frame::library_version`]): a package records it,
 //! and an applier built with another version refuses the operation before
 //! writing anything.
 
@@ -15,3 +15,4 @@ pub mod deflate;
 pub mod lz4;
 pub mod lz4_stream;
 pub mod xz;
+pub mod zstd_frame;
