@@ -26,3 +26,4 @@ mod sparse;
 mod symlinks;
 mod xz_files;
 mod xz_kernel;
+mod zstd_files;

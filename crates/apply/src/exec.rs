@@ -157,7 +157,10 @@ static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 pub(crate) fn runs_alone(kind: OpKind) -> bool {
     matches!(
         kind,
-        OpKind::SourceXzRebuild | OpKind::SourceDeflateRebuild | OpKind::SourceLz4Rebuild
+        OpKind::SourceXzRebuild
+            | OpKind::SourceDeflateRebuild
+            | OpKind::SourceLz4Rebuild
+            | OpKind::SourceZstdRebuild
     )
 }
 
@@ -251,7 +254,8 @@ pub(crate) fn run_op(
         | OpKind::SourceFieldDelta
         | OpKind::SourceDeflateRebuild
         | OpKind::SourceBranchDelta
-        | OpKind::SourceLz4Rebuild => {
+        | OpKind::SourceLz4Rebuild
+        | OpKind::SourceZstdRebuild => {
             check_data(data, part, i, op)?;
             if runs_alone(op.kind) {
                 check_op_memory(data, part, i, op, package_memory_mib)?;
@@ -299,6 +303,10 @@ fn check_op_memory(
         use romdelta_format::deflate_rebuild as d;
         let (header, _) = d::parse(data, src_len, dst_len).map_err(decode_error)?;
         d::apply_memory(&header, src_len, dst_len)
+    } else if op.kind == OpKind::SourceZstdRebuild {
+        use romdelta_format::zstd_rebuild as z;
+        let (header, _) = z::parse(data, src_len, dst_len).map_err(decode_error)?;
+        z::apply_memory(&header, src_len, dst_len)
     } else if op.kind == OpKind::SourceLz4Rebuild {
         use romdelta_format::lz4_rebuild as l;
         let (header, _) = l::parse(data, src_len, dst_len).map_err(decode_error)?;

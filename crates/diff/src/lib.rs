@@ -6,7 +6,8 @@
 //! 2. target blocks that are zero become `ZERO`, blocks equal to any source
 //!    block become `SOURCE_COPY` ([`blocks::classify`]);
 //! 3. content-aware operations claim the changed blocks they serve better
-//!    than bytes: xz streams of kernels and files ([`xz_rebuild`], planned
+//!    than bytes: xz streams of kernels and files, zstd frames of files
+//!    ([`stream_rebuild`], planned
 //!    on a thread of its own), lz4 streams of boot images
 //!    ([`lz4_rebuild`]), compressed EROFS clusters ([`recompress`]), gzip,
 //!    zip and zlib containers ([`deflate_rebuild`]), each diffed in its
@@ -39,7 +40,7 @@ pub mod lz4_rebuild;
 pub mod newdata;
 pub mod payload;
 pub mod recompress;
-pub mod xz_rebuild;
+pub mod stream_rebuild;
 
 use blocks::{BlockClass, SourceIndex};
 use encode::{EncodeParams, Region};
@@ -381,6 +382,14 @@ pub fn write_package(
         .any(|o| o.kind == OpKind::SourceXzRebuild)
     {
         manifest.codecs.push(romdelta_format::Codec::liblzma());
+    }
+    if manifest
+        .partitions
+        .iter()
+        .flat_map(|p| &p.operations)
+        .any(|o| o.kind == OpKind::SourceZstdRebuild)
+    {
+        manifest.codecs.push(romdelta_format::Codec::libzstd());
     }
     if manifest
         .partitions
@@ -733,12 +742,12 @@ fn diff_partition(
     let xz_pairs = match src {
         // Not in place: the stage planner has no estimate of these.
         Some(s) if !opts.in_place && classes.contains(&BlockClass::Changed) => {
-            xz_rebuild::pairs(s, dst, &classes, opts.apply_memory_mib)
+            stream_rebuild::pairs(s, dst, &classes, opts.apply_memory_mib)
         }
         _ => Vec::new(),
     };
     let before_xz = (!xz_pairs.is_empty()).then(|| classes.clone());
-    for e in xz_pairs.iter().flat_map(xz_rebuild::Pair::dst_extents) {
+    for e in xz_pairs.iter().flat_map(stream_rebuild::Pair::dst_extents) {
         classes[e.start_block as usize..e.end_block() as usize].fill(BlockClass::Claimed);
     }
     let xz_blocks: u64 = xz_pairs
@@ -756,7 +765,7 @@ fn diff_partition(
     };
     std::thread::scope(|scope| {
         let rebuilding = scope.spawn(|| match src {
-            Some(s) => xz_rebuild::plan(s, dst, &xz_pairs, &params, opts.apply_memory_mib),
+            Some(s) => stream_rebuild::plan(s, dst, &xz_pairs, &params, opts.apply_memory_mib),
             None => Vec::new(),
         });
         // lz4 streams (boot image kernels and ramdisks) rebuilt from their
@@ -866,7 +875,7 @@ fn diff_partition(
             )?;
         }
         regions.encode(&changed, &classes, &mut out)?;
-        let rebuilt: Vec<Option<xz_rebuild::Planned>> = rebuilding
+        let rebuilt: Vec<Option<stream_rebuild::Planned>> = rebuilding
             .join()
             .expect("the xz rebuild's thread does not panic");
         // A stream that made no operation is encoded byte-level after all:
@@ -876,13 +885,7 @@ fn diff_partition(
             match r {
                 Some(r) => {
                     out.apply_memory_mib = out.apply_memory_mib.max(r.apply_memory_mib);
-                    out.push(
-                        OpKind::SourceXzRebuild,
-                        r.src_extents,
-                        r.dst_extents,
-                        &r.data,
-                        r.src_sha256,
-                    )?;
+                    out.push(r.kind, r.src_extents, r.dst_extents, &r.data, r.src_sha256)?;
                     (out.progress)(romdelta_format::blocks_in(k.dst_extents()) * BLOCK_SIZE);
                 }
                 None => {

@@ -1,30 +1,36 @@
-//! SOURCE_XZ_REBUILD operations for xz streams: the payload of a Linux
-//! kernel image (bzImage), and files that are one xz stream (`.xz` files,
-//! kernel modules compressed with xz).
+//! SOURCE_XZ_REBUILD and SOURCE_ZSTD_REBUILD operations for whole
+//! compressed streams: the xz payload of a Linux kernel image (bzImage),
+//! and files that start with one xz stream (`.xz` files, kernel modules
+//! compressed with xz) or one zstd frame (`.zst` files, modules compressed
+//! with zstd).
 //!
 //! A kernel update changes a few bytes of code, and the xz stream that
-//! holds the code then differs almost everywhere. The generator:
+//! holds the code then differs almost everywhere; so does a zstd frame.
+//! The generator:
 //! 1. finds bzImages by their header at block-aligned offsets of the target
 //!    image (`MZ` at 0, `HdrS` at 0x202, boot protocol ≥ 2.08, an xz stream
 //!    at the payload), each whose payload decodes from the image bytes
 //!    contiguously (a fragmented file is simply not found), and pairs each
 //!    one with the source bzImage of the nearest payload size;
-//! 2. finds files that start with an xz stream: through the file map of an
+//! 2. finds files that start with an xz stream or a zstd frame (each paired
+//!    only with a source of the same codec): through the file map of an
 //!    ext4 image (a file may be several extents), paired with the source
 //!    file of the same path or shape ([`crate::files::PathIndex`]), or
 //!    else at block starts, paired with the source stream of the nearest
 //!    length;
 //! 3. finds the parameters that compress the target's decompressed bytes
-//!    into exactly its stream ([`xz::candidates`], first that reproduces),
-//!    among those whose encoder fits the memory the applier may use
-//!    (`--apply-memory`; the default 64 MiB fits dictionaries up to about
-//!    4 MiB, a kernel's 32 MiB needs about 470 MiB);
+//!    into exactly its stream ([`xz::candidates`], [`zstd::candidates`],
+//!    first that reproduces), among those whose encoder fits the memory the
+//!    applier may use (`--apply-memory`; the default 64 MiB fits xz
+//!    dictionaries up to about 4 MiB, a kernel's 32 MiB needs about
+//!    470 MiB);
 //! 4. diffs the expanded forms (bytes before the stream, decompressed
 //!    stream, bytes after) with SOURCE_ZSTD and, when they are small enough
 //!    for its suffix array, bsdiff; keeps the smaller;
 //! 5. keeps the operation only when its data is smaller than what the
 //!    byte-level encoders would write for the same blocks, and the
-//!    applier's [`xz_rebuild::expand`] of it gives the expanded target.
+//!    applier's `expand` of it ([`xz_rebuild::expand`],
+//!    [`zstd_rebuild::expand`]) gives the expanded target.
 //!
 //! Steps 3 to 5 are about a minute of single-threaded work for a 66 MB
 //! kernel; [`pairs`] is cheap, so the caller claims the streams' blocks
@@ -33,20 +39,25 @@
 use crate::blocks::BlockClass;
 use crate::encode::EncodeParams;
 use rayon::prelude::*;
-use romdelta_codecs::xz;
-use romdelta_format::{xz_rebuild, Digest, Extent, OpKind, BLOCK_SIZE};
+use romdelta_codecs::{xz, zstd_frame as zstd};
+use romdelta_format::placement::Placement;
+use romdelta_format::{xz_rebuild, zstd_rebuild, Digest, Extent, OpKind, BLOCK_SIZE};
 use romdelta_rom::Partition;
 
 /// Largest expanded source bsdiff is tried on (its suffix array takes 4
 /// bytes per byte).
 const MAX_BSDIFF_EXPANDED: usize = 96 << 20;
-/// Most xz files (not kernels) one partition's plan takes on.
+/// Most stream files (not kernels) one partition's plan takes on.
 const MAX_FILES: usize = 1 << 14;
+/// Most bytes a stream may expand to (both operations' limit).
+const MAX_EXPANDED: u64 = xz_rebuild::MAX_EXPANDED_LEN;
 /// The magic bytes an xz stream starts with.
 const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0];
 
-/// A planned SOURCE_XZ_REBUILD operation.
+/// A planned SOURCE_XZ_REBUILD or SOURCE_ZSTD_REBUILD operation.
 pub struct Planned {
+    /// Its kind.
+    pub kind: OpKind,
     /// Source blocks it reads.
     pub src_extents: Vec<Extent>,
     /// SHA-256 of those blocks.
@@ -59,9 +70,18 @@ pub struct Planned {
     pub apply_memory_mib: u64,
 }
 
-/// An xz stream found in an image: a bzImage's payload or an xz file.
+/// The codec of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Xz,
+    Zstd,
+}
+
+/// A stream found in an image: a bzImage's payload, an xz or a zstd file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Found {
+    /// Its codec (streams pair only with their own codec's).
+    codec: Codec,
     /// The image blocks that hold it, in byte order.
     extents: Vec<Extent>,
     /// Offset of the xz stream from the first byte.
@@ -119,7 +139,7 @@ fn kernel_at(img: &[u8], off: usize) -> Option<Found> {
     if payload[..6] != XZ_MAGIC {
         return None;
     }
-    let stream_len = xz::stream_len(payload, xz_rebuild::MAX_EXPANDED_LEN as usize / 2)? as u64;
+    let stream_len = xz::stream_len(payload, MAX_EXPANDED as usize / 2)? as u64;
     let len = end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
     if len / BLOCK_SIZE > romdelta_format::limits::MAX_OP_DST_BLOCKS
         || len > img.len() as u64 - off as u64
@@ -127,6 +147,7 @@ fn kernel_at(img: &[u8], off: usize) -> Option<Found> {
         return None;
     }
     Some(Found {
+        codec: Codec::Xz,
         extents: vec![Extent::new(off as u64 / BLOCK_SIZE, len / BLOCK_SIZE)],
         stream_at: at,
         stream_len,
@@ -135,24 +156,33 @@ fn kernel_at(img: &[u8], off: usize) -> Option<Found> {
     })
 }
 
-/// The xz stream that starts at `bytes`' first byte, as a file of the
-/// blocks `extents` (which hold `bytes`).
+/// Whether `head` starts as an xz stream or a zstd frame does.
+fn stream_magic(head: &[u8]) -> bool {
+    head.starts_with(&XZ_MAGIC) || head.starts_with(&zstd::MAGIC)
+}
+
+/// The xz stream or zstd frame that starts at `bytes`' first byte, as a
+/// file of the blocks `extents` (which hold `bytes`).
 fn stream_file(bytes: &[u8], extents: Vec<Extent>, path: Option<String>) -> Option<Found> {
-    if bytes.get(..6)? != XZ_MAGIC {
+    let (codec, stream_len) = if bytes.starts_with(&XZ_MAGIC) {
+        (Codec::Xz, xz::stream_len(bytes, MAX_EXPANDED as usize / 2)?)
+    } else if bytes.starts_with(&zstd::MAGIC) {
+        (Codec::Zstd, zstd::frame_len(bytes, MAX_EXPANDED / 2)?)
+    } else {
         return None;
-    }
-    let stream_len = xz::stream_len(bytes, xz_rebuild::MAX_EXPANDED_LEN as usize / 2)? as u64;
+    };
     Some(Found {
+        codec,
+        stream_len: stream_len as u64,
         extents,
         stream_at: 0,
-        stream_len,
         kernel: false,
         path,
     })
 }
 
 /// Every bzImage at a block-aligned offset of `p`, and (with `files`) every
-/// xz stream at one, for which `want` holds (given its first block),
+/// xz stream and zstd frame at one, for which `want` holds (given its first block),
 /// releasing the pages it scanned.
 fn find_at_block_starts(p: &Partition, files: bool, want: impl Fn(u64) -> bool) -> Vec<Found> {
     let img = p.bytes();
@@ -174,7 +204,7 @@ fn find_at_block_starts(p: &Partition, files: bool, want: impl Fn(u64) -> bool) 
                 && want(b)
             {
                 kernel_at(img, o)
-            } else if files && head == Some(&XZ_MAGIC[..]) && want(b) {
+            } else if files && head.is_some_and(stream_magic) && want(b) {
                 stream_file(&img[o..], Vec::new(), None).and_then(|mut f| {
                     let n = f.stream_len.div_ceil(BLOCK_SIZE);
                     (n <= romdelta_format::limits::MAX_OP_DST_BLOCKS).then(|| {
@@ -197,8 +227,8 @@ fn find_at_block_starts(p: &Partition, files: bool, want: impl Fn(u64) -> bool) 
     found
 }
 
-/// Every xz stream of `p` worth a look: bzImages at block starts (those
-/// for which `want_start` holds, given the first block), and xz files
+/// Every stream of `p` worth a look: bzImages at block starts (those
+/// for which `want_start` holds, given the first block), and stream files
 /// through the file map of an ext4 image (those for which `want_file`
 /// holds, given their extents), else at block starts.
 fn find(
@@ -213,7 +243,7 @@ fn find(
     let img = p.bytes();
     for (path, extents) in files {
         let first = (extents[0].start_block * BLOCK_SIZE) as usize;
-        if img.get(first..first + 6) != Some(&XZ_MAGIC[..]) || !want_file(&extents) {
+        if !img.get(first..first + 6).is_some_and(stream_magic) || !want_file(&extents) {
             continue;
         }
         let mut bytes = Vec::new();
@@ -262,13 +292,22 @@ pub fn pairs(
         // kernel.
         let at = (f.extents[0].start_block * BLOCK_SIZE + f.stream_at) as usize;
         let stream = &img[at..at + f.stream_len.min(2048) as usize];
+        let limit = memory_mib.saturating_mul(1 << 20);
+        if f.codec == Codec::Zstd {
+            let Ok(h) = zstd::read_header(stream) else {
+                return false;
+            };
+            let len = h.content_size.unwrap_or(f.stream_len);
+            return zstd::candidates(&h)
+                .iter()
+                .any(|c| zstd::encoder_memory(c, len) + (16 << 20) <= limit);
+        }
         let Ok(info) = xz::read_headers(stream) else {
             return false;
         };
-        xz::candidates(&info).iter().any(|c| {
-            c.encoder_memory()
-                .is_ok_and(|m| m + (16 << 20) <= memory_mib.saturating_mul(1 << 20))
-        })
+        xz::candidates(&info)
+            .iter()
+            .any(|c| c.encoder_memory().is_ok_and(|m| m + (16 << 20) <= limit))
     };
     let changed = |extents: &[Extent]| {
         let mut span = extents.iter().flat_map(|e| {
@@ -310,10 +349,13 @@ pub fn pairs(
             continue;
         }
         let source = match &t.path {
-            Some(p) => by_path.find(p.as_bytes()).map(|i| &sources[i]),
+            Some(p) => by_path
+                .find(p.as_bytes())
+                .map(|i| &sources[i])
+                .filter(|s| s.codec == t.codec),
             None => sources
                 .iter()
-                .filter(|s| s.kernel == t.kernel)
+                .filter(|s| s.kernel == t.kernel && s.codec == t.codec)
                 .min_by_key(|s| {
                     (
                         s.stream_len.abs_diff(t.stream_len),
@@ -360,6 +402,139 @@ pub fn plan(
     planned
 }
 
+/// The target stream decompressed, the source stream decompressed, the
+/// operation's header (inner kind to be set) and the memory it needs at
+/// apply, for the first parameters that reproduce the target stream
+/// within `memory_mib`.
+struct Rebuild {
+    target_plain: Vec<u8>,
+    source_plain: Vec<u8>,
+    header: Header,
+}
+
+/// A header of either kind.
+#[derive(Clone, Copy)]
+enum Header {
+    Xz(xz_rebuild::Header),
+    Zstd(zstd_rebuild::Header),
+}
+
+impl Header {
+    fn kind(&self) -> OpKind {
+        match self {
+            Header::Xz(_) => OpKind::SourceXzRebuild,
+            Header::Zstd(_) => OpKind::SourceZstdRebuild,
+        }
+    }
+
+    fn set_inner(&mut self, inner: OpKind) {
+        match self {
+            Header::Xz(h) => h.inner = inner,
+            Header::Zstd(h) => h.at.inner = inner,
+        }
+    }
+
+    /// MiB the operation needs at apply.
+    fn need(&self, src_len: u64, dst_len: u64) -> u64 {
+        match self {
+            Header::Xz(h) => xz_rebuild::apply_memory(h, src_len, dst_len),
+            Header::Zstd(h) => zstd_rebuild::apply_memory(h, src_len, dst_len),
+        }
+        .div_ceil(1 << 20)
+    }
+
+    fn encode(&self, inner: &[u8]) -> Vec<u8> {
+        match self {
+            Header::Xz(h) => xz_rebuild::encode(h, inner),
+            Header::Zstd(h) => zstd_rebuild::encode(h, inner),
+        }
+    }
+
+    /// The applier's first half of decoding `data`.
+    fn expand(&self, data: &[u8], src: &[u8], dst_len: u64) -> Option<Vec<u8>> {
+        match self {
+            Header::Xz(_) => xz_rebuild::expand(data, src, dst_len).ok().map(|r| r.1),
+            Header::Zstd(_) => zstd_rebuild::expand(data, src, dst_len).ok().map(|r| r.1),
+        }
+    }
+}
+
+/// What the rebuild of an xz stream needs, when one of its candidates
+/// reproduces it within `memory_mib`.
+fn prepare_xz(sb: &[u8], tb: &[u8], at: Placement, memory_mib: u64) -> Option<Rebuild> {
+    let limit = MAX_EXPANDED as usize;
+    let (sr, tr) = ranges(&at);
+    let target_plain = xz::decompress_exact(&tb[tr.clone()], limit).ok()?;
+    let info = xz::read_headers(&tb[tr.clone()]).ok()?;
+    let at = Placement {
+        decompressed_len: target_plain.len() as u64,
+        ..at
+    };
+    let mut header = xz_rebuild::Header {
+        library: xz::library_version(),
+        params: *xz::candidates(&info).first()?,
+        src_offset: at.src_offset,
+        src_stream_len: at.src_stream_len,
+        src_decompressed_len: 0,
+        prefix_len: at.prefix_len,
+        decompressed_len: at.decompressed_len,
+        stream_len: at.stream_len,
+        inner: OpKind::SourceZstd,
+    };
+    let (sl, tl) = (sb.len() as u64, tb.len() as u64);
+    let params = xz::candidates(&info).into_iter().find(|c| {
+        header.params = *c;
+        Header::Xz(header).need(sl, tl) <= memory_mib
+            && xz::reproduces(c, &target_plain, &tb[tr.clone()]).unwrap_or(false)
+    })?;
+    header.params = params;
+    let source_plain = xz::decompress_exact(&sb[sr], limit).ok()?;
+    header.src_decompressed_len = source_plain.len() as u64;
+    Some(Rebuild {
+        target_plain,
+        source_plain,
+        header: Header::Xz(header),
+    })
+}
+
+/// What the rebuild of a zstd frame needs, when one of its candidates
+/// reproduces it within `memory_mib`.
+fn prepare_zstd(sb: &[u8], tb: &[u8], at: Placement, memory_mib: u64) -> Option<Rebuild> {
+    let limit = MAX_EXPANDED as usize;
+    let (sr, tr) = ranges(&at);
+    let frame = &tb[tr];
+    let target_plain = zstd::decompress_exact(frame, limit).ok()?;
+    let info = zstd::read_header(frame).ok()?;
+    let source_plain = zstd::decompress_exact(&sb[sr], limit).ok()?;
+    let mut header = zstd_rebuild::Header {
+        library: zstd::library_version(),
+        params: *zstd::candidates(&info).first()?,
+        at: Placement {
+            decompressed_len: target_plain.len() as u64,
+            src_decompressed_len: source_plain.len() as u64,
+            ..at
+        },
+    };
+    let (sl, tl) = (sb.len() as u64, tb.len() as u64);
+    header.params = zstd::candidates(&info).into_iter().find(|c| {
+        header.params = *c;
+        Header::Zstd(header).need(sl, tl) <= memory_mib
+            && zstd::reproduces(c, &target_plain, frame).unwrap_or(false)
+    })?;
+    Some(Rebuild {
+        target_plain,
+        source_plain,
+        header: Header::Zstd(header),
+    })
+}
+
+/// The source and target stream ranges of a placement.
+fn ranges(at: &Placement) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let (so, sn) = (at.src_offset as usize, at.src_stream_len as usize);
+    let (to, tn) = (at.prefix_len as usize, at.stream_len as usize);
+    (so..so + sn, to..to + tn)
+}
+
 fn plan_one(
     sb: &[u8],
     tb: &[u8],
@@ -367,38 +542,29 @@ fn plan_one(
     p: &EncodeParams,
     memory_mib: u64,
 ) -> Option<Planned> {
-    let stream = |k: &Found| k.stream_at as usize..(k.stream_at + k.stream_len) as usize;
     let (s, t) = (&pair.source, &pair.target);
-    let (sr, tr) = (stream(s), stream(t));
-    let limit = xz_rebuild::MAX_EXPANDED_LEN as usize;
-    let target_plain = xz::decompress_exact(&tb[tr.clone()], limit).ok()?;
-    let info = xz::read_headers(&tb[tr.clone()]).ok()?;
-    let mut header = xz_rebuild::Header {
-        library: xz::library_version(),
-        params: *xz::candidates(&info).first()?,
-        src_offset: sr.start as u64,
-        src_stream_len: sr.len() as u64,
+    let at = Placement {
+        src_offset: s.stream_at,
+        src_stream_len: s.stream_len,
         src_decompressed_len: 0,
-        prefix_len: tr.start as u64,
-        decompressed_len: target_plain.len() as u64,
-        stream_len: tr.len() as u64,
+        prefix_len: t.stream_at,
+        decompressed_len: 0,
+        stream_len: t.stream_len,
         inner: OpKind::SourceZstd,
     };
-    let need = |h: &xz_rebuild::Header| {
-        xz_rebuild::apply_memory(h, sb.len() as u64, tb.len() as u64).div_ceil(1 << 20)
+    let (sr, tr) = ranges(&at);
+    let Rebuild {
+        target_plain,
+        source_plain,
+        mut header,
+    } = match t.codec {
+        Codec::Xz => prepare_xz(sb, tb, at, memory_mib)?,
+        Codec::Zstd => prepare_zstd(sb, tb, at, memory_mib)?,
     };
-    let params = xz::candidates(&info).into_iter().find(|c| {
-        header.params = *c;
-        need(&header) <= memory_mib
-            && xz::reproduces(c, &target_plain, &tb[tr.clone()]).unwrap_or(false)
-    })?;
-    header.params = params;
-    let source_plain = xz::decompress_exact(&sb[sr.clone()], limit).ok()?;
-    header.src_decompressed_len = source_plain.len() as u64;
-    let expanded_len = header.source_expanded_len(sb.len() as u64);
-    if expanded_len > xz_rebuild::MAX_EXPANDED_LEN
-        || header.target_expanded_len(tb.len() as u64) > xz_rebuild::MAX_EXPANDED_LEN
-    {
+    let expanded = |b: &[u8], r: &std::ops::Range<usize>, plain: &[u8]| {
+        (b.len() - r.len() + plain.len()) as u64 <= MAX_EXPANDED
+    };
+    if !expanded(sb, &sr, &source_plain) || !expanded(tb, &tr, &target_plain) {
         return None;
     }
     let se = [&sb[..sr.start], &source_plain, &sb[sr.end..]].concat();
@@ -421,8 +587,8 @@ fn plan_one(
         _ => (OpKind::SourceZstd, encode_source_zstd(&se, &te, p.level)),
     };
     drop(se);
-    header.inner = inner.0;
-    let data = xz_rebuild::encode(&header, &inner.1);
+    header.set_inner(inner.0);
+    let data = header.encode(&inner.1);
     // What the byte-level encoders would write for these blocks (at most):
     // the stored bytes against the stored bytes.
     let byte_level = romdelta_format::ops::encode_source_zstd(sb, tb, p.trial_level).len();
@@ -431,18 +597,18 @@ fn plan_one(
     }
     // Checked with the applier's code: its first half must give exactly
     // the expanded target; its second half compresses the new stream with
-    // the encoder that reproduced it above (`xz::reproduces`), so the
-    // stream is not compressed a third time here.
-    let (_, expanded) = xz_rebuild::expand(&data, sb, tb.len() as u64).ok()?;
-    if expanded != te {
+    // the encoder that reproduced it above (`reproduces`), so the stream
+    // is not compressed a third time here.
+    if header.expand(&data, sb, tb.len() as u64)? != te {
         return None;
     }
-    drop((expanded, te));
+    drop(te);
     Some(Planned {
+        kind: header.kind(),
         src_extents: s.extents.clone(),
         src_sha256: romdelta_format::sha256(sb),
         dst_extents: t.extents.clone(),
-        apply_memory_mib: need(&header),
+        apply_memory_mib: header.need(sb.len() as u64, tb.len() as u64),
         data,
     })
 }

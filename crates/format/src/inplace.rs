@@ -412,6 +412,7 @@ mod tests {
             (OpKind::SourceXzRebuild, crate::Codec::liblzma()),
             (OpKind::SourceDeflateRebuild, crate::Codec::zlib()),
             (OpKind::SourceLz4Rebuild, crate::Codec::liblz4()),
+            (OpKind::SourceZstdRebuild, crate::Codec::libzstd()),
         ] {
             if m.partitions[0].operations.iter().any(|o| o.kind == kind)
                 && !m.codecs.contains(&codec)

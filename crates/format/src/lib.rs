@@ -30,11 +30,12 @@ mod manifest;
 pub mod ops;
 mod package;
 pub mod payload;
-mod placement;
+pub mod placement;
 pub mod recompress;
 pub mod signing;
 pub mod sparse;
 pub mod xz_rebuild;
+pub mod zstd_rebuild;
 
 pub use codec::{Reader, Writer};
 pub use error::FormatError;
@@ -51,7 +52,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// package is written with the oldest version that can express it (see
 /// [`Manifest::format_version`]), so older readers keep reading packages that
 /// use none of the newer features.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// The oldest package format version this crate reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;

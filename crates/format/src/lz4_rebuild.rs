@@ -42,6 +42,7 @@ const LABELS: Labels = Labels {
     stream: "lz4 stream",
     source_expanded: "lz4 source expanded form",
     target_expanded: "lz4 target expanded form",
+    rebuild: "lz4 rebuild",
 };
 
 /// The header of a SOURCE_LZ4_REBUILD operation.
@@ -71,12 +72,25 @@ pub struct Header {
 impl Header {
     /// Bytes of the source expanded form, for `src_len` source bytes.
     pub fn source_expanded_len(&self, src_len: u64) -> u64 {
-        src_len - self.src_stream_len + self.src_decompressed_len
+        self.at().source_expanded_len(src_len)
     }
 
     /// Bytes of the target expanded form, for `dst_len` destination bytes.
     pub fn target_expanded_len(&self, dst_len: u64) -> u64 {
-        dst_len - self.stream_len + self.decompressed_len
+        self.at().target_expanded_len(dst_len)
+    }
+
+    /// The stream's placement fields.
+    fn at(&self) -> Placement {
+        Placement {
+            src_offset: self.src_offset,
+            src_stream_len: self.src_stream_len,
+            src_decompressed_len: self.src_decompressed_len,
+            prefix_len: self.prefix_len,
+            decompressed_len: self.decompressed_len,
+            stream_len: self.stream_len,
+            inner: self.inner,
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -88,17 +102,7 @@ impl Header {
         w.u8(p.level);
         w.u8(p.frame.block_size_id);
         w.u8(p.frame.flags());
-        for v in [
-            self.src_offset,
-            self.src_stream_len,
-            self.src_decompressed_len,
-            self.prefix_len,
-            self.decompressed_len,
-            self.stream_len,
-        ] {
-            w.varint(v);
-        }
-        w.u8(self.inner.code());
+        self.at().write(&mut w);
         w.into_bytes()
     }
 
@@ -224,21 +228,9 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
 pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>), FormatError> {
     let (h, inner) = parse(data, src.len() as u64, dst_len)?;
     check_library(&h)?;
-    let (off, len) = (h.src_offset as usize, h.src_stream_len as usize);
-    let source_len = h.source_expanded_len(src.len() as u64) as usize;
-    let mut source = vec![0u8; source_len];
-    let mid = h.src_decompressed_len as usize;
-    source[..off].copy_from_slice(&src[..off]);
-    source[off + mid..].copy_from_slice(&src[off + len..]);
-    lz4_stream::decompress_exact(&src[off..off + len], &mut source[off..off + mid])
-        .map_err(|e| FormatError::invalid("lz4 source stream", e))?;
-    let mut target = vec![0u8; h.target_expanded_len(dst_len) as usize];
-    let inner_src: &[u8] = if h.inner == OpKind::Replace {
-        &[]
-    } else {
-        &source
-    };
-    crate::ops::decode(h.inner, inner, inner_src, &mut target)?;
+    let target = h.at().expand(inner, src, dst_len, &LABELS, |s, out| {
+        lz4_stream::decompress_exact(s, out)
+    })?;
     Ok((h, target))
 }
 
@@ -246,35 +238,10 @@ pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>)
 /// expanded target, its stream compressed again with the header's
 /// parameters into exactly the recorded length.
 pub fn rebuild(h: &Header, target: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
-    let (p, n, d) = (
-        h.prefix_len as usize,
-        h.stream_len as usize,
-        h.decompressed_len as usize,
-    );
-    if target.len() != h.target_expanded_len(out.len() as u64) as usize {
-        return Err(FormatError::invalid(
-            "lz4 rebuild",
-            format!(
-                "{} expanded bytes for a {}-byte destination",
-                target.len(),
-                out.len()
-            ),
-        ));
-    }
-    out[..p].copy_from_slice(&target[..p]);
-    out[p + n..].copy_from_slice(&target[p + d..]);
-    let exact = lz4_stream::compress_into(&h.params, &target[p..p + d], &mut out[p..p + n])
-        .map_err(|e| FormatError::invalid("lz4 rebuild", e))?;
-    if !exact {
-        return Err(FormatError::invalid(
-            "lz4 rebuild",
-            format!(
-                "{d} bytes do not compress into the package's {n}-byte stream with {}",
-                h.params
-            ),
-        ));
-    }
-    Ok(())
+    h.at()
+        .rebuild(target, out, &LABELS, &h.params, |plain, stream| {
+            lz4_stream::compress_into(&h.params, plain, stream)
+        })
 }
 
 #[cfg(test)]

@@ -61,11 +61,15 @@ pub enum OpKind {
     /// or an lz4 frame) from its decompressed bytes and an inner patch of
     /// them ([`crate::lz4_rebuild`]). Since format version 5.
     SourceLz4Rebuild,
+    /// Data rebuilds one zstd frame (a `.zst` file) from its decompressed
+    /// bytes and an inner patch of them ([`crate::zstd_rebuild`]). Since
+    /// format version 6.
+    SourceZstdRebuild,
 }
 
 impl OpKind {
     /// All kinds, in wire order.
-    pub const ALL: [OpKind; 12] = [
+    pub const ALL: [OpKind; 13] = [
         OpKind::Zero,
         OpKind::SourceCopy,
         OpKind::Replace,
@@ -78,6 +82,7 @@ impl OpKind {
         OpKind::SourceDeflateRebuild,
         OpKind::SourceBranchDelta,
         OpKind::SourceLz4Rebuild,
+        OpKind::SourceZstdRebuild,
     ];
 
     /// The wire code.
@@ -95,6 +100,7 @@ impl OpKind {
             OpKind::SourceDeflateRebuild => 9,
             OpKind::SourceBranchDelta => 10,
             OpKind::SourceLz4Rebuild => 11,
+            OpKind::SourceZstdRebuild => 12,
         }
     }
 
@@ -121,6 +127,7 @@ impl OpKind {
             OpKind::SourceDeflateRebuild => "SOURCE_DEFLATE_REBUILD",
             OpKind::SourceBranchDelta => "SOURCE_BRANCH_DELTA",
             OpKind::SourceLz4Rebuild => "SOURCE_LZ4_REBUILD",
+            OpKind::SourceZstdRebuild => "SOURCE_ZSTD_REBUILD",
         }
     }
 
@@ -138,6 +145,7 @@ impl OpKind {
                 | OpKind::SourceDeflateRebuild
                 | OpKind::SourceBranchDelta
                 | OpKind::SourceLz4Rebuild
+                | OpKind::SourceZstdRebuild
         )
     }
 
@@ -155,6 +163,7 @@ impl OpKind {
                 | OpKind::SourceDeflateRebuild
                 | OpKind::SourceBranchDelta
                 | OpKind::SourceLz4Rebuild
+                | OpKind::SourceZstdRebuild
         )
     }
 }
@@ -457,6 +466,9 @@ pub enum CodecLibrary {
     /// zlib (`zlibVersion` as major × 1000000 + minor × 10000 + revision ×
     /// 100 + subrevision). Since format version 5.
     Zlib,
+    /// libzstd (`ZSTD_versionNumber`: major × 10000 + minor × 100 +
+    /// release). Since format version 6.
+    Libzstd,
 }
 
 impl Codec {
@@ -484,12 +496,21 @@ impl Codec {
         }
     }
 
+    /// The libzstd this build compresses with.
+    pub fn libzstd() -> Self {
+        Codec {
+            library: CodecLibrary::Libzstd,
+            version: romdelta_codecs::zstd_frame::library_version(),
+        }
+    }
+
     /// The version this build has of the same library.
     pub fn built_in(&self) -> Self {
         match self.library {
             CodecLibrary::Liblz4 => Codec::liblz4(),
             CodecLibrary::Liblzma => Codec::liblzma(),
             CodecLibrary::Zlib => Codec::zlib(),
+            CodecLibrary::Libzstd => Codec::libzstd(),
         }
     }
 
@@ -500,6 +521,7 @@ impl Codec {
             CodecLibrary::Liblz4 => format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100),
             CodecLibrary::Liblzma => romdelta_codecs::xz::version_name(v),
             CodecLibrary::Zlib => romdelta_codecs::deflate::version_name(v),
+            CodecLibrary::Libzstd => romdelta_codecs::zstd_frame::version_name(v),
         }
     }
 
@@ -509,6 +531,7 @@ impl Codec {
             CodecLibrary::Liblz4 => "liblz4",
             CodecLibrary::Liblzma => "liblzma",
             CodecLibrary::Zlib => "zlib",
+            CodecLibrary::Libzstd => "libzstd",
         }
     }
 
@@ -517,6 +540,7 @@ impl Codec {
             CodecLibrary::Liblz4 => 1,
             CodecLibrary::Liblzma => 2,
             CodecLibrary::Zlib => 3,
+            CodecLibrary::Libzstd => 4,
         }
     }
 }
@@ -542,7 +566,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 }
 
 impl Manifest {
-    /// The oldest format version that can express this manifest: 5 when an
+    /// The oldest format version that can express this manifest: 6 when an
+    /// operation is SOURCE_ZSTD_REBUILD or libzstd is named; 5 when an
     /// operation is SOURCE_DEFLATE_REBUILD, SOURCE_BRANCH_DELTA or
     /// SOURCE_LZ4_REBUILD, reads another source partition, or zlib is
     /// named; 4 when one is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
@@ -555,7 +580,14 @@ impl Manifest {
                 .flat_map(|p| &p.operations)
                 .any(|o| o.kind == k)
         };
-        if uses(OpKind::SourceDeflateRebuild)
+        if uses(OpKind::SourceZstdRebuild)
+            || self
+                .codecs
+                .iter()
+                .any(|c| c.library == CodecLibrary::Libzstd)
+        {
+            6
+        } else if uses(OpKind::SourceDeflateRebuild)
             || uses(OpKind::SourceBranchDelta)
             || uses(OpKind::SourceLz4Rebuild)
             || self.codecs.iter().any(|c| c.library == CodecLibrary::Zlib)
@@ -680,6 +712,7 @@ impl Manifest {
                     1 => CodecLibrary::Liblz4,
                     2 => CodecLibrary::Liblzma,
                     3 => CodecLibrary::Zlib,
+                    4 => CodecLibrary::Libzstd,
                     c => {
                         return Err(FormatError::invalid(
                             "codec library",
@@ -738,6 +771,7 @@ impl Manifest {
             (OpKind::SourceXzRebuild, CodecLibrary::Liblzma),
             (OpKind::SourceDeflateRebuild, CodecLibrary::Zlib),
             (OpKind::SourceLz4Rebuild, CodecLibrary::Liblz4),
+            (OpKind::SourceZstdRebuild, CodecLibrary::Libzstd),
         ] {
             if named(library) > 1 {
                 return Err(FormatError::invalid("codecs", "a library is named twice"));

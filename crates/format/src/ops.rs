@@ -38,6 +38,7 @@ pub fn decode(
         K::SourceDeflateRebuild => crate::deflate_rebuild::decode(data, src, out),
         K::SourceBranchDelta => crate::branchdelta::decode(data, src, out),
         K::SourceLz4Rebuild => crate::lz4_rebuild::decode(data, src, out),
+        K::SourceZstdRebuild => crate::zstd_rebuild::decode(data, src, out),
         K::Zero | K::SourceCopy => Err(FormatError::invalid(
             "operation data",
             format!("{kind} carries no data"),

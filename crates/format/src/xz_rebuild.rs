@@ -41,6 +41,7 @@ const LABELS: Labels = Labels {
     stream: "xz stream",
     source_expanded: "xz source expanded form",
     target_expanded: "xz target expanded form",
+    rebuild: "xz rebuild",
 };
 
 /// The header of a SOURCE_XZ_REBUILD operation.
@@ -70,12 +71,25 @@ pub struct Header {
 impl Header {
     /// Bytes of the source expanded form, for `src_len` source bytes.
     pub fn source_expanded_len(&self, src_len: u64) -> u64 {
-        src_len - self.src_stream_len + self.src_decompressed_len
+        self.at().source_expanded_len(src_len)
     }
 
     /// Bytes of the target expanded form, for `dst_len` destination bytes.
     pub fn target_expanded_len(&self, dst_len: u64) -> u64 {
-        dst_len - self.stream_len + self.decompressed_len
+        self.at().target_expanded_len(dst_len)
+    }
+
+    /// The stream's placement fields.
+    fn at(&self) -> Placement {
+        Placement {
+            src_offset: self.src_offset,
+            src_stream_len: self.src_stream_len,
+            src_decompressed_len: self.src_decompressed_len,
+            prefix_len: self.prefix_len,
+            decompressed_len: self.decompressed_len,
+            stream_len: self.stream_len,
+            inner: self.inner,
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -90,17 +104,7 @@ impl Header {
         w.u8(p.lc);
         w.u8(p.lp);
         w.u8(p.pb);
-        for v in [
-            self.src_offset,
-            self.src_stream_len,
-            self.src_decompressed_len,
-            self.prefix_len,
-            self.decompressed_len,
-            self.stream_len,
-        ] {
-            w.varint(v);
-        }
-        w.u8(self.inner.code());
+        self.at().write(&mut w);
         w.into_bytes()
     }
 
@@ -221,22 +225,9 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
 pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>), FormatError> {
     let (h, inner) = parse(data, src.len() as u64, dst_len)?;
     check_library(&h)?;
-    let target_len = h.target_expanded_len(dst_len) as usize;
-    let mut target = vec![0u8; target_len];
-    let (off, len) = (h.src_offset as usize, h.src_stream_len as usize);
-    let source_len = h.source_expanded_len(src.len() as u64) as usize;
-    let mut source = vec![0u8; source_len];
-    let mid = h.src_decompressed_len as usize;
-    source[..off].copy_from_slice(&src[..off]);
-    source[off + mid..].copy_from_slice(&src[off + len..]);
-    xz::decompress_into(&src[off..off + len], &mut source[off..off + mid])
-        .map_err(|e| FormatError::invalid("xz source stream", e.to_string()))?;
-    let inner_src: &[u8] = if h.inner == OpKind::Replace {
-        &[]
-    } else {
-        &source
-    };
-    crate::ops::decode(h.inner, inner, inner_src, &mut target)?;
+    let target = h.at().expand(inner, src, dst_len, &LABELS, |s, out| {
+        xz::decompress_into(s, out).map_err(|e| e.to_string())
+    })?;
     Ok((h, target))
 }
 
@@ -244,35 +235,10 @@ pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>)
 /// expanded target, its stream compressed again with the header's
 /// parameters into exactly the recorded length.
 pub fn rebuild(h: &Header, target: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
-    let (p, n, d) = (
-        h.prefix_len as usize,
-        h.stream_len as usize,
-        h.decompressed_len as usize,
-    );
-    if target.len() != h.target_expanded_len(out.len() as u64) as usize {
-        return Err(FormatError::invalid(
-            "xz rebuild",
-            format!(
-                "{} expanded bytes for a {}-byte destination",
-                target.len(),
-                out.len()
-            ),
-        ));
-    }
-    out[..p].copy_from_slice(&target[..p]);
-    out[p + n..].copy_from_slice(&target[p + d..]);
-    let exact = xz::compress_into(&h.params, &target[p..p + d], &mut out[p..p + n])
-        .map_err(|e| FormatError::invalid("xz rebuild", e.to_string()))?;
-    if !exact {
-        return Err(FormatError::invalid(
-            "xz rebuild",
-            format!(
-                "{d} bytes do not compress into the package's {n}-byte stream with {}",
-                h.params
-            ),
-        ));
-    }
-    Ok(())
+    h.at()
+        .rebuild(target, out, &LABELS, &h.params, |plain, stream| {
+            xz::compress_into(&h.params, plain, stream).map_err(|e| e.to_string())
+        })
 }
 
 #[cfg(test)]
