@@ -138,6 +138,21 @@ pub fn ext4_image(tree: &Path, img: &Path, size: &str) -> Vec<u8> {
     std::fs::read(img).unwrap()
 }
 
+/// The EROFS image (`mkfs.erofs` with `opts`, no time, a fixed UUID, all
+/// files root's) of `tree`, written to `img`; returns its bytes.
+pub fn erofs_image(tree: &Path, img: &Path, opts: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("mkfs.erofs")
+        .args(["--quiet", "-T0", "--all-root", "-U"])
+        .arg("6f1c2a9e-5b7d-4e3f-9a8b-0c1d2e3f4a5b")
+        .args(opts)
+        .arg(img)
+        .arg(tree)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfs.erofs {opts:?}: {out:?}");
+    std::fs::read(img).unwrap()
+}
+
 /// `n` pseudo-random bytes (xorshift64 from `seed | 1`).
 pub fn noise(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;

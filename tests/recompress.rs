@@ -180,20 +180,7 @@ fn mkfs(dir: &Path, name: &str, t: &Tree, opts: &[&str]) -> PathBuf {
     let src = dir.join(format!("{name}-tree"));
     write_tree(&src, t);
     let img = dir.join(format!("{name}.img"));
-    let out = Command::new("mkfs.erofs")
-        .args([
-            "--quiet",
-            "-T0",
-            "--all-root",
-            "-U",
-            "6f1c2a9e-5b7d-4e3f-9a8b-0c1d2e3f4a5b",
-        ])
-        .args(opts)
-        .arg(&img)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mkfs.erofs {opts:?}: {out:?}");
+    crate::common::erofs_image(&src, &img, opts);
     img
 }
 

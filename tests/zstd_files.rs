@@ -10,7 +10,7 @@
 //! reproduce; rebuilt only where that tool is 1.5.7 too), one with its
 //! content size left out by a pipe.
 
-use crate::common::{ext4_image, fast_opts, round_trip};
+use crate::common::{erofs_image, ext4_image, fast_opts, round_trip};
 use romdelta_format::OpKind;
 use std::path::Path;
 use std::process::Command;
@@ -148,6 +148,46 @@ fn zstd_files_are_rebuilt_from_their_decompressed_bytes() {
         with_bytes * 2 < without_bytes,
         "{with_bytes} vs {without_bytes}"
     );
+}
+
+/// The same trees as EROFS images: uncompressed with no inline tails (every
+/// file in whole blocks, so the EROFS file map finds them all, by path),
+/// and lz4hc, whose compressed files are the clusters' business while the
+/// frames, which lz4 cannot shrink, are stored plain; then with inline
+/// tails (mkfs.erofs's default), whose frames are not in whole blocks and
+/// stay byte-level.
+#[test]
+fn zstd_files_in_erofs_images_are_found_through_its_file_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ta, tb) = (tree(d, 0), tree(d, 1));
+    let want = 5 + usize::from(tool_is_157());
+    // `None`: fewer than `want` (only frames that happen to end on a block).
+    for (opts, rebuilt) in [
+        (&[][..], None),
+        (&["-zlz4hc", "-Enoinline_data"][..], Some(want)),
+        (&["-Enoinline_data"][..], Some(want)),
+    ] {
+        let a = erofs_image(&ta, &d.join("a.erofs"), opts);
+        let b = erofs_image(&tb, &d.join("b.erofs"), opts);
+        assert!(
+            round_trip(d, &a, &b, &fast_opts()) == b,
+            "{opts:?}: the applied image differs"
+        );
+        let n = rebuilds(&d.join("p.romdelta")).0;
+        match rebuilt {
+            Some(r) => assert_eq!(n, r, "{opts:?}"),
+            None => assert!(n < want, "{opts:?}: {n}"),
+        }
+    }
+    // The map names them by path (the last image: no inline tails).
+    let p =
+        romdelta_rom::Partition::open("system", &d.join("b.erofs"), romdelta_rom::Access::Mapped)
+            .unwrap();
+    let files = romdelta_diff::files::image_files(&p).expect("an EROFS image");
+    assert!(files
+        .iter()
+        .any(|(path, _)| path == "lib/modules/6.1.0-57-amd64/kernel/drivers/m1.ko.zst"));
 }
 
 /// A raw image (no filesystem) of some of the files, each from a block

@@ -4,8 +4,8 @@
 //! A changed entry of an archive changes almost every compressed byte
 //! after the change. The generator:
 //! 1. finds containers ([`romdelta_streams::at`]) among the files of an
-//!    ext4 image (through its file map, [`romdelta_ext4`]: a file's blocks
-//!    may be several extents) or else by their signature at the block
+//!    ext4 or EROFS image (through its file map, [`crate::files`]: a file's
+//!    blocks may be several extents) or else by their signature at the block
 //!    starts of the image (a contiguously stored file of any filesystem
 //!    starts at a block), each whose blocks changed and are not claimed by
 //!    another operation, and pairs each with the source file of the same
@@ -111,7 +111,7 @@ impl Found {
     }
 }
 
-/// Every container of `p`: its files' when it is an ext4 image (located
+/// Every container of `p`: its files' when it is an ext4 or EROFS image (located
 /// through its file map; those for which `want_file` holds, given their
 /// extents), else those at its block starts (for which `want_start` holds,
 /// given the first block). Releases the pages it read.
@@ -120,7 +120,7 @@ fn find(
     want_file: impl Fn(&[Extent]) -> bool,
     want_start: impl Fn(u64) -> bool,
 ) -> Vec<Found> {
-    let Some(files) = crate::files::ext4_files(p) else {
+    let Some(files) = crate::files::image_files(p) else {
         return find_at_block_starts(p, want_start);
     };
     let mut found = Vec::new();

@@ -5,8 +5,8 @@
 //! a compressed EROFS file is diffed against the same file of the source
 //! build. [`PathIndex`] finds it by path, or where the path changed only in
 //! its numbers (`lib/modules/6.1.0-50-amd64/...` → `6.1.0-57-amd64/...`)
-//! by the file of the same shape; [`ext4_files`] lists an ext4 image's
-//! files with their image blocks.
+//! by the file of the same shape; [`image_files`] lists an ext4 or EROFS
+//! image's files with their image blocks.
 
 use romdelta_format::{Extent, BLOCK_SIZE};
 use romdelta_rom::Partition;
@@ -73,6 +73,66 @@ impl<T: Copy> PathIndex<T> {
             _ => None,
         }
     }
+}
+
+/// The files of an ext4 image ([`ext4_files`]) or of an EROFS image
+/// ([`erofs_files`]) with their image blocks; `None` when the image is
+/// neither (or its metadata does not hold).
+pub fn image_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
+    ext4_files(p).or_else(|| erofs_files(p))
+}
+
+/// The uncompressed files of an EROFS image whose bytes all lie in whole
+/// blocks (no inline tail, no hole), with those blocks as extents in file
+/// order, at most [`romdelta_format::limits::MAX_OP_DST_BLOCKS`] of them.
+/// Compressed files are the clusters' business ([`crate::recompress`]).
+/// `None` when the image is not EROFS of 4 KiB blocks (or its metadata
+/// does not hold).
+pub fn erofs_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
+    use romdelta_erofs::{DataMap, FileKind, Placement as At};
+    let img = p.bytes();
+    let at = romdelta_erofs::SUPERBLOCK_OFFSET as usize;
+    if img.get(at..at + 4) != Some(&romdelta_erofs::MAGIC.to_le_bytes()[..]) {
+        return None;
+    }
+    let map = romdelta_erofs::map_image(img).ok();
+    p.release_all();
+    let map = map?;
+    if map.superblock.block_size() != BLOCK_SIZE {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, e) in map.entries.iter().enumerate() {
+        let ino = map.inode(i);
+        let DataMap::Flat(runs) = &ino.data else {
+            continue;
+        };
+        let need = ino.inode.size.div_ceil(BLOCK_SIZE);
+        if ino.inode.kind != FileKind::Regular
+            || need == 0
+            || need > romdelta_format::limits::MAX_OP_DST_BLOCKS
+            || !seen.insert(e.nid)
+        {
+            continue;
+        }
+        let mut extents: Vec<Extent> = Vec::new();
+        let whole = runs.iter().all(|r| {
+            if r.placement != At::Blocks || r.physical % BLOCK_SIZE != 0 {
+                return false;
+            }
+            let (start, n) = (r.physical / BLOCK_SIZE, r.len.div_ceil(BLOCK_SIZE));
+            match extents.last_mut() {
+                Some(l) if l.end_block() == start => l.num_blocks += n,
+                _ => extents.push(Extent::new(start, n)),
+            }
+            true
+        });
+        if whole && romdelta_format::blocks_in(&extents) == need {
+            out.push((String::from_utf8_lossy(&map.path(i)).into_owned(), extents));
+        }
+    }
+    Some(out)
 }
 
 /// The files of an ext4 image with their image blocks as extents in file

@@ -14,7 +14,8 @@
 //!    one with the source bzImage of the nearest payload size;
 //! 2. finds files that start with an xz stream or a zstd frame (each paired
 //!    only with a source of the same codec): through the file map of an
-//!    ext4 image (a file may be several extents), paired with the source
+//!    ext4 or EROFS image ([`crate::files::image_files`]; a file may be
+//!    several extents), paired with the source
 //!    file of the same path or shape ([`crate::files::PathIndex`]), or
 //!    else at block starts, paired with the source stream of the nearest
 //!    length;
@@ -229,14 +230,14 @@ fn find_at_block_starts(p: &Partition, files: bool, want: impl Fn(u64) -> bool) 
 
 /// Every stream of `p` worth a look: bzImages at block starts (those
 /// for which `want_start` holds, given the first block), and stream files
-/// through the file map of an ext4 image (those for which `want_file`
+/// through the file map of an ext4 or EROFS image (those for which `want_file`
 /// holds, given their extents), else at block starts.
 fn find(
     p: &Partition,
     want_start: impl Fn(u64) -> bool,
     want_file: impl Fn(&[Extent]) -> bool,
 ) -> Vec<Found> {
-    let Some(files) = crate::files::ext4_files(p) else {
+    let Some(files) = crate::files::image_files(p) else {
         return find_at_block_starts(p, true, want_start);
     };
     let mut found = find_at_block_starts(p, false, want_start);
@@ -275,7 +276,7 @@ impl Pair {
 /// The xz streams worth a SOURCE_XZ_REBUILD of `dst` against `src`: each
 /// changed target stream (none of whose blocks is claimed) for which some
 /// candidate's encoder fits `memory_mib`, with its source stream. Cheap:
-/// a header scan of block starts and of the ext4 file map, one stream
+/// a header scan of block starts and of the image's file map, one stream
 /// walk per stream.
 pub fn pairs(
     src: &Partition,
