@@ -82,10 +82,14 @@ pub fn image_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
     ext4_files(p).or_else(|| erofs_files(p))
 }
 
-/// The uncompressed files of an EROFS image whose bytes all lie in whole
-/// blocks (no inline tail, no hole), with those blocks as extents in file
-/// order, at most [`romdelta_format::limits::MAX_OP_DST_BLOCKS`] of them.
-/// Compressed files are the clusters' business ([`crate::recompress`]).
+/// The uncompressed files of an EROFS image with the whole blocks that
+/// hold them as extents in file order, at most
+/// [`romdelta_format::limits::MAX_OP_DST_BLOCKS`] of them. A file whose
+/// tail is inline (in the metadata block of its inode, which it shares) is
+/// listed with its whole blocks only, as a file cut before its tail: a
+/// container's streams inside those blocks are still found, a stream that
+/// runs into the tail is not. Files with holes are left out; compressed
+/// files are the clusters' business ([`crate::recompress`]).
 /// `None` when the image is not EROFS of 4 KiB blocks (or its metadata
 /// does not hold).
 pub fn erofs_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
@@ -108,7 +112,14 @@ pub fn erofs_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
         let DataMap::Flat(runs) = &ino.data else {
             continue;
         };
-        let need = ino.inode.size.div_ceil(BLOCK_SIZE);
+        // The runs in blocks, then at most an inline tail.
+        let tail = matches!(runs.last(), Some(r) if r.placement == At::Inline);
+        let blocks = &runs[..runs.len() - usize::from(tail)];
+        let need = if tail {
+            ino.inode.size / BLOCK_SIZE
+        } else {
+            ino.inode.size.div_ceil(BLOCK_SIZE)
+        };
         if ino.inode.kind != FileKind::Regular
             || need == 0
             || need > romdelta_format::limits::MAX_OP_DST_BLOCKS
@@ -117,7 +128,7 @@ pub fn erofs_files(p: &Partition) -> Option<Vec<(String, Vec<Extent>)>> {
             continue;
         }
         let mut extents: Vec<Extent> = Vec::new();
-        let whole = runs.iter().all(|r| {
+        let whole = blocks.iter().all(|r| {
             if r.placement != At::Blocks || r.physical % BLOCK_SIZE != 0 {
                 return false;
             }
