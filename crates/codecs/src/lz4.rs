@@ -150,6 +150,16 @@ impl Compressor {
 /// Decompresses one LZ4 block `src` into exactly `out.len()` bytes; fails
 /// unless the block is valid and decodes to exactly that many.
 pub fn decompress_exact(src: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let n = decompress_block(src, out)?;
+    if n != out.len() {
+        return Err(format!("lz4 block decodes to {n} bytes, not {}", out.len()));
+    }
+    Ok(())
+}
+
+/// Decompresses one LZ4 block `src` into the start of `out`; returns the
+/// bytes it decodes to. Fails unless the block is valid and fits `out`.
+pub fn decompress_block(src: &[u8], out: &mut [u8]) -> Result<usize, String> {
     if src.len() > i32::MAX as usize || out.len() > i32::MAX as usize {
         return Err("block too large".into());
     }
@@ -166,10 +176,7 @@ pub fn decompress_exact(src: &[u8], out: &mut [u8]) -> Result<(), String> {
     if n < 0 {
         return Err("malformed lz4 block".into());
     }
-    if n as usize != out.len() {
-        return Err(format!("lz4 block decodes to {n} bytes, not {}", out.len()));
-    }
-    Ok(())
+    Ok(n as usize)
 }
 
 #[cfg(test)]

@@ -390,13 +390,16 @@ impl Ctx<'_> {
                 c,
                 stream,
                 (c.logical - from) as usize,
-            ) == Some(ClusterHow::Rebuild)
+            )
+            .is_some_and(|(how, _)| how == ClusterHow::Rebuild)
         })
     }
 
     /// How cluster `c` (whose stream bytes start at `stream[at..]`, the
     /// stream ending where its file's bytes known here end) can be
-    /// produced: rebuilt or plain if that gives its stored blocks exactly.
+    /// produced: rebuilt or plain if that gives its stored blocks exactly;
+    /// with `true` when it is rebuilt with its length implicit (what the
+    /// compressor takes of the stream to its end is exactly the cluster).
     fn reproduces(
         &self,
         compressor: &mut lz4::Compressor,
@@ -404,7 +407,7 @@ impl Ctx<'_> {
         c: &Pcluster,
         stream: &[u8],
         at: usize,
-    ) -> Option<ClusterHow> {
+    ) -> Option<(ClusterHow, bool)> {
         let range = c.stored.byte_range(BLOCK_SIZE);
         let stored = &self.dst.bytes()[range.start as usize..range.end as usize];
         let how = match c.encoding {
@@ -420,16 +423,25 @@ impl Ctx<'_> {
             sources: Vec::new(),
             clusters: Vec::new(),
         };
-        let t = TargetCluster {
+        let mut t = TargetCluster {
             how,
             blocks: cluster_blocks(c),
             logical_len: c.logical_len,
             tail_len: None,
+            implicit: how == ClusterHow::Rebuild,
+            segment_len: 0,
         };
         let mut out = vec![0u8; stored.len()];
-        (recompress::rebuild_cluster(&header, compressor, stream, at, stream.len(), &t, &mut out)
-            && out == stored)
-            .then_some(how)
+        let mut exact = |t: &TargetCluster| {
+            recompress::rebuild_cluster(&header, compressor, stream, at, stream.len(), t, &mut out)
+                == Some(c.logical_len as usize)
+                && out == stored
+        };
+        if t.implicit && exact(&t) {
+            return Some((how, true));
+        }
+        t.implicit = false;
+        exact(&t).then_some((how, false))
     }
 
     /// The segment of the target clusters `chunk`, or `None` when too many
@@ -454,9 +466,9 @@ impl Ctx<'_> {
         let seg = &stream[..(tail_end - w.from) as usize];
         for c in chunk {
             let at = (c.logical - w.from) as usize;
-            let how = self
+            let (how, implicit) = self
                 .reproduces(&mut compressor, mode, c, seg, at)
-                .unwrap_or(ClusterHow::Literal);
+                .unwrap_or((ClusterHow::Literal, false));
             let Stored::Blocks { block, blocks } = c.stored else {
                 return None;
             };
@@ -473,6 +485,8 @@ impl Ctx<'_> {
                 blocks,
                 logical_len: c.logical_len,
                 tail_len: None,
+                implicit,
+                segment_len: 0,
             });
         }
         let n_literal = clusters
@@ -482,7 +496,9 @@ impl Ctx<'_> {
         if n_literal * 100 > clusters.len() * MAX_LITERAL_PERCENT {
             return None;
         }
-        clusters.last_mut()?.tail_len = Some(tail_end - end);
+        let last = clusters.last_mut()?;
+        last.tail_len = Some(tail_end - end);
+        last.segment_len = end - a;
         // The source window: the whole source file when it is small enough,
         // else the part where this chunk's bytes sit proportionally.
         let (lo, hi) = if w.ssize <= MAX_SOURCE_STREAM {

@@ -567,7 +567,9 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 
 impl Manifest {
     /// The oldest format version that can express this manifest: 6 when an
-    /// operation is SOURCE_ZSTD_REBUILD or libzstd is named; 5 when an
+    /// operation is SOURCE_ZSTD_REBUILD or SOURCE_RECOMPRESS (whose header
+    /// version 2 leaves rebuilt clusters' lengths implicit) or libzstd is
+    /// named; 5 when an
     /// operation is SOURCE_DEFLATE_REBUILD, SOURCE_BRANCH_DELTA or
     /// SOURCE_LZ4_REBUILD, reads another source partition, or zlib is
     /// named; 4 when one is SOURCE_RECOMPRESS, SOURCE_XZ_REBUILD or
@@ -581,6 +583,7 @@ impl Manifest {
                 .any(|o| o.kind == k)
         };
         if uses(OpKind::SourceZstdRebuild)
+            || uses(OpKind::SourceRecompress)
             || self
                 .codecs
                 .iter()

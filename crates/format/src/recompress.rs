@@ -37,10 +37,14 @@ pub const MAX_STREAM_LEN: u64 = 32 << 20;
 pub const MAX_HEADER_LEN: u64 = 4 << 20;
 /// Most lookahead bytes the compressor may be given past a cluster.
 pub const MAX_LOOKAHEAD: u64 = 1 << 20;
-/// Header layout version.
-const HEADER_VERSION: u8 = 1;
+/// Header layout version written (version 1 is still read: it carries
+/// every cluster's length).
+const HEADER_VERSION: u8 = 2;
 /// Bit of a cluster's kind byte: the cluster ends a segment.
 const SEGMENT_END: u8 = 0x80;
+/// Bit of a cluster's kind byte (header version 2, rebuilt clusters): its
+/// length is not stored; it is what the compressor takes.
+const IMPLICIT: u8 = 0x40;
 /// Codec id of LZ4 (fast or HC).
 const CODEC_LZ4: u8 = 1;
 
@@ -93,11 +97,21 @@ pub struct TargetCluster {
     pub how: ClusterHow,
     /// Destination blocks it fills.
     pub blocks: u64,
-    /// Target stream bytes it holds (decompressed).
+    /// Target stream bytes it holds (decompressed); 0 in a parsed header
+    /// for an implicit cluster, whose length is known once it is rebuilt.
     pub logical_len: u64,
     /// `Some(n)` when it ends a segment: `n` tail bytes follow it in the
     /// target stream.
     pub tail_len: Option<u64>,
+    /// A rebuilt cluster whose length is not stored: the compressor, given
+    /// the stream from the cluster's first byte to its segment's end
+    /// (tail included), takes exactly the cluster's bytes. The new image's
+    /// own metadata says it too; the package need not.
+    pub implicit: bool,
+    /// At a segment's last cluster whose segment holds an implicit cluster:
+    /// the stream bytes of the segment's clusters (its tail not counted).
+    /// Ignored elsewhere (the sum of the clusters' lengths).
+    pub segment_len: u64,
 }
 
 /// The header of a SOURCE_RECOMPRESS operation.
@@ -128,12 +142,43 @@ impl Header {
 
     /// Bytes of the target stream (the clusters' and the tail's).
     pub fn target_len(&self) -> u64 {
-        self.clusters
-            .iter()
-            .map(|c| c.logical_len + c.tail_len.unwrap_or(0))
-            .sum()
+        self.segments().iter().map(|s| s.len + s.tail).sum()
     }
 
+    /// The segments, in order: the last may end without a tail (header
+    /// version 1).
+    pub fn segments(&self) -> Vec<SegmentSpan> {
+        let mut out = Vec::new();
+        let (mut first, mut sum, mut implicit) = (0, 0u64, false);
+        for (i, c) in self.clusters.iter().enumerate() {
+            sum += c.logical_len;
+            implicit |= c.implicit;
+            let last = i + 1 == self.clusters.len();
+            if c.tail_len.is_some() || last {
+                out.push(SegmentSpan {
+                    clusters: first..i + 1,
+                    len: if implicit { c.segment_len } else { sum },
+                    tail: c.tail_len.unwrap_or(0),
+                });
+                (first, sum, implicit) = (i + 1, 0, false);
+            }
+        }
+        out
+    }
+}
+
+/// One segment of a header's clusters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSpan {
+    /// Its clusters, as indexes.
+    pub clusters: std::ops::Range<usize>,
+    /// The stream bytes of its clusters.
+    pub len: u64,
+    /// The tail bytes after them.
+    pub tail: u64,
+}
+
+impl Header {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u8(HEADER_VERSION);
@@ -147,29 +192,47 @@ impl Header {
         w.varint(self.lookahead);
         w.u8(self.inner.code());
         w.varint(self.sources.len() as u64);
+        let mut end = 0u64;
         for p in &self.sources {
             w.u8(match p.encoding {
                 PieceEncoding::Plain => 0,
                 PieceEncoding::Lz4 => 1,
             });
-            // Pieces may overlap or go back (two tails in one block), so
-            // the offset is stored whole, not as a gap.
-            w.varint(p.offset);
+            // The offset as a gap from the previous piece's end, which may
+            // be negative (pieces may overlap or go back: two tails in one
+            // block), zigzag-coded.
+            let gap = p.offset as i64 - end as i64;
+            w.varint(((gap << 1) ^ (gap >> 63)) as u64);
             w.varint(p.stored_len);
-            w.varint(p.logical_len);
+            // An lz4 piece's stream length is what its block decodes to.
+            if p.encoding == PieceEncoding::Plain {
+                w.varint(p.logical_len);
+            }
+            end = p.offset + p.stored_len;
         }
         w.varint(self.clusters.len() as u64);
-        for c in &self.clusters {
+        let lens: Vec<u64> = self.segments().iter().map(|s| s.len).collect();
+        let mut segment = 0;
+        for (i, c) in self.clusters.iter().enumerate() {
+            // The last segment always ends, with no tail when none is named.
+            let tail = c.tail_len.or((i + 1 == self.clusters.len()).then_some(0));
             let how = match c.how {
                 ClusterHow::Plain => 0,
                 ClusterHow::Rebuild => 1,
                 ClusterHow::Literal => 2,
             };
-            w.u8(how | if c.tail_len.is_some() { SEGMENT_END } else { 0 });
+            let implicit = c.implicit && c.how == ClusterHow::Rebuild;
+            w.u8(how
+                | if tail.is_some() { SEGMENT_END } else { 0 }
+                | if implicit { IMPLICIT } else { 0 });
             w.varint(c.blocks);
-            w.varint(c.logical_len);
-            if let Some(t) = c.tail_len {
+            if !implicit {
+                w.varint(c.logical_len);
+            }
+            if let Some(t) = tail {
                 w.varint(t);
+                w.varint(lens[segment]);
+                segment += 1;
             }
         }
         w.into_bytes()
@@ -181,7 +244,7 @@ impl Header {
         let bad = |what: &'static str, d: String| FormatError::invalid(what, d);
         let mut r = Reader::new(b);
         let v = r.u8("recompress header version")?;
-        if v != HEADER_VERSION {
+        if v != 1 && v != HEADER_VERSION {
             return Err(bad(
                 "recompress header version",
                 format!("unknown version {v}"),
@@ -213,16 +276,36 @@ impl Header {
         }
         let n = r.count("recompress source pieces", 4, u32::MAX as u64)?;
         let mut sources = r.vec_for::<SourcePiece>(n);
-        let mut source_len = 0u64;
+        let (mut source_len, mut end) = (0u64, 0u64);
         for _ in 0..n {
             let encoding = match r.u8("source piece encoding")? {
                 0 => PieceEncoding::Plain,
                 1 => PieceEncoding::Lz4,
                 e => return Err(bad("source piece encoding", format!("unknown code {e}"))),
             };
-            let offset = r.varint("source piece offset")?;
+            let offset = if v >= 2 {
+                let z = r.varint("source piece offset")?;
+                let gap = (z >> 1) as i64 ^ -((z & 1) as i64);
+                u64::try_from(end as i64 + gap)
+                    .ok()
+                    .filter(|_| gap.unsigned_abs() <= src_len)
+                    .ok_or_else(|| {
+                        bad(
+                            "source piece",
+                            format!("a gap of {gap} bytes from byte {end} lies past the {src_len} source bytes"),
+                        )
+                    })?
+            } else {
+                r.varint("source piece offset")?
+            };
             let stored_len = r.varint("source piece length")?;
-            let logical_len = r.varint("source piece stream length")?;
+            // Version 2: an lz4 piece's length is what it decodes to (0
+            // here until then).
+            let logical_len = if v >= 2 && encoding == PieceEncoding::Lz4 {
+                0
+            } else {
+                r.varint("source piece stream length")?
+            };
             if offset.checked_add(stored_len).is_none_or(|e| e > src_len) {
                 return Err(bad(
                     "source piece",
@@ -249,27 +332,74 @@ impl Header {
                 stored_len,
                 logical_len,
             });
+            end = offset + stored_len;
         }
-        let n = r.count("recompress target clusters", 3, dst_len / BLOCK_SIZE)?;
+        let n = r.count("recompress target clusters", 2, dst_len / BLOCK_SIZE)?;
         let mut clusters = r.vec_for::<TargetCluster>(n);
         let (mut blocks, mut target_len) = (0u64, 0u64);
-        for _ in 0..n {
+        // The current segment's stored lengths and implicit clusters.
+        let (mut explicit, mut implicits) = (0u64, 0u64);
+        for i in 0..n {
             let code = r.u8("target cluster kind")?;
-            let how = match code & !SEGMENT_END {
+            let implicit = v >= 2 && code & IMPLICIT != 0;
+            let how = match code & !(SEGMENT_END | if v >= 2 { IMPLICIT } else { 0 }) {
                 0 => ClusterHow::Plain,
                 1 => ClusterHow::Rebuild,
                 2 => ClusterHow::Literal,
                 h => return Err(bad("target cluster kind", format!("unknown code {h}"))),
             };
+            if implicit && how != ClusterHow::Rebuild {
+                return Err(bad(
+                    "target cluster kind",
+                    "only a rebuilt cluster's length can be implicit".to_string(),
+                ));
+            }
             let b = r.varint_max("target cluster blocks", dst_len / BLOCK_SIZE)?;
-            let logical_len = r.varint_max("target cluster stream length", MAX_STREAM_LEN)?;
-            let tail_len = if code & SEGMENT_END != 0 {
+            let logical_len = if implicit {
+                0
+            } else {
+                r.varint_max("target cluster stream length", MAX_STREAM_LEN)?
+            };
+            let ends = code & SEGMENT_END != 0;
+            let tail_len = if ends {
                 Some(r.varint_max("target segment tail length", MAX_STREAM_LEN)?)
             } else {
                 None
             };
-            if b == 0 || logical_len == 0 {
+            let segment_len = if ends && v >= 2 {
+                r.varint_max("target segment length", MAX_STREAM_LEN)?
+            } else {
+                0
+            };
+            if b == 0 || (logical_len == 0 && !implicit) {
                 return Err(bad("target cluster", "an empty cluster".to_string()));
+            }
+            explicit += logical_len;
+            implicits += u64::from(implicit);
+            if ends && v >= 2 {
+                // Each implicit cluster takes one byte at least.
+                let fits = if implicits == 0 {
+                    explicit == segment_len
+                } else {
+                    explicit + implicits <= segment_len
+                };
+                if !fits {
+                    return Err(bad(
+                        "target segment",
+                        format!(
+                            "{segment_len} bytes cannot hold clusters of {explicit} stored bytes and {implicits} implicit ones"
+                        ),
+                    ));
+                }
+                target_len += segment_len - explicit;
+                (explicit, implicits) = (0, 0);
+            } else if v >= 2 && i + 1 == n {
+                return Err(bad(
+                    "target clusters",
+                    "the last cluster does not end a segment".to_string(),
+                ));
+            } else if ends {
+                (explicit, implicits) = (0, 0);
             }
             if how == ClusterHow::Plain && logical_len > b * BLOCK_SIZE {
                 return Err(bad(
@@ -290,6 +420,8 @@ impl Header {
                 blocks: b,
                 logical_len,
                 tail_len,
+                implicit,
+                segment_len,
             });
         }
         if blocks * BLOCK_SIZE != dst_len {
@@ -402,30 +534,46 @@ fn version_name(v: u32) -> String {
 }
 
 /// Decompresses the source pieces of `header` from `src` into the source
-/// stream.
+/// stream (at most [`MAX_STREAM_LEN`] bytes). An lz4 piece whose length
+/// the header leaves implicit (0) adds what its block decodes to.
 pub fn source_stream(header: &Header, src: &[u8]) -> Result<Vec<u8>, FormatError> {
-    let mut out = vec![0u8; header.source_len() as usize];
-    let mut at = 0usize;
+    let mut out = Vec::with_capacity(header.source_len() as usize);
     for (i, p) in header.sources.iter().enumerate() {
         let stored = &src[p.offset as usize..(p.offset + p.stored_len) as usize];
-        let dst = &mut out[at..at + p.logical_len as usize];
+        let at = out.len();
+        let bad =
+            |e: String| FormatError::invalid("recompress source piece", format!("piece {i}: {e}"));
         match p.encoding {
-            PieceEncoding::Plain => dst.copy_from_slice(&stored[..dst.len()]),
+            PieceEncoding::Plain => out.extend_from_slice(&stored[..p.logical_len as usize]),
             PieceEncoding::Lz4 => {
                 let z = stored.iter().take_while(|&&b| b == 0).count();
-                lz4::decompress_exact(&stored[z..], dst).map_err(|e| {
-                    FormatError::invalid("recompress source piece", format!("piece {i}: {e}"))
-                })?;
+                if p.logical_len > 0 {
+                    out.resize(at + p.logical_len as usize, 0);
+                    lz4::decompress_exact(&stored[z..], &mut out[at..]).map_err(bad)?;
+                } else {
+                    // An lz4 block expands 255-fold at most.
+                    let room = (MAX_STREAM_LEN as usize - at).min(stored.len() * 256 + 64);
+                    out.resize(at + room, 0);
+                    let n = lz4::decompress_block(&stored[z..], &mut out[at..]).map_err(bad)?;
+                    out.truncate(at + n);
+                }
             }
         }
-        at += p.logical_len as usize;
+        if out.len() as u64 > MAX_STREAM_LEN {
+            return Err(FormatError::TooLarge {
+                what: "recompress source stream",
+                value: out.len() as u64,
+                limit: MAX_STREAM_LEN,
+            });
+        }
     }
     Ok(out)
 }
 
 /// Writes cluster `c`, whose stream bytes start at `stream[at..]` and whose
 /// segment ends at `stream[..segment_end]`, into `out` (its blocks);
-/// `false` if the compressor did not take exactly the cluster's bytes or
+/// returns the stream bytes it holds, or `None` if the compressor did not
+/// take exactly the cluster's bytes (an implicit cluster: took nothing) or
 /// the stream did not fit.
 pub fn rebuild_cluster(
     header: &Header,
@@ -435,19 +583,23 @@ pub fn rebuild_cluster(
     segment_end: usize,
     c: &TargetCluster,
     out: &mut [u8],
-) -> bool {
+) -> Option<usize> {
     let len = c.logical_len as usize;
     match c.how {
         ClusterHow::Plain => {
-            out[..len].copy_from_slice(&stream[at..at + len]);
+            out[..len].copy_from_slice(stream.get(at..at + len)?);
             out[len..].fill(0);
-            true
+            Some(len)
         }
         ClusterHow::Rebuild => {
-            let end = (at + len + header.lookahead as usize).min(segment_end);
-            let (n, taken) = compressor.compress_dest_size(header.mode, &stream[at..end], out);
-            if taken != len || n == 0 {
-                return false;
+            let end = if c.implicit {
+                segment_end
+            } else {
+                (at + len + header.lookahead as usize).min(segment_end)
+            };
+            let (n, taken) = compressor.compress_dest_size(header.mode, stream.get(at..end)?, out);
+            if n == 0 || taken == 0 || (!c.implicit && taken != len) {
+                return None;
             }
             if header.padding == Padding::Front {
                 let pad = out.len() - n;
@@ -456,9 +608,9 @@ pub fn rebuild_cluster(
             } else {
                 out[n..].fill(0);
             }
-            true
+            Some(taken)
         }
-        ClusterHow::Literal => false,
+        ClusterHow::Literal => None,
     }
 }
 
@@ -496,43 +648,66 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
     if !p.literals.is_empty() {
         crate::ops::decode_replace(p.literals, &mut literals)?;
     }
-    let ends = segment_ends(h);
     let mut compressor = lz4::Compressor::new();
     let (mut at, mut lit, mut dst) = (0usize, 0usize, 0usize);
-    for (i, c) in h.clusters.iter().enumerate() {
-        let n = (c.blocks * BLOCK_SIZE) as usize;
-        let o = &mut out[dst..dst + n];
-        if c.how == ClusterHow::Literal {
-            o.copy_from_slice(&literals[lit..lit + n]);
-            lit += n;
-        } else if !rebuild_cluster(h, &mut compressor, &stream, at, ends[i], c, o) {
+    for s in h.segments() {
+        let (start, end) = (at, at + s.len as usize);
+        let segment_end = end + s.tail as usize;
+        for i in s.clusters {
+            let c = &h.clusters[i];
+            let n = (c.blocks * BLOCK_SIZE) as usize;
+            let o = &mut out[dst..dst + n];
+            let taken = if c.how == ClusterHow::Literal {
+                o.copy_from_slice(&literals[lit..lit + n]);
+                lit += n;
+                Some(c.logical_len as usize)
+            } else {
+                rebuild_cluster(h, &mut compressor, &stream, at, segment_end, c, o)
+                    .filter(|&t| at + t <= end)
+            };
+            let Some(taken) = taken else {
+                return Err(FormatError::invalid(
+                    "recompress cluster",
+                    format!(
+                        "cluster {i} ({} into {} blocks) does not compress as the package says with {}",
+                        if c.implicit {
+                            "its implicit bytes".to_string()
+                        } else {
+                            format!("{} bytes", c.logical_len)
+                        },
+                        c.blocks,
+                        h.mode
+                    ),
+                ));
+            };
+            at += taken;
+            dst += n;
+        }
+        if at != end {
             return Err(FormatError::invalid(
-                "recompress cluster",
+                "recompress segment",
                 format!(
-                    "cluster {i} ({} bytes into {} blocks) does not compress as the package says with {}",
-                    c.logical_len, c.blocks, h.mode
+                    "its clusters hold {} bytes, the package says {}",
+                    at - start,
+                    s.len
                 ),
             ));
         }
-        at += (c.logical_len + c.tail_len.unwrap_or(0)) as usize;
-        dst += n;
+        at = segment_end;
     }
     Ok(())
 }
 
-/// For each cluster of `h`, where its segment ends in the target stream:
-/// after the tail of the first cluster from it on that ends a segment, or
-/// at the end of the stream.
+/// For each cluster of `h`, where its segment ends in the target stream
+/// (after its tail), for clusters whose lengths are all known.
 pub fn segment_ends(h: &Header) -> Vec<usize> {
     let mut ends = vec![0usize; h.clusters.len()];
-    let mut end = h.target_len() as usize;
-    let mut at = end;
-    for (i, c) in h.clusters.iter().enumerate().rev() {
-        at -= (c.logical_len + c.tail_len.unwrap_or(0)) as usize;
-        if c.tail_len.is_some() {
-            end = at + (c.logical_len + c.tail_len.unwrap_or(0)) as usize;
+    let mut at = 0usize;
+    for s in h.segments() {
+        at += (s.len + s.tail) as usize;
+        for i in s.clusters {
+            ends[i] = at;
         }
-        ends[i] = end;
     }
     ends
 }
@@ -624,6 +799,8 @@ mod tests {
                 blocks: 1,
                 logical_len: l,
                 tail_len: None,
+                implicit: false,
+                segment_len: 0,
             })
             .collect();
         let header = Header {
@@ -671,7 +848,7 @@ mod tests {
         new.splice(100..100, *b"inserted");
         let (src, src_lens) = clusters_of(&old, mode);
         let (dst, dst_lens) = clusters_of(&new, mode);
-        let header = Header {
+        let mut header = Header {
             mode,
             library: lz4::library_version(),
             padding: Padding::Front,
@@ -692,9 +869,13 @@ mod tests {
                     blocks: 1,
                     logical_len: l,
                     tail_len: None,
+                    implicit: false,
+                    segment_len: 0,
                 })
                 .collect(),
         };
+        // Its rebuilt clusters' lengths implicit, as the generator writes them.
+        implicit(&mut header);
         let patch = crate::ops::BsdiffPatch {
             controls: vec![
                 crate::ops::Control {
@@ -739,6 +920,8 @@ mod tests {
                 blocks: 1,
                 logical_len: l,
                 tail_len: (i == last).then_some(0),
+                implicit: false,
+                segment_len: 0,
             }));
         }
         let stream = files.concat();
@@ -848,8 +1031,11 @@ mod tests {
             ),
             ("past the", Box::new(|h| h.sources[0].offset = u64::MAX - 1)),
             (
-                "recompress source stream",
-                Box::new(|h| h.sources[1].logical_len = MAX_STREAM_LEN),
+                "cannot hold",
+                Box::new(|h| {
+                    h.sources[1].encoding = PieceEncoding::Plain;
+                    h.sources[1].logical_len = MAX_STREAM_LEN;
+                }),
             ),
         ];
         for (want, f) in cases {
@@ -867,5 +1053,122 @@ mod tests {
             e.contains("does not compress") || e.contains("literals"),
             "{e}"
         );
+    }
+
+    /// Marks every rebuilt cluster of `h` implicit, its one segment's
+    /// length recorded at its last cluster.
+    fn implicit(h: &mut Header) {
+        let len: u64 = h.clusters.iter().map(|c| c.logical_len).sum();
+        for c in &mut h.clusters {
+            c.implicit = c.how == ClusterHow::Rebuild;
+        }
+        h.clusters.last_mut().unwrap().segment_len = len;
+    }
+
+    /// Lengths the compressor takes anyway are not stored, and decode as
+    /// the stored ones do; a segment whose recorded length disagrees with
+    /// what its clusters take is refused, naming what was found.
+    #[test]
+    fn implicit_lengths_cost_nothing_and_are_checked() {
+        let (src, dst, explicit) = fixture();
+        let (_, _, data) = with_header(implicit);
+        assert!(
+            data.len() < explicit.len(),
+            "{} vs {}",
+            data.len(),
+            explicit.len()
+        );
+        let p = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
+        assert!(p
+            .header
+            .clusters
+            .iter()
+            .any(|c| c.implicit && c.logical_len == 0));
+        let mut out = vec![0; dst.len()];
+        decode(&data, &src, &mut out).unwrap();
+        assert_eq!(out, dst);
+        for cut in 0..data.len() {
+            assert!(
+                decode(&data[..cut], &src, &mut vec![0; dst.len()]).is_err(),
+                "cut {cut}"
+            );
+        }
+        // One byte more or fewer than the clusters take.
+        for delta in [1i64, -1] {
+            let (_, _, d) = with_header(|h| {
+                implicit(h);
+                let last = h.clusters.last_mut().unwrap();
+                last.segment_len = last.segment_len.saturating_add_signed(delta);
+            });
+            let e = decode(&d, &src, &mut vec![0; dst.len()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("recompress segment")
+                    || e.contains("does not compress")
+                    || e.contains("expands to")
+                    || e.contains("too small"),
+                "{delta}: {e}"
+            );
+        }
+        // A segment too short for its stored lengths.
+        let (_, _, d) = with_header(|h| {
+            implicit(h);
+            h.clusters.last_mut().unwrap().segment_len = 1;
+        });
+        let e = decode(&d, &src, &mut vec![0; dst.len()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot hold"), "{e}");
+        // Another compressor takes other lengths.
+        let (_, _, d) = with_header(|h| {
+            implicit(h);
+            h.mode = lz4::Mode::Hc(3);
+        });
+        assert!(decode(&d, &src, &mut vec![0; dst.len()]).is_err());
+    }
+
+    /// Header version 1 (every length stored, the last segment open) is
+    /// still read.
+    #[test]
+    fn version_1_headers_are_read() {
+        let (src, dst, data) = fixture();
+        let p = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
+        let h = &p.header;
+        let mut w = Writer::new();
+        w.u8(1);
+        w.u8(CODEC_LZ4);
+        w.u32_le(h.library);
+        w.u8(h.mode.code());
+        w.u8(0);
+        w.varint(h.lookahead);
+        w.u8(h.inner.code());
+        w.varint(h.sources.len() as u64);
+        for s in &h.sources {
+            w.u8(1);
+            w.varint(s.offset);
+            w.varint(s.stored_len);
+            w.varint(s.logical_len);
+        }
+        w.varint(h.clusters.len() as u64);
+        for c in &h.clusters {
+            w.u8(match c.how {
+                ClusterHow::Plain => 0,
+                ClusterHow::Rebuild => 1,
+                ClusterHow::Literal => 2,
+            });
+            w.varint(c.blocks);
+            w.varint(c.logical_len);
+        }
+        let head = crate::ops::encode_replace(&w.into_bytes(), 3);
+        let mut v1 = Writer::new();
+        v1.varint(head.len() as u64);
+        v1.bytes(&head);
+        v1.varint(p.inner.len() as u64);
+        v1.bytes(p.inner);
+        v1.bytes(p.literals);
+        let mut out = vec![0; dst.len()];
+        decode(&v1.into_bytes(), &src, &mut out).unwrap();
+        assert_eq!(out, dst);
     }
 }
