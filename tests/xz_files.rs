@@ -182,3 +182,87 @@ fn xz_streams_in_a_raw_image_are_found_at_block_starts() {
     );
     assert_eq!(rebuilds(&d.join("p.romdelta")).0, 3);
 }
+
+/// An xz stream inside a compressed EROFS file (`mkfs.erofs -zlz4hc`): a
+/// firmware-like file of text, an xz stream and more text, changed in the
+/// text and in the stream's content. Its clusters are one
+/// SOURCE_RECOMPRESS operation whose inner patch rebuilds the xz stream
+/// from its decompressed bytes (the recompress header names the inner
+/// kind), far smaller than the same operation without it (`--apply-memory
+/// 16` leaves no room for the xz encoder); both round-trip.
+#[test]
+fn an_xz_stream_inside_erofs_clusters_is_rebuilt() {
+    use romdelta_format::recompress;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = |v: u32| {
+        let t = tree(d, v);
+        // The tree's xz file, between two runs of text (of which the
+        // first changes), as one file of a compressed image.
+        let stream = std::fs::read(t.join("usr/share/data.xz")).unwrap();
+        let text = |seed: u64, n: usize| {
+            let mut s = Vec::new();
+            let mut i = seed;
+            while s.len() < n {
+                s.extend_from_slice(
+                    format!("firmware block {i} table entry {}\n", i * 7 % 13).as_bytes(),
+                );
+                i += 1;
+            }
+            s.truncate(n);
+            s
+        };
+        let mut head = text(1, 70_000);
+        if v == 1 {
+            head[1000..1008].copy_from_slice(b"changed!");
+        }
+        let file = [head, stream, text(9, 20_000)].concat();
+        let fw = d.join(format!("fw-{v}"));
+        std::fs::create_dir_all(fw.join("vendor/firmware")).unwrap();
+        std::fs::write(fw.join("vendor/firmware/blob.bin"), file).unwrap();
+        crate::common::erofs_image(&fw, &d.join(format!("fw-{v}.erofs")), &["-zlz4hc"])
+    };
+    let (a, b) = (image(0), image(1));
+    let pkg = d.join("p.romdelta");
+    let nested = |pkg: &Path| {
+        let bytes = std::fs::read(pkg).unwrap();
+        let p = romdelta_format::Package::parse(&bytes).unwrap();
+        let n = p
+            .manifest
+            .partitions
+            .iter()
+            .flat_map(|q| &q.operations)
+            .filter(|o| {
+                o.kind == OpKind::SourceRecompress
+                    && recompress::inner_kind(p.op_data(o), o.dst_blocks() * 4096)
+                        == Some(OpKind::SourceXzRebuild)
+            })
+            .count();
+        (n, bytes.len(), p.manifest.codecs.clone())
+    };
+    let opts = |mib| romdelta_diff::DiffOptions {
+        apply_memory_mib: mib,
+        ..fast_opts()
+    };
+    assert!(
+        round_trip(d, &a, &b, &opts(512)) == b,
+        "the applied image differs"
+    );
+    let (n, with_bytes, codecs) = nested(&pkg);
+    assert_eq!(n, 1, "one cluster rebuild with an xz rebuild inside");
+    assert!(
+        codecs.contains(&romdelta_format::Codec::liblzma()),
+        "{codecs:?}"
+    );
+    assert!(
+        round_trip(d, &a, &b, &opts(16)) == b,
+        "the applied image differs"
+    );
+    let (n, without_bytes, _) = nested(&pkg);
+    assert_eq!(n, 0);
+    eprintln!("xz inside clusters: {with_bytes} bytes, {without_bytes} without");
+    assert!(
+        with_bytes * 3 < without_bytes,
+        "{with_bytes} vs {without_bytes}"
+    );
+}

@@ -153,15 +153,20 @@ fn op_indices(m: &romdelta_format::Manifest) -> Vec<(usize, usize)> {
 /// holds it shared: such an operation runs alone, never beside others.
 static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// Whether an operation of `kind` runs alone ([`ALONE`]).
-pub(crate) fn runs_alone(kind: OpKind) -> bool {
-    matches!(
-        kind,
+/// Whether operation `op` with `data` runs alone ([`ALONE`]): the stream
+/// rebuilds, and cluster rebuilds whose inner patch is one.
+pub(crate) fn runs_alone(op: &Operation, data: &[u8]) -> bool {
+    match op.kind {
         OpKind::SourceXzRebuild
-            | OpKind::SourceDeflateRebuild
-            | OpKind::SourceLz4Rebuild
-            | OpKind::SourceZstdRebuild
-    )
+        | OpKind::SourceDeflateRebuild
+        | OpKind::SourceLz4Rebuild
+        | OpKind::SourceZstdRebuild => true,
+        OpKind::SourceRecompress => {
+            romdelta_format::recompress::inner_kind(data, op.dst_blocks() * BLOCK_SIZE)
+                == Some(OpKind::SourceXzRebuild)
+        }
+        _ => false,
+    }
 }
 
 /// Source copies up to this many bytes are read once into memory, hashed,
@@ -186,7 +191,8 @@ pub(crate) fn run_op(
 ) -> Result<u64, ApplyError> {
     let op = &part.operations[i];
     // Held until the operation has written its bytes.
-    let (_shared, _alone) = if runs_alone(op.kind) {
+    let alone = runs_alone(op, data);
+    let (_shared, _alone) = if alone {
         (None, Some(ALONE.write().unwrap_or_else(|e| e.into_inner())))
     } else {
         (Some(ALONE.read().unwrap_or_else(|e| e.into_inner())), None)
@@ -257,7 +263,7 @@ pub(crate) fn run_op(
         | OpKind::SourceLz4Rebuild
         | OpKind::SourceZstdRebuild => {
             check_data(data, part, i, op)?;
-            if runs_alone(op.kind) {
+            if alone {
                 check_op_memory(data, part, i, op, package_memory_mib)?;
             }
             let mut source = Vec::new();
@@ -299,7 +305,11 @@ fn check_op_memory(
         kind: op.kind,
         source,
     };
-    let need = if op.kind == OpKind::SourceDeflateRebuild {
+    let need = if op.kind == OpKind::SourceRecompress {
+        use romdelta_format::recompress as r;
+        let p = r::parse(data, src_len, dst_len).map_err(decode_error)?;
+        r::apply_memory(&p, src_len, dst_len).map_err(decode_error)?
+    } else if op.kind == OpKind::SourceDeflateRebuild {
         use romdelta_format::deflate_rebuild as d;
         let (header, _) = d::parse(data, src_len, dst_len).map_err(decode_error)?;
         d::apply_memory(&header, src_len, dst_len)

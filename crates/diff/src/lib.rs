@@ -223,6 +223,10 @@ pub struct PartitionSummary {
     /// Operations that read another partition of the source build.
     #[serde(skip_serializing_if = "is_zero")]
     pub cross_partition_ops: u64,
+    /// SOURCE_RECOMPRESS operations whose inner patch rebuilds an xz stream
+    /// inside the clusters.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub nested_xz_ops: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -380,6 +384,7 @@ pub fn write_package(
         .iter()
         .flat_map(|p| &p.operations)
         .any(|o| o.kind == OpKind::SourceXzRebuild)
+        || summaries.iter().any(|s| s.nested_xz_ops > 0)
     {
         manifest.codecs.push(romdelta_format::Codec::liblzma());
     }
@@ -597,6 +602,8 @@ struct Output<'a, W: Write> {
     apply_memory_mib: u64,
     /// The operations that read another source partition ([`crosspart`]).
     source_reads: Vec<romdelta_format::crosspart::SourceRead>,
+    /// SOURCE_RECOMPRESS operations whose inner patch is an xz rebuild.
+    nested_xz: u64,
 }
 
 impl<W: Write> Output<'_, W> {
@@ -762,6 +769,7 @@ fn diff_partition(
         replace_lens: std::collections::HashMap::new(),
         apply_memory_mib: 0,
         source_reads: Vec::new(),
+        nested_xz: 0,
     };
     std::thread::scope(|scope| {
         let rebuilding = scope.spawn(|| match src {
@@ -783,7 +791,7 @@ fn diff_partition(
         }
         let recompressed = match src {
             Some(s) if opts.recompress && classes.contains(&BlockClass::Changed) => {
-                recompress::plan(s, dst, &classes, &params)
+                recompress::plan(s, dst, &classes, &params, opts.apply_memory_mib)
             }
             _ => Vec::new(),
         };
@@ -846,6 +854,8 @@ fn diff_partition(
         let pending: u64 = changed.iter().map(|r| r.len).sum::<u64>() + xz_blocks;
         (out.progress)(dst.size().saturating_sub(pending * BLOCK_SIZE));
         for r in recompressed {
+            out.apply_memory_mib = out.apply_memory_mib.max(r.apply_memory_mib);
+            out.nested_xz += u64::from(r.apply_memory_mib > 0);
             out.push(
                 OpKind::SourceRecompress,
                 r.src_extents,
@@ -910,6 +920,7 @@ fn diff_partition(
         replace_lens,
         apply_memory_mib,
         source_reads,
+        nested_xz,
         ..
     } = out;
     let (operations, stages, in_place) = if opts.in_place {
@@ -940,6 +951,7 @@ fn diff_partition(
         in_place,
         apply_memory_mib,
         cross_partition_ops: source_reads.len() as u64,
+        nested_xz_ops: nested_xz,
     };
     Ok((
         PartitionUpdate {

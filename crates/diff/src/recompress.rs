@@ -75,6 +75,9 @@ pub struct Planned {
     pub dst_extents: Vec<Extent>,
     /// Its data.
     pub data: Vec<u8>,
+    /// Memory it needs at apply, in MiB, when its inner patch is an xz
+    /// rebuild (0: the default bound).
+    pub apply_memory_mib: u64,
 }
 
 /// The SOURCE_RECOMPRESS operations for `dst` against `src`, in target
@@ -85,6 +88,7 @@ pub fn plan(
     dst: &Partition,
     classes: &[BlockClass],
     p: &EncodeParams,
+    memory_mib: u64,
 ) -> Vec<Planned> {
     let (Ok(sm), Ok(tm)) = (
         romdelta_erofs::map_image(src.bytes()),
@@ -113,6 +117,7 @@ pub fn plan(
         tm: &tm,
         classes,
         p,
+        memory_mib,
         padding: if tm.superblock.feature_incompat & romdelta_erofs::INCOMPAT_ZERO_PADDING != 0 {
             Padding::Front
         } else {
@@ -187,6 +192,8 @@ struct Ctx<'a> {
     classes: &'a [BlockClass],
     p: &'a EncodeParams,
     padding: Padding,
+    /// The memory the applier may use, in MiB (`--apply-memory`).
+    memory_mib: u64,
 }
 
 /// A run of a file's bytes and where they are stored, as a source piece
@@ -339,17 +346,25 @@ impl Ctx<'_> {
         let Some(mode) = self.find_mode(pcs, first..=last, &stream, from) else {
             return Vec::new();
         };
-        // Chunks of consecutive clusters.
+        // Chunks of consecutive clusters; one for a file whose changed
+        // bytes hold an xz stream (a kernel image) where the applier may
+        // rebuild that, so that one operation holds the stream whole.
+        let (max_len, max_blocks) =
+            if self.memory_mib > 64 && crate::stream_rebuild::holds_xz(&stream) {
+                (
+                    recompress::MAX_STREAM_LEN - LOOKAHEAD,
+                    romdelta_format::limits::MAX_OP_DST_BLOCKS,
+                )
+            } else {
+                (MAX_TARGET_STREAM, MAX_TARGET_BLOCKS)
+            };
         let mut out = Vec::new();
         let mut i = first;
         while i <= last {
             let (mut j, mut len, mut blocks) = (i, 0u64, 0u64);
             while j <= last {
                 let b = cluster_blocks(&pcs[j]);
-                if j > i
-                    && (len + pcs[j].logical_len > MAX_TARGET_STREAM
-                        || blocks + b > MAX_TARGET_BLOCKS)
-                {
+                if j > i && (len + pcs[j].logical_len > max_len || blocks + b > max_blocks) {
                     break;
                 }
                 len += pcs[j].logical_len;
@@ -599,26 +614,50 @@ impl Ctx<'_> {
                 _ => dst_extents.push(*e),
             }
         }
-        let (inner, inner_data) = encode_stream(&source, &target, self.p);
+        let plain = encode_stream(&source, &target, self.p);
+        // An xz stream inside the clusters (a kernel image stored
+        // compressed) rebuilt from its decompressed bytes, where that is
+        // smaller and fits the applier's memory; else the plain patch.
+        let mut inners = Vec::new();
+        if let Some((d, _)) =
+            crate::stream_rebuild::within(&source, &target, self.p, self.memory_mib)
+        {
+            if d.len() < plain.1.len() {
+                inners.push((OpKind::SourceXzRebuild, d));
+            }
+        }
+        inners.push(plain);
         drop(source);
-        let header = Header {
-            mode: group[0].mode,
-            library: lz4::library_version(),
-            padding: self.padding,
-            lookahead: LOOKAHEAD,
-            inner,
-            sources: pieces,
-            clusters: group
-                .iter()
-                .flat_map(|g| g.clusters.iter().copied())
-                .collect(),
-        };
-        let data = recompress::encode(&header, &inner_data, &literals, self.p.level);
-        // Worth it only if smaller than carrying the stored blocks whole.
         let mut stored = Vec::new();
         self.dst
             .read_extents(&dst_extents, &mut stored)
             .expect("reads of a mapped image do not fail");
+        let (src_len, dst_len) = (src_bytes.len() as u64, stored.len() as u64);
+        let clusters: Vec<TargetCluster> = group
+            .iter()
+            .flat_map(|g| g.clusters.iter().copied())
+            .collect();
+        let (data, apply_memory_mib) = inners.into_iter().find_map(|(inner, inner_data)| {
+            let header = Header {
+                mode: group[0].mode,
+                library: lz4::library_version(),
+                padding: self.padding,
+                lookahead: LOOKAHEAD,
+                inner,
+                sources: pieces.clone(),
+                clusters: clusters.clone(),
+            };
+            let data = recompress::encode(&header, &inner_data, &literals, self.p.level);
+            if inner != OpKind::SourceXzRebuild {
+                return Some((data, 0));
+            }
+            let p = recompress::parse(&data, src_len, dst_len).ok()?;
+            let need = recompress::apply_memory(&p, src_len, dst_len)
+                .ok()?
+                .div_ceil(1 << 20);
+            (need <= self.memory_mib).then_some((data, need))
+        })?;
+        // Worth it only if smaller than carrying the stored blocks whole.
         if data.len() >= ops::encode_replace(&stored, self.p.trial_level).len() {
             return None;
         }
@@ -632,6 +671,7 @@ impl Ctx<'_> {
             src_extents,
             dst_extents,
             data,
+            apply_memory_mib,
         })
     }
 }

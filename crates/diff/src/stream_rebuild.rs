@@ -460,6 +460,62 @@ impl Header {
     }
 }
 
+/// The xz streams whose magic is in `b`: where each starts and its length.
+fn xz_streams_in(b: &[u8]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = b[at..].windows(XZ_MAGIC.len()).position(|w| w == XZ_MAGIC) {
+        let o = at + i;
+        match xz::stream_len(&b[o..], MAX_EXPANDED as usize / 2) {
+            Some(n) => {
+                out.push((o as u64, n as u64));
+                at = o + n;
+            }
+            None => at = o + 1,
+        }
+        if out.len() > 16 {
+            break;
+        }
+    }
+    out
+}
+
+/// Whether `b` holds a whole xz stream.
+pub fn holds_xz(b: &[u8]) -> bool {
+    !xz_streams_in(b).is_empty()
+}
+
+/// SOURCE_XZ_REBUILD data from `source` to `target` (the decompressed
+/// streams of a SOURCE_RECOMPRESS operation: a kernel image stored as
+/// compressed EROFS clusters holds its xz payload there), when the longest
+/// xz stream of `target` reproduces within `memory_mib` and beats the
+/// byte-level encoders; with the MiB it needs.
+pub fn within(
+    source: &[u8],
+    target: &[u8],
+    p: &EncodeParams,
+    memory_mib: u64,
+) -> Option<(Vec<u8>, u64)> {
+    let t = *xz_streams_in(target).iter().max_by_key(|s| s.1)?;
+    let s = *xz_streams_in(source)
+        .iter()
+        .min_by_key(|s| s.1.abs_diff(t.1))?;
+    let found = |(at, len): (u64, u64)| Found {
+        codec: Codec::Xz,
+        extents: Vec::new(),
+        stream_at: at,
+        stream_len: len,
+        kernel: false,
+        path: None,
+    };
+    let pair = Pair {
+        source: found(s),
+        target: found(t),
+    };
+    let planned = plan_one(source, target, &pair, p, memory_mib)?;
+    Some((planned.data, planned.apply_memory_mib))
+}
+
 /// What the rebuild of an xz stream needs, when one of its candidates
 /// reproduces it within `memory_mib`.
 fn prepare_xz(sb: &[u8], tb: &[u8], at: Placement, memory_mib: u64) -> Option<Rebuild> {

@@ -566,7 +566,8 @@ pub fn check_partition_name(name: &str) -> Result<(), FormatError> {
 }
 
 impl Manifest {
-    /// The oldest format version that can express this manifest: 6 when an
+    /// The format version this build writes this manifest in, the oldest
+    /// that can express it: 6 when an
     /// operation is SOURCE_ZSTD_REBUILD or SOURCE_RECOMPRESS (whose header
     /// version 2 leaves rebuilt clusters' lengths implicit) or libzstd is
     /// named; 5 when an
@@ -576,6 +577,21 @@ impl Manifest {
     /// SOURCE_FIELD_DELTA (or codecs or an apply memory are named), 3 when
     /// one is SOURCE_BSDIFF_SPARSE, else 2.
     pub fn format_version(&self) -> u32 {
+        self.version_needed(true)
+    }
+
+    /// The oldest format version whose readers know every operation kind
+    /// and codec of this manifest: [`Manifest::format_version`], except that
+    /// SOURCE_RECOMPRESS counts from version 4, where it came (its header
+    /// version 1, in the packages of versions 4 and 5, is still read). A
+    /// reader refuses a package whose header names an older version.
+    pub fn oldest_readable_version(&self) -> u32 {
+        self.version_needed(false)
+    }
+
+    /// The version needed; SOURCE_RECOMPRESS as this build writes it
+    /// (header version 2: format 6) with `written_here`.
+    fn version_needed(&self, written_here: bool) -> u32 {
         let uses = |k: OpKind| {
             self.partitions
                 .iter()
@@ -583,7 +599,7 @@ impl Manifest {
                 .any(|o| o.kind == k)
         };
         if uses(OpKind::SourceZstdRebuild)
-            || uses(OpKind::SourceRecompress)
+            || (written_here && uses(OpKind::SourceRecompress))
             || self
                 .codecs
                 .iter()
@@ -1058,6 +1074,26 @@ mod tests {
         assert_eq!(m2.format_version(), 2);
         assert_eq!(Manifest::decode(&m2.encode()).unwrap(), m2);
         assert_eq!(Codec::liblzma().version_name(), "5.8.4");
+    }
+
+    /// Packages of versions 4 and 5 with SOURCE_RECOMPRESS operations (their
+    /// header version 1) are still read; this build writes version 6.
+    #[test]
+    fn recompress_is_written_as_version_6_and_read_from_version_4() {
+        let mut m = xz_manifest();
+        m.partitions[0].operations[0].kind = OpKind::SourceRecompress;
+        (m.codecs, m.apply_memory_mib) = (vec![Codec::liblz4()], 0);
+        assert_eq!(m.format_version(), 6);
+        assert_eq!(m.oldest_readable_version(), 4);
+        for version in [4, 5, 6] {
+            let prefix = crate::Package::encode_prefix_bytes(version, &m.encode(), m.data_len, &[]);
+            let mut bytes = prefix;
+            bytes.resize(bytes.len() + m.data_len as usize, 0);
+            let p = crate::Package::parse(&bytes).unwrap();
+            assert_eq!((p.header.version, p.manifest), (version, m.clone()));
+        }
+        let bytes = crate::Package::encode_prefix_bytes(3, &m.encode(), m.data_len, &[]);
+        assert!(crate::Package::parse(&bytes).is_err());
     }
 
     #[test]

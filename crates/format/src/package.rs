@@ -211,7 +211,7 @@ impl Signature {
 /// length the header's.
 fn decode_manifest(header: &Header, manifest_bytes: &[u8]) -> Result<Manifest, FormatError> {
     let manifest = Manifest::decode(manifest_bytes)?;
-    let needs = manifest.format_version();
+    let needs = manifest.oldest_readable_version();
     if needs > header.version {
         return Err(FormatError::invalid(
             "manifest",

@@ -191,6 +191,7 @@ impl Header {
         });
         w.varint(self.lookahead);
         w.u8(self.inner.code());
+        w.varint(self.source_len());
         w.varint(self.sources.len() as u64);
         let mut end = 0u64;
         for p in &self.sources {
@@ -240,7 +241,9 @@ impl Header {
 
     /// Parses a decompressed header and checks it against `src_len` source
     /// bytes and `dst_len` destination bytes.
-    fn decode(b: &[u8], src_len: u64, dst_len: u64) -> Result<Header, FormatError> {
+    /// The header and the source stream's length (stored in version 2,
+    /// the pieces' sum in version 1).
+    fn decode(b: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, u64), FormatError> {
         let bad = |what: &'static str, d: String| FormatError::invalid(what, d);
         let mut r = Reader::new(b);
         let v = r.u8("recompress header version")?;
@@ -265,15 +268,24 @@ impl Header {
         };
         let lookahead = r.varint_max("recompress lookahead", MAX_LOOKAHEAD)?;
         let inner = OpKind::from_code(r.u8("recompress inner kind")?)?;
-        if !matches!(
-            inner,
-            OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiffSparse
-        ) {
+        // Version 2: an xz stream inside the clusters (a kernel image stored
+        // compressed) may be rebuilt too.
+        let allowed = match inner {
+            OpKind::Replace | OpKind::SourceZstd | OpKind::SourceBsdiffSparse => true,
+            OpKind::SourceXzRebuild => v >= 2,
+            _ => false,
+        };
+        if !allowed {
             return Err(bad(
                 "recompress inner kind",
                 format!("{inner} cannot be an inner patch"),
             ));
         }
+        let declared = if v >= 2 {
+            Some(r.varint_max("recompress source stream length", MAX_STREAM_LEN)?)
+        } else {
+            None
+        };
         let n = r.count("recompress source pieces", 4, u32::MAX as u64)?;
         let mut sources = r.vec_for::<SourcePiece>(n);
         let (mut source_len, mut end) = (0u64, 0u64);
@@ -434,7 +446,18 @@ impl Header {
             ));
         }
         r.finish("recompress header")?;
-        Ok(Header {
+        let implicit = sources.iter().any(|p| p.logical_len == 0);
+        let source_stream_len = match declared {
+            Some(d) if d == source_len || (implicit && d > source_len) => d,
+            Some(d) => {
+                return Err(bad(
+                    "recompress source stream",
+                    format!("{d} bytes cannot be pieces of {source_len} stored bytes"),
+                ))
+            }
+            None => source_len,
+        };
+        let header = Header {
             mode,
             library,
             padding,
@@ -442,7 +465,8 @@ impl Header {
             inner,
             sources,
             clusters,
-        })
+        };
+        Ok((header, source_stream_len))
     }
 }
 
@@ -465,6 +489,9 @@ pub fn encode(header: &Header, inner: &[u8], literals: &[u8], level: i32) -> Vec
 pub struct Parsed<'a> {
     /// The header.
     pub header: Header,
+    /// Bytes of the source stream (its lz4 pieces' lengths may be implicit
+    /// in the header).
+    pub source_len: u64,
     /// The inner patch data.
     pub inner: &'a [u8],
     /// The literal stream (empty when no cluster is literal).
@@ -493,7 +520,7 @@ pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<Parsed<'_>, Form
     }
     let mut bytes = vec![0u8; size as usize];
     crate::ops::decode_replace(head, &mut bytes)?;
-    let header = Header::decode(&bytes, src_len, dst_len)?;
+    let (header, source_len) = Header::decode(&bytes, src_len, dst_len)?;
     let literal_clusters = header.clusters.iter().any(|c| c.how == ClusterHow::Literal);
     if literal_clusters == literals.is_empty() {
         return Err(FormatError::invalid(
@@ -507,9 +534,40 @@ pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<Parsed<'_>, Form
     }
     Ok(Parsed {
         header,
+        source_len,
         inner,
         literals,
     })
+}
+
+/// The inner kind of SOURCE_RECOMPRESS `data`, if its header parses (for
+/// `dst_len` destination bytes, source bytes unchecked).
+pub fn inner_kind(data: &[u8], dst_len: u64) -> Option<OpKind> {
+    parse(data, u64::MAX / 4, dst_len)
+        .ok()
+        .map(|p| p.header.inner)
+}
+
+/// Memory, in bytes, an applier needs to run `p` reading `src_len` and
+/// writing `dst_len` bytes: the source and destination bytes, the source
+/// stream, the target stream, the literals,
+/// 16 MiB for the rest, and an inner xz rebuild's own need
+/// ([`crate::xz_rebuild::apply_memory`]) over the streams.
+pub fn apply_memory(p: &Parsed<'_>, src_len: u64, dst_len: u64) -> Result<u64, FormatError> {
+    let h = &p.header;
+    let (s, t) = (p.source_len, h.target_len());
+    let literals: u64 = h
+        .clusters
+        .iter()
+        .filter(|c| c.how == ClusterHow::Literal)
+        .map(|c| c.blocks * BLOCK_SIZE)
+        .sum();
+    if h.inner == OpKind::SourceXzRebuild {
+        // Its own need counts both streams.
+        let (x, _) = crate::xz_rebuild::parse(p.inner, s, t)?;
+        return Ok(src_len + 2 * dst_len + literals + crate::xz_rebuild::apply_memory(&x, s, t));
+    }
+    Ok(src_len + 2 * dst_len + s + t + literals + (16 << 20))
 }
 
 /// Refuses a header this build cannot reproduce: one recorded with a
@@ -534,10 +592,12 @@ fn version_name(v: u32) -> String {
 }
 
 /// Decompresses the source pieces of `header` from `src` into the source
-/// stream (at most [`MAX_STREAM_LEN`] bytes). An lz4 piece whose length
-/// the header leaves implicit (0) adds what its block decodes to.
-pub fn source_stream(header: &Header, src: &[u8]) -> Result<Vec<u8>, FormatError> {
-    let mut out = Vec::with_capacity(header.source_len() as usize);
+/// stream of exactly `len` bytes. An lz4 piece whose length the header
+/// leaves implicit (0) adds what its block decodes to.
+pub fn source_stream(header: &Header, len: u64, src: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::with_capacity(len as usize);
+    // Where a piece of implicit length is decoded first, reused.
+    let mut scratch = Vec::new();
     for (i, p) in header.sources.iter().enumerate() {
         let stored = &src[p.offset as usize..(p.offset + p.stored_len) as usize];
         let at = out.len();
@@ -552,20 +612,30 @@ pub fn source_stream(header: &Header, src: &[u8]) -> Result<Vec<u8>, FormatError
                     lz4::decompress_exact(&stored[z..], &mut out[at..]).map_err(bad)?;
                 } else {
                     // An lz4 block expands 255-fold at most.
-                    let room = (MAX_STREAM_LEN as usize - at).min(stored.len() * 256 + 64);
-                    out.resize(at + room, 0);
-                    let n = lz4::decompress_block(&stored[z..], &mut out[at..]).map_err(bad)?;
-                    out.truncate(at + n);
+                    let room = (len as usize)
+                        .saturating_sub(at)
+                        .min(stored.len() * 256 + 64);
+                    if scratch.len() < room {
+                        scratch.resize(room, 0);
+                    }
+                    let n =
+                        lz4::decompress_block(&stored[z..], &mut scratch[..room]).map_err(bad)?;
+                    out.extend_from_slice(&scratch[..n]);
                 }
             }
         }
-        if out.len() as u64 > MAX_STREAM_LEN {
-            return Err(FormatError::TooLarge {
-                what: "recompress source stream",
-                value: out.len() as u64,
-                limit: MAX_STREAM_LEN,
-            });
+        if out.len() as u64 > len {
+            return Err(FormatError::invalid(
+                "recompress source stream",
+                format!("its pieces decode to more than its {len} bytes"),
+            ));
         }
+    }
+    if out.len() as u64 != len {
+        return Err(FormatError::invalid(
+            "recompress source stream",
+            format!("its pieces decode to {} bytes, not {len}", out.len()),
+        ));
     }
     Ok(out)
 }
@@ -622,7 +692,7 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
     if h.clusters.iter().any(|c| c.how == ClusterHow::Rebuild) {
         check_library(h)?;
     }
-    let source = source_stream(h, src)?;
+    let source = source_stream(h, p.source_len, src)?;
     let mut stream = vec![0u8; h.target_len() as usize];
     let inner_src: &[u8] = if h.inner == OpKind::Replace {
         &[]
@@ -765,6 +835,14 @@ mod tests {
     /// clusters, one of which is damaged after compression (so it must be
     /// literal), and the operation data between them.
     fn fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let (src, dst, header, inner) = fixture_parts();
+        let data = encode(&header, &inner, &dst[2 * 4096..3 * 4096], 3);
+        (src, dst, data)
+    }
+
+    /// [`fixture`]'s source and destination bytes, its header with every
+    /// length (as the generator holds it) and its inner patch.
+    fn fixture_parts() -> (Vec<u8>, Vec<u8>, Header, Vec<u8>) {
         let mode = lz4::Mode::Hc(9);
         let old = text(3, 60_000);
         let mut new = old.clone();
@@ -813,8 +891,7 @@ mod tests {
             clusters,
         };
         let inner = crate::ops::encode_source_zstd(&old, &new, 3);
-        let data = encode(&header, &inner, &dst[2 * 4096..3 * 4096], 3);
-        (src, dst, data)
+        (src, dst, header, inner)
     }
 
     #[test]
@@ -992,15 +1069,12 @@ mod tests {
 
     /// The header with one change, encoded into operation data.
     fn with_header(f: impl FnOnce(&mut Header)) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let (src, dst, data) = fixture();
-        let p = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
-        let mut h = p.header.clone();
-        let (inner, literals) = (p.inner.to_vec(), p.literals.to_vec());
+        let (src, dst, mut h, inner) = fixture_parts();
         f(&mut h);
-        let lit = if literals.is_empty() {
-            Vec::new()
-        } else {
+        let lit = if h.clusters.iter().any(|c| c.how == ClusterHow::Literal) {
             dst[2 * 4096..3 * 4096].to_vec()
+        } else {
+            Vec::new()
         };
         (src, dst.clone(), encode(&h, &inner, &lit, 3))
     }
@@ -1031,7 +1105,7 @@ mod tests {
             ),
             ("past the", Box::new(|h| h.sources[0].offset = u64::MAX - 1)),
             (
-                "cannot hold",
+                "recompress source stream",
                 Box::new(|h| {
                     h.sources[1].encoding = PieceEncoding::Plain;
                     h.sources[1].logical_len = MAX_STREAM_LEN;
@@ -1045,14 +1119,17 @@ mod tests {
             assert!(e.contains(want), "{want}: {e}");
         }
         // Literals present although no cluster is literal, and missing.
-        let (src, dst, data) = with_header(|h| h.clusters[2].how = ClusterHow::Rebuild);
+        let (src, dst, mut h, inner) = fixture_parts();
+        h.clusters[2].how = ClusterHow::Rebuild;
+        let data = encode(&h, &inner, &dst[2 * 4096..3 * 4096], 3);
         let e = decode(&data, &src, &mut vec![0; dst.len()])
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("does not compress") || e.contains("literals"),
-            "{e}"
-        );
+        assert!(e.contains("no cluster is literal"), "{e}");
+        let (src, dst, data) = with_header(|h| h.clusters[2].how = ClusterHow::Rebuild);
+        let mut out = vec![0; dst.len()];
+        // Rebuilt, the damaged cluster comes out undamaged: not the target.
+        assert!(decode(&data, &src, &mut out).is_err() || out != dst);
     }
 
     /// Marks every rebuilt cluster of `h` implicit, its one segment's
@@ -1134,7 +1211,8 @@ mod tests {
     fn version_1_headers_are_read() {
         let (src, dst, data) = fixture();
         let p = parse(&data, src.len() as u64, dst.len() as u64).unwrap();
-        let h = &p.header;
+        let (_, _, explicit, _) = fixture_parts();
+        let h = &explicit;
         let mut w = Writer::new();
         w.u8(1);
         w.u8(CODEC_LZ4);
