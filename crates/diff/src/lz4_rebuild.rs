@@ -287,13 +287,15 @@ fn plan_one(
     let mut header = lz4_rebuild::Header {
         library: lz4::library_version(),
         params: *lz4_stream::candidates(&t.info).first()?,
-        src_offset: sr.start as u64,
-        src_stream_len: sr.len() as u64,
-        src_decompressed_len: s.info.decompressed_len as u64,
-        prefix_len: tr.start as u64,
-        decompressed_len: target_plain.len() as u64,
-        stream_len: tr.len() as u64,
-        inner: OpKind::SourceZstd,
+        at: romdelta_format::placement::Placement {
+            src_offset: sr.start as u64,
+            src_stream_len: sr.len() as u64,
+            src_decompressed_len: s.info.decompressed_len as u64,
+            prefix_len: tr.start as u64,
+            decompressed_len: target_plain.len() as u64,
+            stream_len: tr.len() as u64,
+            inner: OpKind::SourceZstd,
+        },
     };
     let need = |h: &lz4_rebuild::Header| {
         lz4_rebuild::apply_memory(h, sb.len() as u64, tb.len() as u64).div_ceil(1 << 20)
@@ -342,7 +344,7 @@ fn plan_one(
         },
     );
     drop(se);
-    header.inner = inner.0;
+    header.at.inner = inner.0;
     let data = lz4_rebuild::encode(&header, &inner.1);
     let byte_level = stored_bsdiff.map_or(zstd, |b| b.min(zstd));
     if data.len() >= byte_level {

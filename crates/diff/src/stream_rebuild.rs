@@ -430,7 +430,7 @@ impl Header {
 
     fn set_inner(&mut self, inner: OpKind) {
         match self {
-            Header::Xz(h) => h.inner = inner,
+            Header::Xz(h) => h.at.inner = inner,
             Header::Zstd(h) => h.at.inner = inner,
         }
     }
@@ -523,20 +523,13 @@ fn prepare_xz(sb: &[u8], tb: &[u8], at: Placement, memory_mib: u64) -> Option<Re
     let (sr, tr) = ranges(&at);
     let target_plain = xz::decompress_exact(&tb[tr.clone()], limit).ok()?;
     let info = xz::read_headers(&tb[tr.clone()]).ok()?;
-    let at = Placement {
-        decompressed_len: target_plain.len() as u64,
-        ..at
-    };
     let mut header = xz_rebuild::Header {
         library: xz::library_version(),
         params: *xz::candidates(&info).first()?,
-        src_offset: at.src_offset,
-        src_stream_len: at.src_stream_len,
-        src_decompressed_len: 0,
-        prefix_len: at.prefix_len,
-        decompressed_len: at.decompressed_len,
-        stream_len: at.stream_len,
-        inner: OpKind::SourceZstd,
+        at: Placement {
+            decompressed_len: target_plain.len() as u64,
+            ..at
+        },
     };
     let (sl, tl) = (sb.len() as u64, tb.len() as u64);
     let params = xz::candidates(&info).into_iter().find(|c| {
@@ -546,7 +539,7 @@ fn prepare_xz(sb: &[u8], tb: &[u8], at: Placement, memory_mib: u64) -> Option<Re
     })?;
     header.params = params;
     let source_plain = xz::decompress_exact(&sb[sr], limit).ok()?;
-    header.src_decompressed_len = source_plain.len() as u64;
+    header.at.src_decompressed_len = source_plain.len() as u64;
     Some(Rebuild {
         target_plain,
         source_plain,

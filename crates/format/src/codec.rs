@@ -220,6 +220,20 @@ pub(crate) fn split_headed<'a>(
     Ok((head, inner))
 }
 
+/// [`split_headed`] for the rebuild operations, whose inner patch is never
+/// empty: an empty one is refused as missing.
+pub(crate) fn split_rebuild<'a>(
+    data: &'a [u8],
+    what: [&'static str; 3],
+    max_head: u64,
+) -> Result<(&'a [u8], &'a [u8]), FormatError> {
+    let (head, inner) = split_headed(data, what, max_head)?;
+    if inner.is_empty() {
+        return Err(FormatError::invalid(what[2], "missing"));
+    }
+    Ok((head, inner))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

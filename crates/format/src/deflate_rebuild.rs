@@ -214,7 +214,7 @@ pub fn encode(header: &Header, inner: &[u8]) -> Vec<u8> {
 /// Splits SOURCE_DEFLATE_REBUILD data into its header (checked against
 /// `src_len` source and `dst_len` destination bytes) and inner patch.
 pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, &[u8]), FormatError> {
-    let (head, inner) = crate::codec::split_headed(
+    let (head, inner) = crate::codec::split_rebuild(
         data,
         [
             "deflate rebuild header length",
@@ -223,12 +223,6 @@ pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, &[u8]),
         ],
         MAX_HEADER_LEN,
     )?;
-    if inner.is_empty() {
-        return Err(FormatError::invalid(
-            "deflate rebuild inner patch",
-            "missing",
-        ));
-    }
     Ok((Header::decode(head, src_len, dst_len)?, inner))
 }
 
@@ -432,30 +426,14 @@ pub(crate) mod tests {
     #[test]
     fn every_truncation_and_wrong_size_is_refused() {
         let (src, dst, data) = fixture();
-        for cut in 0..data.len() {
-            let mut out = vec![0; dst.len()];
-            assert!(decode(&data[..cut], &src, &mut out).is_err(), "cut {cut}");
-        }
-        for len in [dst.len() - 4096, dst.len() + 4096, dst.len() + 1] {
-            assert!(decode(&data, &src, &mut vec![0; len]).is_err(), "{len}");
-        }
-        let mut out = vec![0; dst.len()];
-        let e = decode(&data, &src[..100], &mut out).unwrap_err();
-        assert!(e.to_string().contains("past the"), "{e}");
+        crate::testkit::refuses_cuts_and_sizes(decode, &src, dst.len(), &data, 100);
     }
 
     #[test]
     fn damaged_bytes_never_panic() {
         let (src, dst, data) = fixture();
-        let mut out = vec![0; dst.len()];
-        for i in 0..data.len().min(300) {
-            let mut d = data.clone();
-            d[i] ^= 0x5a;
-            let _ = decode(&d, &src, &mut out);
-        }
-        let mut s = src.clone();
-        s[200] ^= 0xff;
-        assert!(decode(&data, &s, &mut out).is_err());
+        let at = 0..data.len().min(300);
+        crate::testkit::damage_never_panics(decode, &src, dst.len(), &data, at, 200);
     }
 
     #[test]
@@ -569,13 +547,6 @@ pub(crate) mod tests {
     #[test]
     fn fuzz_seed_is_a_valid_operation() {
         let (src, dst, data) = fixture_of(5000, OpKind::SourceZstd);
-        let mut out = vec![0; dst.len()];
-        decode(&data, &src, &mut out).unwrap();
-        assert_eq!(out, dst);
-        let mut seed = vec![(dst.len() / 4096 - 1) as u8];
-        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
-        seed.extend_from_slice(&src);
-        seed.extend_from_slice(&data);
-        crate::check_fuzz_seed("deflate_rebuild_decode", "seed-1", &seed);
+        crate::testkit::check_decode_seed(decode, "deflate_rebuild_decode", &src, &dst, &data);
     }
 }

@@ -34,6 +34,8 @@ pub mod placement;
 pub mod recompress;
 pub mod signing;
 pub mod sparse;
+#[cfg(test)]
+mod testkit;
 pub mod xz_rebuild;
 pub mod zstd_rebuild;
 

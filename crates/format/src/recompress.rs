@@ -971,14 +971,7 @@ mod tests {
         };
         let inner = crate::ops::encode_bsdiff_sparse(&patch, 3);
         let data = encode(&header, &inner, &[], 3);
-        let mut out = vec![0; dst.len()];
-        decode(&data, &src, &mut out).unwrap();
-        assert_eq!(out, dst);
-        let mut seed = vec![(dst.len() / 4096 - 1) as u8];
-        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
-        seed.extend_from_slice(&src);
-        seed.extend_from_slice(&data);
-        crate::check_fuzz_seed("recompress_decode", "seed-1", &seed);
+        crate::testkit::check_decode_seed(decode, "recompress_decode", &src, &dst, &data);
     }
 
     /// Two files in one operation: each file's clusters are one segment, so
@@ -1039,17 +1032,9 @@ mod tests {
     #[test]
     fn every_truncation_and_wrong_size_is_refused() {
         let (src, dst, data) = fixture();
-        for cut in 0..data.len() {
-            let mut out = vec![0; dst.len()];
-            assert!(decode(&data[..cut], &src, &mut out).is_err(), "cut {cut}");
-        }
-        for len in [dst.len() - 4096, dst.len() + 4096, dst.len() + 1] {
-            assert!(decode(&data, &src, &mut vec![0; len]).is_err(), "{len}");
-        }
-        // A source shorter than the pieces it names.
-        let mut out = vec![0; dst.len()];
-        let e = decode(&data, &src[..src.len() - 4096], &mut out).unwrap_err();
-        assert!(e.to_string().contains("past the"), "{e}");
+        // The cut source is shorter than the pieces it names.
+        let cut = src.len() - 4096;
+        crate::testkit::refuses_cuts_and_sizes(decode, &src, dst.len(), &data, cut);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! The memory an applier needs for it is [`apply_memory`].
 
 use crate::placement::{Labels, Placement};
-use crate::{FormatError, OpKind, Reader, Writer};
+use crate::{FormatError, Reader, Writer};
 use romdelta_codecs::xz::{self, Bcj, XzCheck, XzParams};
 
 /// Most bytes of the source or the target expanded form.
@@ -52,44 +52,19 @@ pub struct Header {
     pub library: u32,
     /// The parameters the new stream is compressed with.
     pub params: XzParams,
-    /// Offset of the source xz stream in the operation's source bytes.
-    pub src_offset: u64,
-    /// Its exact length.
-    pub src_stream_len: u64,
-    /// Bytes it decompresses to.
-    pub src_decompressed_len: u64,
-    /// Destination bytes before the new stream.
-    pub prefix_len: u64,
-    /// Bytes the new stream decompresses to.
-    pub decompressed_len: u64,
-    /// The new stream's exact length.
-    pub stream_len: u64,
-    /// Kind of the inner patch.
-    pub inner: OpKind,
+    /// Where the streams lie and the inner patch kind.
+    pub at: Placement,
 }
 
 impl Header {
     /// Bytes of the source expanded form, for `src_len` source bytes.
     pub fn source_expanded_len(&self, src_len: u64) -> u64 {
-        self.at().source_expanded_len(src_len)
+        self.at.source_expanded_len(src_len)
     }
 
     /// Bytes of the target expanded form, for `dst_len` destination bytes.
     pub fn target_expanded_len(&self, dst_len: u64) -> u64 {
-        self.at().target_expanded_len(dst_len)
-    }
-
-    /// The stream's placement fields.
-    fn at(&self) -> Placement {
-        Placement {
-            src_offset: self.src_offset,
-            src_stream_len: self.src_stream_len,
-            src_decompressed_len: self.src_decompressed_len,
-            prefix_len: self.prefix_len,
-            decompressed_len: self.decompressed_len,
-            stream_len: self.stream_len,
-            inner: self.inner,
-        }
+        self.at.target_expanded_len(dst_len)
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -104,7 +79,7 @@ impl Header {
         w.u8(p.lc);
         w.u8(p.lp);
         w.u8(p.pb);
-        self.at().write(&mut w);
+        self.at.write(&mut w);
         w.into_bytes()
     }
 
@@ -145,13 +120,7 @@ impl Header {
         Ok(Header {
             library,
             params,
-            src_offset: at.src_offset,
-            src_stream_len: at.src_stream_len,
-            src_decompressed_len: at.src_decompressed_len,
-            prefix_len: at.prefix_len,
-            decompressed_len: at.decompressed_len,
-            stream_len: at.stream_len,
-            inner: at.inner,
+            at,
         })
     }
 }
@@ -164,7 +133,7 @@ pub fn encode(header: &Header, inner: &[u8]) -> Vec<u8> {
 /// Splits SOURCE_XZ_REBUILD data into its header (checked against
 /// `src_len` source and `dst_len` destination bytes) and inner patch.
 pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, &[u8]), FormatError> {
-    let (head, inner) = crate::codec::split_headed(
+    let (head, inner) = crate::codec::split_rebuild(
         data,
         [
             "xz rebuild header length",
@@ -173,9 +142,6 @@ pub fn parse(data: &[u8], src_len: u64, dst_len: u64) -> Result<(Header, &[u8]),
         ],
         MAX_HEADER_LEN,
     )?;
-    if inner.is_empty() {
-        return Err(FormatError::invalid("xz rebuild inner patch", "missing"));
-    }
     Ok((Header::decode(head, src_len, dst_len)?, inner))
 }
 
@@ -225,7 +191,7 @@ pub fn decode(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError
 pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>), FormatError> {
     let (h, inner) = parse(data, src.len() as u64, dst_len)?;
     check_library(&h)?;
-    let target = h.at().expand(inner, src, dst_len, &LABELS, |s, out| {
+    let target = h.at.expand(inner, src, dst_len, &LABELS, |s, out| {
         xz::decompress_into(s, out).map_err(|e| e.to_string())
     })?;
     Ok((h, target))
@@ -235,15 +201,15 @@ pub fn expand(data: &[u8], src: &[u8], dst_len: u64) -> Result<(Header, Vec<u8>)
 /// expanded target, its stream compressed again with the header's
 /// parameters into exactly the recorded length.
 pub fn rebuild(h: &Header, target: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
-    h.at()
-        .rebuild(target, out, &LABELS, &h.params, |plain, stream| {
-            xz::compress_into(&h.params, plain, stream).map_err(|e| e.to_string())
-        })
+    h.at.rebuild(target, out, &LABELS, &h.params, |plain, stream| {
+        xz::compress_into(&h.params, plain, stream).map_err(|e| e.to_string())
+    })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::OpKind;
 
     /// Machine-code-like bytes (calls with nearby targets, common
     /// instruction runs, noise).
@@ -302,13 +268,15 @@ pub(crate) mod tests {
         let header = Header {
             library: xz::library_version(),
             params: params(),
-            src_offset: so as u64,
-            src_stream_len: ss.len() as u64,
-            src_decompressed_len: n as u64,
-            prefix_len: to as u64,
-            decompressed_len: n as u64,
-            stream_len: ts.len() as u64,
-            inner,
+            at: Placement {
+                src_offset: so as u64,
+                src_stream_len: ss.len() as u64,
+                src_decompressed_len: n as u64,
+                prefix_len: to as u64,
+                decompressed_len: n as u64,
+                stream_len: ts.len() as u64,
+                inner,
+            },
         };
         let expand =
             |b: &[u8], at: usize, len: usize, mid: &[u8]| [&b[..at], mid, &b[at + len..]].concat();
@@ -347,30 +315,14 @@ pub(crate) mod tests {
     #[test]
     fn every_truncation_and_wrong_size_is_refused() {
         let (src, dst, data) = fixture();
-        for cut in 0..data.len() {
-            let mut out = vec![0; dst.len()];
-            assert!(decode(&data[..cut], &src, &mut out).is_err(), "cut {cut}");
-        }
-        for len in [dst.len() - 4096, dst.len() + 4096, dst.len() + 1] {
-            assert!(decode(&data, &src, &mut vec![0; len]).is_err(), "{len}");
-        }
-        let mut out = vec![0; dst.len()];
-        let e = decode(&data, &src[..700], &mut out).unwrap_err();
-        assert!(e.to_string().contains("past the"), "{e}");
+        crate::testkit::refuses_cuts_and_sizes(decode, &src, dst.len(), &data, 700);
     }
 
     #[test]
     fn damaged_bytes_never_panic() {
         let (src, dst, data) = fixture();
-        let mut out = vec![0; dst.len()];
-        for i in 0..data.len().min(200) {
-            let mut d = data.clone();
-            d[i] ^= 0x5a;
-            let _ = decode(&d, &src, &mut out);
-        }
-        let mut s = src.clone();
-        s[2000] ^= 0xff;
-        assert!(decode(&data, &s, &mut out).is_err());
+        let at = 0..data.len().min(200);
+        crate::testkit::damage_never_panics(decode, &src, dst.len(), &data, at, 2000);
     }
 
     #[test]
@@ -385,17 +337,17 @@ pub(crate) mod tests {
             ("do not compress", Box::new(|h| h.params.bcj = Bcj::None)),
             (
                 "cannot be an inner patch",
-                Box::new(|h| h.inner = OpKind::SourceCopy),
+                Box::new(|h| h.at.inner = OpKind::SourceCopy),
             ),
-            ("past the", Box::new(|h| h.src_offset = u64::MAX - 1)),
-            ("past the", Box::new(|h| h.stream_len = 1 << 40)),
+            ("past the", Box::new(|h| h.at.src_offset = u64::MAX - 1)),
+            ("past the", Box::new(|h| h.at.stream_len = 1 << 40)),
             (
                 "xz target expanded form",
-                Box::new(|h| h.decompressed_len = MAX_EXPANDED_LEN),
+                Box::new(|h| h.at.decompressed_len = MAX_EXPANDED_LEN),
             ),
             (
                 "xz source expanded form",
-                Box::new(|h| h.src_decompressed_len = MAX_EXPANDED_LEN),
+                Box::new(|h| h.at.src_decompressed_len = MAX_EXPANDED_LEN),
             ),
             ("xz parameters", Box::new(|h| h.params.dict_size = 1)),
         ];
@@ -411,7 +363,7 @@ pub(crate) mod tests {
         }
         // The source stream's decompressed length is checked exactly.
         let mut bad = h;
-        bad.src_decompressed_len += 1;
+        bad.at.src_decompressed_len += 1;
         let e = decode(&encode(&bad, inner), &src, &mut vec![0; dst.len()])
             .unwrap_err()
             .to_string();
@@ -425,13 +377,6 @@ pub(crate) mod tests {
     #[test]
     fn fuzz_seed_is_a_valid_operation() {
         let (src, dst, data) = fixture_of(6000, OpKind::SourceZstd);
-        let mut out = vec![0; dst.len()];
-        decode(&data, &src, &mut out).unwrap();
-        assert_eq!(out, dst);
-        let mut seed = vec![(dst.len() / 4096 - 1) as u8];
-        seed.extend_from_slice(&(src.len() as u16).to_le_bytes());
-        seed.extend_from_slice(&src);
-        seed.extend_from_slice(&data);
-        crate::check_fuzz_seed("xz_rebuild_decode", "seed-1", &seed);
+        crate::testkit::check_decode_seed(decode, "xz_rebuild_decode", &src, &dst, &data);
     }
 }
