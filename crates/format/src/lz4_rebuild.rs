@@ -263,41 +263,18 @@ pub(crate) mod tests {
         params: Lz4Params,
         inner: OpKind,
     ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let old = text(11, n);
-        let mut new = old.clone();
-        new[n / 3..n / 3 + 6].copy_from_slice(b"kernel");
-        new[n / 2] ^= 0x11;
-        let (so, ss) = (700, lz4_stream::compress(&params, &old).unwrap());
-        let (to, ts) = (300, lz4_stream::compress(&params, &new).unwrap());
-        let mut src = vec![0x5a; so];
-        src.extend_from_slice(&ss);
-        src.resize(src.len().div_ceil(4096) * 4096, 0x33);
-        let mut dst = vec![0xa7; to];
-        dst.extend_from_slice(&ts);
-        dst.extend_from_slice(b"tail");
-        dst.resize(dst.len().div_ceil(4096) * 4096, 0);
+        let (src, dst, at, patch) = crate::testkit::stream_case(
+            text(11, n),
+            b"kernel",
+            |b| lz4_stream::compress(&params, b).unwrap(),
+            inner,
+        );
         let header = Header {
             library: lz4::library_version(),
             params,
-            at: Placement {
-                src_offset: so as u64,
-                src_stream_len: ss.len() as u64,
-                src_decompressed_len: n as u64,
-                prefix_len: to as u64,
-                decompressed_len: n as u64,
-                stream_len: ts.len() as u64,
-                inner,
-            },
+            at,
         };
-        let expand =
-            |b: &[u8], at: usize, len: usize, mid: &[u8]| [&b[..at], mid, &b[at + len..]].concat();
-        let se = expand(&src, so, ss.len(), &old);
-        let te = expand(&dst, to, ts.len(), &new);
-        let inner = match inner {
-            OpKind::SourceZstd => crate::ops::encode_source_zstd(&se, &te, 3),
-            _ => crate::ops::encode_replace(&te, 3),
-        };
-        (src, dst, encode(&header, &inner))
+        (src, dst, encode(&header, &patch))
     }
 
     fn fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {

@@ -217,41 +217,18 @@ pub(crate) mod tests {
     /// `text` inside with bytes before and after), and the operation data
     /// between them, with `n` bytes of content.
     pub(crate) fn fixture_of(n: usize, inner: OpKind) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let old = text(5, n);
-        let mut new = old.clone();
-        new[n / 3..n / 3 + 5].copy_from_slice(b"frame");
-        new[n / 2] ^= 0x11;
-        let (so, ss) = (700, zstd::compress(&params(), &old).unwrap());
-        let (to, ts) = (300, zstd::compress(&params(), &new).unwrap());
-        let mut src = vec![0x5a; so];
-        src.extend_from_slice(&ss);
-        src.resize(src.len().div_ceil(4096) * 4096, 0x33);
-        let mut dst = vec![0xa7; to];
-        dst.extend_from_slice(&ts);
-        dst.extend_from_slice(b"tail");
-        dst.resize(dst.len().div_ceil(4096) * 4096, 0);
+        let (src, dst, at, patch) = crate::testkit::stream_case(
+            text(5, n),
+            b"frame",
+            |b| zstd::compress(&params(), b).unwrap(),
+            inner,
+        );
         let header = Header {
             library: zstd::library_version(),
             params: params(),
-            at: Placement {
-                src_offset: so as u64,
-                src_stream_len: ss.len() as u64,
-                src_decompressed_len: n as u64,
-                prefix_len: to as u64,
-                decompressed_len: n as u64,
-                stream_len: ts.len() as u64,
-                inner,
-            },
+            at,
         };
-        let expand =
-            |b: &[u8], at: usize, len: usize, mid: &[u8]| [&b[..at], mid, &b[at + len..]].concat();
-        let se = expand(&src, so, ss.len(), &old);
-        let te = expand(&dst, to, ts.len(), &new);
-        let inner = match inner {
-            OpKind::SourceZstd => crate::ops::encode_source_zstd(&se, &te, 3),
-            _ => crate::ops::encode_replace(&te, 3),
-        };
-        (src, dst, encode(&header, &inner))
+        (src, dst, encode(&header, &patch))
     }
 
     fn fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
