@@ -111,7 +111,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 /// `payload_ops` target (kind, destination length, source length, source,
 /// data).
 fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, Vec<u8>)> {
-    use romdelta_format::payload::ops;
+    use romdelta_android::payload::ops;
     let b = &b[..b.len() / 4096 * 4096];
     let (pa, pb) = (dir.join("pa.img"), dir.join("pb.img"));
     std::fs::write(&pa, a).unwrap();
@@ -190,7 +190,7 @@ fn split_op_input(bytes: &[u8]) -> (usize, Vec<u8>, &[u8], &[u8]) {
 
 /// Checks a committed payload seed (or operation data seed).
 fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
-    use romdelta_format::payload::{ops, Payload, PayloadOpKind as K};
+    use romdelta_android::payload::{ops, Payload, PayloadOpKind as K};
     if target == "payload_parse" {
         return Payload::parse(bytes).map(|_| ()).map_err(|e| e.to_string());
     }

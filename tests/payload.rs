@@ -8,7 +8,7 @@
 
 use crate::common::romdelta;
 use predicates::prelude::*;
-use romdelta_format::payload::{encode_payload, Payload};
+use romdelta_android::payload::{encode_payload, Payload};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -77,9 +77,9 @@ fn same(a: &Path, b: &Path) {
 /// or deflated, with its `payload_properties.txt` before it.
 fn ota_zip(payload: &Path, out: &Path, deflate: bool) {
     let bytes = std::fs::read(payload).unwrap();
-    let h = romdelta_format::payload::PayloadHeader::decode(&bytes).unwrap();
-    let meta = romdelta_format::payload::HEADER_LEN as u64 + h.manifest_len;
-    let props = romdelta_format::payload::properties::render(&bytes, meta);
+    let h = romdelta_android::payload::PayloadHeader::decode(&bytes).unwrap();
+    let meta = romdelta_android::payload::HEADER_LEN as u64 + h.manifest_len;
+    let props = romdelta_android::payload::properties::render(&bytes, meta);
     ota_zip_with(payload, out, deflate, &props);
 }
 
@@ -248,7 +248,7 @@ fn exported_full_and_incremental_payloads_round_trip() {
     // Full payloads use only the kinds every reader knows, in block order.
     let bytes = std::fs::read(d("full.bin")).unwrap();
     let p = Payload::parse(&bytes).unwrap();
-    use romdelta_format::payload::PayloadOpKind as K;
+    use romdelta_android::payload::PayloadOpKind as K;
     for part in &p.partitions {
         let mut next = 0;
         for op in &part.operations {
@@ -407,7 +407,7 @@ fn ota_zips_and_partition_selection() {
                 .and(predicate::str::contains("\"properties_checked\": true")),
         );
     // The zip's payload_properties.txt must match the payload.
-    let props = romdelta_format::payload::properties::render(b"another payload", 10);
+    let props = romdelta_android::payload::properties::render(b"another payload", 10);
     ota_zip_with(&d("full.bin"), &d("other.zip"), false, &props);
     romdelta()
         .args(["payload", "extract"])
@@ -483,7 +483,7 @@ fn unsupported_and_damaged_payloads_are_refused_before_writing() {
         .find_map(|(pi, part)| {
             part.operations
                 .iter()
-                .position(|o| o.kind == romdelta_format::payload::PayloadOpKind::SourceBsdiff)
+                .position(|o| o.kind == romdelta_android::payload::PayloadOpKind::SourceBsdiff)
                 .map(|oi| (pi, oi))
         })
         .expect("a SOURCE_BSDIFF operation");

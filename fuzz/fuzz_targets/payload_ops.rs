@@ -4,7 +4,7 @@
 //! destination length and the source length (u16 LE each), the source
 //! bytes, then the operation data.
 use libfuzzer_sys::fuzz_target;
-use romdelta_format::payload::{ops, PayloadOpKind as K};
+use romdelta_android::payload::{ops, PayloadOpKind as K};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 5 {

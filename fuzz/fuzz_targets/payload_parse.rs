@@ -3,7 +3,7 @@
 //! consistent: every operation's data lies in the blobs, every destination
 //! extent in its partition, and the support check names a reason or none.
 use libfuzzer_sys::fuzz_target;
-use romdelta_format::payload::Payload;
+use romdelta_android::payload::Payload;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = Payload::parse(data) {

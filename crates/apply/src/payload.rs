@@ -1,5 +1,5 @@
 //! Applying Android `payload.bin` files (parsed by
-//! `romdelta_format::payload`): extraction of full payloads, application of
+//! `romdelta_android::payload`): extraction of full payloads, application of
 //! incremental ones to old images.
 //!
 //! As for romdelta packages, everything that can be checked before writing
@@ -17,7 +17,7 @@
 
 use memmap2::Mmap;
 use rayon::prelude::*;
-use romdelta_format::payload::{
+use romdelta_android::payload::{
     ops, Payload, PayloadOp, PayloadOpKind, PayloadPartition, Unsupported,
 };
 use romdelta_format::{hex_digest, Digest, Extent, FormatError, BLOCK_SIZE};
@@ -207,7 +207,7 @@ impl PayloadFile {
     /// manifest), as far as the file records them. Returns whether there
     /// was such a file (a payload that is not in a zip has none).
     pub fn check_properties(&self) -> Result<bool, PayloadError> {
-        use romdelta_format::payload::properties;
+        use romdelta_android::payload::properties;
         let Some(text) = &self.properties else {
             return Ok(false);
         };
@@ -230,8 +230,8 @@ impl PayloadFile {
             ));
         }
         if let Some(size) = p.metadata_size {
-            let header = romdelta_format::payload::PayloadHeader::decode(bytes)?;
-            let actual = romdelta_format::payload::HEADER_LEN as u64 + header.manifest_len;
+            let header = romdelta_android::payload::PayloadHeader::decode(bytes)?;
+            let actual = romdelta_android::payload::HEADER_LEN as u64 + header.manifest_len;
             if size != actual {
                 return Err(wrong("METADATA_SIZE", size.to_string(), actual.to_string()));
             }
@@ -299,7 +299,7 @@ fn zip_member(file: &std::fs::File, path: &Path) -> Result<ZipMember, PayloadErr
         Ok(entry) => {
             let mut text = Vec::new();
             entry
-                .take(romdelta_format::payload::properties::MAX_LEN + 1)
+                .take(romdelta_android::payload::properties::MAX_LEN + 1)
                 .read_to_end(&mut text)
                 .map_err(|e| refuse(format!("zip: {OTA_PROPERTIES}: {e}")))?;
             Some(text)

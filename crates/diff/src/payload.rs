@@ -16,7 +16,7 @@ use crate::blocks::{self, BlockClass, SourceIndex};
 use crate::encode::{self, EncodeParams, Region};
 use crate::{anchors, DiffError, DiffOptions};
 use rayon::prelude::*;
-use romdelta_format::payload::{
+use romdelta_android::payload::{
     ops, ImageInfo, NewOp, PayloadOpKind, PayloadWriter, DELTA_MINOR_VERSION, FULL_MINOR_VERSION,
 };
 use romdelta_format::{Extent, BLOCK_SIZE};

@@ -11,8 +11,8 @@
 //! numbers it claims (at most about 50 bytes per manifest byte). Appliers
 //! read a package's [`Prefix`], check its signatures and only then decode
 //! its manifest. The byte layout is specified in
-//! `docs/FORMAT.md`. Android's `payload.bin` is read (and written) by
-//! [`payload`], under the same rules.
+//! `docs/FORMAT.md`. Android's formats (payload.bin, OTA zips, verity)
+//! live in `romdelta-android`, under the same rules.
 
 pub mod branchdelta;
 pub mod bsdiff40;
@@ -29,7 +29,6 @@ pub mod lz4_rebuild;
 mod manifest;
 pub mod ops;
 mod package;
-pub mod payload;
 pub mod placement;
 pub mod recompress;
 pub mod signing;

@@ -3,7 +3,7 @@
 //! `FILE_HASH`) and those of its metadata, the header and manifest
 //! (`METADATA_SIZE`, `METADATA_HASH`); hashes in standard base64.
 
-use crate::{Digest, FormatError};
+use romdelta_format::{Digest, FormatError};
 
 /// Largest properties file accepted.
 pub const MAX_LEN: u64 = 64 << 10;
@@ -112,9 +112,9 @@ pub fn render(payload: &[u8], metadata_size: u64) -> String {
     let meta = &payload[..(metadata_size as usize).min(payload.len())];
     format!(
         "FILE_HASH={}\nFILE_SIZE={}\nMETADATA_HASH={}\nMETADATA_SIZE={}\n",
-        b64(&crate::sha256(payload)),
+        b64(&romdelta_format::sha256(payload)),
         payload.len(),
-        b64(&crate::sha256(meta)),
+        b64(&romdelta_format::sha256(meta)),
         metadata_size
     )
 }
@@ -129,12 +129,12 @@ mod tests {
         let text = render(&payload, 100);
         let p = parse(text.as_bytes()).unwrap();
         assert_eq!(p.file_size, Some(1000));
-        assert_eq!(p.file_hash, Some(crate::sha256(&payload)));
+        assert_eq!(p.file_hash, Some(romdelta_format::sha256(&payload)));
         assert_eq!(p.metadata_size, Some(100));
-        assert_eq!(p.metadata_hash, Some(crate::sha256(&payload[..100])));
+        assert_eq!(p.metadata_hash, Some(romdelta_format::sha256(&payload[..100])));
         // Known vector: SHA-256 of "" in base64.
         let empty = parse(b"FILE_HASH=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n").unwrap();
-        assert_eq!(empty.file_hash, Some(crate::sha256(b"")));
+        assert_eq!(empty.file_hash, Some(romdelta_format::sha256(b"")));
         for bad in [
             "FILE_HASH=abc",
             "FILE_SIZE=-1",

@@ -20,7 +20,7 @@ pub mod ops;
 pub mod properties;
 pub mod proto;
 
-use crate::{check_partition_name, limits, Digest, Extent, FormatError, BLOCK_SIZE};
+use romdelta_format::{check_partition_name, limits, Digest, Extent, FormatError, BLOCK_SIZE};
 use prost::Message as _;
 
 /// The first four bytes of a payload.
@@ -294,11 +294,11 @@ pub struct PayloadOp {
 impl PayloadOp {
     /// Destination blocks.
     pub fn dst_blocks(&self) -> u64 {
-        crate::blocks_in(&self.dst_extents)
+        romdelta_format::blocks_in(&self.dst_extents)
     }
     /// Source blocks.
     pub fn src_blocks(&self) -> u64 {
-        crate::blocks_in(&self.src_extents)
+        romdelta_format::blocks_in(&self.src_extents)
     }
 }
 
@@ -692,7 +692,7 @@ impl<'a> Payload<'a> {
                     )));
                 }
                 if kind == PayloadOpKind::SourceCopy
-                    && crate::blocks_in(&src_extents) != crate::blocks_in(&dst_extents)
+                    && romdelta_format::blocks_in(&src_extents) != romdelta_format::blocks_in(&dst_extents)
                 {
                     return Err(at(FormatError::invalid(
                         "operation",
@@ -951,13 +951,13 @@ mod tests {
                 dst_extents: dst,
                 src_sha256: None,
                 data_length: data.len() as u64,
-                data_sha256: (!data.is_empty()).then(|| crate::sha256(&data)),
+                data_sha256: (!data.is_empty()).then(|| romdelta_format::sha256(&data)),
             });
             blobs.extend(data);
         };
         let info = |d: &[u8]| ImageInfo {
             size: d.len() as u64,
-            sha256: Some(crate::sha256(d)),
+            sha256: Some(romdelta_format::sha256(d)),
         };
         w.push_partition("a", None, info(&a));
         add(
@@ -995,20 +995,20 @@ mod tests {
             kind: PayloadOpKind::SourceCopy,
             src_extents: vec![Extent::new(0, 3)],
             dst_extents: vec![Extent::new(0, 3)],
-            src_sha256: Some(crate::sha256(&a)),
+            src_sha256: Some(romdelta_format::sha256(&a)),
             data_length: 0,
             data_sha256: None,
         });
         let mut patch = Vec::new();
-        crate::bsdiff40::diff(&b, &a[..8192], &mut patch).unwrap();
+        romdelta_format::bsdiff40::diff(&b, &a[..8192], &mut patch).unwrap();
         w.push_partition("b", Some(info(&b)), info(&a[..8192]));
         w.push_op(NewOp {
             kind: PayloadOpKind::SourceBsdiff,
             src_extents: vec![Extent::new(0, 2)],
             dst_extents: vec![Extent::new(0, 2)],
-            src_sha256: Some(crate::sha256(&b)),
+            src_sha256: Some(romdelta_format::sha256(&b)),
             data_length: patch.len() as u64,
-            data_sha256: Some(crate::sha256(&patch)),
+            data_sha256: Some(romdelta_format::sha256(&patch)),
         });
         let mut delta = w.finish();
         delta.extend(patch);

@@ -7,7 +7,7 @@
 //! bsdiff kinds must announce and produce exactly the destination size.
 
 use super::PayloadOpKind;
-use crate::FormatError;
+use romdelta_format::FormatError;
 use std::io::Read;
 
 /// Most memory an xz stream may ask of the decoder (its dictionary): 256 MiB.
@@ -675,7 +675,7 @@ mod tests {
         new[100..140].fill(9);
         new.splice(5000..5000, b"inserted".iter().copied());
         let mut patch = Vec::new();
-        crate::bsdiff40::diff(&old, &new, &mut patch).unwrap();
+        romdelta_format::bsdiff40::diff(&old, &new, &mut patch).unwrap();
         let mut out = vec![0; new.len()];
         decode_bsdiff(&patch, &old, &mut out).unwrap();
         assert_eq!(out, new);
