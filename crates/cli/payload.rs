@@ -49,8 +49,27 @@ struct PartitionView {
     operations: u64,
     data_bytes: u64,
     by_kind: Vec<KindStats>,
+    /// The hash tree the installer computes, if any.
+    hash_tree: Option<TreeView>,
+    /// The FEC the installer computes, if any.
+    fec: Option<FecView>,
     /// `null` when this reader applies the partition, else why not.
     unsupported: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TreeView {
+    algorithm: &'static str,
+    salt: String,
+    data_blocks: String,
+    tree_blocks: String,
+}
+
+#[derive(Serialize)]
+struct FecView {
+    roots: u32,
+    data_blocks: String,
+    fec_blocks: String,
 }
 
 #[derive(Serialize)]
@@ -149,6 +168,17 @@ fn view(
                     operations: part.operations.len() as u64,
                     data_bytes: part.operations.iter().map(|o| o.data_length).sum(),
                     by_kind,
+                    hash_tree: part.verity.hash_tree.as_ref().map(|t| TreeView {
+                        algorithm: t.algorithm.name(),
+                        salt: hex::encode(&t.salt),
+                        data_blocks: t.data.to_string(),
+                        tree_blocks: t.tree.to_string(),
+                    }),
+                    fec: part.verity.fec.as_ref().map(|f| FecView {
+                        roots: f.roots,
+                        data_blocks: f.data.to_string(),
+                        fec_blocks: f.fec.to_string(),
+                    }),
                     unsupported: part.check_supported().err().map(|e| e.to_string()),
                 }
             })
@@ -236,6 +266,22 @@ fn inspect(path: &Path, names: &PartitionList, json: bool) -> Result<(), Failure
                 k.operations,
                 k.blocks,
                 human(k.data_bytes)
+            );
+        }
+        if let Some(t) = &part.hash_tree {
+            say!(
+                "  hash tree: {} over blocks {}, into blocks {} (computed after the operations)",
+                t.algorithm,
+                t.data_blocks,
+                t.tree_blocks
+            );
+        }
+        if let Some(f) = &part.fec {
+            say!(
+                "  FEC: {} roots over blocks {}, into blocks {} (computed after the tree)",
+                f.roots,
+                f.data_blocks,
+                f.fec_blocks
             );
         }
         if let Some(u) = &part.unsupported {

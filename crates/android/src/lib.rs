@@ -1,5 +1,7 @@
 //! Android's update formats, the only code in romdelta that parses their
-//! bytes: update_engine's `payload.bin` ([`payload`]).
+//! bytes: update_engine's `payload.bin` ([`payload`]), dm-verity hash
+//! trees ([`verity`]), their error correction ([`fec`]) and the AVB
+//! footers that say where both lie in an image ([`avb`]).
 //!
 //! Every length read from input is checked against the bytes that exist
 //! before it is used, as in `romdelta-format`, whose basic types
@@ -7,3 +9,6 @@
 //! crate shares.
 
 pub mod payload;
+pub mod avb;
+pub mod fec;
+pub mod verity;

@@ -456,6 +456,105 @@ pub struct WrittenImage {
     pub sha256: String,
     /// Operations run.
     pub operations: u64,
+    /// The dm-verity hash tree computed into the image, if the payload asks for one.
+    pub hash_tree: Option<VerityArea>,
+    /// The FEC computed into the image, if the payload asks for it.
+    pub fec: Option<VerityArea>,
+}
+
+/// A hash tree or FEC area computed into an image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerityArea {
+    /// Its offset in the image.
+    pub offset: u64,
+    /// Its bytes.
+    pub bytes: u64,
+    /// The hash algorithm (tree) or the roots (FEC).
+    pub detail: String,
+}
+
+/// Bytes read at a time by the final pass.
+const PASS_CHUNK: u64 = 4 << 20;
+/// Most bytes of FEC parity held at once; larger FEC areas are computed in
+/// groups of rounds, the later groups re-reading the data they cover.
+const FEC_BUDGET: usize = 16 << 20;
+
+/// Reads the written image of `part` once, in order, and returns its
+/// SHA-256. When the payload asks for a hash tree and FEC, the data blocks
+/// are hashed into the tree and fed to the FEC encoder as they pass; the
+/// tree is written when the pass reaches its area, then the FEC (its
+/// first group of rounds built during the pass), and the pass reads both
+/// back like any other bytes: the partition hash covers them.
+fn finish_image(
+    file: &std::fs::File,
+    path: &Path,
+    part: &PayloadPartition,
+) -> Result<Digest, PayloadError> {
+    use romdelta_android::{fec, verity};
+    let size = part.new.size;
+    let tree_spec = part.verity.hash_tree.as_ref();
+    let fec_spec = part.verity.fec.as_ref();
+    let mut tree = tree_spec.map(|t| {
+        verity::TreeBuilder::new(t.algorithm, &t.salt, BLOCK_SIZE as usize, t.data.byte_len())
+    });
+    let layout = fec_spec
+        .map(|f| fec::FecLayout::new(f.roots, BLOCK_SIZE as usize, f.data.byte_len()))
+        .transpose()?;
+    let groups = layout.map(|l| l.groups(FEC_BUDGET)).unwrap_or_default();
+    let mut group = layout.map(|l| fec::RoundGroup::new(l, groups[0].clone()));
+    let range = |e: &Extent| e.byte_offset()..e.byte_offset() + e.byte_len();
+    // The boundaries the pass stops at.
+    let mut stops: Vec<u64> = vec![size];
+    for e in tree_spec.iter().flat_map(|t| [t.data, t.tree]).chain(fec_spec.iter().flat_map(|f| [f.data, f.fec])) {
+        stops.extend([e.byte_offset(), e.byte_offset() + e.byte_len()]);
+    }
+    stops.sort_unstable();
+    stops.dedup();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; PASS_CHUNK.min(size) as usize];
+    let mut pos = 0u64;
+    while pos < size {
+        if let Some(spec) = tree_spec.filter(|t| t.tree.byte_offset() == pos) {
+            let built = tree.take().expect("the tree is written once").finish();
+            file.write_all_at(&built.tree, spec.tree.byte_offset()).map_err(PayloadError::io(path))?;
+        }
+        if let (Some(f), Some(spec)) = (fec_spec.filter(|f| f.fec.byte_offset() == pos), layout) {
+            let first = group.take().expect("the FEC is written once").finish();
+            file.write_all_at(&first, f.fec.byte_offset()).map_err(PayloadError::io(path))?;
+            let per_group = (spec.roots * spec.block_size) as u64;
+            for g in &groups[1..] {
+                let mut rg = fec::RoundGroup::new(spec, g.clone());
+                let data = range(&f.data);
+                let mut at = data.start;
+                while at < data.end {
+                    let n = (data.end - at).min(PASS_CHUNK) as usize;
+                    file.read_exact_at(&mut buf[..n], at).map_err(PayloadError::io(path))?;
+                    rg.feed(&buf[..n]);
+                    at += n as u64;
+                }
+                file.write_all_at(&rg.finish(), f.fec.byte_offset() + g.start * per_group)
+                    .map_err(PayloadError::io(path))?;
+            }
+        }
+        let stop = stops.iter().copied().find(|&s| s > pos).unwrap_or(size);
+        let n = (stop - pos).min(PASS_CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], pos).map_err(PayloadError::io(path))?;
+        let chunk = &buf[..n];
+        h.update(chunk);
+        let span = pos..pos + n as u64;
+        if let (Some(t), Some(spec)) = (tree.as_mut(), tree_spec) {
+            if range(&spec.data).contains(&span.start) {
+                t.update(chunk);
+            }
+        }
+        if let (Some(g), Some(spec)) = (group.as_mut(), fec_spec) {
+            if range(&spec.data).contains(&span.start) {
+                g.feed(chunk);
+            }
+        }
+        pos += n as u64;
+    }
+    Ok(h.finalize().into())
 }
 
 /// What a run wrote.
@@ -647,12 +746,13 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
             progress(written.fetch_add(n, Ordering::Relaxed) + n);
             Ok::<(), PayloadError>(())
         })?;
-        // Every image, synced and hashed from disk.
+        // Every image read back once, in order: its hash tree and FEC
+        // computed and written as the pass reaches them, the whole image
+        // hashed, then synced.
         temps.par_iter().zip(&self.parts).try_for_each(|(t, &pi)| {
             let p = &payload.partitions[pi];
+            let actual = finish_image(t.as_file(), t.path(), p)?;
             t.as_file().sync_all().map_err(PayloadError::io(t.path()))?;
-            let actual = romdelta_rom::sha256_file(t.as_file(), p.new.size)
-                .map_err(PayloadError::io(t.path()))?;
             let expected = p.new.sha256.expect("validated: new images have hashes");
             expect_image("written image", p, expected, actual)
         })?;
@@ -670,6 +770,16 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
                 size: p.new.size,
                 sha256: hex_digest(&p.new.sha256.expect("validated")),
                 operations: p.operations.len() as u64,
+                hash_tree: p.verity.hash_tree.as_ref().map(|t| VerityArea {
+                    offset: t.tree.byte_offset(),
+                    bytes: t.tree.byte_len(),
+                    detail: t.algorithm.name().to_string(),
+                }),
+                fec: p.verity.fec.as_ref().map(|f| VerityArea {
+                    offset: f.fec.byte_offset(),
+                    bytes: f.fec.byte_len(),
+                    detail: format!("{} roots", f.roots),
+                }),
             });
         }
         std::fs::File::open(&self.out)

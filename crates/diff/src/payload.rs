@@ -16,8 +16,10 @@ use crate::blocks::{self, BlockClass, SourceIndex};
 use crate::encode::{self, EncodeParams, Region};
 use crate::{anchors, DiffError, DiffOptions};
 use rayon::prelude::*;
+use romdelta_android::avb;
 use romdelta_android::payload::{
-    ops, ImageInfo, NewOp, PayloadOpKind, PayloadWriter, DELTA_MINOR_VERSION, FULL_MINOR_VERSION,
+    ops, ImageInfo, NewOp, PayloadOpKind, PayloadWriter, Verity, DELTA_MINOR_VERSION,
+    FULL_MINOR_VERSION,
 };
 use romdelta_format::{Extent, BLOCK_SIZE};
 use romdelta_rom::{Partition, Rom};
@@ -81,12 +83,25 @@ enum Piece {
     Data(Region),
 }
 
-/// Splits a partition's block classes into pieces, in block order.
-fn plan(classes: &[BlockClass]) -> Vec<Piece> {
-    let n = classes.len() as u64;
+/// Splits a partition's block classes into pieces, in block order,
+/// leaving out the blocks of `skip` (sorted, disjoint).
+fn plan(classes: &[BlockClass], skip: &[Extent]) -> Vec<Piece> {
+    let total = classes.len() as u64;
     let mut out = Vec::new();
     let mut i = 0u64;
-    while i < n {
+    while i < total {
+        if let Some(e) = skip.iter().find(|e| e.start_block <= i && i < e.end_block()) {
+            i = e.end_block();
+            continue;
+        }
+        // Runs stop where the next skipped area starts.
+        let n = skip
+            .iter()
+            .map(|e| e.start_block)
+            .filter(|&s| s > i)
+            .min()
+            .unwrap_or(total)
+            .min(total);
         let mut j = i + 1;
         match classes[i as usize] {
             BlockClass::Zero => {
@@ -195,6 +210,25 @@ fn encode_region(
     }
 }
 
+/// The verity fields of `t`, when its image ends in an AVB footer with a
+/// hashtree descriptor.
+fn verity_of(t: &Partition) -> Result<Option<Verity>, DiffError> {
+    let bytes = t.bytes();
+    let footer = avb::read_footer(bytes.len() as u64, |off, buf| {
+        buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+        Ok(())
+    });
+    let invalid = |e: romdelta_format::FormatError| {
+        DiffError::Invalid(format!("{}: {e}", t.path.display()))
+    };
+    let Some(h) = footer.map_err(invalid)?.and_then(|f| f.hashtree) else {
+        return Ok(None);
+    };
+    let v = Verity::from_avb(&h).map_err(invalid)?;
+    v.check(t.size()).map_err(invalid)?;
+    Ok(Some(v))
+}
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
     move |source| DiffError::Io {
         path: path.to_path_buf(),
@@ -268,7 +302,18 @@ pub fn write_payload(
             sha256: Some(i.sha256),
         };
         w.push_partition(&t.name, old_info.map(info), info(new_info));
-        let pieces = plan(&classes);
+        // A partition with an AVB hashtree footer asks the installer for
+        // its tree and FEC; an incremental payload leaves both to it.
+        let verity = verity_of(t)?;
+        let mut skip = Vec::new();
+        if let Some(v) = &verity {
+            w.set_verity(v);
+            if s.is_some() {
+                skip = v.computed();
+                skip.sort_unstable();
+            }
+        }
+        let pieces = plan(&classes, &skip);
         let mut by_kind: Vec<PayloadKindSummary> = Vec::new();
         let mut count = |kind: PayloadOpKind, blocks: u64, data: u64| match by_kind
             .iter_mut()

@@ -21,6 +21,7 @@ pub mod properties;
 pub mod proto;
 
 use romdelta_format::{check_partition_name, limits, Digest, Extent, FormatError, BLOCK_SIZE};
+use crate::verity::HashAlgorithm;
 use prost::Message as _;
 
 /// The first four bytes of a payload.
@@ -313,9 +314,9 @@ pub struct PayloadPartition {
     pub new: ImageInfo,
     /// The operations, in order.
     pub operations: Vec<PayloadOp>,
-    /// Whether the device computes a dm-verity hash tree or error
-    /// correction code into the image after the operations (not done here).
-    pub verity: bool,
+    /// The dm-verity hash tree and FEC the installer computes into the
+    /// image after the operations, when the manifest asks for them.
+    pub verity: Verity,
     /// The partition's version, when recorded.
     pub version: Option<String>,
 }
@@ -349,12 +350,6 @@ pub enum Unsupported {
         /// The limit.
         limit: u64,
     },
-    /// The device computes verity data the payload does not carry.
-    #[error("partition {partition}: the device computes its dm-verity hash tree / error correction code after the operations, which this reader does not do (the image could not match its hash)")]
-    Verity {
-        /// Partition name.
-        partition: String,
-    },
 }
 
 impl PayloadPartition {
@@ -366,11 +361,6 @@ impl PayloadPartition {
     /// Checks that this reader can apply every operation, before anything
     /// is written: the first operation it cannot apply is named.
     pub fn check_supported(&self) -> Result<(), Unsupported> {
-        if self.verity {
-            return Err(Unsupported::Verity {
-                partition: self.name.clone(),
-            });
-        }
         for (i, op) in self.operations.iter().enumerate() {
             if !op.kind.supported() {
                 return Err(Unsupported::Kind {
@@ -397,6 +387,177 @@ impl PayloadPartition {
         }
         Ok(())
     }
+}
+
+/// The hash tree an installer computes after the operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashTreeSpec {
+    /// The blocks hashed.
+    pub data: Extent,
+    /// Where the tree goes (exactly its size).
+    pub tree: Extent,
+    /// The hash.
+    pub algorithm: HashAlgorithm,
+    /// The salt hashed before every block.
+    pub salt: Vec<u8>,
+}
+
+/// The FEC an installer computes after the hash tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FecSpec {
+    /// The blocks covered (usually data and tree).
+    pub data: Extent,
+    /// Where the parity goes (exactly its size).
+    pub fec: Extent,
+    /// Parity bytes per codeword.
+    pub roots: u32,
+}
+
+/// A partition's verity fields, validated: every area within the
+/// partition, the tree after the data it hashes, the FEC after the data it
+/// covers, tree and FEC apart, each area of exactly the size its data
+/// gives (so that an installer can compute both while reading the image
+/// once, in order).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verity {
+    /// The hash tree, if asked for.
+    pub hash_tree: Option<HashTreeSpec>,
+    /// The FEC, if asked for.
+    pub fec: Option<FecSpec>,
+}
+
+impl Verity {
+    /// Whether the manifest asks for neither.
+    pub fn is_empty(&self) -> bool {
+        self.hash_tree.is_none() && self.fec.is_none()
+    }
+}
+
+impl Verity {
+    /// The verity fields update_engine's generator gives a partition whose
+    /// image carries the AVB hashtree descriptor `h`: the tree over the
+    /// filesystem, the FEC (when it has one) over filesystem and tree.
+    pub fn from_avb(h: &crate::avb::Hashtree) -> Result<Self, FormatError> {
+        let bad = |d: String| FormatError::invalid("AVB hashtree descriptor", d);
+        if h.dm_verity_version != 1 || u64::from(h.data_block_size) != BLOCK_SIZE || u64::from(h.hash_block_size) != BLOCK_SIZE {
+            return Err(bad(format!(
+                "dm-verity version {}, blocks of {} / {} bytes: a payload carries version 1 with {BLOCK_SIZE}-byte blocks",
+                h.dm_verity_version, h.data_block_size, h.hash_block_size
+            )));
+        }
+        let blocks = |off: u64, len: u64, what: &str| -> Result<Extent, FormatError> {
+            if off % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || len == 0 {
+                return Err(bad(format!("{what} at {off}, {len} bytes: not whole blocks")));
+            }
+            Ok(Extent::new(off / BLOCK_SIZE, len / BLOCK_SIZE))
+        };
+        let mut v = Verity {
+            hash_tree: Some(HashTreeSpec {
+                data: blocks(0, h.image_size, "data")?,
+                tree: blocks(h.tree_offset, h.tree_size, "hash tree")?,
+                algorithm: h.algorithm,
+                salt: h.salt.clone(),
+            }),
+            fec: None,
+        };
+        if h.fec_num_roots > 0 {
+            v.fec = Some(FecSpec {
+                data: blocks(0, h.tree_offset + h.tree_size, "FEC data")?,
+                fec: blocks(h.fec_offset, h.fec_size, "FEC")?,
+                roots: h.fec_num_roots,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Checks these fields against a partition of `size` bytes, as a
+    /// reader will.
+    pub fn check(&self, size: u64) -> Result<(), FormatError> {
+        let mut p = proto::PartitionUpdate::default();
+        self.fill(&mut p);
+        verity_of(&p, &ImageInfo { size, sha256: None }).map(|_| ())
+    }
+
+    /// Writes these fields into a manifest's partition.
+    fn fill(&self, p: &mut proto::PartitionUpdate) {
+        let one = |e: &Extent| Some(proto_extents(&[*e]).remove(0));
+        if let Some(t) = &self.hash_tree {
+            p.hash_tree_data_extent = one(&t.data);
+            p.hash_tree_extent = one(&t.tree);
+            p.hash_tree_algorithm = Some(t.algorithm.name().to_string());
+            p.hash_tree_salt = Some(t.salt.clone());
+        }
+        if let Some(f) = &self.fec {
+            p.fec_data_extent = one(&f.data);
+            p.fec_extent = one(&f.fec);
+            p.fec_roots = Some(f.roots);
+        }
+    }
+
+    /// The blocks an installer computes (tree and FEC areas).
+    pub fn computed(&self) -> Vec<Extent> {
+        self.hash_tree.iter().map(|t| t.tree).chain(self.fec.iter().map(|f| f.fec)).collect()
+    }
+}
+
+fn verity_of(p: &proto::PartitionUpdate, new: &ImageInfo) -> Result<Verity, FormatError> {
+    let bad = |d: String| FormatError::invalid("payload verity", d);
+    let blocks = new.size / BLOCK_SIZE;
+    let area = |e: &Option<proto::Extent>, what: &'static str| -> Result<Option<Extent>, FormatError> {
+        e.as_ref().map(|e| extent(e, Some(blocks), what)).transpose()
+    };
+    let (tree_data, tree) = (area(&p.hash_tree_data_extent, "hash_tree_data_extent")?, area(&p.hash_tree_extent, "hash_tree_extent")?);
+    let (fec_data, fec) = (area(&p.fec_data_extent, "fec_data_extent")?, area(&p.fec_extent, "fec_extent")?);
+    let mut v = Verity::default();
+    if tree_data.is_some() || tree.is_some() || fec_data.is_some() || fec.is_some() {
+        if new.size % BLOCK_SIZE != 0 {
+            return Err(bad(format!("a partition of {} bytes (not whole blocks) with verity", new.size)));
+        }
+    }
+    match (tree_data, tree) {
+        (None, None) => {}
+        (Some(data), Some(tree)) => {
+            let name = p.hash_tree_algorithm.as_deref().unwrap_or("");
+            let algorithm = HashAlgorithm::from_name(name)?;
+            if data.end_block() > tree.start_block {
+                return Err(bad(format!("hash tree {tree} does not follow its data {data}")));
+            }
+            let need = crate::verity::TreeShape::new(data.byte_len(), BLOCK_SIZE, algorithm).len();
+            if tree.byte_len() != need {
+                return Err(bad(format!("hash tree {tree} of {} bytes; a {} tree of {data} has {need}", tree.byte_len(), algorithm.name())));
+            }
+            let salt = p.hash_tree_salt.clone().unwrap_or_default();
+            if salt.len() > 256 {
+                return Err(bad(format!("a salt of {} bytes", salt.len())));
+            }
+            v.hash_tree = Some(HashTreeSpec { data, tree, algorithm, salt });
+        }
+        _ => return Err(bad("hash_tree_data_extent and hash_tree_extent come together".into())),
+    }
+    match (fec_data, fec) {
+        (None, None) => {}
+        (Some(data), Some(fec)) => {
+            let roots = p.fec_roots.unwrap_or(2);
+            let layout = crate::fec::FecLayout::new(roots, BLOCK_SIZE as usize, data.byte_len())?;
+            if data.end_block() > fec.start_block {
+                return Err(bad(format!("FEC {fec} does not follow the data it covers {data}")));
+            }
+            if fec.byte_len() != layout.len() {
+                return Err(bad(format!("FEC {fec} of {} bytes; {roots} roots over {data} take {}", fec.byte_len(), layout.len())));
+            }
+            if let Some(t) = &v.hash_tree {
+                if t.tree.start_block < fec.end_block() && fec.start_block < t.tree.end_block() {
+                    return Err(bad(format!("hash tree {} and FEC {fec} overlap", t.tree)));
+                }
+                if t.tree.start_block < data.end_block() && t.tree.end_block() > data.end_block() {
+                    return Err(bad(format!("FEC data {data} ends inside the hash tree {}", t.tree)));
+                }
+            }
+            v.fec = Some(FecSpec { data, fec, roots });
+        }
+        _ => return Err(bad("fec_data_extent and fec_extent come together".into())),
+    }
+    Ok(v)
 }
 
 /// The signatures of a payload, as recorded (not verified here).
@@ -755,7 +916,7 @@ impl<'a> Payload<'a> {
                     w[0], w[1]
                 )));
             }
-            let verity = p.hash_tree_extent.is_some() || p.fec_extent.is_some();
+            let verity = verity_of(p, &new).map_err(|e| in_partition(&e.to_string()))?;
             partitions.push(PayloadPartition {
                 name,
                 old,
@@ -889,6 +1050,17 @@ impl PayloadWriter {
             new_partition_info: Some(info(new)),
             ..Default::default()
         });
+    }
+
+    /// Asks the installer to compute `verity` into the last partition after
+    /// its operations.
+    pub fn set_verity(&mut self, verity: &Verity) {
+        let p = self
+            .manifest
+            .partitions
+            .last_mut()
+            .expect("push_partition first");
+        verity.fill(p);
     }
 
     /// Adds an operation to the last partition; its data (if any) is the
