@@ -128,6 +128,41 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
             std::fs::read(&path).unwrap(),
         ));
     }
+    // A partition with an AVB hashtree footer: a payload with verity fields.
+    let avb_image = romdelta_android::avb::hashtree_image(
+        &b[..8 * 4096],
+        &romdelta_android::avb::HashtreeOptions {
+            partition: "system".into(),
+            partition_size: 12 * 4096,
+            algorithm: romdelta_android::verity::HashAlgorithm::Sha256,
+            salt: vec![0x5a; 8],
+            fec_roots: 2,
+        },
+    )
+    .unwrap();
+    let pv = dir.join("system.img");
+    std::fs::write(&pv, &avb_image).unwrap();
+    let path = dir.join("seed.bin");
+    let verity_rom = romdelta_rom::Rom::open(&pv).unwrap();
+    romdelta_diff::payload::write_payload(None, &verity_rom, &fast_opts(), &path, &|_| {}).unwrap();
+    out.push((
+        "payload_parse",
+        "seed-verity".into(),
+        std::fs::read(&path).unwrap(),
+    ));
+    out.push(("avb_footer", "seed-fec".into(), avb_image.clone()));
+    let no_fec = romdelta_android::avb::hashtree_image(
+        &b[..4 * 4096],
+        &romdelta_android::avb::HashtreeOptions {
+            partition: "vendor".into(),
+            partition_size: 6 * 4096,
+            algorithm: romdelta_android::verity::HashAlgorithm::Sha1,
+            salt: vec![0xd0; 20],
+            fec_roots: 0,
+        },
+    )
+    .unwrap();
+    out.push(("avb_footer", "seed-tree".into(), no_fec));
     let op_input = |kind: u8, dst_len: usize, src: &[u8], data: &[u8]| {
         let mut v = vec![kind];
         v.extend((dst_len as u16).to_le_bytes());
@@ -194,6 +229,16 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
     if target == "payload_parse" {
         return Payload::parse(bytes).map(|_| ()).map_err(|e| e.to_string());
     }
+    if target == "avb_footer" {
+        let f = romdelta_android::avb::read_footer(bytes.len() as u64, |off, buf| {
+            buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+            Ok(())
+        });
+        return match f {
+            Ok(Some(f)) if f.hashtree.is_some() => Ok(()),
+            other => Err(format!("no hashtree descriptor: {other:?}")),
+        };
+    }
     let (kind, mut out, src, data) = split_op_input(bytes);
     if target == "op_decoders" {
         use romdelta_format::OpKind;
@@ -234,6 +279,7 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
             "payload_parse",
             "payload_ops",
             "op_decoders",
+            "avb_footer",
         ] {
             let dir = corpus().join(target);
             std::fs::create_dir_all(&dir).unwrap();
@@ -287,7 +333,7 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
         sparse >= 4,
         "{sparse} seeds with SOURCE_BSDIFF_SPARSE operations"
     );
-    for target in ["payload_parse", "payload_ops", "op_decoders"] {
+    for target in ["payload_parse", "payload_ops", "op_decoders", "avb_footer"] {
         let mut n = 0;
         for e in std::fs::read_dir(corpus().join(target)).unwrap() {
             let path = e.unwrap().path();

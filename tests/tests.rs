@@ -24,6 +24,7 @@ mod roundtrip;
 mod rules;
 mod sparse;
 mod symlinks;
+mod verity;
 mod xz_files;
 mod xz_kernel;
 mod zstd_files;

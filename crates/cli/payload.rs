@@ -4,9 +4,9 @@
 use crate::args::{PartitionList, PayloadCommand, Threads};
 use crate::progress::human;
 use crate::{print_json, with_threads, Failure};
+use romdelta_android::payload::{ImageInfo, Payload, PayloadOpKind};
 use romdelta_apply::payload::{self as ap, PayloadError, PayloadFile};
 use romdelta_format::hex_digest;
-use romdelta_android::payload::{ImageInfo, Payload, PayloadOpKind};
 use serde::Serialize;
 use std::path::Path;
 

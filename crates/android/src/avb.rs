@@ -101,14 +101,25 @@ pub fn read_footer(
         return Ok(None);
     }
     if be32(&f, 4) != 1 {
-        return Err(bad(format!("footer version {}.{}, this reader knows 1.x", be32(&f, 4), be32(&f, 8))));
+        return Err(bad(format!(
+            "footer version {}.{}, this reader knows 1.x",
+            be32(&f, 4),
+            be32(&f, 8)
+        )));
     }
-    let (original_image_size, vbmeta_offset, vbmeta_size) = (be64(&f, 12), be64(&f, 20), be64(&f, 28));
+    let (original_image_size, vbmeta_offset, vbmeta_size) =
+        (be64(&f, 12), be64(&f, 20), be64(&f, 28));
     let footer_at = image_len - FOOTER_LEN as u64;
     if vbmeta_size > MAX_VBMETA || vbmeta_size < VBMETA_HEADER_LEN as u64 {
-        return Err(bad(format!("vbmeta of {vbmeta_size} bytes (256 to {MAX_VBMETA})")));
+        return Err(bad(format!(
+            "vbmeta of {vbmeta_size} bytes (256 to {MAX_VBMETA})"
+        )));
     }
-    if vbmeta_offset.checked_add(vbmeta_size).is_none_or(|e| e > footer_at) || original_image_size > footer_at {
+    if vbmeta_offset
+        .checked_add(vbmeta_size)
+        .is_none_or(|e| e > footer_at)
+        || original_image_size > footer_at
+    {
         return Err(bad(format!(
             "vbmeta {vbmeta_offset}+{vbmeta_size} or original size {original_image_size} past the footer at {footer_at}"
         )));
@@ -138,14 +149,20 @@ fn hashtree_of(v: &[u8], image_len: u64) -> Result<Option<Hashtree>, FormatError
     let (Some(d_start), Some(d_end), Some(aux_end)) = (d_start, d_end, aux_end) else {
         return Err(bad("vbmeta block sizes overflow"));
     };
-    if d_end > aux_end || aux_end > v.len() as u64 || d_off.checked_add(d_len).is_none_or(|e| e > aux) {
+    if d_end > aux_end
+        || aux_end > v.len() as u64
+        || d_off.checked_add(d_len).is_none_or(|e| e > aux)
+    {
         return Err(bad("vbmeta descriptors lie outside its auxiliary block"));
     }
     let mut d = &v[d_start as usize..d_end as usize];
     while d.len() >= 16 {
         let (tag, n) = (be64(d, 0), be64(d, 8));
         if n % 8 != 0 || n > (d.len() - 16) as u64 {
-            return Err(bad(format!("a descriptor of {n} bytes in {} remaining", d.len() - 16)));
+            return Err(bad(format!(
+                "a descriptor of {n} bytes in {} remaining",
+                d.len() - 16
+            )));
         }
         let body = &d[16..16 + n as usize];
         if tag == HASHTREE_TAG {
@@ -158,13 +175,20 @@ fn hashtree_of(v: &[u8], image_len: u64) -> Result<Option<Hashtree>, FormatError
 
 fn hashtree(b: &[u8], image_len: u64) -> Result<Hashtree, FormatError> {
     if b.len() < HASHTREE_FIXED {
-        return Err(bad(format!("hashtree descriptor of {} bytes, shorter than its {HASHTREE_FIXED} fixed bytes", b.len())));
+        return Err(bad(format!(
+            "hashtree descriptor of {} bytes, shorter than its {HASHTREE_FIXED} fixed bytes",
+            b.len()
+        )));
     }
     let name_raw = &b[56..88];
     let name = name_raw.split(|&c| c == 0).next().unwrap_or_default();
     let name = std::str::from_utf8(name).map_err(|_| bad("hash algorithm name is not UTF-8"))?;
     let algorithm = HashAlgorithm::from_name(name)?;
-    let (pn, sl, rl) = (be32(b, 88) as usize, be32(b, 92) as usize, be32(b, 96) as usize);
+    let (pn, sl, rl) = (
+        be32(b, 88) as usize,
+        be32(b, 92) as usize,
+        be32(b, 96) as usize,
+    );
     let strings = &b[HASHTREE_FIXED..];
     if pn.saturating_add(sl).saturating_add(rl) > strings.len() {
         return Err(bad("hashtree descriptor strings run past the descriptor"));
@@ -188,10 +212,118 @@ fn hashtree(b: &[u8], image_len: u64) -> Result<Hashtree, FormatError> {
         root_digest: strings[pn + sl..pn + sl + rl].to_vec(),
     };
     let within = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= image_len);
-    if !within(0, h.image_size) || !within(h.tree_offset, h.tree_size) || (h.fec_num_roots > 0 && !within(h.fec_offset, h.fec_size)) {
-        return Err(bad("the hashtree descriptor's areas lie past the end of the image"));
+    if !within(0, h.image_size)
+        || !within(h.tree_offset, h.tree_size)
+        || (h.fec_num_roots > 0 && !within(h.fec_offset, h.fec_size))
+    {
+        return Err(bad(
+            "the hashtree descriptor's areas lie past the end of the image",
+        ));
     }
     Ok(h)
+}
+
+/// Options of [`hashtree_image`].
+#[derive(Debug, Clone)]
+pub struct HashtreeOptions {
+    /// The partition's name, recorded in the descriptor.
+    pub partition: String,
+    /// The whole partition's size (the image is grown to it).
+    pub partition_size: u64,
+    /// The tree's hash.
+    pub algorithm: HashAlgorithm,
+    /// The salt.
+    pub salt: Vec<u8>,
+    /// FEC parity bytes per codeword (0: no FEC).
+    pub fec_roots: u32,
+}
+
+/// Lays `data` (the filesystem, whole 4096-byte blocks) out as
+/// `avbtool add_hashtree_footer` does for an unsigned vbmeta (algorithm
+/// NONE): data, hash tree, FEC over both (when asked), the vbmeta image
+/// (a 256-byte header and one hashtree descriptor in its auxiliary
+/// block), zeros, and the footer in the last 64 bytes.
+pub fn hashtree_image(data: &[u8], o: &HashtreeOptions) -> Result<Vec<u8>, FormatError> {
+    const BS: u64 = 4096;
+    let bad = |d: String| FormatError::invalid("AVB hashtree image", d);
+    if !(data.len() as u64).is_multiple_of(BS) {
+        return Err(bad(format!(
+            "{} bytes of data: not whole {BS}-byte blocks",
+            data.len()
+        )));
+    }
+    let tree = crate::verity::hash_tree(o.algorithm, &o.salt, BS as usize, data);
+    let mut img = data.to_vec();
+    let tree_offset = img.len() as u64;
+    img.extend_from_slice(&tree.tree);
+    let (fec_offset, fec_size) = if o.fec_roots > 0 {
+        let fec = crate::fec::encode(o.fec_roots, BS as usize, &img)?;
+        let at = img.len() as u64;
+        img.extend_from_slice(&fec);
+        (at, fec.len() as u64)
+    } else {
+        (0, 0)
+    };
+    // The descriptor.
+    let mut d = vec![0u8; HASHTREE_FIXED];
+    d[0..4].copy_from_slice(&1u32.to_be_bytes());
+    d[4..12].copy_from_slice(&(data.len() as u64).to_be_bytes());
+    d[12..20].copy_from_slice(&tree_offset.to_be_bytes());
+    d[20..28].copy_from_slice(&(tree.tree.len() as u64).to_be_bytes());
+    d[28..32].copy_from_slice(&(BS as u32).to_be_bytes());
+    d[32..36].copy_from_slice(&(BS as u32).to_be_bytes());
+    d[36..40].copy_from_slice(&o.fec_roots.to_be_bytes());
+    d[40..48].copy_from_slice(&fec_offset.to_be_bytes());
+    d[48..56].copy_from_slice(&fec_size.to_be_bytes());
+    d[56..56 + o.algorithm.name().len()].copy_from_slice(o.algorithm.name().as_bytes());
+    for (at, s) in [
+        (88, o.partition.len()),
+        (92, o.salt.len()),
+        (96, tree.root.len()),
+    ] {
+        d[at..at + 4].copy_from_slice(&(s as u32).to_be_bytes());
+    }
+    d.extend_from_slice(o.partition.as_bytes());
+    d.extend_from_slice(&o.salt);
+    d.extend_from_slice(&tree.root);
+    d.resize(d.len().div_ceil(8) * 8, 0);
+    let mut desc = HASHTREE_TAG.to_be_bytes().to_vec();
+    desc.extend_from_slice(&(d.len() as u64).to_be_bytes());
+    desc.extend(d);
+    let aux_len = desc.len().div_ceil(64) * 64;
+    // The vbmeta header: no authentication block, the auxiliary block
+    // holding only the descriptor.
+    let mut v = vec![0u8; VBMETA_HEADER_LEN];
+    v[..4].copy_from_slice(b"AVB0");
+    v[4..8].copy_from_slice(&1u32.to_be_bytes());
+    v[20..28].copy_from_slice(&(aux_len as u64).to_be_bytes());
+    for at in [64, 80] {
+        // public key and its metadata: empty, after the descriptors
+        v[at..at + 8].copy_from_slice(&(desc.len() as u64).to_be_bytes());
+    }
+    v[104..112].copy_from_slice(&(desc.len() as u64).to_be_bytes());
+    let release = b"avbtool 1.3.0";
+    v[128..128 + release.len()].copy_from_slice(release);
+    v.extend(desc);
+    v.resize(VBMETA_HEADER_LEN + aux_len, 0);
+    let vbmeta_offset = img.len() as u64;
+    img.extend_from_slice(&v);
+    let need = img.len() as u64 + FOOTER_LEN as u64;
+    if o.partition_size < need || !o.partition_size.is_multiple_of(BS) {
+        return Err(bad(format!(
+            "a partition of {} bytes; data, tree, FEC, vbmeta and footer take {need} (and it must be whole blocks)",
+            o.partition_size
+        )));
+    }
+    img.resize(o.partition_size as usize - FOOTER_LEN, 0);
+    let mut f = [0u8; FOOTER_LEN];
+    f[..4].copy_from_slice(b"AVBf");
+    f[4..8].copy_from_slice(&1u32.to_be_bytes());
+    f[12..20].copy_from_slice(&(data.len() as u64).to_be_bytes());
+    f[20..28].copy_from_slice(&vbmeta_offset.to_be_bytes());
+    f[28..36].copy_from_slice(&(v.len() as u64).to_be_bytes());
+    img.extend_from_slice(&f);
+    Ok(img)
 }
 
 #[cfg(test)]
@@ -246,7 +378,10 @@ mod tests {
     fn reads_a_descriptor() {
         let f = read(&footer_image(&descriptor())).unwrap().unwrap();
         let h = f.hashtree.unwrap();
-        assert_eq!((h.partition.as_str(), &h.salt[..], &h.root_digest[..]), ("sys", &b"ab"[..], &b"r"[..]));
+        assert_eq!(
+            (h.partition.as_str(), &h.salt[..], &h.root_digest[..]),
+            ("sys", &b"ab"[..], &b"r"[..])
+        );
         assert_eq!(h.algorithm, HashAlgorithm::Sha256);
         assert!(read(&[0u8; 100]).unwrap().is_none());
     }

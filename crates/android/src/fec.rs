@@ -37,8 +37,8 @@ impl Field {
         let mut exp = [0u8; 512];
         let mut log = [0u16; 256];
         let mut x: u16 = 1;
-        for i in 0..NN {
-            exp[i] = x as u8;
+        for (i, e) in exp.iter_mut().take(NN).enumerate() {
+            *e = x as u8;
             log[x as usize] = i as u16;
             x <<= 1;
             if x & 0x100 != 0 {
@@ -96,10 +96,14 @@ impl FecLayout {
         if !ROOTS.contains(&roots) {
             return Err(FormatError::invalid(
                 "FEC",
-                format!("{roots} roots; Android's FEC has {} to {}", ROOTS.start(), ROOTS.end()),
+                format!(
+                    "{roots} roots; Android's FEC has {} to {}",
+                    ROOTS.start(),
+                    ROOTS.end()
+                ),
             ));
         }
-        if block_size == 0 || data_len % block_size as u64 != 0 {
+        if block_size == 0 || !data_len.is_multiple_of(block_size as u64) {
             return Err(FormatError::invalid(
                 "FEC",
                 format!("{data_len} bytes of data are not whole {block_size}-byte blocks"),
@@ -180,7 +184,10 @@ impl RoundGroup {
         assert_eq!(blocks.len() % bs, 0);
         let first = self.next_block;
         let n = (blocks.len() / bs) as u64;
-        assert!(first + n <= self.layout.data_blocks, "more blocks than the layout covers");
+        assert!(
+            first + n <= self.layout.data_blocks,
+            "more blocks than the layout covers"
+        );
         self.next_block += n;
         let rounds = self.layout.rounds;
         let (r0, roots) = (self.rounds.start, self.layout.roots);
@@ -205,7 +212,10 @@ impl RoundGroup {
     /// starts at `rounds.start * roots * block_size`), once every data
     /// block was fed: the codeword positions past the data are zeros.
     pub fn finish(mut self) -> Vec<u8> {
-        assert_eq!(self.next_block, self.layout.data_blocks, "every data block first");
+        assert_eq!(
+            self.next_block, self.layout.data_blocks,
+            "every data block first"
+        );
         let l = self.layout;
         let zeros = vec![0u8; l.block_size];
         let (r0, tables) = (self.rounds.start, &self.tables);
@@ -293,7 +303,9 @@ mod tests {
 
     #[test]
     fn groups_and_batches_give_the_whole() {
-        let data: Vec<u8> = (0..600 * 512u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..600 * 512u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let whole = encode(4, 512, &data).unwrap();
         let layout = FecLayout::new(4, 512, data.len() as u64).unwrap();
         assert_eq!(layout.rounds, 3);

@@ -8,7 +8,7 @@
 //! ([`romdelta_format::Extent`], [`romdelta_format::FormatError`]) this
 //! crate shares.
 
-pub mod payload;
 pub mod avb;
 pub mod fec;
+pub mod payload;
 pub mod verity;

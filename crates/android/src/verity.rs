@@ -183,7 +183,7 @@ impl TreeBuilder {
     /// Hashes the next data blocks (`data` holds whole blocks, at most
     /// [`Self::remaining`] bytes), in parallel.
     pub fn update(&mut self, data: &[u8]) {
-        assert!(data.len() as u64 <= self.remaining() && data.len() % self.block_size == 0);
+        assert!(data.len() as u64 <= self.remaining() && data.len().is_multiple_of(self.block_size));
         let slot = self.algorithm.slot_len();
         let at = self.level0.len();
         self.level0
@@ -244,7 +244,12 @@ impl TreeBuilder {
 }
 
 /// The tree of `data` in one call.
-pub fn hash_tree(algorithm: HashAlgorithm, salt: &[u8], block_size: usize, data: &[u8]) -> HashTree {
+pub fn hash_tree(
+    algorithm: HashAlgorithm,
+    salt: &[u8],
+    block_size: usize,
+    data: &[u8],
+) -> HashTree {
     let mut b = TreeBuilder::new(algorithm, salt, block_size, data.len() as u64);
     b.update(data);
     b.finish()
@@ -259,7 +264,10 @@ mod tests {
         // 1536 blocks, SHA-256: 12 blocks of digests, then 1.
         let s = TreeShape::new(6291456, 4096, HashAlgorithm::Sha256);
         assert_eq!(s.levels, vec![49152, 4096]);
-        assert_eq!(TreeShape::new(4194304, 4096, HashAlgorithm::Sha1).len(), 36864);
+        assert_eq!(
+            TreeShape::new(4194304, 4096, HashAlgorithm::Sha1).len(),
+            36864
+        );
         assert!(TreeShape::new(4096, 4096, HashAlgorithm::Sha256).is_empty());
     }
 
@@ -283,7 +291,10 @@ mod tests {
             }
             assert_eq!(b.finish(), whole);
             assert_eq!(whole.root.len(), alg.digest_len());
-            assert_eq!(whole.tree.len() as u64, TreeShape::new(data.len() as u64, 4096, alg).len());
+            assert_eq!(
+                whole.tree.len() as u64,
+                TreeShape::new(data.len() as u64, 4096, alg).len()
+            );
         }
     }
 

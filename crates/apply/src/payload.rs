@@ -505,7 +505,11 @@ fn finish_image(
     let range = |e: &Extent| e.byte_offset()..e.byte_offset() + e.byte_len();
     // The boundaries the pass stops at.
     let mut stops: Vec<u64> = vec![size];
-    for e in tree_spec.iter().flat_map(|t| [t.data, t.tree]).chain(fec_spec.iter().flat_map(|f| [f.data, f.fec])) {
+    for e in tree_spec
+        .iter()
+        .flat_map(|t| [t.data, t.tree])
+        .chain(fec_spec.iter().flat_map(|f| [f.data, f.fec]))
+    {
         stops.extend([e.byte_offset(), e.byte_offset() + e.byte_len()]);
     }
     stops.sort_unstable();
@@ -516,11 +520,13 @@ fn finish_image(
     while pos < size {
         if let Some(spec) = tree_spec.filter(|t| t.tree.byte_offset() == pos) {
             let built = tree.take().expect("the tree is written once").finish();
-            file.write_all_at(&built.tree, spec.tree.byte_offset()).map_err(PayloadError::io(path))?;
+            file.write_all_at(&built.tree, spec.tree.byte_offset())
+                .map_err(PayloadError::io(path))?;
         }
         if let (Some(f), Some(spec)) = (fec_spec.filter(|f| f.fec.byte_offset() == pos), layout) {
             let first = group.take().expect("the FEC is written once").finish();
-            file.write_all_at(&first, f.fec.byte_offset()).map_err(PayloadError::io(path))?;
+            file.write_all_at(&first, f.fec.byte_offset())
+                .map_err(PayloadError::io(path))?;
             let per_group = (spec.roots * spec.block_size) as u64;
             for g in &groups[1..] {
                 let mut rg = fec::RoundGroup::new(spec, g.clone());
@@ -528,7 +534,8 @@ fn finish_image(
                 let mut at = data.start;
                 while at < data.end {
                     let n = (data.end - at).min(PASS_CHUNK) as usize;
-                    file.read_exact_at(&mut buf[..n], at).map_err(PayloadError::io(path))?;
+                    file.read_exact_at(&mut buf[..n], at)
+                        .map_err(PayloadError::io(path))?;
                     rg.feed(&buf[..n]);
                     at += n as u64;
                 }
@@ -538,7 +545,8 @@ fn finish_image(
         }
         let stop = stops.iter().copied().find(|&s| s > pos).unwrap_or(size);
         let n = (stop - pos).min(PASS_CHUNK) as usize;
-        file.read_exact_at(&mut buf[..n], pos).map_err(PayloadError::io(path))?;
+        file.read_exact_at(&mut buf[..n], pos)
+            .map_err(PayloadError::io(path))?;
         let chunk = &buf[..n];
         h.update(chunk);
         let span = pos..pos + n as u64;

@@ -90,7 +90,10 @@ fn plan(classes: &[BlockClass], skip: &[Extent]) -> Vec<Piece> {
     let mut out = Vec::new();
     let mut i = 0u64;
     while i < total {
-        if let Some(e) = skip.iter().find(|e| e.start_block <= i && i < e.end_block()) {
+        if let Some(e) = skip
+            .iter()
+            .find(|e| e.start_block <= i && i < e.end_block())
+        {
             i = e.end_block();
             continue;
         }
@@ -218,9 +221,8 @@ fn verity_of(t: &Partition) -> Result<Option<Verity>, DiffError> {
         buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
         Ok(())
     });
-    let invalid = |e: romdelta_format::FormatError| {
-        DiffError::Invalid(format!("{}: {e}", t.path.display()))
-    };
+    let invalid =
+        |e: romdelta_format::FormatError| DiffError::Invalid(format!("{}: {e}", t.path.display()));
     let Some(h) = footer.map_err(invalid)?.and_then(|f| f.hashtree) else {
         return Ok(None);
     };

@@ -20,9 +20,9 @@ pub mod ops;
 pub mod properties;
 pub mod proto;
 
-use romdelta_format::{check_partition_name, limits, Digest, Extent, FormatError, BLOCK_SIZE};
 use crate::verity::HashAlgorithm;
 use prost::Message as _;
+use romdelta_format::{check_partition_name, limits, Digest, Extent, FormatError, BLOCK_SIZE};
 
 /// The first four bytes of a payload.
 pub const MAGIC: &[u8; 4] = b"CrAU";
@@ -439,15 +439,20 @@ impl Verity {
     /// filesystem, the FEC (when it has one) over filesystem and tree.
     pub fn from_avb(h: &crate::avb::Hashtree) -> Result<Self, FormatError> {
         let bad = |d: String| FormatError::invalid("AVB hashtree descriptor", d);
-        if h.dm_verity_version != 1 || u64::from(h.data_block_size) != BLOCK_SIZE || u64::from(h.hash_block_size) != BLOCK_SIZE {
+        if h.dm_verity_version != 1
+            || u64::from(h.data_block_size) != BLOCK_SIZE
+            || u64::from(h.hash_block_size) != BLOCK_SIZE
+        {
             return Err(bad(format!(
                 "dm-verity version {}, blocks of {} / {} bytes: a payload carries version 1 with {BLOCK_SIZE}-byte blocks",
                 h.dm_verity_version, h.data_block_size, h.hash_block_size
             )));
         }
         let blocks = |off: u64, len: u64, what: &str| -> Result<Extent, FormatError> {
-            if off % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || len == 0 {
-                return Err(bad(format!("{what} at {off}, {len} bytes: not whole blocks")));
+            if !off.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) || len == 0 {
+                return Err(bad(format!(
+                    "{what} at {off}, {len} bytes: not whole blocks"
+                )));
             }
             Ok(Extent::new(off / BLOCK_SIZE, len / BLOCK_SIZE))
         };
@@ -496,43 +501,73 @@ impl Verity {
 
     /// The blocks an installer computes (tree and FEC areas).
     pub fn computed(&self) -> Vec<Extent> {
-        self.hash_tree.iter().map(|t| t.tree).chain(self.fec.iter().map(|f| f.fec)).collect()
+        self.hash_tree
+            .iter()
+            .map(|t| t.tree)
+            .chain(self.fec.iter().map(|f| f.fec))
+            .collect()
     }
 }
 
 fn verity_of(p: &proto::PartitionUpdate, new: &ImageInfo) -> Result<Verity, FormatError> {
     let bad = |d: String| FormatError::invalid("payload verity", d);
     let blocks = new.size / BLOCK_SIZE;
-    let area = |e: &Option<proto::Extent>, what: &'static str| -> Result<Option<Extent>, FormatError> {
-        e.as_ref().map(|e| extent(e, Some(blocks), what)).transpose()
-    };
-    let (tree_data, tree) = (area(&p.hash_tree_data_extent, "hash_tree_data_extent")?, area(&p.hash_tree_extent, "hash_tree_extent")?);
-    let (fec_data, fec) = (area(&p.fec_data_extent, "fec_data_extent")?, area(&p.fec_extent, "fec_extent")?);
+    let area =
+        |e: &Option<proto::Extent>, what: &'static str| -> Result<Option<Extent>, FormatError> {
+            e.as_ref()
+                .map(|e| extent(e, Some(blocks), what))
+                .transpose()
+        };
+    let (tree_data, tree) = (
+        area(&p.hash_tree_data_extent, "hash_tree_data_extent")?,
+        area(&p.hash_tree_extent, "hash_tree_extent")?,
+    );
+    let (fec_data, fec) = (
+        area(&p.fec_data_extent, "fec_data_extent")?,
+        area(&p.fec_extent, "fec_extent")?,
+    );
     let mut v = Verity::default();
-    if tree_data.is_some() || tree.is_some() || fec_data.is_some() || fec.is_some() {
-        if new.size % BLOCK_SIZE != 0 {
-            return Err(bad(format!("a partition of {} bytes (not whole blocks) with verity", new.size)));
+    if (tree_data.is_some() || tree.is_some() || fec_data.is_some() || fec.is_some())
+        && !new.size.is_multiple_of(BLOCK_SIZE) {
+            return Err(bad(format!(
+                "a partition of {} bytes (not whole blocks) with verity",
+                new.size
+            )));
         }
-    }
     match (tree_data, tree) {
         (None, None) => {}
         (Some(data), Some(tree)) => {
             let name = p.hash_tree_algorithm.as_deref().unwrap_or("");
             let algorithm = HashAlgorithm::from_name(name)?;
             if data.end_block() > tree.start_block {
-                return Err(bad(format!("hash tree {tree} does not follow its data {data}")));
+                return Err(bad(format!(
+                    "hash tree {tree} does not follow its data {data}"
+                )));
             }
             let need = crate::verity::TreeShape::new(data.byte_len(), BLOCK_SIZE, algorithm).len();
             if tree.byte_len() != need {
-                return Err(bad(format!("hash tree {tree} of {} bytes; a {} tree of {data} has {need}", tree.byte_len(), algorithm.name())));
+                return Err(bad(format!(
+                    "hash tree {tree} of {} bytes; a {} tree of {data} has {need}",
+                    tree.byte_len(),
+                    algorithm.name()
+                )));
             }
             let salt = p.hash_tree_salt.clone().unwrap_or_default();
             if salt.len() > 256 {
                 return Err(bad(format!("a salt of {} bytes", salt.len())));
             }
-            v.hash_tree = Some(HashTreeSpec { data, tree, algorithm, salt });
+            v.hash_tree = Some(HashTreeSpec {
+                data,
+                tree,
+                algorithm,
+                salt,
+            });
         }
-        _ => return Err(bad("hash_tree_data_extent and hash_tree_extent come together".into())),
+        _ => {
+            return Err(bad(
+                "hash_tree_data_extent and hash_tree_extent come together".into(),
+            ))
+        }
     }
     match (fec_data, fec) {
         (None, None) => {}
@@ -540,17 +575,26 @@ fn verity_of(p: &proto::PartitionUpdate, new: &ImageInfo) -> Result<Verity, Form
             let roots = p.fec_roots.unwrap_or(2);
             let layout = crate::fec::FecLayout::new(roots, BLOCK_SIZE as usize, data.byte_len())?;
             if data.end_block() > fec.start_block {
-                return Err(bad(format!("FEC {fec} does not follow the data it covers {data}")));
+                return Err(bad(format!(
+                    "FEC {fec} does not follow the data it covers {data}"
+                )));
             }
             if fec.byte_len() != layout.len() {
-                return Err(bad(format!("FEC {fec} of {} bytes; {roots} roots over {data} take {}", fec.byte_len(), layout.len())));
+                return Err(bad(format!(
+                    "FEC {fec} of {} bytes; {roots} roots over {data} take {}",
+                    fec.byte_len(),
+                    layout.len()
+                )));
             }
             if let Some(t) = &v.hash_tree {
                 if t.tree.start_block < fec.end_block() && fec.start_block < t.tree.end_block() {
                     return Err(bad(format!("hash tree {} and FEC {fec} overlap", t.tree)));
                 }
                 if t.tree.start_block < data.end_block() && t.tree.end_block() > data.end_block() {
-                    return Err(bad(format!("FEC data {data} ends inside the hash tree {}", t.tree)));
+                    return Err(bad(format!(
+                        "FEC data {data} ends inside the hash tree {}",
+                        t.tree
+                    )));
                 }
             }
             v.fec = Some(FecSpec { data, fec, roots });
@@ -853,7 +897,8 @@ impl<'a> Payload<'a> {
                     )));
                 }
                 if kind == PayloadOpKind::SourceCopy
-                    && romdelta_format::blocks_in(&src_extents) != romdelta_format::blocks_in(&dst_extents)
+                    && romdelta_format::blocks_in(&src_extents)
+                        != romdelta_format::blocks_in(&dst_extents)
                 {
                     return Err(at(FormatError::invalid(
                         "operation",

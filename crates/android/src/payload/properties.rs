@@ -131,7 +131,10 @@ mod tests {
         assert_eq!(p.file_size, Some(1000));
         assert_eq!(p.file_hash, Some(romdelta_format::sha256(&payload)));
         assert_eq!(p.metadata_size, Some(100));
-        assert_eq!(p.metadata_hash, Some(romdelta_format::sha256(&payload[..100])));
+        assert_eq!(
+            p.metadata_hash,
+            Some(romdelta_format::sha256(&payload[..100]))
+        );
         // Known vector: SHA-256 of "" in base64.
         let empty = parse(b"FILE_HASH=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n").unwrap();
         assert_eq!(empty.file_hash, Some(romdelta_format::sha256(b"")));
