@@ -121,7 +121,8 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
     let mut out = Vec::new();
     for (name, source) in [("full", None), ("delta", Some(&src))] {
         let path = dir.join("seed.bin");
-        romdelta_diff::payload::write_payload(source, &dst, &fast_opts(), &path, &|_| {}).unwrap();
+        romdelta_diff::payload::write_payload(source, &dst, &fast_opts(), &[], &path, &|_| {})
+            .unwrap();
         out.push((
             "payload_parse",
             format!("seed-{name}"),
@@ -144,7 +145,8 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
     std::fs::write(&pv, &avb_image).unwrap();
     let path = dir.join("seed.bin");
     let verity_rom = romdelta_rom::Rom::open(&pv).unwrap();
-    romdelta_diff::payload::write_payload(None, &verity_rom, &fast_opts(), &path, &|_| {}).unwrap();
+    romdelta_diff::payload::write_payload(None, &verity_rom, &fast_opts(), &[], &path, &|_| {})
+        .unwrap();
     out.push((
         "payload_parse",
         "seed-verity".into(),

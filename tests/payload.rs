@@ -12,13 +12,13 @@ use romdelta_android::payload::{encode_payload, Payload};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn require_tools() -> bool {
+pub(crate) fn require_tools() -> bool {
     std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_some()
 }
 
 /// `../shared/fixtures/update_engine/` beside the checkout, or `None`
 /// (a failure when ROMDELTA_REQUIRE_TOOLS is set).
-fn fixtures() -> Option<PathBuf> {
+pub(crate) fn fixtures() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/update_engine");
     let ok =
         dir.join("sample_images.tar.bz2").is_file() && dir.join("sample_payloads.tar.xz").is_file();
@@ -35,7 +35,7 @@ fn fixtures() -> Option<PathBuf> {
 }
 
 /// Unpacks the fixture archives into `into`.
-fn unpack_fixtures(dir: &Path, into: &Path) {
+pub(crate) fn unpack_fixtures(dir: &Path, into: &Path) {
     let f = std::fs::File::open(dir.join("sample_images.tar.bz2")).unwrap();
     tar::Archive::new(bzip2::read::BzDecoder::new(f))
         .unpack(into)
@@ -47,7 +47,7 @@ fn unpack_fixtures(dir: &Path, into: &Path) {
 }
 
 /// Whether the command `name` runs (a failure when ROMDELTA_REQUIRE_TOOLS is set).
-fn have_tool(name: &str, package: &str) -> bool {
+pub(crate) fn have_tool(name: &str, package: &str) -> bool {
     let ok = Command::new(name)
         .arg("--help")
         .output()
@@ -61,7 +61,7 @@ fn have_tool(name: &str, package: &str) -> bool {
     ok
 }
 
-fn same(a: &Path, b: &Path) {
+pub(crate) fn same(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert!(
         x == y,
@@ -75,7 +75,7 @@ fn same(a: &Path, b: &Path) {
 
 /// A zip holding `payload` as `payload.bin`, stored (as OTA zips store it)
 /// or deflated, with its `payload_properties.txt` before it.
-fn ota_zip(payload: &Path, out: &Path, deflate: bool) {
+pub(crate) fn ota_zip(payload: &Path, out: &Path, deflate: bool) {
     let bytes = std::fs::read(payload).unwrap();
     let h = romdelta_android::payload::PayloadHeader::decode(&bytes).unwrap();
     let meta = romdelta_android::payload::HEADER_LEN as u64 + h.manifest_len;
@@ -196,7 +196,7 @@ fn google_payloads_extract_and_apply_to_the_exact_new_images() {
 /// A pair of small ROMs (the synthetic demo builds, images cut to whole
 /// blocks and at most 4 MiB) under `dir`: (old, new). With `same_names`,
 /// both hold the same partitions.
-fn block_roms(dir: &Path, same_names: bool) -> (PathBuf, PathBuf) {
+pub(crate) fn block_roms(dir: &Path, same_names: bool) -> (PathBuf, PathBuf) {
     let (old, new) = romdelta_synth::rom_pair(5, 1);
     let names = |r: &[(String, Vec<u8>)]| r.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     let (on, nn) = (names(&old), names(&new));
@@ -216,7 +216,7 @@ fn block_roms(dir: &Path, same_names: bool) -> (PathBuf, PathBuf) {
     (dirs.remove(0), dirs.remove(0))
 }
 
-fn images(dir: &Path) -> Vec<String> {
+pub(crate) fn images(dir: &Path) -> Vec<String> {
     crate::common::listing(dir)
         .into_iter()
         .filter(|n| n.ends_with(".img"))
@@ -320,29 +320,44 @@ fn payload_dumper_extracts_our_full_payload_byte_identically() {
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n);
     let (_, new) = block_roms(dir.path(), false);
-    romdelta()
-        .args(["diff", "--format", "payload", "--full"])
-        .arg(&new)
-        .arg("-o")
-        .arg(d("full.bin"))
-        .assert()
-        .success();
-    let out = Command::new("payload-dumper")
-        .arg(d("full.bin"))
-        .arg("-o")
-        .arg(d("theirs"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "payload-dumper failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want = images(&new);
-    assert_eq!(images(&d("theirs")), want);
-    for n in &want {
-        same(&d("theirs").join(n), &new.join(n));
+    // Unsigned, and signed with an RSA and an EC key.
+    for (name, keys) in [("full", &[][..]), ("signed", &TEST_KEYS[..])] {
+        let payload = d(&format!("{name}.bin"));
+        let mut cmd = romdelta();
+        cmd.args(["diff", "--format", "payload", "--full"])
+            .arg(&new);
+        for k in keys {
+            cmd.arg("--key").arg(test_key(k));
+        }
+        cmd.arg("-o").arg(&payload).assert().success();
+        let theirs = d(&format!("theirs-{name}"));
+        let out = Command::new("payload-dumper")
+            .arg(&payload)
+            .arg("-o")
+            .arg(&theirs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "payload-dumper failed on the {name} payload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = images(&new);
+        assert_eq!(images(&theirs), want);
+        for n in &want {
+            same(&theirs.join(n), &new.join(n));
+        }
     }
+}
+
+/// The private test keys of `crates/android/testdata` (made for tests only).
+pub(crate) const TEST_KEYS: [&str; 2] = ["rsa2048.key.pem", "p256.key.pem"];
+
+/// The path of a test key.
+pub(crate) fn test_key(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/android/testdata")
+        .join(name)
 }
 
 #[test]
@@ -354,10 +369,14 @@ fn payload_dumper_applies_our_incremental_payload_byte_identically() {
     let d = |n: &str| dir.path().join(n);
     // That reader opens OLD/NAME.img for every partition: same names.
     let (old, new) = block_roms(dir.path(), true);
+    // Signed: the reader skips the metadata signature and the payload
+    // signature after the blobs.
     romdelta()
         .args(["diff", "--format", "payload"])
         .arg(&old)
         .arg(&new)
+        .arg("--key")
+        .arg(test_key(TEST_KEYS[0]))
         .arg("-o")
         .arg(d("delta.bin"))
         .assert()

@@ -17,6 +17,7 @@ mod inplace;
 mod lz4_boot;
 mod newdata;
 mod payload;
+mod payload_signatures;
 mod recompress;
 mod recovery;
 mod resume;

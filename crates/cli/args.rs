@@ -81,7 +81,7 @@ pub enum Command {
         /// build.prop of the target build (default: TARGET/build.prop, if any).
         #[arg(long, value_name = "FILE")]
         target_build: Option<PathBuf>,
-        /// Sign the package with this private key (repeatable).
+        /// Sign the package with this private key (repeatable). For --format payload or ota-zip: an RSA (any size) or EC P-256 private key in PEM (PKCS#8, PKCS#1 or SEC1).
         #[arg(long = "key", value_name = "KEY")]
         keys: Vec<PathBuf>,
         /// zstd level of every encoder (1-22).
@@ -297,6 +297,14 @@ pub struct PartitionList {
     pub names: Vec<String>,
 }
 
+/// The keys a payload's signatures are checked with.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrustedKeys {
+    /// Check the metadata and payload signatures with this key: an RSA or EC P-256 public key or X.509 certificate in PEM, or an otacerts.zip (repeatable; one verifying signature suffices). An unsigned or wrongly signed payload is refused before anything is written.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    pub keys: Vec<PathBuf>,
+}
+
 /// `romdelta payload` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum PayloadCommand {
@@ -306,6 +314,8 @@ pub enum PayloadCommand {
         payload: PathBuf,
         #[command(flatten)]
         partitions: PartitionList,
+        #[command(flatten)]
+        trusted: TrustedKeys,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -320,10 +330,23 @@ pub enum PayloadCommand {
         #[command(flatten)]
         partitions: PartitionList,
         #[command(flatten)]
+        trusted: TrustedKeys,
+        #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Sign an unsigned payload (metadata and payload signatures, as update_engine's signer lays them out) and write its payload_properties.txt beside it.
+    Sign {
+        /// The unsigned payload.bin (or an OTA zip holding one).
+        payload: PathBuf,
+        /// An RSA (any size) or EC P-256 private key in PEM (repeatable: one signature per key).
+        #[arg(long = "key", value_name = "KEY", required = true)]
+        keys: Vec<PathBuf>,
+        /// Where the signed payload goes (never overwritten).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
     },
     /// Write the new images of an incremental payload from the old ones.
     Apply {
@@ -337,6 +360,8 @@ pub enum PayloadCommand {
         output: PathBuf,
         #[command(flatten)]
         partitions: PartitionList,
+        #[command(flatten)]
+        trusted: TrustedKeys,
         #[command(flatten)]
         threads: Threads,
         /// Print a JSON report instead of text.

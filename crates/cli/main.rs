@@ -27,8 +27,18 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn usage(error: anyhow::Error) -> Self {
+    pub(crate) fn usage(error: anyhow::Error) -> Self {
         Failure { code: 2, error }
+    }
+
+    /// An I/O error (exit code 2).
+    pub(crate) fn io(error: anyhow::Error) -> Self {
+        Failure { code: 2, error }
+    }
+
+    /// Input refused (exit code 1).
+    pub(crate) fn refused(error: anyhow::Error) -> Self {
+        Failure { code: 1, error }
     }
 }
 
@@ -255,11 +265,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             tuning.apply(&mut opts);
             if format == args::DiffFormat::Payload {
-                if in_place || !keys.is_empty() {
+                if in_place {
                     return Err(Failure::usage(anyhow::anyhow!(
-                        "--format payload writes an unsigned A/B payload.bin: --in-place and --key do not apply"
+                        "--format payload writes an A/B payload.bin: --in-place does not apply"
                     )));
                 }
+                let payload_keys = keys
+                    .iter()
+                    .map(|k| romdelta_android::signature::SigningKey::from_pem_file(k))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))?;
                 let bar = progress::bar(json, target.total_size(), "diff");
                 let started = std::time::Instant::now();
                 let summary = with_threads(threads, || {
@@ -267,6 +282,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         source.as_ref(),
                         &target,
                         &opts,
+                        &payload_keys,
                         &output,
                         &|n| bar.set_position(n),
                     )

@@ -1,7 +1,7 @@
 //! `romdelta payload inspect|extract|apply` and `diff --format payload`:
 //! Android OTA payload.bin files.
 
-use crate::args::{PartitionList, PayloadCommand, Threads};
+use crate::args::{PartitionList, PayloadCommand, Threads, TrustedKeys};
 use crate::progress::human;
 use crate::{print_json, with_threads, Failure};
 use romdelta_android::payload::{ImageInfo, Payload, PayloadOpKind};
@@ -94,6 +94,8 @@ struct View {
     data_hashes: ap::DataCheck,
     /// Whether an OTA zip's payload_properties.txt was checked (and matched).
     properties_checked: bool,
+    /// With --trusted-key: which key verified each signature.
+    signatures_verified: Option<ap::SignatureCheck>,
     max_timestamp: Option<i64>,
     partial_update: bool,
     dynamic_groups: Vec<Group>,
@@ -125,6 +127,7 @@ fn view(
         data_bytes: p.blobs.len() as u64,
         data_hashes: check,
         properties_checked,
+        signatures_verified: None,
         max_timestamp: m.max_timestamp,
         partial_update: m.partial_update.unwrap_or(false),
         dynamic_groups: m
@@ -186,20 +189,27 @@ fn view(
     }
 }
 
-fn inspect(path: &Path, names: &PartitionList, json: bool) -> Result<(), Failure> {
+fn inspect(
+    path: &Path,
+    names: &PartitionList,
+    trusted: &TrustedKeys,
+    json: bool,
+) -> Result<(), Failure> {
+    let keys = ap::load_trusted_keys(&trusted.keys)?;
     let file = PayloadFile::open(path)?;
     let properties_checked = file.check_properties()?;
-    let p = file.parse()?;
+    let (p, signatures) = file.parse_trusted(&keys)?;
     let parts = ap::select(&p, &names.names)?;
     // A damaged payload must not look fine: every data hash is checked.
     let check = ap::check_data_hashes(&p, &parts)?;
-    let v = view(&file, &p, &parts, check, properties_checked);
+    let mut v = view(&file, &p, &parts, check, properties_checked);
+    v.signatures_verified = signatures;
     if json {
         print_json(&v);
         return Ok(());
     }
     say!(
-        "payload.bin v{}.{} ({}), {}: {} ({} manifest, {} data), {} metadata / {} payload signature(s) (not verified)",
+        "payload.bin v{}.{} ({}), {}: {} ({} manifest, {} data), {}",
         v.major_version,
         v.minor_version,
         v.payload,
@@ -207,8 +217,21 @@ fn inspect(path: &Path, names: &PartitionList, json: bool) -> Result<(), Failure
         human(v.payload_bytes),
         human(v.manifest_bytes),
         human(v.data_bytes),
-        v.metadata_signatures,
-        v.payload_signatures
+        match (&v.signatures_verified, v.metadata_signatures + v.payload_signatures) {
+            (Some(s), _) if s.metadata == s.payload => format!(
+                "signed: {} metadata / {} payload signature(s), both verified with {}",
+                v.metadata_signatures, v.payload_signatures, s.metadata
+            ),
+            (Some(s), _) => format!(
+                "signed: {} metadata / {} payload signature(s), verified (metadata with {}, payload with {})",
+                v.metadata_signatures, v.payload_signatures, s.metadata, s.payload
+            ),
+            (None, 0) => "unsigned".to_string(),
+            (None, _) => format!(
+                "signed: {} metadata / {} payload signature(s), not verified (no --trusted-key)",
+                v.metadata_signatures, v.payload_signatures
+            ),
+        }
     );
     say!(
         "data hashes: {} checked, all match{}",
@@ -296,13 +319,15 @@ fn write(
     source: Option<&Path>,
     output: &Path,
     names: &PartitionList,
+    trusted: &TrustedKeys,
     threads: Threads,
     json: bool,
 ) -> Result<(), Failure> {
     let started = std::time::Instant::now();
+    let keys = ap::load_trusted_keys(&trusted.keys)?;
     let file = PayloadFile::open(path)?;
     let properties_checked = file.check_properties()?;
-    let p = file.parse()?;
+    let (p, signatures) = file.parse_trusted(&keys)?;
     let parts = ap::select(&p, &names.names)?;
     let source = source
         .map(romdelta_apply::open_rom)
@@ -315,6 +340,7 @@ fn write(
         job.run(&file.describe(), &|n| bar.set_position(n))
     })??;
     report.properties_checked = properties_checked;
+    report.signatures = signatures;
     bar.finish();
     if json {
         print_json(&report);
@@ -330,6 +356,14 @@ fn write(
         report.source_hashes,
         report.source_images
     );
+    match &report.signatures {
+        Some(s) => say!(
+            "signatures verified: metadata with {}, payload with {}",
+            s.metadata,
+            s.payload
+        ),
+        None => say!("signatures not checked (no --trusted-key)"),
+    }
     for w in &report.partitions {
         say!(
             "  {:<16} {:>12}  sha256 {}",
@@ -341,29 +375,102 @@ fn write(
     Ok(())
 }
 
+fn sign(path: &Path, keys: &[std::path::PathBuf], output: &Path) -> Result<(), Failure> {
+    let keys = keys
+        .iter()
+        .map(|k| romdelta_android::signature::SigningKey::from_pem_file(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))?;
+    let file = PayloadFile::open(path)?;
+    let p = file.parse()?;
+    let props_path = romdelta_diff::payload::properties_path(output);
+    for o in [output, props_path.as_path()] {
+        if o.symlink_metadata().is_ok() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{} exists; it is never overwritten",
+                o.display()
+            )));
+        }
+    }
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let io = |p: &Path, e: std::io::Error| Failure::io(anyhow::anyhow!("{}: {e}", p.display()));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".romdelta-")
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|e| io(&dir, e))?;
+    let signed = {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        let s = romdelta_android::signature::sign_payload(&p, &keys, &mut w)
+            .map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", file.describe())))?;
+        std::io::Write::flush(&mut w).map_err(|e| io(output, e))?;
+        s
+    };
+    tmp.as_file().sync_all().map_err(|e| io(output, e))?;
+    std::fs::write(&props_path, &signed.properties).map_err(|e| io(&props_path, e))?;
+    tmp.persist_noclobber(output)
+        .map_err(|e| io(output, e.error))?;
+    say!(
+        "signed {} with {} key(s): {} ({}) and {}",
+        file.describe(),
+        keys.len(),
+        output.display(),
+        human(signed.len),
+        props_path.display()
+    );
+    Ok(())
+}
+
 /// `romdelta payload ...`.
 pub fn run(cmd: PayloadCommand) -> Result<(), Failure> {
     match cmd {
         PayloadCommand::Inspect {
             payload,
             partitions,
+            trusted,
             json,
-        } => inspect(&payload, &partitions, json),
+        } => inspect(&payload, &partitions, &trusted, json),
         PayloadCommand::Extract {
             payload,
             output,
             partitions,
+            trusted,
             threads,
             json,
-        } => write(&payload, None, &output, &partitions, threads, json),
+        } => write(
+            &payload,
+            None,
+            &output,
+            &partitions,
+            &trusted,
+            threads,
+            json,
+        ),
+        PayloadCommand::Sign {
+            payload,
+            keys,
+            output,
+        } => sign(&payload, &keys, &output),
         PayloadCommand::Apply {
             payload,
             source,
             output,
             partitions,
+            trusted,
             threads,
             json,
-        } => write(&payload, Some(&source), &output, &partitions, threads, json),
+        } => write(
+            &payload,
+            Some(&source),
+            &output,
+            &partitions,
+            &trusted,
+            threads,
+            json,
+        ),
     }
 }
 
@@ -379,13 +486,18 @@ pub fn report_diff(
         return;
     }
     say!(
-        "wrote {} (payload.bin v2.{}, {}, unsigned; {}, {:.2}% of the {} target) in {:.1} s",
+        "wrote {} and {} (payload.bin v2.{}, {}, {}; {}, {:.2}% of the {} target) in {:.1} s",
         output.display(),
+        summary.properties.display(),
         summary.minor_version,
         if summary.minor_version == 0 {
             "full"
         } else {
             "incremental"
+        },
+        match summary.signatures {
+            0 => "unsigned".to_string(),
+            n => format!("signed with {n} key(s)"),
         },
         human(summary.payload_bytes),
         100.0 * summary.payload_bytes as f64 / summary.target_bytes.max(1) as f64,

@@ -11,4 +11,5 @@
 pub mod avb;
 pub mod fec;
 pub mod payload;
+pub mod signature;
 pub mod verity;

@@ -183,7 +183,9 @@ impl TreeBuilder {
     /// Hashes the next data blocks (`data` holds whole blocks, at most
     /// [`Self::remaining`] bytes), in parallel.
     pub fn update(&mut self, data: &[u8]) {
-        assert!(data.len() as u64 <= self.remaining() && data.len().is_multiple_of(self.block_size));
+        assert!(
+            data.len() as u64 <= self.remaining() && data.len().is_multiple_of(self.block_size)
+        );
         let slot = self.algorithm.slot_len();
         let at = self.level0.len();
         self.level0

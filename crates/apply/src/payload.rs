@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use romdelta_android::payload::{
     ops, Payload, PayloadOp, PayloadOpKind, PayloadPartition, Unsupported,
 };
+use romdelta_android::signature::{self, SignatureError, TrustedKey};
 use romdelta_format::{hex_digest, Digest, Extent, FormatError, BLOCK_SIZE};
 use romdelta_rom::{Partition, Rom};
 use sha2::Digest as _;
@@ -45,6 +46,10 @@ pub enum PayloadError {
     /// A hash did not match.
     #[error("{0}")]
     Mismatch(Box<PayloadMismatch>),
+    /// A signature is missing or does not verify with the trusted keys,
+    /// or a key could not be read.
+    #[error("signature check failed: {0}")]
+    Signature(#[from] SignatureError),
     /// Operation data that passed its hash check could not be decoded.
     #[error("partition {partition}, operation {op} ({kind}): {source}")]
     Decode {
@@ -115,6 +120,7 @@ impl PayloadError {
     pub fn exit_code(&self) -> i32 {
         match self {
             PayloadError::Io { .. } | PayloadError::Usage(_) => 2,
+            PayloadError::Signature(SignatureError::Key { .. }) => 2,
             _ => 1,
         }
     }
@@ -268,6 +274,64 @@ impl PayloadFile {
         Ok(true)
     }
 
+    /// Parses the payload after checking its signatures with `keys`, as
+    /// update_engine does: the metadata signature before the manifest is
+    /// decoded, the payload signature (over every byte before it but the
+    /// metadata signature) before anything is written. Without keys, only
+    /// parses. Returns the payload and, with keys, which key verified each
+    /// signature.
+    pub fn parse_trusted(
+        &self,
+        keys: &[TrustedKey],
+    ) -> Result<(Payload<'_>, Option<SignatureCheck>), PayloadError> {
+        if keys.is_empty() {
+            return Ok((self.parse()?, None));
+        }
+        let bytes = self.bytes();
+        let header = romdelta_android::payload::PayloadHeader::decode(bytes)?;
+        let meta_len = romdelta_android::payload::HEADER_LEN as u64 + header.manifest_len;
+        let sig_len = u64::from(header.metadata_signature_len);
+        let total = bytes.len() as u64;
+        if meta_len.saturating_add(sig_len) > total {
+            return Err(FormatError::Truncated {
+                what: "payload metadata",
+                need: meta_len.saturating_add(sig_len) - total,
+                have: total,
+            }
+            .into());
+        }
+        let (meta_len, sig_len) = (meta_len as usize, sig_len as usize);
+        let meta_hash = romdelta_format::sha256(&bytes[..meta_len]);
+        let metadata = signature::verify(
+            "metadata signature",
+            &bytes[meta_len..meta_len + sig_len],
+            &meta_hash,
+            keys,
+        )?;
+        let payload = self.parse()?;
+        let Some(sigs) = &payload.signatures else {
+            return Err(SignatureError::Unsigned {
+                what: "payload signature",
+            }
+            .into());
+        };
+        let at = meta_len + sig_len + sigs.offset as usize;
+        let (_, payload_hash) = signature::payload_hashes(bytes, meta_len, sig_len, at)?;
+        let signed = signature::verify(
+            "payload signature",
+            &bytes[at..at + sigs.len as usize],
+            &payload_hash,
+            keys,
+        )?;
+        Ok((
+            payload,
+            Some(SignatureCheck {
+                metadata,
+                payload: signed,
+            }),
+        ))
+    }
+
     /// Parses and validates the payload.
     pub fn parse(&self) -> Result<Payload<'_>, PayloadError> {
         Payload::parse(self.bytes()).map_err(|e| match e {
@@ -283,6 +347,24 @@ impl PayloadFile {
             other => PayloadError::Format(other),
         })
     }
+}
+
+/// Which trusted key verified each of a payload's signatures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignatureCheck {
+    /// The key that verified the metadata signature.
+    pub metadata: String,
+    /// The key that verified the payload signature.
+    pub payload: String,
+}
+
+/// Reads every `--trusted-key` file.
+pub fn load_trusted_keys(paths: &[PathBuf]) -> Result<Vec<TrustedKey>, PayloadError> {
+    let mut keys = Vec::new();
+    for p in paths {
+        keys.extend(signature::load_trusted_keys(p)?);
+    }
+    Ok(keys)
 }
 
 /// The stored `payload.bin` member of an OTA zip: offset, length, and the
@@ -586,6 +668,9 @@ pub struct PayloadReport {
     /// `payload_properties.txt` (set by the caller, see
     /// [`PayloadFile::check_properties`]).
     pub properties_checked: bool,
+    /// With trusted keys: which key verified each signature (set by the
+    /// caller, see [`PayloadFile::parse_trusted`]).
+    pub signatures: Option<SignatureCheck>,
 }
 
 /// Selected partitions of a payload, checked against their source and
@@ -810,6 +895,7 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
             source_hashes: source_hashes.load(Ordering::Relaxed),
             source_images: old_checks.len() as u64,
             properties_checked: false,
+            signatures: None,
         })
     }
 }

@@ -21,8 +21,10 @@ use romdelta_android::payload::{
     ops, ImageInfo, NewOp, PayloadOpKind, PayloadWriter, Verity, DELTA_MINOR_VERSION,
     FULL_MINOR_VERSION,
 };
+use romdelta_android::signature::{self, SigningKey};
 use romdelta_format::{Extent, BLOCK_SIZE};
 use romdelta_rom::{Partition, Rom};
+use sha2::Digest as _;
 use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,14 @@ pub struct PayloadPartitionSummary {
 pub struct PayloadSummary {
     /// Always `payload`.
     pub format: &'static str,
+    /// Signatures (one per key; 0: unsigned).
+    pub signatures: usize,
+    /// The `payload_properties.txt` written beside the payload.
+    pub properties: PathBuf,
+    /// Bytes of the header and manifest (`METADATA_SIZE`).
+    pub metadata_bytes: u64,
+    /// SHA-256 of the whole payload, hex (`FILE_HASH`).
+    pub sha256: String,
     /// The payload's minor version (0: full).
     pub minor_version: u32,
     /// Total payload bytes.
@@ -238,15 +248,28 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DiffError + '_ {
     }
 }
 
+/// The `payload_properties.txt` path for a payload at `out`: beside it,
+/// `payload_properties.txt` for a `payload.bin`, else `STEM_properties.txt`.
+pub fn properties_path(out: &Path) -> PathBuf {
+    let name = match out.file_stem().map(|s| s.to_string_lossy()) {
+        Some(s) if s != "payload" => format!("{s}_properties.txt"),
+        _ => "payload_properties.txt".to_string(),
+    };
+    out.with_file_name(name)
+}
+
 /// Writes a `payload.bin` to `out`: incremental when `source` is given
-/// (partitions the source lacks are written whole), full otherwise. Every
-/// image must be a whole number of 4096-byte blocks. `progress` is called
-/// with the target bytes finished so far. The file appears at `out` only
-/// once complete and synced.
+/// (partitions the source lacks are written whole), full otherwise, signed
+/// with every key of `keys` (metadata and payload signatures, as
+/// update_engine's signer lays them out), and its `payload_properties.txt`
+/// beside it ([`properties_path`]). Every image must be a whole number of
+/// 4096-byte blocks. `progress` is called with the target bytes finished
+/// so far. The files appear only once complete and synced.
 pub fn write_payload(
     source: Option<&Rom>,
     target: &Rom,
     opts: &DiffOptions,
+    keys: &[SigningKey],
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PayloadSummary, DiffError> {
@@ -410,27 +433,86 @@ pub fn write_payload(
     }
     data.flush().map_err(io_err(&dir))?;
     drop(data);
+    if !keys.is_empty() {
+        w.reserve_signatures(signature::signatures_size(keys));
+    }
     let prefix = w.finish();
+    let metadata_hash = romdelta_format::sha256(&prefix);
+    let metadata_signature = if keys.is_empty() {
+        Vec::new()
+    } else {
+        signature::signatures_message(keys, &metadata_hash)
+    };
     let mut file = tempfile::Builder::new()
         .prefix(".romdelta-")
         .suffix(".partial")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(&dir)
         .map_err(io_err(&dir))?;
-    file.write_all(&prefix).map_err(io_err(out))?;
+    // The file and payload hashes are taken as the bytes go out.
+    let (mut file_h, mut payload_h) = (sha2::Sha256::new(), sha2::Sha256::new());
+    let mut put = |bytes: &[u8], signed: bool| -> Result<(), DiffError> {
+        file_h.update(bytes);
+        if signed {
+            payload_h.update(bytes);
+        }
+        file.write_all(bytes).map_err(io_err(out))
+    };
+    put(&prefix, true)?;
+    put(&metadata_signature, false)?;
     data_file
         .seek(std::io::SeekFrom::Start(0))
         .map_err(io_err(&dir))?;
-    std::io::copy(&mut data_file, file.as_file_mut()).map_err(io_err(out))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut data_file, &mut buf).map_err(io_err(&dir))?;
+        if n == 0 {
+            break;
+        }
+        put(&buf[..n], true)?;
+    }
+    let payload_hash: romdelta_format::Digest = payload_h.finalize().into();
+    let mut total = prefix.len() as u64 + metadata_signature.len() as u64 + w.data_len();
+    if !keys.is_empty() {
+        let sig = signature::signatures_message(keys, &payload_hash);
+        total += sig.len() as u64;
+        file_h.update(&sig);
+        file.write_all(&sig).map_err(io_err(out))?;
+    }
+    let file_hash: romdelta_format::Digest = file_h.finalize().into();
     file.as_file().sync_all().map_err(io_err(out))?;
+    let props_path = properties_path(out);
+    let props = romdelta_android::payload::properties::render_hashes(
+        &file_hash,
+        total,
+        &metadata_hash,
+        prefix.len() as u64,
+    );
+    let mut pf = tempfile::Builder::new()
+        .prefix(".romdelta-")
+        .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(&dir)
+        .map_err(io_err(&dir))?;
+    pf.write_all(props.as_bytes())
+        .map_err(io_err(&props_path))?;
+    pf.as_file().sync_all().map_err(io_err(&props_path))?;
     file.persist(out).map_err(|e| DiffError::Io {
         path: out.to_path_buf(),
         source: e.error,
     })?;
+    pf.persist(&props_path).map_err(|e| DiffError::Io {
+        path: props_path.clone(),
+        source: e.error,
+    })?;
     Ok(PayloadSummary {
         format: "payload",
+        signatures: keys.len(),
+        properties: props_path,
+        metadata_bytes: prefix.len() as u64,
+        sha256: romdelta_format::hex_digest(&file_hash),
         minor_version: minor,
-        payload_bytes: prefix.len() as u64 + w.data_len(),
+        payload_bytes: total,
         target_bytes: target.total_size(),
         partitions: summaries,
     })

@@ -528,12 +528,13 @@ fn verity_of(p: &proto::PartitionUpdate, new: &ImageInfo) -> Result<Verity, Form
     );
     let mut v = Verity::default();
     if (tree_data.is_some() || tree.is_some() || fec_data.is_some() || fec.is_some())
-        && !new.size.is_multiple_of(BLOCK_SIZE) {
-            return Err(bad(format!(
-                "a partition of {} bytes (not whole blocks) with verity",
-                new.size
-            )));
-        }
+        && !new.size.is_multiple_of(BLOCK_SIZE)
+    {
+        return Err(bad(format!(
+            "a partition of {} bytes (not whole blocks) with verity",
+            new.size
+        )));
+    }
     match (tree_data, tree) {
         (None, None) => {}
         (Some(data), Some(tree)) => {
@@ -1040,6 +1041,7 @@ pub fn encode_payload(
 pub struct PayloadWriter {
     manifest: proto::DeltaArchiveManifest,
     data_len: u64,
+    metadata_signature_len: u32,
 }
 
 /// One operation to add with [`PayloadWriter::push_op`]; its data goes to
@@ -1080,7 +1082,26 @@ impl PayloadWriter {
                 ..Default::default()
             },
             data_len: 0,
+            metadata_signature_len: 0,
         }
+    }
+
+    /// Makes room for signatures of `size` bytes (a `Signatures` message,
+    /// see [`crate::signature::signatures_size`]): the metadata signature
+    /// after the manifest, the payload signature after the blobs pushed so
+    /// far (push no more after this).
+    pub fn reserve_signatures(&mut self, size: u64) {
+        self.manifest.signatures_offset = Some(self.data_len);
+        self.manifest.signatures_size = Some(size);
+        self.metadata_signature_len =
+            u32::try_from(size).expect("a signature message fits in 4 GiB");
+    }
+
+    /// Sets the newest timestamp of the build the payload installs
+    /// (`max_timestamp`: update_engine refuses a payload older than the
+    /// running build).
+    pub fn set_max_timestamp(&mut self, t: i64) {
+        self.manifest.max_timestamp = Some(t);
     }
 
     /// Starts partition `name`, which turns an image of `old` into `new`.
@@ -1136,13 +1157,14 @@ impl PayloadWriter {
         self.data_len
     }
 
-    /// The header and manifest: what precedes the blobs.
+    /// The header and manifest (the payload's metadata): what precedes
+    /// the metadata signature, if any, and the blobs.
     pub fn finish(&self) -> Vec<u8> {
         let manifest = self.manifest.encode_to_vec();
         let header = PayloadHeader {
             major_version: MAJOR_VERSION,
             manifest_len: manifest.len() as u64,
-            metadata_signature_len: 0,
+            metadata_signature_len: self.metadata_signature_len,
         };
         let mut out = header.encode().to_vec();
         out.extend(manifest);

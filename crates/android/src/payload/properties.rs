@@ -91,32 +91,49 @@ pub fn parse(text: &[u8]) -> Result<Properties, FormatError> {
 /// The properties file of `payload` (whose metadata is its first
 /// `metadata_size` bytes: header and manifest).
 pub fn render(payload: &[u8], metadata_size: u64) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b64 = |d: &[u8]| {
-        let mut s = String::new();
-        for chunk in d.chunks(3) {
-            let mut n = 0u32;
-            for (i, &c) in chunk.iter().enumerate() {
-                n |= u32::from(c) << (16 - 8 * i);
-            }
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    s.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
-    };
     let meta = &payload[..(metadata_size as usize).min(payload.len())];
+    render_hashes(
+        &romdelta_format::sha256(payload),
+        payload.len() as u64,
+        &romdelta_format::sha256(meta),
+        metadata_size,
+    )
+}
+
+/// The `payload_properties.txt` of a payload whose hashes are known.
+pub fn render_hashes(
+    file_hash: &Digest,
+    file_size: u64,
+    metadata_hash: &Digest,
+    metadata_size: u64,
+) -> String {
     format!(
         "FILE_HASH={}\nFILE_SIZE={}\nMETADATA_HASH={}\nMETADATA_SIZE={}\n",
-        b64(&romdelta_format::sha256(payload)),
-        payload.len(),
-        b64(&romdelta_format::sha256(meta)),
+        base64(file_hash),
+        file_size,
+        base64(metadata_hash),
         metadata_size
     )
+}
+
+/// Standard base64 with padding.
+pub fn base64(d: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for chunk in d.chunks(3) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= u32::from(c) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
 }
 
 #[cfg(test)]
