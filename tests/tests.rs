@@ -16,6 +16,7 @@ mod hostile;
 mod inplace;
 mod lz4_boot;
 mod newdata;
+mod ota_zip;
 mod payload;
 mod payload_signatures;
 mod recompress;

@@ -92,10 +92,15 @@ pub enum Command {
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
-        /// What to write: a romdelta package, or an Android payload.bin
-        /// (unsigned; full with --full, else incremental).
+        /// What to write: a romdelta package, an Android payload.bin (with
+        /// payload_properties.txt beside it), or a whole A/B OTA zip (full
+        /// with --full, else incremental; signed with --key).
         #[arg(long, value_enum, default_value_t = DiffFormat::Romdelta)]
         format: DiffFormat,
+        /// For --format ota-zip: allow the target to be older than the
+        /// source (the zip then says ota-downgrade=yes).
+        #[arg(long)]
+        downgrade: bool,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -280,8 +285,11 @@ pub enum Command {
 pub enum DiffFormat {
     /// A romdelta package.
     Romdelta,
-    /// An Android payload.bin (CrAU, major version 2), unsigned.
+    /// An Android payload.bin (CrAU, major version 2).
     Payload,
+    /// An Android A/B OTA zip: payload.bin, payload_properties.txt,
+    /// care_map.pb, META-INF/com/android/metadata and metadata.pb.
+    OtaZip,
 }
 
 /// Partitions of a payload to work on.

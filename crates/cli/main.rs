@@ -244,6 +244,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             threads,
             json,
             format,
+            downgrade,
             tuning,
         } => {
             let (source, target) = match (full, paths.as_slice()) {
@@ -264,17 +265,38 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ..DiffOptions::default()
             };
             tuning.apply(&mut opts);
+            if format == args::DiffFormat::OtaZip {
+                let package = payload::ota_package(
+                    source_info.as_ref(),
+                    target_info.as_ref(),
+                    source.is_some(),
+                    downgrade,
+                )?;
+                let payload_keys = payload::signing_keys(&keys)?;
+                let bar = progress::bar(json, target.total_size(), "diff");
+                let started = std::time::Instant::now();
+                let report = with_threads(threads, || {
+                    romdelta_diff::payload::write_ota_zip(
+                        source.as_ref(),
+                        &target,
+                        &opts,
+                        &payload_keys,
+                        package,
+                        &output,
+                        &|n| bar.set_position(n),
+                    )
+                })??;
+                bar.finish();
+                payload::report_ota_zip(&report, &output, started, json);
+                return Ok(());
+            }
             if format == args::DiffFormat::Payload {
                 if in_place {
                     return Err(Failure::usage(anyhow::anyhow!(
                         "--format payload writes an A/B payload.bin: --in-place does not apply"
                     )));
                 }
-                let payload_keys = keys
-                    .iter()
-                    .map(|k| romdelta_android::signature::SigningKey::from_pem_file(k))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))?;
+                let payload_keys = payload::signing_keys(&keys)?;
                 let bar = progress::bar(json, target.total_size(), "diff");
                 let started = std::time::Instant::now();
                 let summary = with_threads(threads, || {

@@ -375,12 +375,103 @@ fn write(
     Ok(())
 }
 
-fn sign(path: &Path, keys: &[std::path::PathBuf], output: &Path) -> Result<(), Failure> {
-    let keys = keys
-        .iter()
+/// Reads every `--key` file as a payload signing key.
+pub fn signing_keys(
+    keys: &[std::path::PathBuf],
+) -> Result<Vec<romdelta_android::signature::SigningKey>, Failure> {
+    keys.iter()
         .map(|k| romdelta_android::signature::SigningKey::from_pem_file(k))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))?;
+        .map_err(|e| Failure::usage(anyhow::anyhow!("--key: {e}")))
+}
+
+/// The metadata of an OTA zip from the builds' identities: the target's
+/// is required, and the source's for an incremental; a target older than
+/// the source is refused unless `downgrade`.
+pub fn ota_package(
+    source: Option<&romdelta_format::BuildInfo>,
+    target: Option<&romdelta_format::BuildInfo>,
+    incremental: bool,
+    downgrade: bool,
+) -> Result<romdelta_android::ota_zip::OtaPackage, Failure> {
+    use romdelta_android::ota_zip::{BuildState, OtaPackage};
+    let state = |b: &romdelta_format::BuildInfo| BuildState {
+        device: b.device.clone(),
+        fingerprint: b.fingerprint.clone(),
+        incremental: b.version.clone(),
+        timestamp: b.timestamp as i64,
+        security_patch_level: b.security_patch.clone(),
+    };
+    let need = |what: &str| {
+        Failure::usage(anyhow::anyhow!(
+            "--format ota-zip records the {what} build's identity: give a build.prop in the ROM directory or --{what}-build FILE"
+        ))
+    };
+    let post = state(target.ok_or_else(|| need("target"))?);
+    let pre = if incremental {
+        Some(state(source.ok_or_else(|| need("source"))?))
+    } else {
+        None
+    };
+    if let Some(p) = &pre {
+        if p.device != post.device {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "the source build is for device {:?}, the target for {:?}: an OTA moves one device",
+                p.device,
+                post.device
+            )));
+        }
+        if post.timestamp < p.timestamp && !downgrade {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "the target build ({}, ro.build.date.utc {}) is older than the source ({}, {}): a downgrade needs --downgrade",
+                post.fingerprint,
+                post.timestamp,
+                p.fingerprint,
+                p.timestamp
+            )));
+        }
+    }
+    let is_downgrade = pre.as_ref().is_some_and(|p| post.timestamp < p.timestamp);
+    Ok(OtaPackage {
+        post,
+        pre,
+        downgrade: is_downgrade,
+        care_map: Vec::new(),
+    })
+}
+
+/// Prints what `diff --format ota-zip` wrote.
+pub fn report_ota_zip(
+    r: &romdelta_diff::payload::OtaZipReport,
+    output: &Path,
+    started: std::time::Instant,
+    json: bool,
+) {
+    if json {
+        print_json(r);
+        return;
+    }
+    say!(
+        "wrote {} (A/B OTA zip, {}; payload.bin v2.{}, {}, {}) in {:.1} s",
+        output.display(),
+        human(r.zip.zip_bytes),
+        r.payload.minor_version,
+        if r.payload.minor_version == 0 {
+            "full"
+        } else {
+            "incremental"
+        },
+        match r.payload.signatures {
+            0 => "unsigned".to_string(),
+            n => format!("signed with {n} key(s)"),
+        },
+        started.elapsed().as_secs_f64()
+    );
+    say!("  ota-property-files={}", r.zip.property_files);
+}
+
+fn sign(path: &Path, keys: &[std::path::PathBuf], output: &Path) -> Result<(), Failure> {
+    let keys = signing_keys(keys)?;
     let file = PayloadFile::open(path)?;
     let p = file.parse()?;
     let props_path = romdelta_diff::payload::properties_path(output);

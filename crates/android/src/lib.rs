@@ -10,6 +10,7 @@
 
 pub mod avb;
 pub mod fec;
+pub mod ota_zip;
 pub mod payload;
 pub mod signature;
 pub mod verity;

@@ -60,6 +60,8 @@ pub struct PayloadPartitionSummary {
     pub incremental: bool,
     /// Operations per kind.
     pub by_kind: Vec<PayloadKindSummary>,
+    /// Blocks of data the hash tree covers, when the image has verity.
+    pub verity_data_blocks: Option<u64>,
 }
 
 /// What [`write_payload`] wrote.
@@ -429,6 +431,10 @@ pub fn write_payload(
             size: t.size(),
             incremental: s.is_some(),
             by_kind,
+            verity_data_blocks: verity
+                .as_ref()
+                .and_then(|v| v.hash_tree.as_ref())
+                .map(|t| t.data.end_block()),
         });
     }
     data.flush().map_err(io_err(&dir))?;
@@ -515,5 +521,85 @@ pub fn write_payload(
         payload_bytes: total,
         target_bytes: target.total_size(),
         partitions: summaries,
+    })
+}
+
+/// What [`write_ota_zip`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OtaZipReport {
+    /// The payload inside.
+    pub payload: PayloadSummary,
+    /// The zip's property files and size.
+    pub zip: romdelta_android::ota_zip::OtaZipSummary,
+}
+
+/// Writes an A/B OTA zip to `out`: the payload of [`write_payload`] (its
+/// properties file inside the zip, not beside it), the care map of every
+/// partition with verity (identified by `ro.PARTITION.build.fingerprint`
+/// with the target's fingerprint), and `package`'s metadata.
+pub fn write_ota_zip(
+    source: Option<&Rom>,
+    target: &Rom,
+    opts: &DiffOptions,
+    keys: &[SigningKey],
+    mut package: romdelta_android::ota_zip::OtaPackage,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<OtaZipReport, DiffError> {
+    use romdelta_android::ota_zip;
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let work = tempfile::Builder::new()
+        .prefix(".romdelta-ota-")
+        .tempdir_in(&dir)
+        .map_err(io_err(&dir))?;
+    let payload_path = work.path().join("payload.bin");
+    let summary = write_payload(source, target, opts, keys, &payload_path, progress)?;
+    let properties =
+        std::fs::read_to_string(&summary.properties).map_err(io_err(&summary.properties))?;
+    for p in &summary.partitions {
+        if let Some(blocks) = p.verity_data_blocks {
+            package.care_map.push(ota_zip::CareMapEntry {
+                name: p.name.clone(),
+                ranges: vec![(0, blocks)],
+                id: format!("ro.{}.build.fingerprint", p.name),
+                fingerprint: package.post.fingerprint.clone(),
+            });
+        }
+    }
+    let bytes = std::fs::read(&payload_path).map_err(io_err(&payload_path))?;
+    let header = romdelta_android::payload::PayloadHeader::decode(&bytes)
+        .map_err(|e| DiffError::Invalid(format!("the written payload: {e}")))?;
+    let metadata_len = romdelta_android::payload::HEADER_LEN as u64
+        + header.manifest_len
+        + u64::from(header.metadata_signature_len);
+    let mut payload = std::fs::File::open(&payload_path).map_err(io_err(&payload_path))?;
+    drop(bytes);
+    let file = tempfile::Builder::new()
+        .prefix(".romdelta-")
+        .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(&dir)
+        .map_err(io_err(&dir))?;
+    let (tmp, path) = file.into_parts();
+    let (tmp, zip) = ota_zip::write(
+        tmp,
+        &mut payload,
+        summary.payload_bytes,
+        metadata_len,
+        &properties,
+        &package,
+    )
+    .map_err(|e| DiffError::Invalid(format!("{}: {e}", out.display())))?;
+    tmp.sync_all().map_err(io_err(out))?;
+    path.persist(out).map_err(|e| DiffError::Io {
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(OtaZipReport {
+        payload: summary,
+        zip,
     })
 }
