@@ -197,6 +197,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// AVB hashtree footers: read one, or add one (data, dm-verity tree, FEC, unsigned vbmeta) as avbtool does.
+    Avb {
+        /// What to do.
+        #[command(subcommand)]
+        command: AvbCommand,
+    },
     /// Android OTA payload.bin (CrAU v2): inspect, extract, apply.
     ///
     /// PAYLOAD is a payload.bin or an OTA zip holding one. `romdelta diff
@@ -311,6 +317,42 @@ pub struct TrustedKeys {
     /// Check the metadata and payload signatures with this key: an RSA or EC P-256 public key or X.509 certificate in PEM, or an otacerts.zip (repeatable; one verifying signature suffices). An unsigned or wrongly signed payload is refused before anything is written.
     #[arg(long = "trusted-key", value_name = "FILE")]
     pub keys: Vec<PathBuf>,
+}
+
+/// `romdelta avb` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AvbCommand {
+    /// Print an image's AVB footer and hashtree descriptor.
+    Info {
+        /// The partition image.
+        image: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write IMAGE (a filesystem, whole 4096-byte blocks) with a dm-verity hash tree, FEC and an unsigned vbmeta in an AVB footer, laid out as `avbtool add_hashtree_footer` does (the whole image is held in memory).
+    AddHashtreeFooter {
+        /// The filesystem image.
+        image: PathBuf,
+        /// Where the partition image goes (never overwritten).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The partition's size in bytes.
+        #[arg(long, value_name = "BYTES")]
+        partition_size: u64,
+        /// The partition's name (recorded in the descriptor).
+        #[arg(long, value_name = "NAME")]
+        partition_name: String,
+        /// The tree's hash: sha1, sha256, sha384, sha512 or blake2b-256.
+        #[arg(long, default_value = "sha256")]
+        hash_algorithm: String,
+        /// The salt, in hex.
+        #[arg(long, value_name = "HEX", default_value = "")]
+        salt: String,
+        /// FEC parity bytes per codeword (2 to 24; 0: no FEC).
+        #[arg(long, default_value_t = 2)]
+        fec_roots: u32,
+    },
 }
 
 /// `romdelta payload` subcommands.

@@ -493,6 +493,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
         } => bsdiff40::patch(&old, &new, &patch, json),
         Command::Payload { command } => payload::run(command),
+        Command::Avb { command } => payload::avb(command),
         Command::Recovery { command } => recovery::run(command),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

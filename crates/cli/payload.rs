@@ -375,6 +375,151 @@ fn write(
     Ok(())
 }
 
+/// `romdelta avb ...`.
+pub fn avb(cmd: crate::args::AvbCommand) -> Result<(), Failure> {
+    use crate::args::AvbCommand;
+    use romdelta_android::{avb, verity::HashAlgorithm};
+    match cmd {
+        AvbCommand::Info { image, json } => {
+            let f = std::fs::File::open(&image)
+                .map_err(|e| Failure::io(anyhow::anyhow!("{}: {e}", image.display())))?;
+            let len = f
+                .metadata()
+                .map_err(|e| Failure::io(anyhow::anyhow!("{}: {e}", image.display())))?
+                .len();
+            let footer = avb::read_footer(len, |off, buf| {
+                std::os::unix::fs::FileExt::read_exact_at(&f, buf, off)
+            })
+            .map_err(|e| Failure::refused(anyhow::anyhow!("{}: {e}", image.display())))?;
+            let Some(footer) = footer else {
+                return Err(Failure::refused(anyhow::anyhow!(
+                    "{}: no AVB footer",
+                    image.display()
+                )));
+            };
+            #[derive(serde::Serialize)]
+            struct View {
+                original_image_size: u64,
+                vbmeta_offset: u64,
+                vbmeta_size: u64,
+                hashtree: Option<Tree>,
+            }
+            #[derive(serde::Serialize)]
+            struct Tree {
+                partition: String,
+                algorithm: &'static str,
+                salt: String,
+                root_digest: String,
+                image_size: u64,
+                tree_offset: u64,
+                tree_size: u64,
+                fec_num_roots: u32,
+                fec_offset: u64,
+                fec_size: u64,
+            }
+            let v = View {
+                original_image_size: footer.original_image_size,
+                vbmeta_offset: footer.vbmeta_offset,
+                vbmeta_size: footer.vbmeta_size,
+                hashtree: footer.hashtree.map(|h| Tree {
+                    partition: h.partition,
+                    algorithm: h.algorithm.name(),
+                    salt: hex::encode(h.salt),
+                    root_digest: hex::encode(h.root_digest),
+                    image_size: h.image_size,
+                    tree_offset: h.tree_offset,
+                    tree_size: h.tree_size,
+                    fec_num_roots: h.fec_num_roots,
+                    fec_offset: h.fec_offset,
+                    fec_size: h.fec_size,
+                }),
+            };
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            say!(
+                "AVB footer: original image size {}, vbmeta {} bytes at {}",
+                v.original_image_size,
+                v.vbmeta_size,
+                v.vbmeta_offset
+            );
+            match &v.hashtree {
+                Some(t) => {
+                    say!(
+                        "hashtree descriptor for {}: {} over {} bytes, salt {}",
+                        t.partition,
+                        t.algorithm,
+                        t.image_size,
+                        t.salt
+                    );
+                    say!("  root digest {}", t.root_digest);
+                    say!("  tree {} bytes at {}", t.tree_size, t.tree_offset);
+                    if t.fec_num_roots > 0 {
+                        say!(
+                            "  FEC {} roots, {} bytes at {}",
+                            t.fec_num_roots,
+                            t.fec_size,
+                            t.fec_offset
+                        );
+                    }
+                }
+                None => say!("no hashtree descriptor"),
+            }
+            Ok(())
+        }
+        AvbCommand::AddHashtreeFooter {
+            image,
+            output,
+            partition_size,
+            partition_name,
+            hash_algorithm,
+            salt,
+            fec_roots,
+        } => {
+            let algorithm = HashAlgorithm::from_name(&hash_algorithm)
+                .map_err(|e| Failure::usage(anyhow::anyhow!("--hash-algorithm: {e}")))?;
+            let salt =
+                hex::decode(&salt).map_err(|e| Failure::usage(anyhow::anyhow!("--salt: {e}")))?;
+            if output.symlink_metadata().is_ok() {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "{} exists; it is never overwritten",
+                    output.display()
+                )));
+            }
+            let data = std::fs::read(&image)
+                .map_err(|e| Failure::io(anyhow::anyhow!("{}: {e}", image.display())))?;
+            let img = avb::hashtree_image(
+                &data,
+                &avb::HashtreeOptions {
+                    partition: partition_name,
+                    partition_size,
+                    algorithm,
+                    salt,
+                    fec_roots,
+                },
+            )
+            .map_err(|e| Failure::usage(anyhow::anyhow!("{}: {e}", image.display())))?;
+            let dir = match output.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            };
+            let mut t = tempfile::Builder::new()
+                .prefix(".romdelta-")
+                .suffix(".partial")
+                .tempfile_in(&dir)
+                .map_err(|e| Failure::io(anyhow::anyhow!("{}: {e}", dir.display())))?;
+            std::io::Write::write_all(t.as_file_mut(), &img)
+                .and_then(|_| t.as_file().sync_all())
+                .map_err(|e| Failure::io(anyhow::anyhow!("{}: {e}", output.display())))?;
+            t.persist_noclobber(&output)
+                .map_err(|e| Failure::io(anyhow::anyhow!("{}: {}", output.display(), e.error)))?;
+            say!("wrote {} ({} bytes)", output.display(), img.len());
+            Ok(())
+        }
+    }
+}
+
 /// Reads every `--key` file as a payload signing key.
 pub fn signing_keys(
     keys: &[std::path::PathBuf],
