@@ -23,16 +23,21 @@ cd "$work"
 
 size=$(stat -c %s "$image")
 
-rm -rf rom avbrom out-* full.bin full_properties.txt avb.bin avb_properties.txt
-mkdir -p rom avbrom
-ln -s "$image" rom/system.img
-"$romdelta" diff --format payload --full rom -o full.bin >/dev/null
+rm -rf out-*
+# The payloads (not timed) are kept for another run in the same WORKDIR.
+if [ ! -s full.bin ]; then
+    rm -rf rom && mkdir -p rom && ln -s "$image" rom/system.img
+    "$romdelta" diff --format payload --full rom -o full.bin >/dev/null
+fi
 # The AVB image: data, tree (~1/128), FEC (~2/253 of data + tree), vbmeta.
-psize=$(( (size + size / 100 + (1 << 20)) / 4096 * 4096 ))
-"$romdelta" avb add-hashtree-footer "$image" -o avbrom/system.img \
-    --partition-size "$psize" --partition-name system \
-    --salt 5eed5eed5eed5eed5eed5eed5eed5eed >/dev/null
-"$romdelta" diff --format payload --full avbrom -o avb.bin >/dev/null
+psize=$(( (size + size / 50 + (1 << 20)) / 4096 * 4096 ))
+if [ ! -s avb.bin ]; then
+    rm -rf avbrom && mkdir -p avbrom
+    "$romdelta" avb add-hashtree-footer "$image" -o avbrom/system.img \
+        --partition-size "$psize" --partition-name system \
+        --salt 5eed5eed5eed5eed5eed5eed5eed5eed >/dev/null
+    "$romdelta" diff --format payload --full avbrom -o avb.bin >/dev/null
+fi
 want=$(sha256sum < "$image" | cut -d' ' -f1)
 want_avb=$(sha256sum < avbrom/system.img | cut -d' ' -f1)
 

@@ -152,6 +152,16 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
         "seed-verity".into(),
         std::fs::read(&path).unwrap(),
     ));
+    // Signature messages (of another hash) by the fuzz target's keys.
+    for (name, key) in [("rsa", "rsa2048.key.pem"), ("ec", "p256.key.pem")] {
+        let pem = std::fs::read_to_string(crate::payload::test_key(key)).unwrap();
+        let k = romdelta_android::signature::SigningKey::from_pem(&pem).unwrap();
+        let msg = romdelta_android::signature::signatures_message(
+            &[k],
+            &romdelta_format::sha256(b"seed"),
+        );
+        out.push(("payload_signatures", format!("seed-{name}"), msg));
+    }
     out.push(("avb_footer", "seed-fec".into(), avb_image.clone()));
     let no_fec = romdelta_android::avb::hashtree_image(
         &b[..4 * 4096],
@@ -213,6 +223,36 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
         "seed-bsdiff40".into(),
         op_input(4, 8192, old, &patch),
     ));
+    // puffin's own 1-to-2 patch over its sample stream.
+    let hex = |name: &str| -> Vec<u8> {
+        let t = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("crates/android/testdata/puffin/{name}.hex")),
+        )
+        .unwrap();
+        let t = t.trim();
+        (0..t.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    out.push((
+        "payload_ops",
+        "seed-puffdiff".into(),
+        op_input(6, 22, &hex("sample1_deflates"), &hex("patch_1_to_2")),
+    ));
+    // An LZ4DIFF patch of EROFS-like lz4hc clusters.
+    let lz = |ext: &str| {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "crates/android/testdata/lz4diff/v1_bsdiff_zeropad_exact.{ext}"
+        )))
+        .unwrap()
+    };
+    out.push((
+        "payload_ops",
+        "seed-lz4diff".into(),
+        op_input(7, 20480, &lz("src"), &lz("patch")),
+    ));
     out
 }
 
@@ -230,6 +270,16 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
     use romdelta_android::payload::{ops, Payload, PayloadOpKind as K};
     if target == "payload_parse" {
         return Payload::parse(bytes).map(|_| ()).map_err(|e| e.to_string());
+    }
+    if target == "payload_signatures" {
+        use prost::Message as _;
+        let m = romdelta_android::payload::proto::Signatures::decode(bytes)
+            .map_err(|e| e.to_string())?;
+        return if m.signatures.is_empty() {
+            Err("no signature".into())
+        } else {
+            Ok(())
+        };
     }
     if target == "avb_footer" {
         let f = romdelta_android::avb::read_footer(bytes.len() as u64, |off, buf| {
@@ -261,7 +311,9 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
         K::ReplaceZstd,
         K::SourceBsdiff,
         K::BrotliBsdiff,
-    ][kind % 6];
+        K::Puffdiff,
+        K::Lz4diffBsdiff,
+    ][kind % 8];
     if kind.is_replace() {
         ops::decode_replace(kind, data, &mut out).map(|_| ())
     } else {
@@ -282,6 +334,7 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
             "payload_ops",
             "op_decoders",
             "avb_footer",
+            "payload_signatures",
         ] {
             let dir = corpus().join(target);
             std::fs::create_dir_all(&dir).unwrap();
@@ -335,7 +388,13 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
         sparse >= 4,
         "{sparse} seeds with SOURCE_BSDIFF_SPARSE operations"
     );
-    for target in ["payload_parse", "payload_ops", "op_decoders", "avb_footer"] {
+    for target in [
+        "payload_parse",
+        "payload_ops",
+        "op_decoders",
+        "avb_footer",
+        "payload_signatures",
+    ] {
         let mut n = 0;
         for e in std::fs::read_dir(corpus().join(target)).unwrap() {
             let path = e.unwrap().path();

@@ -507,13 +507,31 @@ fn unsupported_and_damaged_payloads_are_refused_before_writing() {
         })
         .expect("a SOURCE_BSDIFF operation");
     let name = p.partitions[pi].name.clone();
-    for (code, kind) in [
-        (9, "PUFFDIFF"),
-        (11, "ZUCCHINI"),
-        (12, "LZ4DIFF_BSDIFF"),
-        (13, "LZ4DIFF_PUFFDIFF"),
-        (3, "BSDIFF"),
-    ] {
+    // Data of another kind under a kind this reader applies: refused when
+    // decoded, and nothing is left behind.
+    {
+        let mut m = p.manifest.clone();
+        m.partitions[pi].operations[oi].r#type = Some(9);
+        std::fs::write(
+            d("odd.bin"),
+            encode_payload(&m, p.metadata_signature, p.blobs),
+        )
+        .unwrap();
+        romdelta()
+            .args(["payload", "apply"])
+            .arg(d("odd.bin"))
+            .arg("--source")
+            .arg(&old)
+            .arg("-o")
+            .arg(d("odd-out"))
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "partition {name}, operation {oi} (PUFFDIFF): invalid puffin: not a puffin patch"
+            )));
+        assert!(!d("odd-out").exists() || images(&d("odd-out")).is_empty());
+    }
+    for (code, kind) in [(11, "ZUCCHINI"), (3, "BSDIFF")] {
         let mut m = p.manifest.clone();
         m.partitions[pi].operations[oi].r#type = Some(code);
         std::fs::write(

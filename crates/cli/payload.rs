@@ -337,7 +337,9 @@ fn write(
     let verb = if source.is_some() { "apply" } else { "extract" };
     let bar = crate::progress::bar(json, job.total_bytes(), verb);
     let mut report = with_threads(threads, || {
-        job.run(&file.describe(), &|n| bar.set_position(n))
+        job.run(&file.describe(), &|n| bar.set_position(n), &|off, len| {
+            file.release(off, len)
+        })
     })??;
     report.properties_checked = properties_checked;
     report.signatures = signatures;

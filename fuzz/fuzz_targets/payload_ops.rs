@@ -17,7 +17,9 @@ fuzz_target!(|data: &[u8]| {
         K::ReplaceZstd,
         K::SourceBsdiff,
         K::BrotliBsdiff,
-    ][data[0] as usize % 6];
+        K::Puffdiff,
+        K::Lz4diffBsdiff,
+    ][data[0] as usize % 8];
     let out_len = u16::from_le_bytes([data[1], data[2]]) as usize;
     let rest = &data[5..];
     let src_len = (u16::from_le_bytes([data[3], data[4]]) as usize).min(rest.len());

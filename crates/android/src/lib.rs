@@ -10,7 +10,9 @@
 
 pub mod avb;
 pub mod fec;
+pub mod lz4diff;
 pub mod ota_zip;
 pub mod payload;
+pub mod puffin;
 pub mod signature;
 pub mod verity;

@@ -448,6 +448,7 @@ pub fn payload_hashes(
     metadata_len: usize,
     metadata_signature_len: usize,
     signatures_at: usize,
+    done: &dyn Fn(usize, usize),
 ) -> Result<(Digest, Digest), FormatError> {
     use sha2::Digest as _;
     let data_start = metadata_len + metadata_signature_len;
@@ -460,7 +461,15 @@ pub fn payload_hashes(
     let meta = romdelta_format::sha256(&bytes[..metadata_len]);
     let mut h = sha2::Sha256::new();
     h.update(&bytes[..metadata_len]);
-    h.update(&bytes[data_start..signatures_at]);
+    // In 8 MiB pieces, each handed to `done` once hashed (a caller whose
+    // bytes are mapped lets the pages go).
+    let mut at = data_start;
+    while at < signatures_at {
+        let end = (at + (8 << 20)).min(signatures_at);
+        h.update(&bytes[at..end]);
+        done(at, end - at);
+        at = end;
+    }
     Ok((meta, h.finalize().into()))
 }
 

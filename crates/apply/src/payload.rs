@@ -192,6 +192,31 @@ impl PayloadFile {
         Ok(pf)
     }
 
+    /// Lets the kernel drop the mapped pages of the payload's bytes
+    /// `[offset, offset + len)`; they are read from the file again if
+    /// touched. What keeps a run's resident memory bounded whatever the
+    /// payload's size.
+    pub fn release(&self, offset: u64, len: u64) {
+        let Some(m) = &self.map else { return };
+        let start = (self.start as u64)
+            .saturating_add(offset)
+            .min(m.len() as u64);
+        let len = len.min(m.len() as u64 - start);
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the map is a read-only shared mapping of a file that is
+        // not modified while it is read: dropped pages come back with the
+        // same bytes.
+        let _ = unsafe {
+            m.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                len as usize,
+            )
+        };
+    }
+
     /// The payload's bytes.
     pub fn bytes(&self) -> &[u8] {
         self.map
@@ -260,6 +285,7 @@ impl PayloadFile {
         if let Some(h) = p.file_hash {
             let found = romdelta_rom::sha256_read(bytes.len() as u64, |buf, off| {
                 buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
+                self.release(off, buf.len() as u64);
                 Ok(())
             })
             .map_err(PayloadError::io(&self.path))?;
@@ -316,7 +342,10 @@ impl PayloadFile {
             .into());
         };
         let at = meta_len + sig_len + sigs.offset as usize;
-        let (_, payload_hash) = signature::payload_hashes(bytes, meta_len, sig_len, at)?;
+        let (_, payload_hash) =
+            signature::payload_hashes(bytes, meta_len, sig_len, at, &|off, len| {
+                self.release(off as u64, len as u64)
+            })?;
         let signed = signature::verify(
             "payload signature",
             &bytes[at..at + sigs.len as usize],
@@ -779,13 +808,17 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
             .sum()
     }
 
-    /// Runs the job; `progress` is called with the bytes written so far.
+    /// Runs the job; `progress` is called with the bytes written so far,
+    /// `release` with each payload byte range (from the payload's first
+    /// byte) an operation is done with.
     pub fn run(
         &self,
         describe: &str,
         progress: &(dyn Fn(u64) + Sync),
+        release: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<PayloadReport, PayloadError> {
         let payload = self.payload;
+        let blobs_at = payload.len() - payload.blobs.len() as u64;
         std::fs::create_dir_all(&self.out).map_err(PayloadError::io(&self.out))?;
         // Whole old images first: a wrong build is refused before any work.
         let old_checks: Vec<usize> = (0..self.parts.len())
@@ -835,6 +868,8 @@ impl<'p, 'a> PayloadJob<'p, 'a> {
                 size: p.new.size,
             };
             let (n, hashed) = run_op(payload, p, oi, self.sources[k], &out)?;
+            let op = &p.operations[oi];
+            release(blobs_at + op.data_offset, op.data_length);
             source_hashes.fetch_add(u64::from(hashed), Ordering::Relaxed);
             progress(written.fetch_add(n, Ordering::Relaxed) + n);
             Ok::<(), PayloadError>(())
@@ -1030,7 +1065,7 @@ fn run_op(
             let n = write_extents(out, &op.dst_extents, &mut 0, &buf)?;
             Ok((n, false))
         }
-        PayloadOpKind::SourceBsdiff | PayloadOpKind::BrotliBsdiff => {
+        k if k.is_patch() => {
             check_data(payload, part, i, op)?;
             let src = src.expect("checked by the job: patches have a source");
             let mut source = Vec::with_capacity((op.src_blocks() * BLOCK_SIZE) as usize);

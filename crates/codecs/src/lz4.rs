@@ -38,6 +38,13 @@ extern "C" {
         compressed_size: c_int,
         dst_capacity: c_int,
     ) -> c_int;
+    fn LZ4_decompress_safe_partial(
+        src: *const c_char,
+        dst: *mut c_char,
+        compressed_size: c_int,
+        target_output_size: c_int,
+        dst_capacity: c_int,
+    ) -> c_int;
 }
 
 /// The liblz4 version this build compresses with, as `LZ4_versionNumber`
@@ -170,6 +177,30 @@ pub fn decompress_block(src: &[u8], out: &mut [u8]) -> Result<usize, String> {
             src.as_ptr() as *const c_char,
             out.as_mut_ptr() as *mut c_char,
             src.len() as c_int,
+            out.len() as c_int,
+        )
+    };
+    if n < 0 {
+        return Err("malformed lz4 block".into());
+    }
+    Ok(n as usize)
+}
+
+/// Decompresses the start of one LZ4 block `src` into `out`, stopping
+/// once `out` is full (`LZ4_decompress_safe_partial`: the block may go on,
+/// or be followed by padding); returns the bytes written.
+pub fn decompress_partial(src: &[u8], out: &mut [u8]) -> Result<usize, String> {
+    if src.len() > i32::MAX as usize || out.len() > i32::MAX as usize {
+        return Err("block too large".into());
+    }
+    // SAFETY: LZ4_decompress_safe_partial reads at most src.len() bytes
+    // and writes at most out.len() (its capacity), whatever the bytes.
+    let n = unsafe {
+        LZ4_decompress_safe_partial(
+            src.as_ptr() as *const c_char,
+            out.as_mut_ptr() as *mut c_char,
+            src.len() as c_int,
+            out.len() as c_int,
             out.len() as c_int,
         )
     };

@@ -379,6 +379,11 @@ fn read_all(r: &mut dyn Read, out: &mut [u8], what: &'static str) -> Result<(), 
     })
 }
 
+/// The output size a BSDIFF40 or BSDF2 patch announces.
+pub fn bsdiff_new_size(patch: &[u8]) -> Result<u64, FormatError> {
+    Ok(BsdiffHeader::decode(patch)?.new_size)
+}
+
 /// Applies a BSDIFF40 or BSDF2 `patch` to `src`, writing exactly `out.len()`
 /// bytes: the patch must announce that size and produce it. Source bytes
 /// outside `src` read as zero, as `bspatch` reads them.
@@ -487,9 +492,10 @@ pub fn decode_bsdiff(patch: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), For
     Ok(())
 }
 
-/// Checks that `kind` is one of the bsdiff kinds and decodes its data
-/// (see [`decode_bsdiff`]). SOURCE_BSDIFF and BROTLI_BSDIFF take either
-/// patch format, as update_engine's `bspatch` does.
+/// Checks that `kind` is one of the patch kinds and decodes its data
+/// (see [`decode_bsdiff`], [`crate::puffin::apply`]). SOURCE_BSDIFF and
+/// BROTLI_BSDIFF take either bsdiff format, as update_engine's `bspatch`
+/// does.
 pub fn decode_patch(
     kind: PayloadOpKind,
     data: &[u8],
@@ -498,6 +504,10 @@ pub fn decode_patch(
 ) -> Result<(), FormatError> {
     match kind {
         PayloadOpKind::SourceBsdiff | PayloadOpKind::BrotliBsdiff => decode_bsdiff(data, src, out),
+        PayloadOpKind::Puffdiff => crate::puffin::apply(data, src, out),
+        PayloadOpKind::Lz4diffBsdiff | PayloadOpKind::Lz4diffPuffdiff => {
+            crate::lz4diff::apply(data, src, out)
+        }
         other => Err(FormatError::invalid(
             "operation",
             format!("{} is not a bsdiff kind this reader applies", other.name()),
