@@ -313,7 +313,8 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
         K::BrotliBsdiff,
         K::Puffdiff,
         K::Lz4diffBsdiff,
-    ][kind % 8];
+        K::Zucchini,
+    ][kind % 9];
     if kind.is_replace() {
         ops::decode_replace(kind, data, &mut out).map(|_| ())
     } else {

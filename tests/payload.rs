@@ -647,3 +647,104 @@ fn unsupported_and_damaged_payloads_are_refused_before_writing() {
         .code(1)
         .stderr(predicate::str::contains("invalid payload"));
 }
+
+/// PUFFDIFF, LZ4DIFF_BSDIFF and ZUCCHINI operations in one incremental
+/// payload, applied to the exact new image: puffin's own 1-to-2 patch over
+/// its sample stream, an LZ4DIFF patch of lz4hc clusters made with Debian's
+/// liblz4 and bsdiff (`crates/android/testdata/`), and a patch made by
+/// Chromium's Zucchini.
+#[test]
+fn puffdiff_lz4diff_and_zucchini_operations_apply() {
+    use romdelta_android::payload::{ImageInfo, NewOp, PayloadOpKind as K, PayloadWriter};
+    use romdelta_format::Extent;
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/android/testdata");
+    let hex = |name: &str| -> Vec<u8> {
+        let t = std::fs::read_to_string(testdata.join(format!("puffin/{name}.hex"))).unwrap();
+        let t = t.trim();
+        (0..t.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let lz = |ext: &str| {
+        std::fs::read(testdata.join(format!("lz4diff/v2_bsdiff_zeropad_postfix.{ext}"))).unwrap()
+    };
+    let block = |mut v: Vec<u8>, blocks: usize| {
+        v.resize(blocks * 4096, 0);
+        v
+    };
+    let zold: Vec<u8> = (0..8 * 4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let mut znew = zold.clone();
+    znew[5000..5400].fill(3);
+    let zpatch = {
+        let mut out = Vec::new();
+        {
+            use std::io::Write as _;
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+            w.write_all(&zucchini::generate(&zold, &znew).unwrap())
+                .unwrap();
+        }
+        out
+    };
+    // (kind, old bytes, new bytes, data)
+    let pieces = [
+        (
+            K::Puffdiff,
+            block(hex("sample1_deflates"), 1),
+            block(hex("sample2_deflates"), 1),
+            hex("patch_1_to_2"),
+        ),
+        (K::Lz4diffBsdiff, lz("src"), lz("dst"), lz("patch")),
+        (K::Zucchini, zold, znew, zpatch),
+    ];
+    let old: Vec<u8> = pieces.iter().flat_map(|p| p.1.clone()).collect();
+    let new: Vec<u8> = pieces.iter().flat_map(|p| p.2.clone()).collect();
+    let mut w = PayloadWriter::new(9);
+    let info = |b: &[u8]| ImageInfo {
+        size: b.len() as u64,
+        sha256: Some(romdelta_format::sha256(b)),
+    };
+    w.push_partition("system", Some(info(&old)), info(&new));
+    let (mut at_old, mut at_new) = (0u64, 0u64);
+    let mut blobs = Vec::new();
+    for (kind, o, n, data) in &pieces {
+        let (ob, nb) = (o.len() as u64 / 4096, n.len() as u64 / 4096);
+        w.push_op(NewOp {
+            kind: *kind,
+            src_extents: vec![Extent::new(at_old, ob)],
+            dst_extents: vec![Extent::new(at_new, nb)],
+            src_sha256: Some(romdelta_format::sha256(o)),
+            data_length: data.len() as u64,
+            data_sha256: Some(romdelta_format::sha256(data)),
+        });
+        blobs.extend_from_slice(data);
+        at_old += ob;
+        at_new += nb;
+    }
+    let mut payload = w.finish();
+    payload.extend(blobs);
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    std::fs::create_dir(d("old")).unwrap();
+    std::fs::write(d("old/system.img"), &old).unwrap();
+    std::fs::write(d("p.bin"), &payload).unwrap();
+    romdelta()
+        .args(["payload", "inspect"])
+        .arg(d("p.bin"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("PUFFDIFF").and(predicate::str::contains("ZUCCHINI")))
+        .stdout(predicate::str::contains("cannot be applied").not());
+    romdelta()
+        .args(["payload", "apply"])
+        .arg(d("p.bin"))
+        .arg("--source")
+        .arg(d("old"))
+        .arg("-o")
+        .arg(d("new"))
+        .assert()
+        .success();
+    assert!(std::fs::read(d("new/system.img")).unwrap() == new);
+}

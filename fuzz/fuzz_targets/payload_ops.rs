@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
         K::BrotliBsdiff,
         K::Puffdiff,
         K::Lz4diffBsdiff,
-    ][data[0] as usize % 8];
+        K::Zucchini,
+    ][data[0] as usize % 9];
     let out_len = u16::from_le_bytes([data[1], data[2]]) as usize;
     let rest = &data[5..];
     let src_len = (u16::from_le_bytes([data[3], data[4]]) as usize).min(rest.len());

@@ -238,6 +238,7 @@ impl PayloadOpKind {
                     | Self::Puffdiff
                     | Self::Lz4diffBsdiff
                     | Self::Lz4diffPuffdiff
+                    | Self::Zucchini
             )
     }
 
@@ -248,6 +249,7 @@ impl PayloadOpKind {
             Self::SourceBsdiff
                 | Self::BrotliBsdiff
                 | Self::Puffdiff
+                | Self::Zucchini
                 | Self::Lz4diffBsdiff
                 | Self::Lz4diffPuffdiff
         )
@@ -340,7 +342,7 @@ pub struct PayloadPartition {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsupported {
     /// An operation of a kind this reader does not apply.
-    #[error("partition {partition}, operation {op}: {kind} is not supported (this reader applies REPLACE, REPLACE_BZ, REPLACE_XZ, REPLACE_ZSTD, ZERO, DISCARD, SOURCE_COPY, SOURCE_BSDIFF, BROTLI_BSDIFF, PUFFDIFF, LZ4DIFF_BSDIFF and LZ4DIFF_PUFFDIFF; see docs/PAYLOAD.md)")]
+    #[error("partition {partition}, operation {op}: {kind} is not supported (this reader applies REPLACE, REPLACE_BZ, REPLACE_XZ, REPLACE_ZSTD, ZERO, DISCARD, SOURCE_COPY, SOURCE_BSDIFF, BROTLI_BSDIFF, PUFFDIFF, ZUCCHINI, LZ4DIFF_BSDIFF and LZ4DIFF_PUFFDIFF; see docs/PAYLOAD.md)")]
     Kind {
         /// Partition name.
         partition: String,
@@ -1383,7 +1385,7 @@ mod tests {
     fn unsupported_kinds_parse_and_are_named_by_check_supported() {
         let (_, delta) = sample();
         // MOVE carries no data: it replaces partition a's SOURCE_COPY.
-        for (part, code) in [(0, 2), (1, 3), (1, 11), (1, 99)] {
+        for (part, code) in [(0, 2), (1, 3), (1, 99)] {
             let bytes = reencode(&delta, |m| {
                 m.partitions[part].operations[0].r#type = Some(code)
             });

@@ -379,6 +379,51 @@ fn read_all(r: &mut dyn Read, out: &mut [u8], what: &'static str) -> Result<(), 
     })
 }
 
+/// Most bytes a ZUCCHINI operation's brotli stream may expand to.
+pub const MAX_ZUCCHINI_PATCH: u64 = 512 << 20;
+
+/// Applies a ZUCCHINI operation's data to `src`, writing exactly
+/// `out.len()` bytes: the data is a brotli stream holding a Zucchini
+/// ensemble patch (`Zucc`, format 2.0, as Chromium's Zucchini writes it),
+/// which must produce that size; Zucchini checks the CRC-32 of the source
+/// and of its result.
+pub fn decode_zucchini(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    let mut patch = Vec::new();
+    BrotliExact::new(data)
+        .take(MAX_ZUCCHINI_PATCH + 1)
+        .read_to_end(&mut patch)
+        .map_err(|e| FormatError::invalid("ZUCCHINI data", e.to_string()))?;
+    if patch.len() as u64 > MAX_ZUCCHINI_PATCH {
+        return Err(FormatError::invalid(
+            "ZUCCHINI data",
+            format!("a patch of more than {MAX_ZUCCHINI_PATCH} bytes"),
+        ));
+    }
+    let h = zucchini::read_header(&patch)
+        .map_err(|e| FormatError::invalid("Zucchini patch", e.to_string()))?;
+    if h.version.0 != 2 {
+        return Err(FormatError::invalid(
+            "Zucchini patch",
+            format!(
+                "format {}.{}; this reader applies Zucchini's format 2",
+                h.version.0, h.version.1
+            ),
+        ));
+    }
+    if u64::from(h.new_size) != out.len() as u64 {
+        return Err(FormatError::invalid(
+            "Zucchini patch",
+            format!(
+                "produces {} bytes, the operation writes {}",
+                h.new_size,
+                out.len()
+            ),
+        ));
+    }
+    zucchini::apply_into(src, &patch, out)
+        .map_err(|e| FormatError::invalid("Zucchini patch", e.to_string()))
+}
+
 /// The output size a BSDIFF40 or BSDF2 patch announces.
 pub fn bsdiff_new_size(patch: &[u8]) -> Result<u64, FormatError> {
     Ok(BsdiffHeader::decode(patch)?.new_size)
@@ -505,6 +550,7 @@ pub fn decode_patch(
     match kind {
         PayloadOpKind::SourceBsdiff | PayloadOpKind::BrotliBsdiff => decode_bsdiff(data, src, out),
         PayloadOpKind::Puffdiff => crate::puffin::apply(data, src, out),
+        PayloadOpKind::Zucchini => decode_zucchini(data, src, out),
         PayloadOpKind::Lz4diffBsdiff | PayloadOpKind::Lz4diffPuffdiff => {
             crate::lz4diff::apply(data, src, out)
         }
@@ -708,6 +754,50 @@ mod tests {
                 decode_bsdiff(&patch, &src, &mut out).is_err(),
                 "{entries:?}"
             );
+        }
+    }
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            use std::io::Write as _;
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+            w.write_all(data).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn zucchini_patches_apply_and_damage_is_refused() {
+        let old: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        let mut new = old.clone();
+        new[1000..1100].fill(7);
+        new.extend_from_slice(b"appended");
+        let data = brotli(&zucchini::generate(&old, &new).unwrap());
+        let mut out = vec![0u8; new.len()];
+        decode_zucchini(&data, &old, &mut out).unwrap();
+        assert!(out == new);
+        // The wrong size, the wrong source, a cut or damaged stream: refused.
+        let mut short = vec![0u8; new.len() - 1];
+        assert!(decode_zucchini(&data, &old, &mut short)
+            .unwrap_err()
+            .to_string()
+            .contains("produces"));
+        let mut other = old.clone();
+        other[5] ^= 1;
+        assert!(decode_zucchini(&data, &other, &mut out).is_err());
+        for cut in [0, 1, data.len() / 2, data.len() - 1] {
+            assert!(
+                decode_zucchini(&data[..cut], &old, &mut out).is_err(),
+                "cut at {cut}"
+            );
+        }
+        for at in (0..data.len()).step_by(data.len() / 40 + 1) {
+            let mut d = data.clone();
+            d[at] ^= 0x20;
+            let _ = decode_zucchini(&d, &old, &mut out);
         }
     }
 }
