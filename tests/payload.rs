@@ -748,3 +748,110 @@ fn puffdiff_lz4diff_and_zucchini_operations_apply() {
         .success();
     assert!(std::fs::read(d("new/system.img")).unwrap() == new);
 }
+
+/// `diff --format payload --minor-version 9` of lz4hc, lz4 and 64 KiB
+/// cluster EROFS images: changed files become LZ4DIFF_BSDIFF operations,
+/// the payload is smaller than at minor version 6, and it applies to the
+/// exact image.
+#[test]
+fn minor_version_9_payloads_use_lz4diff_for_erofs_files() {
+    let have = Command::new("mkfs.erofs").arg("--help").output().is_ok();
+    if !have {
+        assert!(
+            !require_tools(),
+            "mkfs.erofs is required (apt-get install erofs-utils)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let words: [&[u8]; 8] = [
+        b"update ",
+        b"engine ",
+        b"cluster ",
+        b"erofs ",
+        b"payload ",
+        b"android ",
+        b"kernel ",
+        b"module ",
+    ];
+    for t in ["ta", "tb"] {
+        std::fs::create_dir_all(d(t)).unwrap();
+    }
+    let mut x = 7u64;
+    for i in 0..24 {
+        let mut data = Vec::new();
+        let n = 3000 + (i * 1777) % 40000;
+        while data.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(words[(x % 8) as usize]);
+            data.extend_from_slice((x % 1000).to_string().as_bytes());
+        }
+        std::fs::write(d("ta").join(format!("f{i}.txt")), &data).unwrap();
+        if i % 3 == 0 {
+            for k in (0..data.len()).step_by(5000) {
+                data[k] = b'#';
+            }
+        }
+        std::fs::write(d("tb").join(format!("f{i}.txt")), &data).unwrap();
+    }
+    for (name, opts) in [
+        ("lz4hc", &["-zlz4hc"][..]),
+        ("lz4", &["-zlz4"][..]),
+        ("lz4hc-64k", &["-zlz4hc", "-C65536"][..]),
+    ] {
+        let (old, new) = (d(&format!("{name}-old")), d(&format!("{name}-new")));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&new).unwrap();
+        crate::common::erofs_image(&d("ta"), &old.join("system.img"), opts);
+        let want = crate::common::erofs_image(&d("tb"), &new.join("system.img"), opts);
+        let mut sizes = Vec::new();
+        for minor in ["6", "9"] {
+            let p = d(&format!("{name}-{minor}.bin"));
+            romdelta()
+                .args(["diff", "--format", "payload", "--minor-version", minor])
+                .arg(&old)
+                .arg(&new)
+                .arg("-o")
+                .arg(&p)
+                .assert()
+                .success();
+            let bytes = std::fs::read(&p).unwrap();
+            let parsed = Payload::parse(&bytes).unwrap();
+            assert_eq!(parsed.minor_version.to_string(), minor);
+            let lz = parsed.partitions[0]
+                .operations
+                .iter()
+                .filter(|o| o.kind == romdelta_android::payload::PayloadOpKind::Lz4diffBsdiff)
+                .count();
+            assert_eq!(
+                lz > 0,
+                minor == "9",
+                "{name} minor {minor}: {lz} LZ4DIFF operations"
+            );
+            let out = d(&format!("{name}-{minor}-out"));
+            romdelta()
+                .args(["payload", "apply"])
+                .arg(&p)
+                .arg("--source")
+                .arg(&old)
+                .arg("-o")
+                .arg(&out)
+                .assert()
+                .success();
+            assert!(
+                std::fs::read(out.join("system.img")).unwrap() == want,
+                "{name} minor {minor}"
+            );
+            sizes.push(bytes.len());
+        }
+        assert!(
+            sizes[1] < sizes[0],
+            "{name}: minor 9 {} bytes, minor 6 {}",
+            sizes[1],
+            sizes[0]
+        );
+    }
+}

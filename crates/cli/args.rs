@@ -101,6 +101,12 @@ pub enum Command {
         /// source (the zip then says ota-downgrade=yes).
         #[arg(long)]
         downgrade: bool,
+        /// For an incremental --format payload or ota-zip: the payload's
+        /// minor version, 6 to 9. At 9 (update_engine of Android 13 and
+        /// later) changed lz4-compressed EROFS files become LZ4DIFF_BSDIFF
+        /// operations where that is smaller.
+        #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(6..=9))]
+        minor_version: u32,
         #[command(flatten)]
         tuning: Tuning,
     },

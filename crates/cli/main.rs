@@ -245,6 +245,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
             format,
             downgrade,
+            minor_version,
             tuning,
         } => {
             let (source, target) = match (full, paths.as_slice()) {
@@ -265,6 +266,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ..DiffOptions::default()
             };
             tuning.apply(&mut opts);
+            opts.payload_minor_version = minor_version;
             if format == args::DiffFormat::OtaZip {
                 let package = payload::ota_package(
                     source_info.as_ref(),

@@ -230,6 +230,44 @@ fn decompress(src: &[u8], info: &proto::CompressionInfo) -> Result<Vec<u8>, Form
     Ok(out)
 }
 
+/// The clusters of `info` recompressed from the decompressed stream
+/// `plain`, before any postfix patch (what a generator compares with the
+/// image to decide where one is needed).
+pub fn recompressed_clusters(
+    plain: &[u8],
+    info: &proto::CompressionInfo,
+) -> Result<Vec<Vec<u8>>, FormatError> {
+    let mut bare = info.clone();
+    for b in &mut bare.block_info {
+        b.postfix_bspatch.clear();
+    }
+    let mut out = Vec::new();
+    recompress(plain, &bare, &mut out)?;
+    let mut at = 0usize;
+    Ok(info
+        .block_info
+        .iter()
+        .map(|b| {
+            // Every cluster is emitted as exactly its on-disk length.
+            let c = out[at..at + b.compressed_length as usize].to_vec();
+            at += c.len();
+            c
+        })
+        .collect())
+}
+
+/// Writes an LZ4DIFF patch: `header`, then `inner`.
+pub fn encode(header: &proto::Lz4diffHeader, inner: &[u8]) -> Vec<u8> {
+    let pb = header.encode_to_vec();
+    let mut out = b"LZ4DIFF".to_vec();
+    out.extend(1u32.to_be_bytes());
+    out.extend((pb.len() as u32).to_be_bytes());
+    out.push(0);
+    out.extend(pb);
+    out.extend_from_slice(inner);
+    out
+}
+
 /// Recompresses the decompressed destination `plain` into its clusters,
 /// appended to `out`.
 fn recompress(

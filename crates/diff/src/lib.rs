@@ -39,6 +39,7 @@ pub mod inplace;
 pub mod lz4_rebuild;
 pub mod newdata;
 pub mod payload;
+pub mod payload_lz4diff;
 pub mod recompress;
 pub mod stream_rebuild;
 
@@ -145,6 +146,10 @@ pub struct DiffOptions {
     /// Join an incremental package's REPLACE regions into one operation
     /// (one compression context) where that is smaller ([`newdata`]).
     pub join_new: bool,
+    /// The minor version of an incremental payload.bin
+    /// ([`payload::write_payload`]): 6 by default; 9 also lets it use
+    /// LZ4DIFF_BSDIFF for lz4-compressed EROFS files.
+    pub payload_minor_version: u32,
 }
 
 impl Default for DiffOptions {
@@ -176,6 +181,7 @@ impl Default for DiffOptions {
             cross_partition: true,
             lz4_rebuild: true,
             join_new: true,
+            payload_minor_version: romdelta_android::payload::DELTA_MINOR_VERSION,
         }
     }
 }

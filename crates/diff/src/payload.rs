@@ -101,22 +101,17 @@ fn plan(classes: &[BlockClass], skip: &[Extent]) -> Vec<Piece> {
     let total = classes.len() as u64;
     let mut out = Vec::new();
     let mut i = 0u64;
+    let mut k = 0usize;
     while i < total {
-        if let Some(e) = skip
-            .iter()
-            .find(|e| e.start_block <= i && i < e.end_block())
-        {
+        while k < skip.len() && skip[k].end_block() <= i {
+            k += 1;
+        }
+        if let Some(e) = skip.get(k).filter(|e| e.start_block <= i) {
             i = e.end_block();
             continue;
         }
         // Runs stop where the next skipped area starts.
-        let n = skip
-            .iter()
-            .map(|e| e.start_block)
-            .filter(|&s| s > i)
-            .min()
-            .unwrap_or(total)
-            .min(total);
+        let n = skip.get(k).map_or(total, |e| e.start_block).min(total);
         let mut j = i + 1;
         match classes[i as usize] {
             BlockClass::Zero => {
@@ -301,10 +296,15 @@ pub fn write_payload(
     let mut data_file = tempfile::tempfile_in(&dir).map_err(io_err(&dir))?;
     let mut data = BufWriter::with_capacity(1 << 20, &mut data_file);
     let minor = if source.is_some() {
-        DELTA_MINOR_VERSION
+        opts.payload_minor_version
     } else {
         FULL_MINOR_VERSION
     };
+    if source.is_some() && !(DELTA_MINOR_VERSION..=9).contains(&minor) {
+        return Err(DiffError::Invalid(format!(
+            "an incremental payload of minor version {minor}: this writer writes {DELTA_MINOR_VERSION} to 9"
+        )));
+    }
     let mut w = PayloadWriter::new(minor);
     let params = EncodeParams::from_options(opts);
     let mut summaries = Vec::new();
@@ -337,9 +337,15 @@ pub fn write_payload(
             w.set_verity(v);
             if s.is_some() {
                 skip = v.computed();
-                skip.sort_unstable();
             }
         }
+        // lz4-compressed EROFS files, diffed decompressed (minor 9).
+        let lz4 = match s {
+            Some(s) if minor >= 9 => crate::payload_lz4diff::plan(s, t, &classes),
+            _ => Vec::new(),
+        };
+        skip.extend(lz4.iter().flat_map(|p| p.dst_extents.iter().copied()));
+        skip.sort_unstable();
         let pieces = plan(&classes, &skip);
         let mut by_kind: Vec<PayloadKindSummary> = Vec::new();
         let mut count = |kind: PayloadOpKind, blocks: u64, data: u64| match by_kind
@@ -358,6 +364,22 @@ pub fn write_payload(
                 data_bytes: data,
             }),
         };
+        for op in lz4 {
+            data.write_all(&op.data).map_err(io_err(&dir))?;
+            let blocks = romdelta_format::blocks_in(&op.dst_extents);
+            let op = NewOp {
+                kind: PayloadOpKind::Lz4diffBsdiff,
+                src_extents: op.src_extents,
+                dst_extents: op.dst_extents,
+                src_sha256: Some(op.src_sha256),
+                data_length: op.data.len() as u64,
+                data_sha256: Some(romdelta_format::sha256(&op.data)),
+            };
+            count(op.kind, blocks, op.data_length);
+            w.push_op(op);
+            done += blocks * BLOCK_SIZE;
+            progress(done);
+        }
         for batch in pieces.chunks(opts.batch_regions.max(1)) {
             let encoded: Vec<Option<Encoded>> = batch
                 .par_iter()
