@@ -165,3 +165,27 @@ pub fn noise(seed: u64, n: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The fixture archive `../shared/fixtures/NAME/ARCHIVE` (a `.tar.xz`)
+/// unpacked into `into`, or `None` when it is missing (a failure when
+/// ROMDELTA_REQUIRE_TOOLS is set, as in CI).
+pub fn unpack_fixture(name: &str, archive: &str, into: &Path) -> Option<PathBuf> {
+    let tar = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(name)
+        .join(archive);
+    if !tar.is_file() {
+        assert!(
+            std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_none(),
+            "the {name} fixtures are required: {}",
+            tar.display()
+        );
+        eprintln!("skipping: no {name} fixtures at {}", tar.display());
+        return None;
+    }
+    let f = std::fs::File::open(&tar).unwrap();
+    tar::Archive::new(liblzma::read::XzDecoder::new(f))
+        .unpack(into)
+        .unwrap();
+    Some(into.to_path_buf())
+}

@@ -14,22 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// The signed fixtures unpacked into `into`, or `None`.
 fn signed_fixtures(into: &Path) -> Option<PathBuf> {
-    let tar = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/payload_signed/payload_signed.tar.xz");
-    if !tar.is_file() {
-        assert!(
-            !require_tools(),
-            "the payload_signed fixtures are required: {}",
-            tar.display()
-        );
-        eprintln!("skipping: no payload_signed fixtures at {}", tar.display());
-        return None;
-    }
-    let f = std::fs::File::open(&tar).unwrap();
-    tar::Archive::new(liblzma::read::XzDecoder::new(f))
-        .unpack(into)
-        .unwrap();
-    Some(into.to_path_buf())
+    crate::common::unpack_fixture("payload_signed", "payload_signed.tar.xz", into)
 }
 
 /// An otacerts.zip holding `certs`, deflated as the build stores it.

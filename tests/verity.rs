@@ -24,21 +24,7 @@ fn require_tools() -> bool {
 /// The avb fixtures unpacked into `into`, or `None` (a failure when
 /// ROMDELTA_REQUIRE_TOOLS is set).
 fn avb_fixtures(into: &Path) -> Option<PathBuf> {
-    let tar = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/avb/avb.tar.xz");
-    if !tar.is_file() {
-        assert!(
-            !require_tools(),
-            "the avb fixtures are required: {}",
-            tar.display()
-        );
-        eprintln!("skipping: no avb fixtures at {}", tar.display());
-        return None;
-    }
-    let f = std::fs::File::open(&tar).unwrap();
-    tar::Archive::new(liblzma::read::XzDecoder::new(f))
-        .unpack(into)
-        .unwrap();
-    Some(into.to_path_buf())
+    crate::common::unpack_fixture("avb", "avb.tar.xz", into)
 }
 
 fn have_veritysetup() -> bool {
