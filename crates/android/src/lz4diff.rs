@@ -410,13 +410,62 @@ mod tests {
                     "{v}: cut at {cut}"
                 );
             }
-            for at in (0..patch.len()).step_by(3) {
+            for at in (0..patch.len()).step_by(23) {
                 let mut p = patch.clone();
                 p[at] ^= 0x08;
                 let mut o = vec![0u8; dst.len()];
                 let _ = apply(&p, &src, &mut o);
             }
         }
+    }
+
+    /// An inner puffin patch (LZ4DIFF_PUFFDIFF): puffin's own 1-to-2
+    /// patch between its sample streams, here held in stored clusters.
+    #[test]
+    fn inner_puffin_patches_apply() {
+        let hex = |name: &str| -> Vec<u8> {
+            let t = std::fs::read_to_string(format!(
+                "{}/testdata/puffin/{name}.hex",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            let t = t.trim();
+            (0..t.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let (s1, s2, patch) = (
+            hex("sample1_deflates"),
+            hex("sample2_deflates"),
+            hex("patch_1_to_2"),
+        );
+        let cluster = |len: usize| proto::CompressedBlockInfo {
+            uncompressed_length: len as u64,
+            compressed_length: 4096,
+            ..Default::default()
+        };
+        let info = |len: usize| proto::CompressionInfo {
+            algo: Some(proto::CompressionAlgorithm {
+                r#type: 2,
+                level: 9,
+            }),
+            block_info: vec![cluster(len)],
+            zero_padding_enabled: true,
+        };
+        let header = proto::Lz4diffHeader {
+            src_info: Some(info(s1.len())),
+            dst_info: Some(info(s2.len())),
+            inner_type: 1,
+        };
+        let data = encode(&header, &patch);
+        let mut src = s1.clone();
+        src.resize(4096, 0);
+        let mut out = vec![0u8; 4096];
+        apply(&data, &src, &mut out).unwrap();
+        let mut want = s2.clone();
+        want.resize(4096, 0);
+        assert_eq!(out, want);
     }
 
     #[test]
