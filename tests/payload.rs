@@ -845,3 +845,93 @@ fn minor_version_9_payloads_use_lz4diff_for_erofs_files() {
         );
     }
 }
+
+/// A changed apk (zip of deflated entries) and gzip file in ext4 images
+/// become PUFFDIFF operations, smaller than the bsdiff of their stored
+/// bytes, and the payload applies to the exact image.
+#[test]
+fn changed_zip_and_gzip_files_become_puffdiff_operations() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let words: [&[u8]; 8] = [
+        b"update ",
+        b"engine ",
+        b"class ",
+        b"dex ",
+        b"payload ",
+        b"android ",
+        b"res ",
+        b"xml ",
+    ];
+    let text = |n: usize, seed: u64| {
+        let mut x = seed | 1;
+        let mut v = Vec::new();
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(words[(x % 8) as usize]);
+            v.extend_from_slice((x % 10000).to_string().as_bytes());
+        }
+        v
+    };
+    for (t, changed) in [("ta", false), ("tb", true)] {
+        std::fs::create_dir_all(d(t)).unwrap();
+        let mut z = zip::ZipWriter::new(std::fs::File::create(d(t).join("app.apk")).unwrap());
+        for i in 0..16u64 {
+            let mut entry = text(20000 + 500 * i as usize, i);
+            if changed && i % 4 == 0 {
+                entry[100..110].copy_from_slice(b"CHANGED!!!");
+            }
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .last_modified_time(zip::DateTime::default());
+            z.start_file(format!("res/f{i}.xml"), opts).unwrap();
+            z.write_all(&entry).unwrap();
+        }
+        z.finish().unwrap();
+        let mut plain = text(200_000, 99);
+        if changed {
+            plain[5000..5010].copy_from_slice(b"0123456789");
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&plain).unwrap();
+        std::fs::write(d(t).join("data.gz"), gz.finish().unwrap()).unwrap();
+    }
+    let (old, new) = (d("old"), d("new"));
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::create_dir_all(&new).unwrap();
+    crate::common::ext4_image(&d("ta"), &old.join("system.img"), "8M");
+    let want = crate::common::ext4_image(&d("tb"), &new.join("system.img"), "8M");
+    romdelta()
+        .args(["diff", "--format", "payload"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(d("p.bin"))
+        .assert()
+        .success();
+    let bytes = std::fs::read(d("p.bin")).unwrap();
+    let p = Payload::parse(&bytes).unwrap();
+    let puff: Vec<_> = p.partitions[0]
+        .operations
+        .iter()
+        .filter(|o| o.kind == romdelta_android::payload::PayloadOpKind::Puffdiff)
+        .collect();
+    assert_eq!(
+        puff.len(),
+        2,
+        "one PUFFDIFF for the apk, one for the gzip file"
+    );
+    romdelta()
+        .args(["payload", "apply"])
+        .arg(d("p.bin"))
+        .arg("--source")
+        .arg(&old)
+        .arg("-o")
+        .arg(d("out"))
+        .assert()
+        .success();
+    assert!(std::fs::read(d("out/system.img")).unwrap() == want);
+}

@@ -280,6 +280,17 @@ pub fn puff(
     out: &mut Vec<u8>,
     limit: u64,
 ) -> Result<(), FormatError> {
+    puff_bits(window, start_bit, out, limit).map(|_| ())
+}
+
+/// [`puff`], returning the bit of `window` where the last block ended
+/// (where a deflate extent ends, for a generator).
+pub fn puff_bits(
+    window: &[u8],
+    start_bit: u32,
+    out: &mut Vec<u8>,
+    limit: u64,
+) -> Result<u64, FormatError> {
     let mut r = BitReader {
         data: window,
         pos: u64::from(start_bit),
@@ -409,7 +420,78 @@ pub fn puff(
         }
     }
     p.flush();
-    Ok(())
+    Ok(r.pos)
+}
+
+/// The layout of the deflates `deflates` (bit extents, sorted, apart) of
+/// the raw stream `raw`: each puffed to find its puff's length. For a
+/// generator; the extents must be exact (each ending where its last block
+/// does).
+pub fn layout(raw: &[u8], deflates: &[BitExtent]) -> Result<StreamInfo, FormatError> {
+    let mut puffs = Vec::with_capacity(deflates.len());
+    let (mut pos, mut prev) = (0u64, 0u64);
+    let mut scratch = Vec::new();
+    for d in deflates {
+        if d.offset < prev || d.end().div_ceil(8) > raw.len() as u64 {
+            return Err(bad(
+                "deflates overlap, are out of order or lie past the stream",
+            ));
+        }
+        pos += gap_len(prev, d.offset);
+        scratch.clear();
+        puff(
+            &raw[(d.offset / 8) as usize..d.end().div_ceil(8) as usize],
+            (d.offset % 8) as u32,
+            &mut scratch,
+            MAX_PUFF,
+        )?;
+        puffs.push((pos, scratch.len() as u64));
+        pos += scratch.len() as u64;
+        prev = d.end();
+    }
+    let info = StreamInfo {
+        deflates: deflates.to_vec(),
+        puffs,
+        puff_length: pos + gap_len(prev, raw.len() as u64 * 8),
+    };
+    info.raw_len().map_err(bad)?;
+    Ok(info)
+}
+
+/// Writes a puffin patch: the `src` and `dst` layouts and the bsdiff
+/// patch between their puffed streams.
+pub fn encode(src: &StreamInfo, dst: &StreamInfo, inner: &[u8]) -> Vec<u8> {
+    let side = |s: &StreamInfo| proto::StreamInfo {
+        deflates: s
+            .deflates
+            .iter()
+            .map(|d| proto::BitExtent {
+                offset: d.offset,
+                length: d.length,
+            })
+            .collect(),
+        puffs: s
+            .puffs
+            .iter()
+            .map(|&(o, l)| proto::BitExtent {
+                offset: o * 8,
+                length: l * 8,
+            })
+            .collect(),
+        puff_length: s.puff_length,
+    };
+    let h = proto::PatchHeader {
+        version: 1,
+        src: Some(side(src)),
+        dst: Some(side(dst)),
+        r#type: 0,
+    }
+    .encode_to_vec();
+    let mut out = b"PUF1".to_vec();
+    out.extend((h.len() as u32).to_be_bytes());
+    out.extend(h);
+    out.extend_from_slice(inner);
+    out
 }
 
 /// Reads puff items.

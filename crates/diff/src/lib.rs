@@ -40,6 +40,7 @@ pub mod lz4_rebuild;
 pub mod newdata;
 pub mod payload;
 pub mod payload_lz4diff;
+pub mod payload_puffdiff;
 pub mod recompress;
 pub mod stream_rebuild;
 

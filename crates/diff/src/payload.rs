@@ -345,7 +345,33 @@ pub fn write_payload(
             _ => Vec::new(),
         };
         skip.extend(lz4.iter().flat_map(|p| p.dst_extents.iter().copied()));
+        // Files with deflate streams, diffed in puffin's form (minor 5+).
+        let puff = match s {
+            Some(s) => crate::payload_puffdiff::plan(s, t, &classes, &skip),
+            None => Vec::new(),
+        };
+        skip.extend(puff.iter().flat_map(|p| p.dst_extents.iter().copied()));
         skip.sort_unstable();
+        let patched = lz4
+            .into_iter()
+            .map(|p| {
+                (
+                    PayloadOpKind::Lz4diffBsdiff,
+                    p.src_extents,
+                    p.src_sha256,
+                    p.dst_extents,
+                    p.data,
+                )
+            })
+            .chain(puff.into_iter().map(|p| {
+                (
+                    PayloadOpKind::Puffdiff,
+                    p.src_extents,
+                    p.src_sha256,
+                    p.dst_extents,
+                    p.data,
+                )
+            }));
         let pieces = plan(&classes, &skip);
         let mut by_kind: Vec<PayloadKindSummary> = Vec::new();
         let mut count = |kind: PayloadOpKind, blocks: u64, data: u64| match by_kind
@@ -364,16 +390,16 @@ pub fn write_payload(
                 data_bytes: data,
             }),
         };
-        for op in lz4 {
-            data.write_all(&op.data).map_err(io_err(&dir))?;
-            let blocks = romdelta_format::blocks_in(&op.dst_extents);
+        for (kind, src_extents, src_sha256, dst_extents, bytes) in patched {
+            data.write_all(&bytes).map_err(io_err(&dir))?;
+            let blocks = romdelta_format::blocks_in(&dst_extents);
             let op = NewOp {
-                kind: PayloadOpKind::Lz4diffBsdiff,
-                src_extents: op.src_extents,
-                dst_extents: op.dst_extents,
-                src_sha256: Some(op.src_sha256),
-                data_length: op.data.len() as u64,
-                data_sha256: Some(romdelta_format::sha256(&op.data)),
+                kind,
+                src_extents,
+                dst_extents,
+                src_sha256: Some(src_sha256),
+                data_length: bytes.len() as u64,
+                data_sha256: Some(romdelta_format::sha256(&bytes)),
             };
             count(op.kind, blocks, op.data_length);
             w.push_op(op);

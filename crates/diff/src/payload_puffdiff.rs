@@ -1,0 +1,144 @@
+//! PUFFDIFF operations for payload export (minor version 5 and later): a
+//! changed file that holds deflate streams (a zip archive such as an apk
+//! or jar, a gzip file, a zlib stream), found through the image's file
+//! map, is diffed in puffin's form against the same file of the source:
+//! both files' streams are puffed (each deflate block rewritten in a byte
+//! form that keeps every choice of its encoder), bsdiff runs on the puffed
+//! streams, and the installer huffs the result back into the exact
+//! deflate bits. A file's operation is kept only where smaller than a
+//! SOURCE_BSDIFF of its stored bytes, and after applying it here gives the
+//! file's bytes.
+
+use crate::blocks::BlockClass;
+use crate::files::PathIndex;
+use rayon::prelude::*;
+use romdelta_android::puffin::{self, BitExtent};
+use romdelta_format::{Digest, Extent, BLOCK_SIZE};
+use romdelta_rom::Partition;
+
+/// Most stored bytes of a file diffed this way.
+const MAX_FILE: u64 = 32 << 20;
+/// Most bytes of a file's puffed stream (bsdiff's suffix array holds it).
+const MAX_PUFFED: u64 = 64 << 20;
+/// Expanded bytes the stream parser may decompress to find a container's
+/// streams.
+const PARSE_BUDGET: usize = 256 << 20;
+
+/// One planned PUFFDIFF operation.
+pub struct Planned {
+    /// The source file's blocks.
+    pub src_extents: Vec<Extent>,
+    /// Their SHA-256.
+    pub src_sha256: Digest,
+    /// The target file's blocks.
+    pub dst_extents: Vec<Extent>,
+    /// The puffin patch.
+    pub data: Vec<u8>,
+}
+
+fn read(p: &Partition, extents: &[Extent]) -> Vec<u8> {
+    let mut v = Vec::new();
+    p.read_extents(extents, &mut v)
+        .expect("reads of a mapped image do not fail");
+    v
+}
+
+/// The exact bit extents of the deflate streams of `bytes` (a file's
+/// blocks), each ending where its last block does.
+fn deflates(bytes: &[u8]) -> Option<Vec<BitExtent>> {
+    let c = romdelta_streams::at(bytes, PARSE_BUDGET)?;
+    let mut out = Vec::with_capacity(c.streams.len());
+    let mut scratch = Vec::new();
+    for s in &c.streams {
+        let window = bytes.get(s.offset..s.offset + s.len)?;
+        scratch.clear();
+        let end = puffin::puff_bits(window, 0, &mut scratch, puffin::MAX_PUFF).ok()?;
+        out.push(BitExtent {
+            offset: s.offset as u64 * 8,
+            length: end,
+        });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The PUFFDIFF operations for `dst` against `src`: one per changed file
+/// with deflate streams that the source has at the same path (none of
+/// whose blocks `claimed` holds), where smaller than a bsdiff of its
+/// stored bytes.
+pub fn plan(
+    src: &Partition,
+    dst: &Partition,
+    classes: &[BlockClass],
+    claimed: &[Extent],
+) -> Vec<Planned> {
+    let (Some(sfiles), Some(tfiles)) = (
+        crate::files::image_files(src),
+        crate::files::image_files(dst),
+    ) else {
+        return Vec::new();
+    };
+    let sources = PathIndex::new(
+        sfiles
+            .iter()
+            .enumerate()
+            .map(|(i, (path, _))| (path.as_bytes().to_vec(), i)),
+    );
+    let overlaps = |x: &Extent| {
+        claimed
+            .iter()
+            .any(|c| c.start_block < x.end_block() && x.start_block < c.end_block())
+    };
+    let img = dst.bytes();
+    tfiles
+        .par_iter()
+        .filter_map(|(path, dext)| {
+            let first = (dext.first()?.start_block * BLOCK_SIZE) as usize;
+            if !romdelta_streams::has_signature(img.get(first..)?) {
+                return None;
+            }
+            let blocks = romdelta_format::blocks_in(dext);
+            let changed = dext.iter().any(|x| {
+                (x.start_block..x.end_block())
+                    .any(|b| classes.get(b as usize) == Some(&BlockClass::Changed))
+            });
+            if !changed || blocks * BLOCK_SIZE > MAX_FILE || dext.iter().any(overlaps) {
+                return None;
+            }
+            let (_, sext) = &sfiles[sources.find(path.as_bytes())?];
+            if romdelta_format::blocks_in(sext) * BLOCK_SIZE > MAX_FILE {
+                return None;
+            }
+            let (sraw, draw) = (read(src, sext), read(dst, dext));
+            let (sd, dd) = (deflates(&sraw)?, deflates(&draw)?);
+            let (si, di) = (
+                puffin::layout(&sraw, &sd).ok()?,
+                puffin::layout(&draw, &dd).ok()?,
+            );
+            if si.puff_length > MAX_PUFFED || di.puff_length > MAX_PUFFED {
+                return None;
+            }
+            let (sview, dview) = (
+                puffin::puffed_view(&sraw, &si).ok()?,
+                puffin::puffed_view(&draw, &di).ok()?,
+            );
+            let mut inner = Vec::new();
+            romdelta_format::bsdiff40::diff(&sview, &dview, &mut inner).ok()?;
+            let data = puffin::encode(&si, &di, &inner);
+            let mut plain = Vec::new();
+            romdelta_format::bsdiff40::diff(&sraw, &draw, &mut plain).ok()?;
+            if data.len() >= plain.len() {
+                return None;
+            }
+            let mut check = vec![0u8; draw.len()];
+            puffin::apply(&data, &sraw, &mut check)
+                .ok()
+                .filter(|_| check == draw)?;
+            Some(Planned {
+                src_sha256: romdelta_format::sha256(&sraw),
+                src_extents: sext.clone(),
+                dst_extents: dext.clone(),
+                data,
+            })
+        })
+        .collect()
+}
