@@ -189,3 +189,16 @@ pub fn unpack_fixture(name: &str, archive: &str, into: &Path) -> Option<PathBuf>
         .unwrap();
     Some(into.to_path_buf())
 }
+
+/// A puffin test vector of `crates/android/testdata/puffin/` (hex).
+pub fn puffin_vector(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/android/testdata/puffin")
+        .join(format!("{name}.hex"));
+    let t = std::fs::read_to_string(path).unwrap();
+    let t = t.trim();
+    (0..t.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
+        .collect()
+}

@@ -224,18 +224,7 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
         op_input(4, 8192, old, &patch),
     ));
     // puffin's own 1-to-2 patch over its sample stream.
-    let hex = |name: &str| -> Vec<u8> {
-        let t = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("crates/android/testdata/puffin/{name}.hex")),
-        )
-        .unwrap();
-        let t = t.trim();
-        (0..t.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
-            .collect()
-    };
+    let hex = crate::common::puffin_vector;
     out.push((
         "payload_ops",
         "seed-puffdiff".into(),

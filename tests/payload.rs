@@ -648,14 +648,7 @@ fn puffdiff_lz4diff_and_zucchini_operations_apply() {
     use romdelta_android::payload::{ImageInfo, NewOp, PayloadOpKind as K, PayloadWriter};
     use romdelta_format::Extent;
     let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/android/testdata");
-    let hex = |name: &str| -> Vec<u8> {
-        let t = std::fs::read_to_string(testdata.join(format!("puffin/{name}.hex"))).unwrap();
-        let t = t.trim();
-        (0..t.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
-            .collect()
-    };
+    let hex = crate::common::puffin_vector;
     let lz = |ext: &str| {
         std::fs::read(testdata.join(format!("lz4diff/v2_bsdiff_zeropad_postfix.{ext}"))).unwrap()
     };

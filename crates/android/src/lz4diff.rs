@@ -423,18 +423,7 @@ mod tests {
     /// patch between its sample streams, here held in stored clusters.
     #[test]
     fn inner_puffin_patches_apply() {
-        let hex = |name: &str| -> Vec<u8> {
-            let t = std::fs::read_to_string(format!(
-                "{}/testdata/puffin/{name}.hex",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap();
-            let t = t.trim();
-            (0..t.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&t[i..i + 2], 16).unwrap())
-                .collect()
-        };
+        let hex = crate::puffin::tests::vector;
         let (s1, s2, patch) = (
             hex("sample1_deflates"),
             hex("sample2_deflates"),

@@ -1002,7 +1002,7 @@ pub fn apply(data: &[u8], src: &[u8], out: &mut [u8]) -> Result<(), FormatError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A zlib deflate of `data` at `level` (flate2), raw.
@@ -1038,7 +1038,8 @@ mod tests {
         }
     }
 
-    fn vector(name: &str) -> Vec<u8> {
+    /// A puffin test vector of `testdata/puffin/`.
+    pub(crate) fn vector(name: &str) -> Vec<u8> {
         let p = format!("{}/testdata/puffin/{name}.hex", env!("CARGO_MANIFEST_DIR"));
         let t = std::fs::read_to_string(&p).unwrap();
         let t = t.trim();
