@@ -424,38 +424,38 @@ pub fn puff_bits(
 }
 
 /// The layout of the deflates `deflates` (bit extents, sorted, apart) of
-/// the raw stream `raw`: each puffed to find its puff's length. For a
-/// generator; the extents must be exact (each ending where its last block
-/// does).
-pub fn layout(raw: &[u8], deflates: &[BitExtent]) -> Result<StreamInfo, FormatError> {
+/// the raw stream `raw`, and its puffed view: each deflate puffed once, to
+/// find its puff's length and to place it. For a generator; the extents
+/// must be exact (each ending where its last block does).
+pub fn layout(raw: &[u8], deflates: &[BitExtent]) -> Result<(StreamInfo, Vec<u8>), FormatError> {
     let mut puffs = Vec::with_capacity(deflates.len());
-    let (mut pos, mut prev) = (0u64, 0u64);
-    let mut scratch = Vec::new();
+    let mut view = Vec::new();
+    let mut prev = 0u64;
     for d in deflates {
         if d.offset < prev || d.end().div_ceil(8) > raw.len() as u64 {
             return Err(bad(
                 "deflates overlap, are out of order or lie past the stream",
             ));
         }
-        pos += gap_len(prev, d.offset);
-        scratch.clear();
+        push_gap(raw, &mut view, prev, d.offset);
+        let at = view.len() as u64;
         puff(
             &raw[(d.offset / 8) as usize..d.end().div_ceil(8) as usize],
             (d.offset % 8) as u32,
-            &mut scratch,
+            &mut view,
             MAX_PUFF,
         )?;
-        puffs.push((pos, scratch.len() as u64));
-        pos += scratch.len() as u64;
+        puffs.push((at, view.len() as u64 - at));
         prev = d.end();
     }
+    push_gap(raw, &mut view, prev, raw.len() as u64 * 8);
     let info = StreamInfo {
         deflates: deflates.to_vec(),
         puffs,
-        puff_length: pos + gap_len(prev, raw.len() as u64 * 8),
+        puff_length: view.len() as u64,
     };
     info.raw_len().map_err(bad)?;
-    Ok(info)
+    Ok((info, view))
 }
 
 /// Writes a puffin patch: the `src` and `dst` layouts and the bsdiff
@@ -834,6 +834,26 @@ impl StreamInfo {
     }
 }
 
+/// Appends to a puffed view the gap between the raw bits `a` and `b` of
+/// `raw`: a byte per raw byte they touch, holding only the bits outside
+/// the deflates on either side, shifted down to bit 0.
+fn push_gap(raw: &[u8], out: &mut Vec<u8>, a: u64, b: u64) {
+    if a == b {
+        return;
+    }
+    let (first, last) = (a / 8, b.div_ceil(8) - 1);
+    for k in first..=last {
+        let mut v = raw[k as usize];
+        if k == last && !b.is_multiple_of(8) {
+            v &= (1u8 << (b % 8)) - 1;
+        }
+        if k == first && !a.is_multiple_of(8) {
+            v >>= a % 8;
+        }
+        out.push(v);
+    }
+}
+
 /// The puffed view of the raw stream `raw` (at least as long as `info`
 /// describes).
 pub fn puffed_view(raw: &[u8], info: &StreamInfo) -> Result<Vec<u8>, FormatError> {
@@ -845,25 +865,9 @@ pub fn puffed_view(raw: &[u8], info: &StreamInfo) -> Result<Vec<u8>, FormatError
         )));
     }
     let mut out = Vec::new();
-    let gap = |out: &mut Vec<u8>, a: u64, b: u64| {
-        if a == b {
-            return;
-        }
-        let (first, last) = (a / 8, b.div_ceil(8) - 1);
-        for k in first..=last {
-            let mut v = raw[k as usize];
-            if k == last && !b.is_multiple_of(8) {
-                v &= (1u8 << (b % 8)) - 1;
-            }
-            if k == first && !a.is_multiple_of(8) {
-                v >>= a % 8;
-            }
-            out.push(v);
-        }
-    };
     let mut prev_end = 0u64;
     for (d, &(_, pl)) in info.deflates.iter().zip(&info.puffs) {
-        gap(&mut out, prev_end, d.offset);
+        push_gap(raw, &mut out, prev_end, d.offset);
         let window = &raw[(d.offset / 8) as usize..d.end().div_ceil(8) as usize];
         let before = out.len() as u64;
         puff(window, (d.offset % 8) as u32, &mut out, before + pl)?;
@@ -876,7 +880,7 @@ pub fn puffed_view(raw: &[u8], info: &StreamInfo) -> Result<Vec<u8>, FormatError
         }
         prev_end = d.end();
     }
-    gap(&mut out, prev_end, raw_len * 8);
+    push_gap(raw, &mut out, prev_end, raw_len * 8);
     debug_assert_eq!(out.len() as u64, info.puff_length);
     Ok(out)
 }
@@ -1049,33 +1053,13 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// The layout of `deflates` in `raw`: each puffed to find its length.
+    /// The layout of `deflates` in `raw` ([`layout`]).
     fn info(raw: &[u8], deflates: &[(u64, u64)]) -> StreamInfo {
-        let mut puffs = Vec::new();
-        let (mut pos, mut prev) = (0u64, 0u64);
-        for &(o, l) in deflates {
-            pos += gap_len(prev, o);
-            let mut p = Vec::new();
-            puff(
-                &raw[(o / 8) as usize..(o + l).div_ceil(8) as usize],
-                (o % 8) as u32,
-                &mut p,
-                MAX_PUFF,
-            )
-            .unwrap();
-            puffs.push((pos, p.len() as u64));
-            pos += p.len() as u64;
-            prev = o + l;
-        }
-        let tail = raw.len() as u64 - prev / 8;
-        StreamInfo {
-            deflates: deflates
-                .iter()
-                .map(|&(offset, length)| BitExtent { offset, length })
-                .collect(),
-            puffs,
-            puff_length: pos + tail,
-        }
+        let extents: Vec<BitExtent> = deflates
+            .iter()
+            .map(|&(offset, length)| BitExtent { offset, length })
+            .collect();
+        layout(raw, &extents).unwrap().0
     }
 
     #[test]

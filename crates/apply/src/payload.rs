@@ -262,7 +262,7 @@ impl PayloadFile {
         }
         if let Some(size) = p.metadata_size {
             let header = romdelta_android::payload::PayloadHeader::decode(bytes)?;
-            let actual = romdelta_android::payload::HEADER_LEN as u64 + header.manifest_len;
+            let actual = header.metadata_len();
             if size != actual {
                 return Err(wrong("METADATA_SIZE", size.to_string(), actual.to_string()));
             }
@@ -314,26 +314,14 @@ impl PayloadFile {
             return Ok((self.parse()?, None));
         }
         let bytes = self.bytes();
-        let header = romdelta_android::payload::PayloadHeader::decode(bytes)?;
-        let meta_len = romdelta_android::payload::HEADER_LEN as u64 + header.manifest_len;
-        let sig_len = u64::from(header.metadata_signature_len);
-        let total = bytes.len() as u64;
-        if meta_len.saturating_add(sig_len) > total {
-            return Err(FormatError::Truncated {
-                what: "payload metadata",
-                need: meta_len.saturating_add(sig_len) - total,
-                have: total,
-            }
-            .into());
-        }
-        let (meta_len, sig_len) = (meta_len as usize, sig_len as usize);
-        let meta_hash = romdelta_format::sha256(&bytes[..meta_len]);
+        let (_, meta, meta_sig) = romdelta_android::payload::split_metadata(bytes)?;
         let metadata = signature::verify(
             "metadata signature",
-            &bytes[meta_len..meta_len + sig_len],
-            &meta_hash,
+            meta_sig,
+            &romdelta_format::sha256(meta),
             keys,
         )?;
+        let (meta_len, sig_len) = (meta.len(), meta_sig.len());
         let payload = self.parse()?;
         let Some(sigs) = &payload.signatures else {
             return Err(SignatureError::Unsigned {

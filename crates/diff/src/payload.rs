@@ -617,14 +617,16 @@ pub fn write_ota_zip(
             });
         }
     }
-    let bytes = std::fs::read(&payload_path).map_err(io_err(&payload_path))?;
-    let header = romdelta_android::payload::PayloadHeader::decode(&bytes)
-        .map_err(|e| DiffError::Invalid(format!("the written payload: {e}")))?;
-    let metadata_len = romdelta_android::payload::HEADER_LEN as u64
-        + header.manifest_len
-        + u64::from(header.metadata_signature_len);
+    // The payload's metadata and metadata signature, from its header.
     let mut payload = std::fs::File::open(&payload_path).map_err(io_err(&payload_path))?;
-    drop(bytes);
+    let mut head = [0u8; romdelta_android::payload::HEADER_LEN];
+    std::io::Read::read_exact(&mut payload, &mut head).map_err(io_err(&payload_path))?;
+    let header = romdelta_android::payload::PayloadHeader::decode(&head)
+        .map_err(|e| DiffError::Invalid(format!("the written payload: {e}")))?;
+    let metadata_len = header.metadata_len() + u64::from(header.metadata_signature_len);
+    payload
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(io_err(&payload_path))?;
     let file = tempfile::Builder::new()
         .prefix(".romdelta-")
         .suffix(".partial")

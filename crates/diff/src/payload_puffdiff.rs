@@ -110,17 +110,13 @@ pub fn plan(
             }
             let (sraw, draw) = (read(src, sext), read(dst, dext));
             let (sd, dd) = (deflates(&sraw)?, deflates(&draw)?);
-            let (si, di) = (
+            let ((si, sview), (di, dview)) = (
                 puffin::layout(&sraw, &sd).ok()?,
                 puffin::layout(&draw, &dd).ok()?,
             );
             if si.puff_length > MAX_PUFFED || di.puff_length > MAX_PUFFED {
                 return None;
             }
-            let (sview, dview) = (
-                puffin::puffed_view(&sraw, &si).ok()?,
-                puffin::puffed_view(&draw, &di).ok()?,
-            );
             let mut inner = Vec::new();
             romdelta_format::bsdiff40::diff(&sview, &dview, &mut inner).ok()?;
             let data = puffin::encode(&si, &di, &inner);

@@ -90,6 +90,12 @@ impl PayloadHeader {
         })
     }
 
+    /// Bytes of the header and manifest: the metadata the metadata
+    /// signature covers (`METADATA_SIZE` in payload_properties.txt).
+    pub fn metadata_len(&self) -> u64 {
+        HEADER_LEN as u64 + self.manifest_len
+    }
+
     /// The header's bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
@@ -713,46 +719,55 @@ fn image_info(
     Ok(Some(ImageInfo { size, sha256 }))
 }
 
+/// The header, the metadata (header and manifest) and the metadata
+/// signature at the start of `bytes`, their lengths checked against the
+/// bytes that exist and the limits ([`limits::MAX_MANIFEST_LEN`],
+/// [`MAX_SIGNATURE_BLOB`]); the manifest is not decoded (a signature
+/// check comes first).
+pub fn split_metadata(bytes: &[u8]) -> Result<(PayloadHeader, &[u8], &[u8]), FormatError> {
+    let header = PayloadHeader::decode(bytes)?;
+    let rest = (bytes.len() - HEADER_LEN) as u64;
+    if header.manifest_len > limits::MAX_MANIFEST_LEN {
+        return Err(FormatError::TooLarge {
+            what: "payload manifest",
+            value: header.manifest_len,
+            limit: limits::MAX_MANIFEST_LEN,
+        });
+    }
+    if header.manifest_len > rest {
+        return Err(FormatError::Truncated {
+            what: "payload manifest",
+            need: header.manifest_len - rest,
+            have: rest,
+        });
+    }
+    let m_end = header.metadata_len() as usize;
+    let sig_len = u64::from(header.metadata_signature_len);
+    if sig_len > MAX_SIGNATURE_BLOB {
+        return Err(FormatError::TooLarge {
+            what: "payload metadata signature",
+            value: sig_len,
+            limit: MAX_SIGNATURE_BLOB,
+        });
+    }
+    let rest = (bytes.len() - m_end) as u64;
+    if sig_len > rest {
+        return Err(FormatError::Truncated {
+            what: "payload metadata signature",
+            need: sig_len - rest,
+            have: rest,
+        });
+    }
+    let s_end = m_end + sig_len as usize;
+    Ok((header, &bytes[..m_end], &bytes[m_end..s_end]))
+}
+
 impl<'a> Payload<'a> {
     /// Parses and validates a whole payload: `bytes` must hold exactly it.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FormatError> {
-        let header = PayloadHeader::decode(bytes)?;
-        let rest = (bytes.len() - HEADER_LEN) as u64;
-        if header.manifest_len > limits::MAX_MANIFEST_LEN {
-            return Err(FormatError::TooLarge {
-                what: "payload manifest",
-                value: header.manifest_len,
-                limit: limits::MAX_MANIFEST_LEN,
-            });
-        }
-        if header.manifest_len > rest {
-            return Err(FormatError::Truncated {
-                what: "payload manifest",
-                need: header.manifest_len - rest,
-                have: rest,
-            });
-        }
-        let m_end = HEADER_LEN + header.manifest_len as usize;
-        let sig_len = u64::from(header.metadata_signature_len);
-        if sig_len > MAX_SIGNATURE_BLOB {
-            return Err(FormatError::TooLarge {
-                what: "payload metadata signature",
-                value: sig_len,
-                limit: MAX_SIGNATURE_BLOB,
-            });
-        }
-        let rest = (bytes.len() - m_end) as u64;
-        if sig_len > rest {
-            return Err(FormatError::Truncated {
-                what: "payload metadata signature",
-                need: sig_len - rest,
-                have: rest,
-            });
-        }
-        let s_end = m_end + sig_len as usize;
-        let manifest_bytes = &bytes[HEADER_LEN..m_end];
-        let metadata_signature = &bytes[m_end..s_end];
-        let blobs = &bytes[s_end..];
+        let (header, metadata, metadata_signature) = split_metadata(bytes)?;
+        let manifest_bytes = &metadata[HEADER_LEN..];
+        let blobs = &bytes[metadata.len() + metadata_signature.len()..];
         let manifest = proto::DeltaArchiveManifest::decode(manifest_bytes)
             .map_err(|e| FormatError::invalid("payload manifest", e.to_string()))?;
         let metadata_signatures = if metadata_signature.is_empty() {
