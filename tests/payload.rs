@@ -734,7 +734,7 @@ fn puffdiff_lz4diff_and_zucchini_operations_apply() {
 
 /// `diff --format payload --minor-version 9` of lz4hc, lz4 and 64 KiB
 /// cluster EROFS images: changed files become LZ4DIFF_BSDIFF operations,
-/// the payload is smaller than at minor version 6, and it applies to the
+/// a changed apk an LZ4DIFF_PUFFDIFF one, the payload is smaller than at minor version 6, and it applies to the
 /// exact image.
 #[test]
 fn minor_version_9_payloads_use_lz4diff_for_erofs_files() {
@@ -780,6 +780,37 @@ fn minor_version_9_payloads_use_lz4diff_for_erofs_files() {
         }
         std::fs::write(d("tb").join(format!("f{i}.txt")), &data).unwrap();
     }
+    // An apk of stored entries (which lz4 compresses) and deflated ones
+    // (which it leaves as they are), a few of each changed: its diff of
+    // decompressed bytes is smaller in puffin's form (LZ4DIFF_PUFFDIFF).
+    for (t, changed) in [("ta", false), ("tb", true)] {
+        use std::io::Write as _;
+        let mut z = zip::ZipWriter::new(std::fs::File::create(d(t).join("app.apk")).unwrap());
+        for i in 0..12u64 {
+            let (mut entry, mut y) = (Vec::new(), 1000 + i);
+            while entry.len() < 24000 + 700 * i as usize {
+                y ^= y << 13;
+                y ^= y >> 7;
+                y ^= y << 17;
+                entry.extend_from_slice(words[(y % 8) as usize]);
+                entry.extend_from_slice((y % 100000).to_string().as_bytes());
+            }
+            if changed && i % 3 == 0 {
+                entry[200..210].copy_from_slice(b"CHANGED!!!");
+            }
+            let method = if i % 2 == 0 {
+                zip::CompressionMethod::Deflated
+            } else {
+                zip::CompressionMethod::Stored
+            };
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(method)
+                .last_modified_time(zip::DateTime::default());
+            z.start_file(format!("res/f{i}.xml"), opts).unwrap();
+            z.write_all(&entry).unwrap();
+        }
+        z.finish().unwrap();
+    }
     for (name, opts) in [
         ("lz4hc", &["-zlz4hc"][..]),
         ("lz4", &["-zlz4"][..]),
@@ -813,6 +844,30 @@ fn minor_version_9_payloads_use_lz4diff_for_erofs_files() {
                 lz > 0,
                 minor == "9",
                 "{name} minor {minor}: {lz} LZ4DIFF operations"
+            );
+            let lz_puff = parsed.partitions[0]
+                .operations
+                .iter()
+                .filter(|o| o.kind == romdelta_android::payload::PayloadOpKind::Lz4diffPuffdiff)
+                .count();
+            // The installer's recompression (the same liblz4 as
+            // mkfs.erofs's, offered every remaining byte) rebuilds every
+            // cluster: no postfix patch is needed.
+            for op in &parsed.partitions[0].operations {
+                if let Ok(p) = romdelta_android::lz4diff::Patch::parse(parsed.op_data(op)) {
+                    let dst = p.header.dst_info.unwrap();
+                    let fixed = dst
+                        .block_info
+                        .iter()
+                        .filter(|b| !b.postfix_bspatch.is_empty())
+                        .count();
+                    assert_eq!(fixed, 0, "{name}: postfix patches in {op:?}");
+                }
+            }
+            assert_eq!(
+                lz_puff,
+                usize::from(minor == "9"),
+                "{name} minor {minor}: one LZ4DIFF_PUFFDIFF operation, for the apk"
             );
             let out = d(&format!("{name}-{minor}-out"));
             romdelta()

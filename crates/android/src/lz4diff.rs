@@ -268,6 +268,76 @@ pub fn encode(header: &proto::Lz4diffHeader, inner: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The lz4 mode of `info`'s algorithm: LZ4HC maps levels outside 1-12 to
+/// its default (9) or its maximum.
+fn mode(info: &proto::CompressionInfo) -> lz4::Mode {
+    let algo = info.algo.clone().unwrap_or_default();
+    if algo.r#type == 1 {
+        lz4::Mode::Fast
+    } else {
+        lz4::Mode::Hc(match algo.level {
+            l if l < 1 => 9,
+            l if l > 12 => 12,
+            l => l as u8,
+        })
+    }
+}
+
+/// Cluster `i` of `info` rebuilt from `plain`, before its postfix patch:
+/// a plain cluster copied (zero-filled to its length), a compressed one
+/// compressed into its length from every byte of `plain[offset..u]`.
+fn bare_cluster(
+    c: &mut lz4::Compressor,
+    mode: lz4::Mode,
+    plain: &[u8],
+    u: u64,
+    info: &proto::CompressionInfo,
+    i: usize,
+) -> Result<Vec<u8>, FormatError> {
+    let b = &info.block_info[i];
+    let off = b.uncompressed_offset as usize;
+    if !compressed(b) {
+        let mut v = plain[off..off + b.uncompressed_length as usize].to_vec();
+        v.resize(v.len().max(b.compressed_length as usize), 0);
+        return Ok(v);
+    }
+    let mut buf = vec![0u8; b.compressed_length as usize];
+    let (n, _) = c.compress_dest_size(mode, &plain[off..u as usize], &mut buf);
+    if n == 0 {
+        return Err(bad(format!(
+            "destination cluster {i}: nothing fits in {} bytes",
+            buf.len()
+        )));
+    }
+    if n < buf.len() && info.zero_padding_enabled {
+        let k = buf.len() - n;
+        buf.copy_within(..n, k);
+        buf[..k].fill(0);
+    }
+    Ok(buf)
+}
+
+/// Cluster `i` of `info` recompressed from the decompressed stream `plain`
+/// as the installer recompresses it, before any postfix patch: a
+/// generator compares a few with the image to find the compressor, with
+/// one reusable compressor state `c`.
+pub fn recompressed_cluster(
+    c: &mut lz4::Compressor,
+    plain: &[u8],
+    info: &proto::CompressionInfo,
+    i: usize,
+) -> Result<Vec<u8>, FormatError> {
+    let (u, _) = totals(&info.block_info, "destination")?;
+    if u > plain.len() as u64 || i >= info.block_info.len() {
+        return Err(bad(format!(
+            "destination cluster {i} of {}, {u} decompressed bytes of {}",
+            info.block_info.len(),
+            plain.len()
+        )));
+    }
+    bare_cluster(c, mode(info), plain, u, info, i)
+}
+
 /// Recompresses the decompressed destination `plain` into its clusters,
 /// appended to `out`.
 fn recompress(
@@ -282,40 +352,10 @@ fn recompress(
             plain.len()
         )));
     }
-    let algo = info.algo.clone().unwrap_or_default();
-    let mode = if algo.r#type == 1 {
-        lz4::Mode::Fast
-    } else {
-        // LZ4HC maps levels outside 1-12 to its default (9) or its maximum.
-        lz4::Mode::Hc(match algo.level {
-            l if l < 1 => 9,
-            l if l > 12 => 12,
-            l => l as u8,
-        })
-    };
+    let mode = mode(info);
     let mut c = lz4::Compressor::new();
     for (i, b) in info.block_info.iter().enumerate() {
-        let off = b.uncompressed_offset as usize;
-        let mut cluster = if !compressed(b) {
-            let mut v = plain[off..off + b.uncompressed_length as usize].to_vec();
-            v.resize(v.len().max(b.compressed_length as usize), 0);
-            v
-        } else {
-            let mut buf = vec![0u8; b.compressed_length as usize];
-            let (n, _) = c.compress_dest_size(mode, &plain[off..u as usize], &mut buf);
-            if n == 0 {
-                return Err(bad(format!(
-                    "destination cluster {i}: nothing fits in {} bytes",
-                    buf.len()
-                )));
-            }
-            if n < buf.len() && info.zero_padding_enabled {
-                let k = buf.len() - n;
-                buf.copy_within(..n, k);
-                buf[..k].fill(0);
-            }
-            buf
-        };
+        let mut cluster = bare_cluster(&mut c, mode, plain, u, info, i)?;
         if !b.postfix_bspatch.is_empty() {
             if !b.sha256_hash.is_empty()
                 && romdelta_format::sha256(&cluster)[..] != b.sha256_hash[..]

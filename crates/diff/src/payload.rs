@@ -354,15 +354,7 @@ pub fn write_payload(
         skip.sort_unstable();
         let patched = lz4
             .into_iter()
-            .map(|p| {
-                (
-                    PayloadOpKind::Lz4diffBsdiff,
-                    p.src_extents,
-                    p.src_sha256,
-                    p.dst_extents,
-                    p.data,
-                )
-            })
+            .map(|p| (p.kind, p.src_extents, p.src_sha256, p.dst_extents, p.data))
             .chain(puff.into_iter().map(|p| {
                 (
                     PayloadOpKind::Puffdiff,

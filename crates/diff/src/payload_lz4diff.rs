@@ -1,11 +1,13 @@
-//! LZ4DIFF_BSDIFF operations for payload export (minor version 9): a
-//! changed lz4-compressed file of an EROFS image is diffed on its
-//! decompressed bytes against the same file of the source, and the
-//! payload carries that bsdiff patch with the list of the file's clusters;
+//! LZ4DIFF_BSDIFF and LZ4DIFF_PUFFDIFF operations for payload export
+//! (minor version 9): a changed lz4-compressed file of an EROFS image is
+//! diffed on its decompressed bytes against the same file of the source,
+//! and the payload carries that patch with the list of the file's clusters;
 //! the installer decompresses the old clusters, patches, and compresses
 //! the new clusters again. Each new cluster is recompressed here with the
 //! installer's code; one that does not come out as in the image gets a
-//! postfix patch (and the hash of what the recompression gives). A file's
+//! postfix patch (and the hash of what the recompression gives). A file
+//! whose decompressed bytes hold deflate streams (an apk) is also diffed
+//! in puffin's form, and the smaller inner patch is kept. A file's
 //! operation is kept only when it is smaller than a SOURCE_BSDIFF of the
 //! file's stored bytes.
 
@@ -13,6 +15,7 @@ use crate::blocks::BlockClass;
 use crate::files::PathIndex;
 use rayon::prelude::*;
 use romdelta_android::lz4diff::{self, proto};
+use romdelta_android::payload::PayloadOpKind;
 use romdelta_codecs::lz4;
 use romdelta_erofs::{DataMap, Encoding, ErofsMap, FileKind, Stored};
 use romdelta_format::{Digest, Extent, BLOCK_SIZE};
@@ -21,8 +24,10 @@ use romdelta_rom::Partition;
 /// Most decompressed bytes of a file diffed this way.
 const MAX_FILE: u64 = 64 << 20;
 
-/// One planned LZ4DIFF_BSDIFF operation.
+/// One planned LZ4DIFF_BSDIFF or LZ4DIFF_PUFFDIFF operation.
 pub struct Planned {
+    /// Which of the two: the inner patch is bsdiff or puffin's.
+    pub kind: PayloadOpKind,
     /// The source file's blocks, in logical order.
     pub src_extents: Vec<Extent>,
     /// Their SHA-256.
@@ -100,6 +105,69 @@ fn read(p: &Partition, extents: &[Extent]) -> Vec<u8> {
     v
 }
 
+/// The lz4 compressors and levels tried, most likely first: LZ4HC's
+/// default and maximum (mkfs.erofs -zlz4hc), lz4 (-zlz4), the other levels.
+const COMPRESSORS: [(i32, i32); 13] = [
+    (2, 9),
+    (2, 12),
+    (1, 0),
+    (2, 10),
+    (2, 11),
+    (2, 8),
+    (2, 7),
+    (2, 6),
+    (2, 5),
+    (2, 4),
+    (2, 3),
+    (2, 2),
+    (2, 1),
+];
+/// Compressed clusters a compressor is tried on.
+const SAMPLES: usize = 6;
+
+/// The compressor that rebuilds most of the first [`SAMPLES`] compressed
+/// clusters of `info` exactly, from the file's decompressed bytes `plain`
+/// and its stored bytes `raw` (one cluster alone can come out the same
+/// from two compressors, when it barely compresses).
+fn compressor(
+    info: &proto::CompressionInfo,
+    plain: &[u8],
+    raw: &[u8],
+) -> proto::CompressionAlgorithm {
+    let mut at = 0u64;
+    let mut samples = Vec::new();
+    for (i, b) in info.block_info.iter().enumerate() {
+        if b.compressed_length < b.uncompressed_length && samples.len() < SAMPLES {
+            samples.push((i, &raw[at as usize..(at + b.compressed_length) as usize]));
+        }
+        at += b.compressed_length;
+    }
+    let mut best = (0, COMPRESSORS[0]);
+    let mut c = lz4::Compressor::new();
+    for (t, level) in COMPRESSORS {
+        let info = proto::CompressionInfo {
+            algo: Some(proto::CompressionAlgorithm { r#type: t, level }),
+            ..info.clone()
+        };
+        let hits = samples
+            .iter()
+            .filter(|&&(i, want)| {
+                lz4diff::recompressed_cluster(&mut c, plain, &info, i).is_ok_and(|r| r == want)
+            })
+            .count();
+        if hits > best.0 {
+            best = (hits, (t, level));
+        }
+        if hits == samples.len() {
+            break;
+        }
+    }
+    proto::CompressionAlgorithm {
+        r#type: best.1 .0,
+        level: best.1 .1,
+    }
+}
+
 /// The LZ4DIFF_BSDIFF operations for `dst` against `src`: one per changed
 /// lz4-compressed file present in both (by path), where smaller than a
 /// bsdiff of its stored bytes.
@@ -144,11 +212,16 @@ pub fn plan(src: &Partition, dst: &Partition, classes: &[BlockClass]) -> Vec<Pla
             let (sblocks, sext, splain) = file(src, &sm, snid)?;
             let mut inner = Vec::new();
             romdelta_format::bsdiff40::diff(&splain, &dplain, &mut inner).ok()?;
+            // A decompressed file with deflate streams (an apk whose
+            // stored entries lz4 compresses) may patch smaller in
+            // puffin's form: LZ4DIFF_PUFFDIFF.
+            let mut kind = PayloadOpKind::Lz4diffBsdiff;
+            if let Some(p) = crate::payload_puffdiff::patch(&splain, &dplain) {
+                if p.len() < inner.len() {
+                    (inner, kind) = (p, PayloadOpKind::Lz4diffPuffdiff);
+                }
+            }
             let dst_raw = read(dst, &dext);
-            // The compressor that rebuilds the first compressed cluster.
-            let first = dblocks
-                .iter()
-                .position(|b| b.compressed_length < b.uncompressed_length);
             let mut info = proto::CompressionInfo {
                 algo: Some(proto::CompressionAlgorithm {
                     r#type: 2,
@@ -157,41 +230,7 @@ pub fn plan(src: &Partition, dst: &Partition, classes: &[BlockClass]) -> Vec<Pla
                 block_info: dblocks,
                 zero_padding_enabled: padding(&tm),
             };
-            if let Some(f) = first {
-                let at: u64 = info.block_info[..f]
-                    .iter()
-                    .map(|b| b.compressed_length)
-                    .sum();
-                let want =
-                    &dst_raw[at as usize..(at + info.block_info[f].compressed_length) as usize];
-                for (t, level) in [
-                    (2, 9),
-                    (2, 12),
-                    (1, 0),
-                    (2, 10),
-                    (2, 11),
-                    (2, 8),
-                    (2, 7),
-                    (2, 6),
-                    (2, 5),
-                    (2, 4),
-                    (2, 3),
-                    (2, 2),
-                    (2, 1),
-                ] {
-                    info.algo = Some(proto::CompressionAlgorithm { r#type: t, level });
-                    let one = proto::CompressionInfo {
-                        block_info: info.block_info[..=f].to_vec(),
-                        ..info.clone()
-                    };
-                    let ok = lz4diff::recompressed_clusters(&dplain[..], &one)
-                        .ok()
-                        .is_some_and(|c| c[f] == want);
-                    if ok {
-                        break;
-                    }
-                }
-            }
+            info.algo = Some(compressor(&info, &dplain, &dst_raw));
             // Postfix patches where the recompression differs.
             let rebuilt = lz4diff::recompressed_clusters(&dplain, &info).ok()?;
             let mut at = 0usize;
@@ -215,7 +254,7 @@ pub fn plan(src: &Partition, dst: &Partition, classes: &[BlockClass]) -> Vec<Pla
                     zero_padding_enabled: padding(&sm),
                 }),
                 dst_info: Some(info),
-                inner_type: 0,
+                inner_type: i32::from(kind == PayloadOpKind::Lz4diffPuffdiff),
             };
             let data = lz4diff::encode(&header, &inner);
             let src_raw = read(src, &sext);
@@ -231,6 +270,7 @@ pub fn plan(src: &Partition, dst: &Partition, classes: &[BlockClass]) -> Vec<Pla
                 .ok()
                 .filter(|_| check == dst_raw)?;
             Some(Planned {
+                kind,
                 src_sha256: romdelta_format::sha256(&src_raw),
                 src_extents: sext,
                 dst_extents: dext,

@@ -61,6 +61,26 @@ fn deflates(bytes: &[u8]) -> Option<Vec<BitExtent>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// A puffin patch from `src` to `dst` (a file's bytes each), `None` when
+/// either holds no deflate stream or puffs to more than bsdiff may hold.
+/// The LZ4DIFF_PUFFDIFF generator uses it on decompressed files.
+pub(crate) fn patch(src: &[u8], dst: &[u8]) -> Option<Vec<u8>> {
+    if !romdelta_streams::has_signature(src) || !romdelta_streams::has_signature(dst) {
+        return None;
+    }
+    let (sd, dd) = (deflates(src)?, deflates(dst)?);
+    let ((si, sview), (di, dview)) = (
+        puffin::layout(src, &sd).ok()?,
+        puffin::layout(dst, &dd).ok()?,
+    );
+    if si.puff_length > MAX_PUFFED || di.puff_length > MAX_PUFFED {
+        return None;
+    }
+    let mut inner = Vec::new();
+    romdelta_format::bsdiff40::diff(&sview, &dview, &mut inner).ok()?;
+    Some(puffin::encode(&si, &di, &inner))
+}
+
 /// The PUFFDIFF operations for `dst` against `src`: one per changed file
 /// with deflate streams that the source has at the same path (none of
 /// whose blocks `claimed` holds), where smaller than a bsdiff of its
@@ -109,17 +129,7 @@ pub fn plan(
                 return None;
             }
             let (sraw, draw) = (read(src, sext), read(dst, dext));
-            let (sd, dd) = (deflates(&sraw)?, deflates(&draw)?);
-            let ((si, sview), (di, dview)) = (
-                puffin::layout(&sraw, &sd).ok()?,
-                puffin::layout(&draw, &dd).ok()?,
-            );
-            if si.puff_length > MAX_PUFFED || di.puff_length > MAX_PUFFED {
-                return None;
-            }
-            let mut inner = Vec::new();
-            romdelta_format::bsdiff40::diff(&sview, &dview, &mut inner).ok()?;
-            let data = puffin::encode(&si, &di, &inner);
+            let data = patch(&sraw, &draw)?;
             let mut plain = Vec::new();
             romdelta_format::bsdiff40::diff(&sraw, &draw, &mut plain).ok()?;
             if data.len() >= plain.len() {
