@@ -218,6 +218,15 @@ pub enum Command {
         #[command(subcommand)]
         command: PayloadCommand,
     },
+    /// Block-based OTAs of non-A/B devices (transfer.list, new.dat[.br|.lzma], patch.dat): inspect, extract, apply in place.
+    ///
+    /// PACKAGE is a directory or a zip (a recovery ROM, an incremental OTA)
+    /// holding NAME.transfer.list per partition.
+    Blockota {
+        /// What to do with the package.
+        #[command(subcommand)]
+        command: BlockotaCommand,
+    },
     /// A simulated A/B device: install packages the way a recovery does.
     Recovery {
         /// What to do with the device.
@@ -358,6 +367,47 @@ pub enum AvbCommand {
         /// FEC parity bytes per codeword (2 to 24; 0: no FEC).
         #[arg(long, default_value_t = 2)]
         fec_roots: u32,
+    },
+}
+
+/// `romdelta blockota` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BlockotaCommand {
+    /// List partitions, transfer-list versions, commands by kind, blocks and stash use.
+    Inspect {
+        /// The directory or zip.
+        package: PathBuf,
+        #[command(flatten)]
+        partitions: PartitionList,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the images of a full block OTA: DIR/NAME.img per partition.
+    Extract {
+        /// The directory or zip.
+        package: PathBuf,
+        /// The directory the images go to (created if missing; existing images are never overwritten).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        #[command(flatten)]
+        partitions: PartitionList,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a block OTA (incremental or full) over the old images, as recovery does; resumable.
+    Apply {
+        /// The directory or zip.
+        package: PathBuf,
+        /// The image to update (one partition), or a directory of NAME.img.
+        #[arg(long, value_name = "IMAGE_OR_DIR")]
+        in_place: PathBuf,
+        #[command(flatten)]
+        partitions: PartitionList,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -7,6 +7,7 @@ mod bench;
 mod bsdiff40;
 mod demo;
 mod inspect;
+mod blockota;
 mod payload;
 mod recovery;
 
@@ -495,6 +496,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
         } => bsdiff40::patch(&old, &new, &patch, json),
         Command::Payload { command } => payload::run(command),
+        Command::Blockota { command } => blockota::run(command),
         Command::Avb { command } => payload::avb(command),
         Command::Recovery { command } => recovery::run(command),
         Command::Completions { shell } => {

@@ -17,6 +17,7 @@
 //!    every partition matches are the staged files renamed into place, so an
 //!    output that exists is an output that verified.
 
+pub mod blockota;
 mod crosspart;
 mod error;
 mod exec;
