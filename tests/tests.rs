@@ -2,6 +2,7 @@
 
 mod archives;
 mod bench;
+mod blockota;
 mod branchdelta;
 mod bsdiff40;
 mod cli;

@@ -106,6 +106,14 @@ fn report(runs: &[PartitionRun], json: bool, verb: &str) {
         return;
     }
     for r in runs {
+        if r.already_applied {
+            println!(
+                "{} -> {}: already holds what the package writes; nothing to do",
+                r.name,
+                r.image.display()
+            );
+            continue;
+        }
         let resumed = r
             .resumed_at_line
             .map(|l| format!(", resumed at line {l}"))

@@ -4,10 +4,10 @@
 mod progress;
 mod args;
 mod bench;
+mod blockota;
 mod bsdiff40;
 mod demo;
 mod inspect;
-mod blockota;
 mod payload;
 mod recovery;
 

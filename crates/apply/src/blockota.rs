@@ -63,6 +63,8 @@ pub struct PartitionRun {
     pub source_hashes: u64,
     /// Target SHA-1s checked.
     pub target_hashes: u64,
+    /// The image already held what the list writes (nothing was done).
+    pub already_applied: bool,
 }
 
 fn refused(why: String) -> ApplyError {
@@ -70,7 +72,11 @@ fn refused(why: String) -> ApplyError {
 }
 
 /// Reads `ranges` of `img` into one buffer, in order.
-fn read_ranges(img: &dyn StorageFile, ranges: &RangeSet, path: &Path) -> Result<Vec<u8>, ApplyError> {
+fn read_ranges(
+    img: &dyn StorageFile,
+    ranges: &RangeSet,
+    path: &Path,
+) -> Result<Vec<u8>, ApplyError> {
     let mut out = vec![0u8; (ranges.blocks() * BLOCK) as usize];
     let mut at = 0usize;
     for &(a, b) in &ranges.0 {
@@ -183,7 +189,10 @@ impl Run<'_> {
         let text = read_file(self.fs, &p, 4096).map_err(ApplyError::io(&p))?;
         let text = String::from_utf8_lossy(&text);
         let mut l = text.lines();
-        let list = format!("list {}", romdelta_format::hex_digest(&self.part.list_sha256));
+        let list = format!(
+            "list {}",
+            romdelta_format::hex_digest(&self.part.list_sha256)
+        );
         if l.next() != Some(JOURNAL_MAGIC) {
             return Err(refused(format!("{}: not a romdelta journal", p.display())));
         }
@@ -302,6 +311,67 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Whether the image already holds what the list writes (a run that
+    /// finished, then lost its journal in the cut that ended it): every
+    /// block as its last writer leaves it, `new` blocks equal to new.dat,
+    /// zeroed ones zero, moved and patched ones of their SHA-1. A list
+    /// without target hashes (versions 1 and 2) cannot show it.
+    fn is_applied(&self) -> Result<bool, ApplyError> {
+        let list = &self.part.list;
+        let mut last = vec![u32::MAX; list.blocks_named() as usize];
+        for (i, (_, c)) in list.commands.iter().enumerate() {
+            if let Some(t) = c.target() {
+                for b in t.iter_blocks() {
+                    last[b as usize] = i as u32;
+                }
+            }
+        }
+        let mut new = self.part.new_data()?;
+        for (i, (_, c)) in list.commands.iter().enumerate() {
+            let mine = |b: u64| last[b as usize] == i as u32;
+            match c {
+                Command::New(r) => {
+                    let mut want = vec![0u8; (r.blocks() * BLOCK) as usize];
+                    new.read_blocks(&mut want)?;
+                    let have = read_ranges(&*self.img, r, &self.path)?;
+                    for (k, b) in r.iter_blocks().enumerate() {
+                        let at = k * BLOCK as usize..(k + 1) * BLOCK as usize;
+                        if mine(b) && have[at.clone()] != want[at] {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Command::Zero(r) | Command::Erase(r) => {
+                    let have = read_ranges(&*self.img, r, &self.path)?;
+                    for (k, b) in r.iter_blocks().enumerate() {
+                        let at = k * BLOCK as usize..(k + 1) * BLOCK as usize;
+                        if mine(b) && have[at].iter().any(|&x| x != 0) {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Command::Move { hash, target, .. }
+                | Command::Patch {
+                    target_hash: hash,
+                    target,
+                    ..
+                } => {
+                    if !target.iter_blocks().all(mine) {
+                        continue;
+                    }
+                    let Some(want) = hash else {
+                        return Ok(false);
+                    };
+                    if sha1_hex(&read_ranges(&*self.img, target, &self.path)?) != *want {
+                        return Ok(false);
+                    }
+                }
+                Command::Stash { .. } | Command::Free { .. } => {}
+            }
+        }
+        Ok(true)
+    }
+
     fn wrong_base(&self, what: &str, blocks: &RangeSet, want: &str, found: &str) -> ApplyError {
         let at = if blocks.0.is_empty() {
             "its stashed source blocks".to_string()
@@ -416,7 +486,15 @@ impl Run<'_> {
                     target,
                     source,
                 } => {
-                    let buf = self.command_source(i, source, hash.as_deref(), &resumed_source, overlap, &what, report)?;
+                    let buf = self.command_source(
+                        i,
+                        source,
+                        hash.as_deref(),
+                        &resumed_source,
+                        overlap,
+                        &what,
+                        report,
+                    )?;
                     if hash.is_some() {
                         report.target_hashes += 1;
                     }
@@ -442,7 +520,15 @@ impl Run<'_> {
                             target.blocks()
                         )));
                     }
-                    let buf = self.command_source(i, source, source_hash.as_deref(), &resumed_source, overlap, &what, report)?;
+                    let buf = self.command_source(
+                        i,
+                        source,
+                        source_hash.as_deref(),
+                        &resumed_source,
+                        overlap,
+                        &what,
+                        report,
+                    )?;
                     let patch = &self.part.patch()[*offset as usize..(*offset + *len) as usize];
                     let mut out = vec![0u8; (target.blocks() * BLOCK) as usize];
                     romdelta_android::payload::ops::decode_bsdiff(patch, &buf, &mut out)
@@ -489,7 +575,8 @@ impl Run<'_> {
         if have.is_none() {
             return Ok(None);
         }
-        let bytes = read_file(self.fs, &p, MAX_COMMAND_BLOCKS * BLOCK + 64).map_err(ApplyError::io(&p))?;
+        let bytes =
+            read_file(self.fs, &p, MAX_COMMAND_BLOCKS * BLOCK + 64).map_err(ApplyError::io(&p))?;
         let tag = format!("{from}\n");
         Ok(bytes.strip_prefix(tag.as_bytes()).map(<[u8]>::to_vec))
     }
@@ -603,7 +690,9 @@ pub fn apply_in_place(
         let state = state_dir(path);
         let have = fs.entry(&state).map_err(ApplyError::io(&state))?;
         check_made(have, Made::Dir, &state, "romdelta's block-OTA state").map_err(refused)?;
-        let img = fs.open(path, OpenMode::ReadWrite).map_err(ApplyError::io(path))?;
+        let img = fs
+            .open(path, OpenMode::ReadWrite)
+            .map_err(ApplyError::io(path))?;
         let run = Run {
             part,
             fs,
@@ -617,15 +706,32 @@ pub fn apply_in_place(
             image: path.clone(),
             ..Default::default()
         };
-        let next = if have.is_some() { run.read_journal()? } else { None };
+        let next = if have.is_some() {
+            run.read_journal()?
+        } else {
+            None
+        };
+        let mut done = false;
         if next.is_none() {
-            run.precheck(&mut report)?;
+            if let Err(e) = run.precheck(&mut report) {
+                if !run.is_applied()? {
+                    return Err(e);
+                }
+                done = true;
+            }
         }
+        report.already_applied = done;
         runs.push((run, next, report));
     }
     let mut out = Vec::new();
     for (run, next, mut report) in runs {
         let state = run.state.clone().expect("state");
+        if report.already_applied {
+            // What a finished run left of its state goes; the image stays.
+            remove_all(fs, &state).map_err(ApplyError::io(&state))?;
+            out.push(report);
+            continue;
+        }
         let from = match next {
             Some(n) => {
                 report.resumed_at_line = run.part.list.commands.get(n).map(|c| c.0);

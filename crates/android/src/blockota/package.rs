@@ -140,7 +140,11 @@ impl Package {
                 .filter_map(|e| e.ok())
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.contains(".transfer.list") || n.contains(".new.dat") || n.contains(".patch.dat"))
+                .filter(|n| {
+                    n.contains(".transfer.list")
+                        || n.contains(".new.dat")
+                        || n.contains(".patch.dat")
+                })
                 .collect();
             names.sort();
             for n in names {
@@ -258,16 +262,19 @@ impl Package {
         names
             .iter()
             .map(|n| {
-                self.partitions.iter().find(|p| &p.name == n).ok_or_else(|| {
-                    PackageError::Refused(format!(
-                        "no partition {n:?} in the package (it has {})",
-                        self.partitions
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
+                self.partitions
+                    .iter()
+                    .find(|p| &p.name == n)
+                    .ok_or_else(|| {
+                        PackageError::Refused(format!(
+                            "no partition {n:?} in the package (it has {})",
+                            self.partitions
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })
             })
             .collect()
     }
@@ -323,8 +330,8 @@ fn zip_members(path: &Path) -> Result<Vec<(String, Member)>, PackageError> {
         if name != UPDATER_SCRIPT
             && (name.contains('/')
                 || !(name.contains(".transfer.list")
-                || name.contains(".new.dat")
-                || name.contains(".patch.dat")))
+                    || name.contains(".new.dat")
+                    || name.contains(".patch.dat")))
         {
             continue;
         }

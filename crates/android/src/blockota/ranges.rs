@@ -21,15 +21,12 @@ impl RangeSet {
             .next()
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| bad(what, format!("{s:?}: no count")))?;
-        if count == 0 || count % 2 != 0 {
+        if count == 0 || !count.is_multiple_of(2) {
             return Err(bad(what, format!("{s:?}: a count of {count}")));
         }
         let mut v = Vec::new();
         let mut seen = 0u64;
-        loop {
-            let (Some(a), Some(b)) = (nums.next(), nums.next()) else {
-                break;
-            };
+        while let (Some(a), Some(b)) = (nums.next(), nums.next()) {
             let (a, b): (u64, u64) = match (a.parse(), b.parse()) {
                 (Ok(a), Ok(b)) => (a, b),
                 _ => return Err(bad(what, format!("{s:?}: {a},{b} are not block numbers"))),
@@ -106,14 +103,27 @@ mod tests {
         assert_eq!(r.blocks(), 292 + 1941);
         assert_eq!(r.render(), "4,816,1108,1131,3072");
         // Order is kept: it places blocks in a command's buffer.
-        assert_eq!(RangeSet::parse("4,9,10,1,2").unwrap().0, vec![(9, 10), (1, 2)]);
+        assert_eq!(
+            RangeSet::parse("4,9,10,1,2").unwrap().0,
+            vec![(9, 10), (1, 2)]
+        );
     }
 
     #[test]
     fn refuses_bad_sets() {
         for s in [
-            "", "0", "3,1,2,3", "2,1", "2,2,2", "2,3,1", "4,1,2", "2,1,2,3,4", "2,a,b", "-2,1,2",
-            "4,0,5,4,6", "2,0,4294967297",
+            "",
+            "0",
+            "3,1,2,3",
+            "2,1",
+            "2,2,2",
+            "2,3,1",
+            "4,1,2",
+            "2,1,2,3,4",
+            "2,a,b",
+            "-2,1,2",
+            "4,0,5,4,6",
+            "2,0,4294967297",
         ] {
             assert!(RangeSet::parse(s).is_err(), "{s:?}");
         }

@@ -250,7 +250,9 @@ fn source<'a>(line: usize, w: &mut impl Iterator<Item = &'a str>) -> Result<Sour
         if a != next {
             return Err(bad(
                 line,
-                format!("the source's pieces do not tile its {blocks} blocks (a gap or overlap at {a})"),
+                format!(
+                    "the source's pieces do not tile its {blocks} blocks (a gap or overlap at {a})"
+                ),
             ));
         }
         next = b;
@@ -382,9 +384,7 @@ impl TransferList {
                     if offset.checked_add(len).is_none_or(|e| e > patch_len) {
                         return Err(bad(
                             n,
-                            format!(
-                                "a patch at {offset}+{len}, patch.dat has {patch_len} bytes"
-                            ),
+                            format!("a patch at {offset}+{len}, patch.dat has {patch_len} bytes"),
                         ));
                     }
                     let (mut source_hash, mut target_hash) = (None, None);
@@ -488,9 +488,12 @@ impl TransferList {
 
     /// Whether any command reads the old image (an incremental).
     pub fn reads_source(&self) -> bool {
-        self.commands
-            .iter()
-            .any(|(_, c)| matches!(c, Command::Move { .. } | Command::Patch { .. } | Command::Stash { .. }))
+        self.commands.iter().any(|(_, c)| {
+            matches!(
+                c,
+                Command::Move { .. } | Command::Patch { .. } | Command::Stash { .. }
+            )
+        })
     }
 }
 

@@ -1,0 +1,408 @@
+//! Block-based OTAs (transfer lists): releasetools' fixtures extracted and
+//! applied in place byte for byte, from directories and zips, raw and
+//! brotli new.dat; wrong bases and damaged packages refused before a
+//! write; power cuts at every point of an apply.
+
+use crate::common::{romdelta, unpack_fixture};
+use romdelta_android::blockota::{Package, TransferList};
+use romdelta_storage::sim::{CutMode, SimFs};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The unpacked block_ota fixture, or `None` (skipped) without it.
+fn fixture(dir: &Path) -> Option<PathBuf> {
+    unpack_fixture("block_ota", "block_ota.tar.xz", dir)
+}
+
+/// A package directory of `files` (names under `from`) as `NAME` files.
+fn package(from: &Path, files: &[&str], to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in files {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    to.to_path_buf()
+}
+
+/// A zip of `files` of `from`, each deflated or stored, with an updater
+/// script naming `new_dat`.
+fn zip_of(from: &Path, files: &[&str], deflate: bool, new_dat: &str, to: &Path) -> PathBuf {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(to).unwrap());
+    let method = if deflate {
+        zip::CompressionMethod::Deflated
+    } else {
+        zip::CompressionMethod::Stored
+    };
+    let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+    for f in files {
+        z.start_file(*f, opts).unwrap();
+        z.write_all(&std::fs::read(from.join(f)).unwrap()).unwrap();
+    }
+    z.start_file("META-INF/com/google/android/updater-script", opts)
+        .unwrap();
+    let script = format!(
+        "block_image_update(map_partition(\"system\"), package_extract_file(\"system.transfer.list\"), \"{new_dat}\", \"system.patch.dat\") ||\n  abort(\"E1001: Failed to update system image.\");\n"
+    );
+    z.write_all(script.as_bytes()).unwrap();
+    z.finish().unwrap();
+    to.to_path_buf()
+}
+
+const FULL: [&str; 3] = ["system.transfer.list", "system.new.dat", "system.patch.dat"];
+const FULL_BR: [&str; 3] = [
+    "system.transfer.list",
+    "system.new.dat.br",
+    "system.patch.dat",
+];
+
+#[test]
+fn releasetools_full_ota_extracts_to_the_exact_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fx) = fixture(dir.path()) else {
+        return;
+    };
+    let want = std::fs::read(fx.join("images/B.img")).unwrap();
+    let full = fx.join("full");
+    let zip_dir = dir.path().join("zips");
+    std::fs::create_dir_all(&zip_dir).unwrap();
+    let cases = [
+        ("raw dir", package(&full, &FULL, &dir.path().join("raw"))),
+        ("br dir", package(&full, &FULL_BR, &dir.path().join("br"))),
+        (
+            "stored zip",
+            zip_of(
+                &full,
+                &FULL_BR,
+                false,
+                "system.new.dat.br",
+                &zip_dir.join("s.zip"),
+            ),
+        ),
+        (
+            "deflated zip",
+            zip_of(&full, &FULL, true, "system.new.dat", &zip_dir.join("d.zip")),
+        ),
+        // Both forms in one directory (as in the fixture): the raw one is read.
+        ("both forms", full.clone()),
+    ];
+    for (what, pkg) in cases {
+        let out = dir.path().join(format!("out-{}", what.replace(' ', "-")));
+        romdelta()
+            .args(["blockota", "extract"])
+            .arg(&pkg)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        assert!(
+            std::fs::read(out.join("system.img")).unwrap() == want,
+            "{what}"
+        );
+        // Extracting again never overwrites.
+        romdelta()
+            .args(["blockota", "extract"])
+            .arg(&pkg)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .failure()
+            .stderr(predicates::str::contains("never overwritten"));
+    }
+    let out = romdelta()
+        .args(["blockota", "inspect", "--json"])
+        .arg(&full)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["version"], 4);
+    assert_eq!(v[0]["blocks_written"], 816);
+    assert_eq!(v[0]["incremental"], false);
+    assert_eq!(v[0]["size"], 3072 * 4096);
+}
+
+#[test]
+fn releasetools_incremental_applies_in_place_to_the_exact_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fx) = fixture(dir.path()) else {
+        return;
+    };
+    let (a, want) = (
+        std::fs::read(fx.join("images/A.img")).unwrap(),
+        std::fs::read(fx.join("images/B.img")).unwrap(),
+    );
+    let inc = fx.join("incremental");
+    let zip_dir = dir.path().join("zips");
+    std::fs::create_dir_all(&zip_dir).unwrap();
+    let cases = [
+        ("raw dir", package(&inc, &FULL, &dir.path().join("raw"))),
+        ("br dir", package(&inc, &FULL_BR, &dir.path().join("br"))),
+        (
+            "stored zip",
+            zip_of(
+                &inc,
+                &FULL_BR,
+                false,
+                "system.new.dat.br",
+                &zip_dir.join("s.zip"),
+            ),
+        ),
+        (
+            "deflated zip",
+            zip_of(&inc, &FULL, true, "system.new.dat", &zip_dir.join("d.zip")),
+        ),
+    ];
+    for (what, pkg) in cases {
+        // An image file, and a directory of NAME.img.
+        let img_dir = dir.path().join(format!("img-{}", what.replace(' ', "-")));
+        std::fs::create_dir_all(&img_dir).unwrap();
+        let img = img_dir.join("system.img");
+        std::fs::write(&img, &a).unwrap();
+        let target = if what.contains("zip") { &img_dir } else { &img };
+        let out = romdelta()
+            .args(["blockota", "apply", "--json"])
+            .arg(&pkg)
+            .arg("--in-place")
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["commands"], 42, "{what}");
+        assert!(v[0]["source_hashes"].as_u64().unwrap() >= 17, "{what}");
+        assert!(std::fs::read(&img).unwrap() == want, "{what}");
+        // Nothing of the run is left beside the image.
+        let left: Vec<_> = std::fs::read_dir(&img_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("system.img")], "{what}");
+    }
+    // The full package, applied in place over the old image, gives the
+    // new one too (a full package repairs any state).
+    let img = dir.path().join("full.img");
+    std::fs::write(&img, &a).unwrap();
+    romdelta()
+        .args(["blockota", "apply"])
+        .arg(fx.join("full"))
+        .arg("--in-place")
+        .arg(&img)
+        .assert()
+        .success();
+    assert!(std::fs::read(&img).unwrap() == want);
+}
+
+#[test]
+fn a_wrong_base_is_refused_before_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fx) = fixture(dir.path()) else {
+        return;
+    };
+    let inc = fx.join("incremental");
+    // The old build with one block of a later command's source changed
+    // (read by line 18's move), and another build.
+    let b = std::fs::read(fx.join("images/B.img")).unwrap();
+    let mut a = std::fs::read(fx.join("images/A.img")).unwrap();
+    a[190 * 4096 + 17] ^= 1;
+    let mut other = b.clone();
+    other[100 * 4096] ^= 1;
+    for (what, bytes, line) in [
+        ("another build", &other, "line 6 (bsdiff)"),
+        ("altered old build", &a, "line 18 (move)"),
+    ] {
+        let img = dir.path().join("system.img");
+        std::fs::write(&img, bytes).unwrap();
+        romdelta()
+            .args(["blockota", "apply"])
+            .arg(&inc)
+            .arg("--in-place")
+            .arg(&img)
+            .assert()
+            .code(1)
+            .stderr(predicates::str::contains(format!("system: {line}")))
+            .stderr(predicates::str::contains("nothing was written"));
+        assert!(&std::fs::read(&img).unwrap() == bytes, "{what}");
+        assert!(!dir.path().join(".system.img.romdelta-blockota").exists());
+    }
+    // The new build itself: already applied, nothing written.
+    let img = dir.path().join("system.img");
+    std::fs::write(&img, &b).unwrap();
+    let out = romdelta()
+        .args(["blockota", "apply", "--json"])
+        .arg(&inc)
+        .arg("--in-place")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["already_applied"], true);
+    assert_eq!(v[0]["commands"], 0);
+    assert!(std::fs::read(&img).unwrap() == b);
+    // An incremental is not extracted.
+    romdelta()
+        .args(["blockota", "extract"])
+        .arg(&inc)
+        .arg("-o")
+        .arg(dir.path().join("x"))
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("an incremental"));
+}
+
+#[test]
+fn every_cut_of_a_transfer_list_new_dat_or_patch_dat_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fx) = fixture(dir.path()) else {
+        return;
+    };
+    let inc = fx.join("incremental");
+    let text = std::fs::read(inc.join("system.transfer.list")).unwrap();
+    let patch_len = std::fs::metadata(inc.join("system.patch.dat"))
+        .unwrap()
+        .len();
+    let whole = TransferList::parse(&text, patch_len).unwrap();
+    assert_eq!(whole.commands.len(), 42);
+    let mut accepted = 0;
+    for cut in 0..text.len() {
+        if let Ok(l) = TransferList::parse(&text[..cut], patch_len) {
+            // Only cuts that lose nothing but trailing erase lines (or
+            // the final newline) still parse: every write is counted by
+            // the header.
+            let n = l.commands.len();
+            assert_eq!(l.commands[..], whole.commands[..n], "cut at {cut}");
+            assert!(
+                whole.commands[n..]
+                    .iter()
+                    .all(|(_, c)| matches!(c, romdelta_android::blockota::Command::Erase(_))),
+                "cut at {cut} loses more than erase lines"
+            );
+            accepted += 1;
+        }
+    }
+    assert!(accepted <= 3, "{accepted} cuts accepted");
+    // A cut or damaged new.dat or patch.dat: refused, the image untouched.
+    let a = std::fs::read(fx.join("images/A.img")).unwrap();
+    let new_dat = std::fs::read(inc.join("system.new.dat")).unwrap();
+    let new_br = std::fs::read(inc.join("system.new.dat.br")).unwrap();
+    let patch = std::fs::read(inc.join("system.patch.dat")).unwrap();
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "new.dat cut by a block",
+            "system.new.dat",
+            new_dat[..new_dat.len() - 4096].to_vec(),
+        ),
+        (
+            "new.dat one byte long",
+            "system.new.dat",
+            [&new_dat[..], &[0]].concat(),
+        ),
+        (
+            "patch.dat cut",
+            "system.patch.dat",
+            patch[..patch.len() - 1].to_vec(),
+        ),
+        (
+            "new.dat.br cut",
+            "system.new.dat.br",
+            new_br[..new_br.len() / 2].to_vec(),
+        ),
+    ];
+    for (what, name, bytes) in cases {
+        let pkg = dir.path().join(format!("pkg-{}", what.replace(' ', "-")));
+        let files: &[&str] = if name.ends_with(".br") {
+            &FULL_BR
+        } else {
+            &FULL
+        };
+        package(&inc, files, &pkg);
+        std::fs::write(pkg.join(name), &bytes).unwrap();
+        let img = dir.path().join("system.img");
+        std::fs::write(&img, &a).unwrap();
+        let out = romdelta()
+            .args(["blockota", "apply"])
+            .arg(&pkg)
+            .arg("--in-place")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        if !name.ends_with(".br") {
+            // Found before the first write.
+            assert!(std::fs::read(&img).unwrap() == a, "{what}");
+        }
+        let _ = std::fs::remove_dir_all(dir.path().join(".system.img.romdelta-blockota"));
+    }
+}
+
+/// Applies the fixture's incremental to `img` on `fs`.
+fn apply_on(fs: &SimFs, pkg: &Package, img: &Path) -> Result<(), romdelta_apply::ApplyError> {
+    let parts = pkg.select(&[]).unwrap();
+    romdelta_apply::blockota::apply_in_place(&parts, img, fs).map(|_| ())
+}
+
+#[test]
+fn power_cuts_at_every_point_of_a_block_ota_apply_end_with_the_new_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fx) = fixture(dir.path()) else {
+        return;
+    };
+    let (a, want) = (
+        std::fs::read(fx.join("images/A.img")).unwrap(),
+        std::fs::read(fx.join("images/B.img")).unwrap(),
+    );
+    // The brotli form: resuming re-reads new.dat from its start.
+    let pkg = Package::open(&package(
+        &fx.join("incremental"),
+        &FULL_BR,
+        &dir.path().join("pkg"),
+    ))
+    .unwrap();
+    let img = Path::new("/dev/system.img");
+    let base = SimFs::new();
+    base.mkdir_all(Path::new("/dev"));
+    base.put(img, &a);
+    let clean = base.fork();
+    let before = clean.points();
+    apply_on(&clean, &pkg, img).unwrap();
+    assert!(clean.get(img).unwrap() == want);
+    let total = clean.points() - before;
+    let points = crate::faults::spread(total, 240);
+    assert!(
+        points.len() >= 200,
+        "only {} points in {total}",
+        points.len()
+    );
+    let (mut intact, mut resumed) = (0, 0);
+    for &n in &points {
+        for mode in [CutMode::Lost, CutMode::Torn(n)] {
+            let what = format!("power cut at point {n} of {total} ({mode:?})");
+            let fs = base.fork();
+            fs.cut_power_at(n);
+            assert!(apply_on(&fs, &pkg, img).is_err(), "{what}: went on");
+            fs.reboot(mode);
+            let now = fs.get(img).unwrap();
+            if now == a {
+                intact += 1;
+            } else {
+                resumed += 1;
+            }
+            apply_on(&fs, &pkg, img).unwrap_or_else(|e| panic!("{what}: resume: {e}"));
+            assert!(fs.get(img).unwrap() == want, "{what}: not the new build");
+            // Nothing of the run is left.
+            assert_eq!(
+                fs.files().len(),
+                1,
+                "{what}: {:?}",
+                fs.files().iter().map(|f| &f.0).collect::<Vec<_>>()
+            );
+        }
+    }
+    eprintln!(
+        "block OTA: {} power-cut points of {total}, 2 modes each: {intact} left the old image intact, {resumed} resumed a changed one; all ended with the new build",
+        points.len()
+    );
+    assert!(intact > 0 && resumed > 0);
+}
