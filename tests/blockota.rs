@@ -406,3 +406,166 @@ fn power_cuts_at_every_point_of_a_block_ota_apply_end_with_the_new_build() {
     );
     assert!(intact > 0 && resumed > 0);
 }
+
+/// Whether `got` is `want` as a block OTA leaves it: the image may keep
+/// more bytes than the new build's (a written last block is whole, and
+/// what the old image had past the new end is erased), all zeros.
+fn same_image(got: &[u8], want: &[u8]) -> bool {
+    got.len() >= want.len()
+        && got[..want.len()] == *want
+        && got[want.len()..].iter().all(|&b| b == 0)
+}
+
+/// Bytes of a block OTA directory's files.
+fn package_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn generated_block_otas_of_multi_partition_roms_apply_to_the_new_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let (old, new) = crate::common::synth_roms(dir.path(), 31);
+    // romdelta's own in-place package of the pair, for its size.
+    romdelta()
+        .args(["diff", "--in-place"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(d("own.rdp"))
+        .assert()
+        .success();
+    let own = std::fs::metadata(d("own.rdp")).unwrap().len();
+    for (what, out, extra) in [
+        ("directory", d("ota"), &[][..]),
+        ("zip", d("ota.zip"), &[][..]),
+        ("full", d("full"), &["--full"][..]),
+    ] {
+        let mut cmd = romdelta();
+        cmd.args(["diff", "--in-place", "--format", "block-ota"])
+            .args(extra);
+        if what != "full" {
+            cmd.arg(&old);
+        }
+        cmd.arg(&new).arg("-o").arg(&out).assert().success();
+        if what == "directory" {
+            let size = package_bytes(&out);
+            eprintln!(
+                "{what}: block OTA {size} bytes, romdelta in-place package {own} ({:.3}x)",
+                size as f64 / own as f64
+            );
+            assert!(size as f64 <= 1.15 * own as f64, "{what}: {size} vs {own}");
+        }
+        // The device: the old build's images.
+        let dev = d(&format!("dev-{what}"));
+        std::fs::create_dir_all(&dev).unwrap();
+        for f in crate::common::listing(&old) {
+            std::fs::copy(old.join(&f), dev.join(&f)).unwrap();
+        }
+        romdelta()
+            .args(["blockota", "apply"])
+            .arg(&out)
+            .arg("--in-place")
+            .arg(&dev)
+            .assert()
+            .success();
+        for f in crate::common::listing(&new) {
+            let (got, want) = (
+                std::fs::read(dev.join(&f)).unwrap(),
+                std::fs::read(new.join(&f)).unwrap(),
+            );
+            assert!(
+                same_image(&got, &want),
+                "{what}: {f}: {} vs {} bytes, first difference at {:?}",
+                got.len(),
+                want.len(),
+                got.iter().zip(&want).position(|(a, b)| a != b)
+            );
+        }
+        if what == "full" {
+            romdelta()
+                .args(["blockota", "extract"])
+                .arg(&out)
+                .arg("-o")
+                .arg(d("extracted"))
+                .assert()
+                .success();
+            for f in crate::common::listing(&new) {
+                let got = std::fs::read(d("extracted").join(&f)).unwrap();
+                assert!(
+                    same_image(&got, &std::fs::read(new.join(&f)).unwrap()),
+                    "{f}"
+                );
+            }
+        }
+        if what == "zip" {
+            // The updater script calls block_image_update per partition.
+            let mut z = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
+            let mut script = String::new();
+            std::io::Read::read_to_string(
+                &mut z
+                    .by_name("META-INF/com/google/android/updater-script")
+                    .unwrap(),
+                &mut script,
+            )
+            .unwrap();
+            for p in ["system", "vendor", "boot", "product"] {
+                assert!(
+                    script.contains(&format!("package_extract_file(\"{p}.transfer.list\"), \"{p}.new.dat.br\", \"{p}.patch.dat\")")),
+                    "{p}: {script}"
+                );
+            }
+            assert!(script.contains("range_sha1("));
+        }
+    }
+}
+
+#[test]
+fn a_generated_block_ota_of_the_fixture_pair_is_smaller_than_releasetools() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fx) = fixture(dir.path()) else {
+        return;
+    };
+    let d = |n: &str| dir.path().join(n);
+    for t in ["old", "new"] {
+        std::fs::create_dir_all(d(t)).unwrap();
+    }
+    std::fs::copy(fx.join("images/A.img"), d("old/system.img")).unwrap();
+    std::fs::copy(fx.join("images/B.img"), d("new/system.img")).unwrap();
+    let releasetools: u64 = FULL_BR
+        .iter()
+        .map(|f| {
+            std::fs::metadata(fx.join("incremental").join(f))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    for extra in [&[][..], &["--bsdf2"][..]] {
+        let out = d(&format!("ota{}", extra.len()));
+        romdelta()
+            .args(["diff", "--in-place", "--format", "block-ota"])
+            .args(extra)
+            .arg(d("old"))
+            .arg(d("new"))
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        let size = package_bytes(&out);
+        eprintln!("{extra:?}: {size} bytes, releasetools {releasetools}");
+        assert!(size < releasetools, "{extra:?}: {size} >= {releasetools}");
+        let img = d("system.img");
+        std::fs::copy(fx.join("images/A.img"), &img).unwrap();
+        romdelta()
+            .args(["blockota", "apply"])
+            .arg(&out)
+            .arg("--in-place")
+            .arg(&img)
+            .assert()
+            .success();
+        assert!(std::fs::read(&img).unwrap() == std::fs::read(fx.join("images/B.img")).unwrap());
+    }
+}

@@ -242,7 +242,27 @@ fn payload_seeds(dir: &Path, a: &[u8], b: &[u8]) -> Vec<(&'static str, String, V
         "seed-lz4diff".into(),
         op_input(7, 20480, &lz("src"), &lz("patch")),
     ));
+    for (name, text) in blockota_lists() {
+        let mut v = 20u32.to_le_bytes().to_vec();
+        v.extend_from_slice(text.as_bytes());
+        out.push(("blockota_transfer_list", format!("seed-{name}"), v));
+    }
     out
+}
+
+/// Transfer lists of versions 1, 2 and 4 with every command and every
+/// source form (patch.dat of 20 bytes).
+fn blockota_lists() -> [(&'static str, String); 3] {
+    let h = "0123456789abcdef0123456789abcdef01234567";
+    let v4 = format!(
+        "4\n11\n0\n3\nerase 2,20,30\nstash {h} 2,0,1\nmove {h} 2,10,12 2 2,0,2\n\
+         bsdiff 0 10 {h} {h} 2,12,13 1 2,1,2\nmove {h} 2,13,15 2 2,2,3 2,0,1 {h}:2,1,2\n\
+         bsdiff 10 5 {h} {h} 2,15,16 1 - {h}:2,0,1\nfree {h}\nnew 2,16,18\nzero 2,18,20\n\
+         imgdiff 15 5 {h} {h} 2,0,1 1 2,5,6\n"
+    );
+    let v2 = "2\n3\n1\n1\nstash 1 2,0,1\nmove 2,5,6 1 - 1:2,0,1\nfree 1\nnew 2,6,7\nbsdiff 0 4 2,7,8 1 2,1,2\n";
+    let v1 = "1\n3\nmove 2,0,1 2,5,6\nbsdiff 0 4 2,1,2 2,7,8\nnew 2,8,9\nerase 2,9,10\n";
+    [("v4", v4), ("v2", v2.into()), ("v1", v1.into())]
 }
 
 /// Splits an operation-data seed (`op_decoders`, `payload_ops`): kind byte,
@@ -269,6 +289,12 @@ fn check_payload_seed(target: &str, bytes: &[u8]) -> Result<(), String> {
         } else {
             Ok(())
         };
+    }
+    if target == "blockota_transfer_list" {
+        let patch_len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as u64;
+        return romdelta_android::blockota::TransferList::parse(&bytes[4..], patch_len)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
     }
     if target == "avb_footer" {
         let f = romdelta_android::avb::read_footer(bytes.len() as u64, |off, buf| {
@@ -384,6 +410,7 @@ fn fuzz_seeds_are_valid_inputs_of_this_format_version() {
         "op_decoders",
         "avb_footer",
         "payload_signatures",
+        "blockota_transfer_list",
     ] {
         let mut n = 0;
         for e in std::fs::read_dir(corpus().join(target)).unwrap() {

@@ -107,6 +107,11 @@ pub enum Command {
         /// operations where that is smaller.
         #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(6..=9))]
         minor_version: u32,
+        /// For --format block-ota: write patches as BSDF2 with brotli
+        /// streams (smaller; recovery's bspatch reads them from Android 9
+        /// on) instead of BSDIFF40.
+        #[arg(long)]
+        bsdf2: bool,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -311,6 +316,11 @@ pub enum DiffFormat {
     /// An Android A/B OTA zip: payload.bin, payload_properties.txt,
     /// care_map.pb, META-INF/com/android/metadata and metadata.pb.
     OtaZip,
+    /// A block-based OTA of a non-A/B device (applied in place): per
+    /// partition a version-4 transfer list, new.dat.br and patch.dat, in a
+    /// directory, or with an updater-script in a zip when OUTPUT ends in
+    /// `.zip`.
+    BlockOta,
 }
 
 /// Partitions of a payload to work on.

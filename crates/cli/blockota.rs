@@ -177,3 +177,39 @@ pub fn run(cmd: BlockotaCommand) -> Result<(), Failure> {
         }
     }
 }
+
+/// Reports a `diff --format block-ota`.
+pub fn report_diff(
+    s: &romdelta_diff::blockota::BlockOtaSummary,
+    out: &Path,
+    started: std::time::Instant,
+    json: bool,
+) {
+    if json {
+        print_json(s);
+        return;
+    }
+    println!(
+        "wrote {} (block OTA, transfer list v4: {} in {} partition(s)) in {:.1} s",
+        out.display(),
+        human(s.package_bytes),
+        s.partitions.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for p in &s.partitions {
+        let kinds: Vec<String> = p
+            .commands
+            .iter()
+            .map(|(k, n)| format!("{k} x{n}"))
+            .collect();
+        println!(
+            "  {}{}: {}; new.dat.br {}, patch.dat {}, at most {} blocks stashed",
+            p.name,
+            if p.full { " (full)" } else { "" },
+            kinds.join(", "),
+            human(p.new_data_bytes),
+            human(p.patch_bytes),
+            p.max_stash_blocks
+        );
+    }
+}

@@ -247,6 +247,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             format,
             downgrade,
             minor_version,
+            bsdf2,
             tuning,
         } => {
             let (source, target) = match (full, paths.as_slice()) {
@@ -291,6 +292,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 })??;
                 bar.finish();
                 payload::report_ota_zip(&report, &output, started, json);
+                return Ok(());
+            }
+            if format == args::DiffFormat::BlockOta {
+                opts.bsdf2 = bsdf2;
+                opts.max_stash_blocks = max_stash * ((1 << 20) / romdelta_format::BLOCK_SIZE);
+                let bar = progress::bar(json, target.total_size(), "diff");
+                let started = std::time::Instant::now();
+                let summary = with_threads(threads, || {
+                    romdelta_diff::blockota::write_block_ota(
+                        source.as_ref(),
+                        &target,
+                        &opts,
+                        &output,
+                        &|n| bar.set_position(n),
+                    )
+                })??;
+                bar.finish();
+                blockota::report_diff(&summary, &output, started, json);
                 return Ok(());
             }
             if format == args::DiffFormat::Payload {

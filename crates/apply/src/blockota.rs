@@ -669,8 +669,23 @@ pub fn apply_in_place(
     // Every image is there and large enough, and every fresh run's
     // sources check, before the first write to any of them.
     let mut runs = Vec::new();
-    for (part, path) in parts.iter().zip(&images) {
+    let mut missing: Vec<PathBuf> = Vec::new();
+    // Full partitions without an image come last: their images are made
+    // after every other check.
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by_key(|&i| {
+        !parts[i].list.reads_source() && !matches!(fs.entry(&images[i]), Ok(Some(_)))
+    });
+    for (part, path) in order.iter().map(|&i| (&parts[i], &images[i])) {
         let found = fs.entry(path).map_err(ApplyError::io(path))?;
+        if found.is_none() && !single && !part.list.reads_source() {
+            // A partition the old build lacks, written whole: its image is
+            // made empty once every other one checked.
+            missing.push(path.clone());
+        }
+        let found = found.or(missing
+            .contains(path)
+            .then_some(romdelta_storage::EntryKind::File(0)));
         let Some(romdelta_storage::EntryKind::File(len)) = found else {
             return Err(refused(format!(
                 "{}: {} (partition {} needs its image there)",
@@ -679,10 +694,10 @@ pub fn apply_in_place(
                 part.name
             )));
         };
-        let need = part.list.blocks_named() * BLOCK;
+        let need = part.list.blocks_read() * BLOCK;
         if len < need {
             return Err(refused(format!(
-                "{}: {len} bytes, the list of partition {} writes up to byte {need}",
+                "{}: {len} bytes, the list of partition {} reads up to byte {need}",
                 path.display(),
                 part.name
             )));
@@ -690,6 +705,11 @@ pub fn apply_in_place(
         let state = state_dir(path);
         let have = fs.entry(&state).map_err(ApplyError::io(&state))?;
         check_made(have, Made::Dir, &state, "romdelta's block-OTA state").map_err(refused)?;
+        if missing.contains(path) {
+            fs.open(path, OpenMode::CreateNew)
+                .map_err(ApplyError::io(path))?;
+            fs.sync_dir(target).map_err(ApplyError::io(target))?;
+        }
         let img = fs
             .open(path, OpenMode::ReadWrite)
             .map_err(ApplyError::io(path))?;

@@ -27,6 +27,7 @@
 //!    into stages ([`inplace`]), and the data section is rebuilt in that order.
 
 pub mod anchors;
+pub mod blockota;
 pub mod blocks;
 pub mod branch;
 pub mod bsdiff;
@@ -151,6 +152,9 @@ pub struct DiffOptions {
     /// ([`payload::write_payload`]): 6 by default; 9 also lets it use
     /// LZ4DIFF_BSDIFF for lz4-compressed EROFS files.
     pub payload_minor_version: u32,
+    /// `--format block-ota`: write patches as BSDF2 with brotli streams
+    /// (AOSP's bspatch reads them from Android 9 on) instead of BSDIFF40.
+    pub bsdf2: bool,
 }
 
 impl Default for DiffOptions {
@@ -183,6 +187,7 @@ impl Default for DiffOptions {
             lz4_rebuild: true,
             join_new: true,
             payload_minor_version: romdelta_android::payload::DELTA_MINOR_VERSION,
+            bsdf2: false,
         }
     }
 }

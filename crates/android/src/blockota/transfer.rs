@@ -486,6 +486,21 @@ impl TransferList {
         end
     }
 
+    /// The end of the last block any command reads from the image: the
+    /// size an image must have at least (writes past its end extend it).
+    pub fn blocks_read(&self) -> u64 {
+        let mut end = 0;
+        for (_, c) in &self.commands {
+            if let Some(r) = c.source().and_then(|s| s.ranges.as_ref()) {
+                end = end.max(r.end());
+            }
+            if let Command::Stash { ranges, .. } = c {
+                end = end.max(ranges.end());
+            }
+        }
+        end
+    }
+
     /// Whether any command reads the old image (an incremental).
     pub fn reads_source(&self) -> bool {
         self.commands.iter().any(|(_, c)| {
