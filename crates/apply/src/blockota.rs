@@ -225,13 +225,14 @@ impl Run<'_> {
         stash: &dyn Fn(&str) -> Result<Vec<u8>, ApplyError>,
         what: &str,
     ) -> Result<Vec<u8>, ApplyError> {
-        let mut buf = vec![0u8; (src.blocks * BLOCK) as usize];
-        if let Some(r) = &src.ranges {
+        let mut buf = match (&src.ranges, &src.at) {
+            // The image's blocks alone fill the buffer, in order.
+            (Some(r), None) if r.blocks() == src.blocks => read_ranges(&*self.img, r, &self.path)?,
+            _ => vec![0u8; (src.blocks * BLOCK) as usize],
+        };
+        if let (Some(r), Some(at)) = (&src.ranges, &src.at) {
             let bytes = read_ranges(&*self.img, r, &self.path)?;
-            match &src.at {
-                Some(at) => place(&mut buf, at, &bytes),
-                None => buf[..bytes.len()].copy_from_slice(&bytes),
-            }
+            place(&mut buf, at, &bytes);
         }
         for piece in &src.stashes {
             let bytes = stash(&piece.id)?;

@@ -12,6 +12,7 @@
 //! reads and writes, computed from the two images.
 
 use crate::{DiffError, DiffOptions};
+use rayon::prelude::*;
 use romdelta_android::blockota::{sha1_hex, RangeSet, BLOCK};
 use romdelta_format::inplace::{merge_extents, stage_ranges, stage_stash};
 use romdelta_format::{Extent, OpKind, Package};
@@ -22,7 +23,7 @@ use std::path::Path;
 
 /// brotli quality and window of new.dat.br.
 const BROTLI_QUALITY: u32 = 11;
-const BROTLI_LGWIN: u32 = 24;
+const BROTLI_LGWIN: u32 = 22;
 
 /// What was written for one partition.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -293,6 +294,129 @@ fn repeats(extents: &[Extent]) -> bool {
         != romdelta_format::blocks_in(extents)
 }
 
+/// Most blocks one `move`, `new` or `zero` command writes: an applier
+/// holds a command's source and target in memory (16 MiB together).
+const MAX_COMMAND_BLOCKS: u64 = 1024;
+
+/// `op` cut into operations of at most [`MAX_COMMAND_BLOCKS`] target
+/// blocks, where its kind allows (copies block for block, zeros and new
+/// data); other kinds as they are.
+fn split_large(op: &romdelta_format::Operation) -> Vec<romdelta_format::Operation> {
+    let flat = |e: &[Extent]| -> Vec<u64> {
+        e.iter()
+            .flat_map(|x| x.start_block..x.end_block())
+            .collect()
+    };
+    let copy = op.kind == OpKind::SourceCopy && op.src_blocks() == op.dst_blocks();
+    let whole = op.kind == OpKind::Zero || !op.kind.reads_source();
+    if op.dst_blocks() <= MAX_COMMAND_BLOCKS || !(copy || whole) {
+        return vec![op.clone()];
+    }
+    let (dst, src) = (flat(&op.dst_extents), flat(&op.src_extents));
+    dst.chunks(MAX_COMMAND_BLOCKS as usize)
+        .enumerate()
+        .map(|(i, d)| {
+            let mut o = op.clone();
+            o.dst_extents = extents_of(d);
+            if copy {
+                let at = i * MAX_COMMAND_BLOCKS as usize;
+                o.src_extents = extents_of(&src[at..at + d.len()]);
+            }
+            o
+        })
+        .collect()
+}
+
+/// One command an operation becomes, before its patch has an offset.
+enum Piece {
+    Zero(RangeSet),
+    New(Vec<Extent>),
+    /// The whole line, and the blocks it writes.
+    Move(String, u64),
+    /// The patch, the line after its offset and length, the blocks.
+    Patch {
+        data: Vec<u8>,
+        rest: String,
+        blocks: u64,
+    },
+}
+
+/// The commands of one operation: `src` is the source it reads (its text
+/// form `text`, stashes named), empty for none.
+fn encode(
+    old: &Partition,
+    new: &Partition,
+    op: &romdelta_format::Operation,
+    src: &[Extent],
+    text: &str,
+    level: i32,
+    bsdf2_patches: bool,
+) -> Result<Vec<Piece>, DiffError> {
+    let dst = ranges(&op.dst_extents);
+    if op.kind == OpKind::Zero {
+        return Ok(vec![Piece::Zero(dst)]);
+    }
+    if src.is_empty() {
+        return Ok(vec![Piece::New(op.dst_extents.clone())]);
+    }
+    let target = read(new, &op.dst_extents);
+    let source = read(old, src);
+    let hash = sha1_hex(&target);
+    if op.kind == OpKind::SourceCopy && source == target {
+        return Ok(vec![Piece::Move(
+            format!("move {hash} {} {text}", dst.render()),
+            dst.blocks(),
+        )]);
+    }
+    let src_hash = sha1_hex(&source);
+    let blocks: Vec<u64> = op
+        .dst_extents
+        .iter()
+        .flat_map(|e| e.start_block..e.end_block())
+        .collect();
+    let (runs, whole) = runs(&source, &target);
+    let single = runs.len() == 1;
+    let mut out = Vec::new();
+    for (run, literal) in runs {
+        let ext = extents_of(&blocks[run.clone()]);
+        let bytes = &target[(run.start as u64 * BLOCK) as usize..(run.end as u64 * BLOCK) as usize];
+        if literal {
+            out.push(Piece::New(ext));
+            continue;
+        }
+        let mut patch = Vec::new();
+        romdelta_format::bsdiff40::diff(&source, bytes, &mut patch)
+            .map_err(|e| invalid(format!("bsdiff: {e}")))?;
+        let own = if single {
+            bsdiff40(&whole, bytes.len() as u64)
+        } else {
+            bsdiff40(&crate::bsdiff::diff(&source, bytes), bytes.len() as u64)
+        };
+        if own.len() < patch.len() {
+            patch = own;
+        }
+        if bsdf2_patches {
+            if let Some(p) = bsdf2(&patch) {
+                patch = p;
+            }
+        }
+        // New data costs about what zstd makes of it.
+        let as_new =
+            zstd::bulk::compress(bytes, level.clamp(1, 19)).map_or(bytes.len(), |c| c.len());
+        if patch.len() >= as_new {
+            out.push(Piece::New(ext));
+            continue;
+        }
+        let dst = ranges(&ext);
+        out.push(Piece::Patch {
+            rest: format!("{src_hash} {} {} {text}", sha1_hex(bytes), dst.render()),
+            blocks: dst.blocks(),
+            data: patch,
+        });
+    }
+    Ok(out)
+}
+
 /// The list of one partition updated from `old` by `update`'s in-place
 /// operations.
 fn incremental(
@@ -311,7 +435,11 @@ fn incremental(
         let mut planned = Vec::new();
         let mut stashes: Vec<(String, Vec<Extent>)> = Vec::new();
         let mut ids = HashSet::new();
-        for op in &update.operations[ops] {
+        let pieces: Vec<romdelta_format::Operation> = update.operations[ops]
+            .iter()
+            .flat_map(split_large)
+            .collect();
+        for op in &pieces {
             let reads = op.kind.reads_source() && !op.src_extents.is_empty();
             let src = if op.kind == OpKind::SourceCopy && !repeats(&op.src_extents) {
                 op.src_extents.clone()
@@ -338,76 +466,24 @@ fn incremental(
         }
         w.max_stashed = w.max_stashed.max(w.stashed);
         w.max_entries = w.max_entries.max(stashes.len() as u64);
-        for (op, src, text) in planned {
-            let dst = ranges(&op.dst_extents);
-            let target = read(new, &op.dst_extents);
-            match op.kind {
-                OpKind::Zero => w.push("zero", format!("zero {}", dst.render()), dst.blocks()),
-                _ if src.is_empty() => w.new_blocks(new, &op.dst_extents),
-                _ => {
-                    let source = read(old, &src);
-                    let hash = sha1_hex(&target);
-                    if op.kind == OpKind::SourceCopy && source == target {
-                        w.push(
-                            "move",
-                            format!("move {hash} {} {text}", dst.render()),
-                            dst.blocks(),
-                        );
-                        continue;
-                    }
-                    let src_hash = sha1_hex(&source);
-                    let blocks: Vec<u64> = op
-                        .dst_extents
-                        .iter()
-                        .flat_map(|e| e.start_block..e.end_block())
-                        .collect();
-                    let (runs, whole) = runs(&source, &target);
-                    let single = runs.len() == 1;
-                    for (run, literal) in runs {
-                        let ext = extents_of(&blocks[run.clone()]);
-                        let bytes = &target[(run.start as u64 * BLOCK) as usize
-                            ..(run.end as u64 * BLOCK) as usize];
-                        if literal {
-                            w.new_blocks(new, &ext);
-                            continue;
-                        }
-                        let mut patch = Vec::new();
-                        romdelta_format::bsdiff40::diff(&source, bytes, &mut patch)
-                            .map_err(|e| invalid(format!("bsdiff: {e}")))?;
-                        let own = if single {
-                            bsdiff40(&whole, bytes.len() as u64)
-                        } else {
-                            bsdiff40(&crate::bsdiff::diff(&source, bytes), bytes.len() as u64)
-                        };
-                        if own.len() < patch.len() {
-                            patch = own;
-                        }
-                        if bsdf2_patches {
-                            if let Some(p) = bsdf2(&patch) {
-                                patch = p;
-                            }
-                        }
-                        // New data costs about what zstd makes of it.
-                        let as_new = zstd::bulk::compress(bytes, level.clamp(1, 19))
-                            .map_or(bytes.len(), |c| c.len());
-                        if patch.len() >= as_new {
-                            w.new_blocks(new, &ext);
-                            continue;
-                        }
-                        let dst = ranges(&ext);
-                        let offset = w.patch.len();
-                        w.patch.extend_from_slice(&patch);
-                        w.push(
-                            "bsdiff",
-                            format!(
-                                "bsdiff {offset} {} {src_hash} {} {} {text}",
-                                patch.len(),
-                                sha1_hex(bytes),
-                                dst.render()
-                            ),
-                            dst.blocks(),
-                        );
-                    }
+        // Operations are encoded in parallel, written in order.
+        let encoded: Vec<Vec<Piece>> = planned
+            .par_iter()
+            .map(|(op, src, text)| encode(old, new, op, src, text, level, bsdf2_patches))
+            .collect::<Result<_, _>>()?;
+        for piece in encoded.into_iter().flatten() {
+            match piece {
+                Piece::Zero(r) => w.push("zero", format!("zero {}", r.render()), r.blocks()),
+                Piece::New(ext) => w.new_blocks(new, &ext),
+                Piece::Move(line, blocks) => w.push("move", line, blocks),
+                Piece::Patch { data, rest, blocks } => {
+                    let offset = w.patch.len();
+                    w.patch.extend_from_slice(&data);
+                    w.push(
+                        "bsdiff",
+                        format!("bsdiff {offset} {} {rest}", data.len()),
+                        blocks,
+                    );
                 }
             }
         }
