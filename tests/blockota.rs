@@ -600,3 +600,50 @@ fn a_generated_block_ota_of_the_fixture_pair_is_smaller_than_releasetools() {
         assert!(std::fs::read(&img).unwrap() == std::fs::read(fx.join("images/B.img")).unwrap());
     }
 }
+
+#[test]
+fn a_stash_freed_after_its_blocks_were_overwritten_survives_power_cuts() {
+    // stash block 0, overwrite it, free the stash unused: a resumed run
+    // must not stash the overwritten block again.
+    let dir = tempfile::tempdir().unwrap();
+    let old: Vec<u8> = (0..4 * 4096u32).map(|i| (i % 251) as u8).collect();
+    let new_block = vec![0x5au8; 4096];
+    let id = romdelta_android::blockota::sha1_hex(&old[..4096]);
+    let pkg = dir.path().join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("system.transfer.list"),
+        format!("4\n1\n1\n1\nstash {id} 2,0,1\nnew 2,0,1\nfree {id}\n"),
+    )
+    .unwrap();
+    std::fs::write(pkg.join("system.new.dat"), &new_block).unwrap();
+    std::fs::write(pkg.join("system.patch.dat"), b"").unwrap();
+    let pkg = Package::open(&pkg).unwrap();
+    let img = Path::new("/dev/system.img");
+    let base = SimFs::new();
+    base.mkdir_all(Path::new("/dev"));
+    base.put(img, &old);
+    let clean = base.fork();
+    let before = clean.points();
+    apply_on(&clean, &pkg, img).unwrap();
+    let total = clean.points() - before;
+    let mut want = old.clone();
+    want[..4096].copy_from_slice(&new_block);
+    assert!(clean.get(img).unwrap() == want);
+    for n in 1..=total {
+        for seed in 0..4 {
+            let mode = if seed == 0 {
+                CutMode::Lost
+            } else {
+                CutMode::Torn(n * 7 + seed)
+            };
+            let fs = base.fork();
+            fs.cut_power_at(n);
+            assert!(apply_on(&fs, &pkg, img).is_err());
+            fs.reboot(mode);
+            apply_on(&fs, &pkg, img)
+                .unwrap_or_else(|e| panic!("cut at {n} of {total} ({mode:?}): {e}"));
+            assert!(fs.get(img).unwrap() == want, "cut at {n} ({mode:?})");
+        }
+    }
+}

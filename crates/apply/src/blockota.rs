@@ -274,7 +274,7 @@ impl Run<'_> {
                         let found = sha1_hex(&read_ranges(&*self.img, ranges, &self.path)?);
                         report.source_hashes += 1;
                         if found != *id {
-                            return Err(self.wrong_base(&what, ranges, id, &found));
+                            return Err(self.wrong_base(&what, ranges, id, &found, true));
                         }
                     }
                 }
@@ -299,7 +299,7 @@ impl Run<'_> {
                         report.source_hashes += 1;
                         if found != *want {
                             let blocks = source.ranges.clone().unwrap_or_default();
-                            return Err(self.wrong_base(&what, &blocks, want, &found));
+                            return Err(self.wrong_base(&what, &blocks, want, &found, true));
                         }
                     }
                 }
@@ -373,14 +373,28 @@ impl Run<'_> {
         Ok(true)
     }
 
-    fn wrong_base(&self, what: &str, blocks: &RangeSet, want: &str, found: &str) -> ApplyError {
+    /// A source hash that does not match; `checking` says whether it was
+    /// found by the check before the first write.
+    fn wrong_base(
+        &self,
+        what: &str,
+        blocks: &RangeSet,
+        want: &str,
+        found: &str,
+        checking: bool,
+    ) -> ApplyError {
         let at = if blocks.0.is_empty() {
             "its stashed source blocks".to_string()
         } else {
             format!("source blocks {}", blocks.render())
         };
+        let then = if checking {
+            "this incremental was made from another build than the one on the image (nothing was written)"
+        } else {
+            "the image changed under the update, or is not the build it was made from (the update is under way: its journal is kept)"
+        };
         refused(format!(
-            "{what}: {at} of {} have SHA-1 {found}, the package expects {want}: this incremental was made from another build than the one on the image (nothing was written)",
+            "{what}: {at} of {} have SHA-1 {found}, the package expects {want}: {then}",
             self.path.display()
         ))
     }
@@ -472,11 +486,15 @@ impl Run<'_> {
                             report.source_hashes += 1;
                             let found = sha1_hex(&bytes);
                             if found != *id {
-                                return Err(self.wrong_base(&what, ranges, id, &found));
+                                return Err(self.wrong_base(&what, ranges, id, &found, false));
                             }
                         }
                         write_durably(self.fs, &p, &bytes).map_err(ApplyError::io(&p))?;
                     }
+                    // Its blocks may be overwritten before it is used, or
+                    // never used: freeing it must not be undone by a
+                    // re-run that stashes the overwritten blocks again.
+                    used.insert(id.as_str());
                 }
                 Command::Free { id } => {
                     remove_all(self.fs, &self.stash_path(id))
@@ -618,7 +636,7 @@ impl Run<'_> {
             let found = sha1_hex(&buf);
             if found != want {
                 let blocks = source.ranges.clone().unwrap_or_default();
-                return Err(self.wrong_base(what, &blocks, want, &found));
+                return Err(self.wrong_base(what, &blocks, want, &found, false));
             }
         }
         if overlap && !from_saved && self.state.is_some() {
