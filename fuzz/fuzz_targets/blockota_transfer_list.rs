@@ -6,7 +6,7 @@
 //!
 //! Input: patch.dat's length (u32le), then the list's text.
 use libfuzzer_sys::fuzz_target;
-use romdelta_android::blockota::{RangeSet, TransferList, MAX_BLOCKS};
+use romdelta_android::blockota::{Command, RangeSet, TransferList, MAX_BLOCKS, MAX_BUFFER_BLOCKS};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -19,8 +19,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(list.written_blocks(), list.total_blocks);
     assert!(list.blocks_named() <= MAX_BLOCKS);
     for (_, c) in &list.commands {
-        if let romdelta_android::blockota::Command::Patch { offset, len, .. } = c {
+        if let Command::Patch { offset, len, .. } = c {
             assert!(offset + len <= patch_len);
+        }
+        if let Command::Stash { ranges, .. } = c {
+            assert!(ranges.blocks() <= MAX_BUFFER_BLOCKS);
         }
         if let Some(t) = c.target() {
             assert_eq!(&RangeSet::parse(&t.render()).unwrap(), t);
@@ -31,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
                 RangeSet::blocks,
             ) + s.stashes.iter().map(|p| p.at.blocks()).sum::<u64>();
             assert_eq!(placed, s.blocks);
+            assert!(s.blocks <= MAX_BUFFER_BLOCKS);
         }
     }
 });

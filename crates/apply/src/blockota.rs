@@ -43,7 +43,7 @@ use std::sync::Arc;
 pub const FLUSH_BYTES: u64 = 64 << 20;
 /// Most blocks one command's buffers may hold (source and target, 1 GiB
 /// each).
-const MAX_COMMAND_BLOCKS: u64 = 1 << 18;
+const MAX_COMMAND_BLOCKS: u64 = romdelta_android::blockota::MAX_BUFFER_BLOCKS;
 const JOURNAL_MAGIC: &str = "romdelta-blockota-journal 1";
 
 /// What a run did to one partition.

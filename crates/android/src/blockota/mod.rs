@@ -25,6 +25,9 @@ pub use transfer::{Command, PatchKind, Source, StashPiece, TransferList};
 pub const BLOCK: u64 = 4096;
 /// Most blocks a partition may have (16 TiB).
 pub const MAX_BLOCKS: u64 = 1 << 32;
+/// Most blocks a `move`, a patch or a `stash` may read or write (1 GiB):
+/// its buffers are held whole.
+pub const MAX_BUFFER_BLOCKS: u64 = 1 << 18;
 /// Most bytes of a transfer list read.
 pub const MAX_LIST: u64 = 64 << 20;
 

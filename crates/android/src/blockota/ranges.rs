@@ -110,6 +110,23 @@ mod tests {
     }
 
     #[test]
+    fn bounds_the_buffers_of_a_command() {
+        use crate::blockota::TransferList;
+        let h = "a".repeat(40);
+        let ok = format!("4\n262144\n0\n0\nmove {h} 2,0,262144 262144 2,262144,524288\n");
+        assert!(TransferList::parse(ok.as_bytes(), 0).is_ok());
+        let big = format!("4\n262145\n0\n0\nmove {h} 2,0,262145 262145 2,262145,524290\n");
+        let e = TransferList::parse(big.as_bytes(), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 5") && e.contains("at most 262144"), "{e}");
+        let stash = format!("4\n0\n1\n300000\nstash {h} 2,0,300000\n");
+        assert!(TransferList::parse(stash.as_bytes(), 0).is_err());
+        // new, zero and erase are written a piece at a time: not bounded.
+        assert!(TransferList::parse(b"4\n1000000\n0\n0\nzero 2,0,1000000\n", 0).is_ok());
+    }
+
+    #[test]
     fn refuses_bad_sets() {
         for s in [
             "",

@@ -417,6 +417,24 @@ impl TransferList {
                     ))
                 }
             };
+            // An applier holds a command's buffers whole (as recovery
+            // does): their size is bounded here.
+            let buffer = match &c {
+                Command::Stash { ranges, .. } => ranges.blocks(),
+                Command::Move { source, .. } | Command::Patch { source, .. } => {
+                    source.blocks.max(c.target().map_or(0, RangeSet::blocks))
+                }
+                _ => 0,
+            };
+            if buffer > super::MAX_BUFFER_BLOCKS {
+                return Err(bad(
+                    n,
+                    format!(
+                        "a {name} of {buffer} blocks; at most {} are read or written by one",
+                        super::MAX_BUFFER_BLOCKS
+                    ),
+                ));
+            }
             if matches!(
                 c,
                 Command::Erase(_) | Command::Zero(_) | Command::New(_) | Command::Free { .. }
