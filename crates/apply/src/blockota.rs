@@ -29,8 +29,9 @@
 
 use crate::ApplyError;
 use romdelta_android::blockota::{
-    sha1_hex, Command, PartitionOta, PatchKind, RangeSet, Source, BLOCK,
+    sha1_hex, Command, PartitionOta, PatchKind, RangeSet, Source, BLOCK, MAX_BUFFER_BLOCKS,
 };
+use romdelta_format::inplace::BlockSet;
 use romdelta_storage::{
     check_made, parent_of, read_file, remove_all, write_durably, Made, OpenMode, Storage,
     StorageFile,
@@ -41,9 +42,6 @@ use std::sync::Arc;
 
 /// Bytes written between journal updates at most.
 pub const FLUSH_BYTES: u64 = 64 << 20;
-/// Most blocks one command's buffers may hold (source and target, 1 GiB
-/// each).
-const MAX_COMMAND_BLOCKS: u64 = romdelta_android::blockota::MAX_BUFFER_BLOCKS;
 const JOURNAL_MAGIC: &str = "romdelta-blockota-journal 1";
 
 /// What a run did to one partition.
@@ -115,25 +113,23 @@ fn place(buf: &mut [u8], at: &RangeSet, bytes: &[u8]) {
     }
 }
 
-/// A set of blocks, as a bitmap over the partition.
-struct Blocks(Vec<u64>);
+/// Adds the blocks of `r` to `set`.
+fn add(set: &mut BlockSet, r: &RangeSet) {
+    for e in r.extents() {
+        set.insert(e);
+    }
+}
 
-impl Blocks {
-    fn new(n: u64) -> Self {
-        Blocks(vec![0; n.div_ceil(64) as usize])
-    }
-    fn add(&mut self, r: &RangeSet) {
-        for b in r.iter_blocks() {
-            self.0[(b / 64) as usize] |= 1 << (b % 64);
-        }
-    }
-    fn any(&self, r: &RangeSet) -> bool {
-        r.iter_blocks()
-            .any(|b| self.0[(b / 64) as usize] & (1 << (b % 64)) != 0)
-    }
-    fn clear(&mut self) {
-        self.0.fill(0);
-    }
+/// Whether any block of `r` is in `set`.
+fn any(set: &BlockSet, r: &RangeSet) -> bool {
+    r.extents().into_iter().any(|e| set.first_in(e).is_some())
+}
+
+/// The pieces of at most 256 blocks (1 MiB) `r` is written in, in order:
+/// (first block, blocks).
+fn pieces(r: &RangeSet) -> impl Iterator<Item = (u64, u64)> + '_ {
+    r.0.iter()
+        .flat_map(|&(a, b)| (a..b).step_by(256).map(move |at| (at, (b - at).min(256))))
 }
 
 /// One partition's run.
@@ -215,7 +211,7 @@ impl Run<'_> {
     /// The stash `id`'s bytes, from its file.
     fn load_stash(&self, id: &str) -> Result<Vec<u8>, ApplyError> {
         let p = self.stash_path(id);
-        read_file(self.fs, &p, MAX_COMMAND_BLOCKS * BLOCK).map_err(ApplyError::io(p))
+        read_file(self.fs, &p, MAX_BUFFER_BLOCKS * BLOCK).map_err(ApplyError::io(p))
     }
 
     /// The source buffer of a command: image blocks and stashes.
@@ -253,7 +249,7 @@ impl Run<'_> {
     /// writing nothing.
     fn precheck(&self, report: &mut PartitionRun) -> Result<(), ApplyError> {
         let list = &self.part.list;
-        let mut written = Blocks::new(list.blocks_named());
+        let mut written = BlockSet::new();
         // Stash id -> the image blocks it saves, while none was written.
         let mut origin: HashMap<&str, Option<&RangeSet>> = HashMap::new();
         for (line, c) in &list.commands {
@@ -268,7 +264,7 @@ impl Run<'_> {
                     )))
                 }
                 Command::Stash { id, ranges } => {
-                    let pristine = !written.any(ranges);
+                    let pristine = !any(&written, ranges);
                     origin.insert(id, pristine.then_some(ranges));
                     if pristine && list.version >= 3 {
                         let found = sha1_hex(&read_ranges(&*self.img, ranges, &self.path)?);
@@ -284,7 +280,7 @@ impl Run<'_> {
                     source,
                     ..
                 } => {
-                    let pristine = source.ranges.as_ref().is_none_or(|r| !written.any(r))
+                    let pristine = source.ranges.as_ref().is_none_or(|r| !any(&written, r))
                         && source
                             .stashes
                             .iter()
@@ -306,7 +302,7 @@ impl Run<'_> {
                 _ => {}
             }
             if let Some(t) = c.target() {
-                written.add(t);
+                add(&mut written, t);
             }
         }
         Ok(())
@@ -411,14 +407,10 @@ impl Run<'_> {
             })
             .sum();
         new.skip(skip)?;
-        let mut read = Blocks::new(list.blocks_named());
+        let mut read = BlockSet::new();
         let mut used: HashSet<&str> = HashSet::new();
         let mut since_flush = 0u64;
-        let resumed_source = if from > 0 || self.state.is_some() {
-            self.resumed_source(from)?
-        } else {
-            None
-        };
+        let resumed_source = self.resumed_source(from)?;
         for (i, (line, c)) in list.commands.iter().enumerate().skip(from) {
             let what = self.what(*line, c);
             let overlap = match c {
@@ -428,12 +420,12 @@ impl Run<'_> {
                 _ => false,
             };
             if self.state.is_some() {
-                let clobbers = c.target().is_some_and(|t| read.any(t));
+                let clobbers = c.target().is_some_and(|t| any(&read, t));
                 let frees = matches!(c, Command::Free { id } if used.contains(id.as_str()));
                 if clobbers || frees || overlap || since_flush >= FLUSH_BYTES {
                     self.img.sync().map_err(ApplyError::io(&self.path))?;
                     self.write_journal(i)?;
-                    read.clear();
+                    read = BlockSet::new();
                     used.clear();
                     since_flush = 0;
                 }
@@ -442,31 +434,22 @@ impl Run<'_> {
                 Command::Erase(r) | Command::Zero(r) => {
                     if !self.fresh {
                         let zeros = vec![0u8; (BLOCK * 256) as usize];
-                        for &(a, b) in &r.0 {
-                            let mut at = a;
-                            while at < b {
-                                let n = (b - at).min(256);
-                                self.img
-                                    .write_at(&zeros[..(n * BLOCK) as usize], at * BLOCK)
-                                    .map_err(ApplyError::io(&self.path))?;
-                                at += n;
-                            }
+                        for (at, n) in pieces(r) {
+                            self.img
+                                .write_at(&zeros[..(n * BLOCK) as usize], at * BLOCK)
+                                .map_err(ApplyError::io(&self.path))?;
                         }
                     }
                 }
                 Command::New(r) => {
-                    for &(a, b) in &r.0 {
-                        let mut at = a;
-                        while at < b {
-                            let n = (b - at).min(256);
-                            let mut buf = vec![0u8; (n * BLOCK) as usize];
-                            new.read_blocks(&mut buf)
-                                .map_err(|e| refused(format!("{what}: {e}")))?;
-                            self.img
-                                .write_at(&buf, at * BLOCK)
-                                .map_err(ApplyError::io(&self.path))?;
-                            at += n;
-                        }
+                    let mut buf = vec![0u8; (BLOCK * 256) as usize];
+                    for (at, n) in pieces(r) {
+                        let buf = &mut buf[..(n * BLOCK) as usize];
+                        new.read_blocks(buf)
+                            .map_err(|e| refused(format!("{what}: {e}")))?;
+                        self.img
+                            .write_at(buf, at * BLOCK)
+                            .map_err(ApplyError::io(&self.path))?;
                     }
                 }
                 Command::Stash { id, ranges } => {
@@ -533,12 +516,6 @@ impl Run<'_> {
                             "{what}: imgdiff patches are not applied by romdelta"
                         )));
                     }
-                    if target.blocks() > MAX_COMMAND_BLOCKS {
-                        return Err(refused(format!(
-                            "{what}: a target of {} blocks, more than {MAX_COMMAND_BLOCKS}",
-                            target.blocks()
-                        )));
-                    }
                     let buf = self.command_source(
                         i,
                         source,
@@ -567,7 +544,7 @@ impl Run<'_> {
             }
             if let Some(s) = c.source() {
                 if let Some(r) = &s.ranges {
-                    read.add(r);
+                    add(&mut read, r);
                 }
                 used.extend(s.stashes.iter().map(|p| p.id.as_str()));
             }
@@ -585,17 +562,17 @@ impl Run<'_> {
     /// The saved source of the command a resumed run starts at, if the
     /// first run saved one (its source overlapped its target).
     fn resumed_source(&self, from: usize) -> Result<Option<Vec<u8>>, ApplyError> {
-        let Some(state) = &self.state else {
+        if self.state.is_none() {
             return Ok(None);
-        };
-        let p = state.join("source");
+        }
+        let p = self.source_path();
         let have = self.fs.entry(&p).map_err(ApplyError::io(&p))?;
         check_made(have, Made::File, &p, "a saved source").map_err(refused)?;
         if have.is_none() {
             return Ok(None);
         }
         let bytes =
-            read_file(self.fs, &p, MAX_COMMAND_BLOCKS * BLOCK + 64).map_err(ApplyError::io(&p))?;
+            read_file(self.fs, &p, MAX_BUFFER_BLOCKS * BLOCK + 64).map_err(ApplyError::io(&p))?;
         let tag = format!("{from}\n");
         Ok(bytes.strip_prefix(tag.as_bytes()).map(<[u8]>::to_vec))
     }
@@ -614,12 +591,6 @@ impl Run<'_> {
         what: &str,
         report: &mut PartitionRun,
     ) -> Result<Vec<u8>, ApplyError> {
-        if source.blocks > MAX_COMMAND_BLOCKS {
-            return Err(refused(format!(
-                "{what}: a source of {} blocks, more than {MAX_COMMAND_BLOCKS}",
-                source.blocks
-            )));
-        }
         let stash = |id: &str| self.load_stash(id);
         let saved = if overlap && report.commands == 0 {
             resumed.clone()
@@ -691,12 +662,14 @@ pub fn apply_in_place(
     let mut missing: Vec<PathBuf> = Vec::new();
     // Full partitions without an image come last: their images are made
     // after every other check.
+    let entries: Vec<_> = images
+        .iter()
+        .map(|p| fs.entry(p).map_err(ApplyError::io(p)))
+        .collect::<Result<_, _>>()?;
     let mut order: Vec<usize> = (0..parts.len()).collect();
-    order.sort_by_key(|&i| {
-        !parts[i].list.reads_source() && !matches!(fs.entry(&images[i]), Ok(Some(_)))
-    });
-    for (part, path) in order.iter().map(|&i| (&parts[i], &images[i])) {
-        let found = fs.entry(path).map_err(ApplyError::io(path))?;
+    order.sort_by_key(|&i| !parts[i].list.reads_source() && entries[i].is_none());
+    for i in order {
+        let (part, path, found) = (&parts[i], &images[i], entries[i]);
         if found.is_none() && !single && !part.list.reads_source() {
             // A partition the old build lacks, written whole: its image is
             // made empty once every other one checked.

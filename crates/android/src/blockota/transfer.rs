@@ -489,19 +489,10 @@ impl TransferList {
     /// The partition's size in blocks as far as the list knows it: the end
     /// of the last block any command names.
     pub fn blocks_named(&self) -> u64 {
-        let mut end = 0;
-        for (_, c) in &self.commands {
-            if let Some(t) = c.target() {
-                end = end.max(t.end());
-            }
-            if let Some(r) = c.source().and_then(|s| s.ranges.as_ref()) {
-                end = end.max(r.end());
-            }
-            if let Command::Stash { ranges, .. } = c {
-                end = end.max(ranges.end());
-            }
-        }
-        end
+        let written = self.commands.iter().filter_map(|(_, c)| c.target());
+        written
+            .map(RangeSet::end)
+            .fold(self.blocks_read(), u64::max)
     }
 
     /// The end of the last block any command reads from the image: the
