@@ -75,6 +75,14 @@ impl<T: Copy> PathIndex<T> {
     }
 }
 
+/// The bytes of `extents` of a mapped image, in order.
+pub(crate) fn read_mapped(p: &Partition, extents: &[Extent]) -> Vec<u8> {
+    let mut v = Vec::new();
+    p.read_extents(extents, &mut v)
+        .expect("reads of a mapped image do not fail");
+    v
+}
+
 /// The files of an ext4 image ([`ext4_files`]) or of an EROFS image
 /// ([`erofs_files`]) with their image blocks; `None` when the image is
 /// neither (or its metadata does not hold).

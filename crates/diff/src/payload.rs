@@ -22,7 +22,7 @@ use romdelta_android::payload::{
     FULL_MINOR_VERSION,
 };
 use romdelta_android::signature::{self, SigningKey};
-use romdelta_format::{Extent, BLOCK_SIZE};
+use romdelta_format::{Digest, Extent, BLOCK_SIZE};
 use romdelta_rom::{Partition, Rom};
 use sha2::Digest as _;
 use std::io::{BufWriter, Seek, Write};
@@ -255,6 +255,52 @@ pub fn properties_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
+/// One planned file operation (PUFFDIFF, LZ4DIFF_BSDIFF, LZ4DIFF_PUFFDIFF):
+/// a file's source and target blocks and the patch between them.
+pub struct FilePatch {
+    /// The operation.
+    pub kind: PayloadOpKind,
+    /// The source file's blocks, in order.
+    pub src_extents: Vec<Extent>,
+    /// Their SHA-256.
+    pub src_sha256: Digest,
+    /// The target file's blocks, in order.
+    pub dst_extents: Vec<Extent>,
+    /// The patch.
+    pub data: Vec<u8>,
+}
+
+impl FilePatch {
+    /// `data`, an operation of `kind` from the stored bytes `src` (at
+    /// `src_extents`) to `dst` (at `dst_extents`), kept only where it is
+    /// smaller than a BSDIFF40 of the stored bytes and where `apply` (what
+    /// the installer runs) gives `dst` exactly.
+    pub(crate) fn checked(
+        kind: PayloadOpKind,
+        data: Vec<u8>,
+        (src, src_extents): (&[u8], Vec<Extent>),
+        (dst, dst_extents): (&[u8], Vec<Extent>),
+        apply: impl Fn(&[u8], &[u8], &mut [u8]) -> Result<(), romdelta_format::FormatError>,
+    ) -> Option<Self> {
+        let mut plain = Vec::new();
+        romdelta_format::bsdiff40::diff(src, dst, &mut plain).ok()?;
+        if data.len() >= plain.len() {
+            return None;
+        }
+        let mut check = vec![0u8; dst.len()];
+        apply(&data, src, &mut check)
+            .ok()
+            .filter(|_| check == dst)?;
+        Some(FilePatch {
+            kind,
+            src_sha256: romdelta_format::sha256(src),
+            src_extents,
+            dst_extents,
+            data,
+        })
+    }
+}
+
 /// Writes a `payload.bin` to `out`: incremental when `source` is given
 /// (partitions the source lacks are written whole), full otherwise, signed
 /// with every key of `keys` (metadata and payload signatures, as
@@ -352,18 +398,7 @@ pub fn write_payload(
         };
         skip.extend(puff.iter().flat_map(|p| p.dst_extents.iter().copied()));
         skip.sort_unstable();
-        let patched = lz4
-            .into_iter()
-            .map(|p| (p.kind, p.src_extents, p.src_sha256, p.dst_extents, p.data))
-            .chain(puff.into_iter().map(|p| {
-                (
-                    PayloadOpKind::Puffdiff,
-                    p.src_extents,
-                    p.src_sha256,
-                    p.dst_extents,
-                    p.data,
-                )
-            }));
+        let patched = lz4.into_iter().chain(puff);
         let pieces = plan(&classes, &skip);
         let mut by_kind: Vec<PayloadKindSummary> = Vec::new();
         let mut count = |kind: PayloadOpKind, blocks: u64, data: u64| match by_kind
@@ -382,7 +417,14 @@ pub fn write_payload(
                 data_bytes: data,
             }),
         };
-        for (kind, src_extents, src_sha256, dst_extents, bytes) in patched {
+        for FilePatch {
+            kind,
+            src_extents,
+            src_sha256,
+            dst_extents,
+            data: bytes,
+        } in patched
+        {
             data.write_all(&bytes).map_err(io_err(&dir))?;
             let blocks = romdelta_format::blocks_in(&dst_extents);
             let op = NewOp {

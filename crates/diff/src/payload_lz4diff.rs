@@ -12,31 +12,18 @@
 //! file's stored bytes.
 
 use crate::blocks::BlockClass;
-use crate::files::PathIndex;
+use crate::files::{read_mapped as read, PathIndex};
+use crate::payload::FilePatch;
 use rayon::prelude::*;
 use romdelta_android::lz4diff::{self, proto};
 use romdelta_android::payload::PayloadOpKind;
 use romdelta_codecs::lz4;
 use romdelta_erofs::{DataMap, Encoding, ErofsMap, FileKind, Stored};
-use romdelta_format::{Digest, Extent, BLOCK_SIZE};
+use romdelta_format::{Extent, BLOCK_SIZE};
 use romdelta_rom::Partition;
 
 /// Most decompressed bytes of a file diffed this way.
 const MAX_FILE: u64 = 64 << 20;
-
-/// One planned LZ4DIFF_BSDIFF or LZ4DIFF_PUFFDIFF operation.
-pub struct Planned {
-    /// Which of the two: the inner patch is bsdiff or puffin's.
-    pub kind: PayloadOpKind,
-    /// The source file's blocks, in logical order.
-    pub src_extents: Vec<Extent>,
-    /// Their SHA-256.
-    pub src_sha256: Digest,
-    /// The target file's blocks, in logical order.
-    pub dst_extents: Vec<Extent>,
-    /// The LZ4DIFF patch.
-    pub data: Vec<u8>,
-}
 
 /// A file's clusters as LZ4DIFF lists them, its blocks, and its
 /// decompressed bytes; `None` unless every cluster is lz4 or plain, in
@@ -96,13 +83,6 @@ fn file(
         }
     }
     Some((blocks, extents, plain))
-}
-
-fn read(p: &Partition, extents: &[Extent]) -> Vec<u8> {
-    let mut v = Vec::new();
-    p.read_extents(extents, &mut v)
-        .expect("reads of a mapped image do not fail");
-    v
 }
 
 /// The lz4 compressors and levels tried, most likely first: LZ4HC's
@@ -171,7 +151,7 @@ fn compressor(
 /// The LZ4DIFF_BSDIFF operations for `dst` against `src`: one per changed
 /// lz4-compressed file present in both (by path), where smaller than a
 /// bsdiff of its stored bytes.
-pub fn plan(src: &Partition, dst: &Partition, classes: &[BlockClass]) -> Vec<Planned> {
+pub fn plan(src: &Partition, dst: &Partition, classes: &[BlockClass]) -> Vec<FilePatch> {
     let (Ok(sm), Ok(tm)) = (
         romdelta_erofs::map_image(src.bytes()),
         romdelta_erofs::map_image(dst.bytes()),
@@ -258,24 +238,13 @@ pub fn plan(src: &Partition, dst: &Partition, classes: &[BlockClass]) -> Vec<Pla
             };
             let data = lz4diff::encode(&header, &inner);
             let src_raw = read(src, &sext);
-            // Kept only when smaller than a bsdiff of the stored bytes.
-            let mut plain_patch = Vec::new();
-            romdelta_format::bsdiff40::diff(&src_raw, &dst_raw, &mut plain_patch).ok()?;
-            if data.len() >= plain_patch.len() {
-                return None;
-            }
-            // What the installer will do gives the image's bytes.
-            let mut check = vec![0u8; dst_raw.len()];
-            lz4diff::apply(&data, &src_raw, &mut check)
-                .ok()
-                .filter(|_| check == dst_raw)?;
-            Some(Planned {
+            FilePatch::checked(
                 kind,
-                src_sha256: romdelta_format::sha256(&src_raw),
-                src_extents: sext,
-                dst_extents: dext,
                 data,
-            })
+                (&src_raw, sext),
+                (&dst_raw, dext),
+                lz4diff::apply,
+            )
         })
         .collect()
 }

@@ -10,10 +10,12 @@
 //! file's bytes.
 
 use crate::blocks::BlockClass;
-use crate::files::PathIndex;
+use crate::files::{read_mapped as read, PathIndex};
+use crate::payload::FilePatch;
 use rayon::prelude::*;
+use romdelta_android::payload::PayloadOpKind;
 use romdelta_android::puffin::{self, BitExtent};
-use romdelta_format::{Digest, Extent, BLOCK_SIZE};
+use romdelta_format::{Extent, BLOCK_SIZE};
 use romdelta_rom::Partition;
 
 /// Most stored bytes of a file diffed this way.
@@ -23,25 +25,6 @@ const MAX_PUFFED: u64 = 64 << 20;
 /// Expanded bytes the stream parser may decompress to find a container's
 /// streams.
 const PARSE_BUDGET: usize = 256 << 20;
-
-/// One planned PUFFDIFF operation.
-pub struct Planned {
-    /// The source file's blocks.
-    pub src_extents: Vec<Extent>,
-    /// Their SHA-256.
-    pub src_sha256: Digest,
-    /// The target file's blocks.
-    pub dst_extents: Vec<Extent>,
-    /// The puffin patch.
-    pub data: Vec<u8>,
-}
-
-fn read(p: &Partition, extents: &[Extent]) -> Vec<u8> {
-    let mut v = Vec::new();
-    p.read_extents(extents, &mut v)
-        .expect("reads of a mapped image do not fail");
-    v
-}
 
 /// The exact bit extents of the deflate streams of `bytes` (a file's
 /// blocks), each ending where its last block does.
@@ -90,7 +73,7 @@ pub fn plan(
     dst: &Partition,
     classes: &[BlockClass],
     claimed: &[Extent],
-) -> Vec<Planned> {
+) -> Vec<FilePatch> {
     let (Some(sfiles), Some(tfiles)) = (
         crate::files::image_files(src),
         crate::files::image_files(dst),
@@ -130,21 +113,13 @@ pub fn plan(
             }
             let (sraw, draw) = (read(src, sext), read(dst, dext));
             let data = patch(&sraw, &draw)?;
-            let mut plain = Vec::new();
-            romdelta_format::bsdiff40::diff(&sraw, &draw, &mut plain).ok()?;
-            if data.len() >= plain.len() {
-                return None;
-            }
-            let mut check = vec![0u8; draw.len()];
-            puffin::apply(&data, &sraw, &mut check)
-                .ok()
-                .filter(|_| check == draw)?;
-            Some(Planned {
-                src_sha256: romdelta_format::sha256(&sraw),
-                src_extents: sext.clone(),
-                dst_extents: dext.clone(),
+            FilePatch::checked(
+                PayloadOpKind::Puffdiff,
                 data,
-            })
+                (&sraw, sext.clone()),
+                (&draw, dext.clone()),
+                puffin::apply,
+            )
         })
         .collect()
 }
