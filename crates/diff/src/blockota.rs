@@ -14,7 +14,7 @@
 use crate::{DiffError, DiffOptions};
 use rayon::prelude::*;
 use romdelta_android::blockota::{sha1_hex, RangeSet, BLOCK};
-use romdelta_format::inplace::{merge_extents, stage_ranges, stage_stash};
+use romdelta_format::inplace::{merge_extents, stage_ranges, stage_stash, BlockSet};
 use romdelta_format::{Extent, OpKind, Package};
 use romdelta_rom::{Partition, Rom};
 use std::collections::HashSet;
@@ -74,9 +74,7 @@ fn ranges(extents: &[Extent]) -> RangeSet {
 }
 
 fn read(p: &Partition, extents: &[Extent]) -> Vec<u8> {
-    let mut v = Vec::new();
-    p.read_extents(extents, &mut v)
-        .expect("reads of a mapped image do not fail");
+    let mut v = crate::files::read_mapped(p, extents);
     // The last block of an image whose size is not a multiple of 4096
     // reads short: it is zero-padded.
     v.resize((romdelta_format::blocks_in(extents) * BLOCK) as usize, 0);
@@ -167,36 +165,30 @@ impl Writer {
 fn source_text(
     old: &Partition,
     src: &[Extent],
-    stash: &[Extent],
+    stash: &BlockSet,
 ) -> (String, Vec<(String, Vec<Extent>)>) {
     let blocks = romdelta_format::blocks_in(src);
-    let in_stash = |b: u64| {
-        stash
-            .iter()
-            .any(|e| e.start_block <= b && b < e.end_block())
-    };
-    // Runs of consecutive source blocks, each from the image or a stash.
+    // Runs of consecutive source blocks, each from the image or a stash,
+    // and where each goes in the buffer.
     let (mut image, mut image_at) = (Vec::new(), Vec::new());
-    let mut pieces: Vec<(Vec<Extent>, Extent)> = Vec::new();
+    let mut pieces: Vec<(Extent, Extent)> = Vec::new();
     let mut pos = 0u64;
     for e in src {
         let mut b = e.start_block;
-        while b < e.end_block() {
-            let s = in_stash(b);
-            let mut end = b + 1;
-            while end < e.end_block() && in_stash(end) == s {
-                end += 1;
+        for s in stash.overlapping(*e) {
+            if s.start_block > b {
+                image.push(Extent::new(b, s.start_block - b));
+                image_at.push(Extent::new(pos, s.start_block - b));
+                pos += s.start_block - b;
             }
-            let run = Extent::new(b, end - b);
-            let at = Extent::new(pos, end - b);
-            if s {
-                pieces.push((vec![run], at));
-            } else {
-                image.push(run);
-                image_at.push(at);
-            }
-            pos += end - b;
-            b = end;
+            pieces.push((s, Extent::new(pos, s.num_blocks)));
+            pos += s.num_blocks;
+            b = s.end_block();
+        }
+        if b < e.end_block() {
+            image.push(Extent::new(b, e.end_block() - b));
+            image_at.push(Extent::new(pos, e.end_block() - b));
+            pos += e.end_block() - b;
         }
     }
     if pieces.is_empty() {
@@ -214,9 +206,9 @@ fn source_text(
     }
     let mut stashes = Vec::new();
     for (run, at) in pieces {
-        let id = sha1_hex(&read(old, &run));
+        let id = sha1_hex(&read(old, &[run]));
         text.push_str(&format!(" {id}:{}", ranges(&[at]).render()));
-        stashes.push((id, run));
+        stashes.push((id, vec![run]));
     }
     (text, stashes)
 }
@@ -361,10 +353,9 @@ fn encode(
     }
     let target = read(new, &op.dst_extents);
     let source = read(old, src);
-    let hash = sha1_hex(&target);
     if op.kind == OpKind::SourceCopy && source == target {
         return Ok(vec![Piece::Move(
-            format!("move {hash} {} {text}", dst.render()),
+            format!("move {} {} {text}", sha1_hex(&target), dst.render()),
             dst.blocks(),
         )]);
     }
@@ -430,7 +421,10 @@ fn incremental(
     let old_blocks = old.size().div_ceil(BLOCK);
     let new_blocks = new.size().div_ceil(BLOCK);
     for (stage, ops) in stage_ranges(update).into_iter().enumerate() {
-        let stash = stage_stash(update, stage);
+        let mut stash = BlockSet::new();
+        for e in stage_stash(update, stage) {
+            stash.insert(e);
+        }
         // Each operation's source, and the stashes it needs.
         let mut planned = Vec::new();
         let mut stashes: Vec<(String, Vec<Extent>)> = Vec::new();
@@ -533,11 +527,7 @@ fn bsdiff40(p: &romdelta_format::ops::BsdiffPatch, new_size: u64) -> Vec<u8> {
         let m = v.unsigned_abs();
         (if v < 0 { m | 1 << 63 } else { m }).to_le_bytes()
     };
-    let bz = |data: &[u8]| {
-        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
-        e.write_all(data).expect("writing to memory");
-        e.finish().expect("writing to memory")
-    };
+    let bz = romdelta_android::payload::ops::encode_bz2;
     let mut ctrl = Vec::with_capacity(p.controls.len() * 24);
     for c in &p.controls {
         ctrl.extend(offt(c.add as i64));
