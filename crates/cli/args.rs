@@ -238,6 +238,55 @@ pub enum Command {
         #[command(subcommand)]
         command: RecoveryCommand,
     },
+    /// Create or maintain a signed release repository (TUF).
+    Repo {
+        /// What to do with the repository.
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// Add packages (full, and incrementals from earlier builds) to a
+    /// release repository: its line catalogs, targets, snapshot and timestamp.
+    Publish {
+        /// The packages.
+        packages: Vec<PathBuf>,
+        /// The repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        #[command(flatten)]
+        online: OnlineKeys,
+        #[command(flatten)]
+        trust: Trust,
+        /// A staged rollout wave, TIME:PERCENT (TIME in seconds since the
+        /// epoch or 2027-01-01T00:00:00Z), for the builds these packages
+        /// install; repeatable.
+        #[arg(long = "wave", value_name = "TIME:PERCENT")]
+        waves: Vec<String>,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The TUF client of `recovery update`, with the command line of TUF's
+    /// conformance suite (CLIENT-CLI.md): exit 0 on success, 1 on failure.
+    TufClient {
+        /// The client's trusted metadata directory.
+        #[arg(long, value_name = "DIR")]
+        metadata_dir: PathBuf,
+        /// The repository's metadata URL (refresh, download).
+        #[arg(long, value_name = "URL")]
+        metadata_url: Option<String>,
+        /// The target to download.
+        #[arg(long, value_name = "PATH")]
+        target_name: Option<String>,
+        /// The repository's targets URL.
+        #[arg(long, value_name = "URL")]
+        target_base_url: Option<String>,
+        /// Where downloaded targets are written.
+        #[arg(long, value_name = "DIR")]
+        target_dir: Option<PathBuf>,
+        /// init ROOT | refresh | download.
+        #[command(subcommand)]
+        command: TufClientCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -614,6 +663,132 @@ impl Tuning {
     }
 }
 
+/// The keys of the online roles (private key files from `romdelta keygen`).
+#[derive(Args, Debug, Clone)]
+pub struct OnlineKeys {
+    /// A key of the targets role; repeat to reach its threshold.
+    #[arg(long = "targets-key", value_name = "KEY", required = true)]
+    pub targets: Vec<PathBuf>,
+    /// A key of the snapshot role.
+    #[arg(long = "snapshot-key", value_name = "KEY", required = true)]
+    pub snapshot: Vec<PathBuf>,
+    /// A key of the timestamp role.
+    #[arg(long = "timestamp-key", value_name = "KEY", required = true)]
+    pub timestamp: Vec<PathBuf>,
+}
+
+/// The keys each role of a new root lists (private or public key files).
+#[derive(Args, Debug, Clone)]
+pub struct RootRoles {
+    /// A key of the root role (offline; repeatable).
+    #[arg(long = "root-key", value_name = "KEY", required = true)]
+    pub root: Vec<PathBuf>,
+    /// Signatures the root role needs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub root_threshold: u64,
+    /// A key of the targets role (repeatable).
+    #[arg(long = "targets-key", value_name = "KEY", required = true)]
+    pub targets: Vec<PathBuf>,
+    /// A key of the snapshot role (repeatable).
+    #[arg(long = "snapshot-key", value_name = "KEY", required = true)]
+    pub snapshot: Vec<PathBuf>,
+    /// A key of the timestamp role (repeatable).
+    #[arg(long = "timestamp-key", value_name = "KEY", required = true)]
+    pub timestamp: Vec<PathBuf>,
+    /// Days the root is valid.
+    #[arg(long, value_name = "DAYS", default_value_t = 365)]
+    pub root_expires_days: i64,
+}
+
+/// `romdelta repo` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Make a new repository: version 1 of the root, signed by its keys
+    /// (private key files for root; public or private for the others).
+    Init {
+        /// The repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        #[command(flatten)]
+        roles: RootRoles,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign the next root version with new role keys: signed by a threshold
+    /// of the current root keys (--sign) and of the new ones.
+    RotateRoot {
+        /// The repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// A private key to sign with: current and new root keys (repeatable).
+        #[arg(long = "sign", value_name = "KEY", required = true)]
+        sign: Vec<PathBuf>,
+        #[command(flatten)]
+        roles: RootRoles,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a new timestamp for the current snapshot (the timestamp
+    /// expires soonest: run this from a timer).
+    Timestamp {
+        /// The repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// A key of the timestamp role (repeatable).
+        #[arg(long = "timestamp-key", value_name = "KEY", required = true)]
+        keys: Vec<PathBuf>,
+    },
+}
+
+/// `romdelta tuf-client` commands.
+#[derive(Subcommand, Debug)]
+pub enum TufClientCommand {
+    /// Trust ROOT (a root metadata file) from now on.
+    Init {
+        /// The root metadata file.
+        root: PathBuf,
+    },
+    /// Refresh the top-level metadata from --metadata-url.
+    Refresh,
+    /// Refresh, then download --target-name from --target-base-url into --target-dir.
+    Download,
+}
+
+/// Where a device updates from, and how.
+#[derive(Args, Debug, Clone)]
+pub struct RepoSource {
+    /// The device directory.
+    #[arg(long, value_name = "DIR")]
+    pub device: PathBuf,
+    /// The release repository: file:///DIR or http(s)://HOST/PATH (with
+    /// metadata/ and targets/ below it).
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// Trust this root metadata file (the first time; later roots come
+    /// through the repository, signed by the one before).
+    #[arg(long, value_name = "ROOT.json")]
+    pub root: Option<PathBuf>,
+    /// The device's rollout seed (default: one drawn once and kept in
+    /// DEVICE/ota/seed).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Failed installs of an incremental before the full package is taken.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: u32,
+    /// Attempts per request before a download is given up (resumed by the
+    /// next run).
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retries: u32,
+    /// Seconds without a byte before a transfer is given up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `romdelta recovery` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum RecoveryCommand {
@@ -674,5 +849,21 @@ pub enum RecoveryCommand {
         /// Print a JSON report instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Say what `recovery update` would install from a repository, and why.
+    Check {
+        #[command(flatten)]
+        source: RepoSource,
+    },
+    /// Refresh the repository's metadata, choose this device's package
+    /// (its exact incremental, else the full one) and install it while it
+    /// downloads; a cut download or install resumes on the next run.
+    Update {
+        #[command(flatten)]
+        source: RepoSource,
+        #[command(flatten)]
+        trust: Trust,
+        #[command(flatten)]
+        threads: Threads,
     },
 }

@@ -10,6 +10,7 @@ mod demo;
 mod inspect;
 mod payload;
 mod recovery;
+mod release;
 
 use anyhow::Context as _;
 use args::{Cli, Command};
@@ -518,6 +519,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Blockota { command } => blockota::run(command),
         Command::Avb { command } => payload::avb(command),
         Command::Recovery { command } => recovery::run(command),
+        Command::Repo { command } => release::repo(command),
+        Command::Publish {
+            packages,
+            repo,
+            online,
+            trust,
+            waves,
+            json,
+        } => release::publish(packages, repo, online, trust, waves, json),
+        Command::TufClient {
+            metadata_dir,
+            metadata_url,
+            target_name,
+            target_base_url,
+            target_dir,
+            command,
+        } => release::tuf_client(
+            metadata_dir,
+            metadata_url,
+            target_name,
+            target_base_url,
+            target_dir,
+            command,
+        ),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();

@@ -88,6 +88,12 @@ pub fn run(command: RecoveryCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
+        RecoveryCommand::Check { source } => crate::release::check(source),
+        RecoveryCommand::Update {
+            source,
+            trust,
+            threads,
+        } => crate::release::update(source, trust, threads),
         RecoveryCommand::Install {
             package,
             device,

@@ -365,12 +365,15 @@ impl Plan<'_> {
             .map(|(k, (pi, oi))| (k as u64, pi, oi))
             .collect();
         jobs.sort_by_key(|&(_, pi, oi)| {
-            let first = m.partitions[pi].operations[oi]
-                .dst_extents
-                .iter()
-                .map(|e| e.start_block)
-                .min();
-            (pi, first)
+            let op = &m.partitions[pi].operations[oi];
+            let first = op.dst_extents.iter().map(|e| e.start_block).min();
+            // A remote package is read front to back, so each byte is
+            // fetched once: operations without data first, then by data.
+            let at = match data {
+                PackageData::File(f) if f.in_order() && op.kind.has_data() => op.data_offset + 1,
+                _ => 0,
+            };
+            (at, pi, first)
         });
         let written = AtomicU64::new(0);
         let next = AtomicUsize::new(0);

@@ -38,6 +38,30 @@ use romdelta_rom::{Layout, Partition, Rom};
 use romdelta_storage::{EntryKind, RealFs, Storage};
 use std::path::{Path, PathBuf};
 
+/// Random access to a package's bytes: a file, or a remote file read by
+/// byte ranges.
+pub trait PackageSource: Send + Sync {
+    /// The length in bytes (for a remote file: its signed length).
+    fn len(&self) -> u64;
+    /// Fills `buf` from `offset`; a read past the end is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Whether reads should come in the order of the bytes (a remote file
+    /// read by ranges: each byte then arrives once); a local file is read
+    /// in the order the images are written.
+    fn in_order(&self) -> bool {
+        false
+    }
+}
+
+impl PackageSource for std::fs::File {
+    fn len(&self) -> u64 {
+        self.metadata().map_or(0, |m| m.len())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
 /// A package file: its prefix (header, manifest bytes, signatures) read
 /// once into memory of this process's own and checked against the header's
 /// checksum; its data section read from the file, an operation at a time,
@@ -49,31 +73,67 @@ use std::path::{Path, PathBuf};
 /// the hash the verified manifest holds before it is used.
 pub struct PackageFile {
     path: PathBuf,
-    file: std::fs::File,
+    source: Box<dyn PackageSource>,
     len: u64,
     prefix: Prefix,
+}
+
+/// Sequential reads of a [`PackageSource`], for the prefix parser.
+struct SourceReader<'s> {
+    source: &'s dyn PackageSource,
+    at: u64,
+    len: u64,
+}
+
+impl std::io::Read for SourceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len - self.at) as usize;
+        self.source.read_exact_at(&mut buf[..n], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 impl PackageFile {
     /// Opens the package at `path` and reads its prefix. The header's
     /// section lengths must add up to the file's length exactly.
     pub fn open(path: &Path) -> Result<Self, ApplyError> {
-        let io = ApplyError::io(path);
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = std::fs::File::open(path).map_err(ApplyError::io(path))?;
         let len = file.metadata().map_err(ApplyError::io(path))?.len();
+        Self::from_source(path, Box::new(file), len)
+    }
+
+    /// Reads the prefix of the package `source` holds, `len` bytes long;
+    /// `name` names it in messages. The header's section lengths must add
+    /// up to `len` exactly.
+    pub fn from_source(
+        name: &Path,
+        source: Box<dyn PackageSource>,
+        len: u64,
+    ) -> Result<Self, ApplyError> {
         // The header first: its lengths must fit the file before the
         // sections they announce are read.
-        let mut head = [0u8; romdelta_format::HEADER_LEN as usize];
-        let got = exec::read_full(&mut &file, &mut head)?;
-        romdelta_format::Header::decode(&head[..got])?.check_len(len)?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 16, &file);
-        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))
-            .map_err(ApplyError::io(path))?;
+        let head_len = romdelta_format::HEADER_LEN.min(len);
+        let mut head = vec![0u8; head_len as usize];
+        source
+            .read_exact_at(&mut head, 0)
+            .map_err(ApplyError::io(name))?;
+        let header = romdelta_format::Header::decode(&head)?;
+        header.check_len(len)?;
+        // The header's bytes are not read twice, nor is a byte past the
+        // prefix read ahead (a remote source fetches each byte once).
+        let rest = SourceReader {
+            source: &*source,
+            at: head_len,
+            len: header.data_offset().min(len),
+        };
+        let mut reader =
+            std::io::BufReader::with_capacity(1 << 16, std::io::Read::chain(&head[..], rest));
         let prefix = exec::read_prefix(&mut reader)?;
         drop(reader);
         Ok(PackageFile {
-            path: path.to_path_buf(),
-            file,
+            path: name.to_path_buf(),
+            source,
             len,
             prefix,
         })
@@ -105,14 +165,19 @@ impl PackageFile {
         &self.path
     }
 
+    /// Whether operations should read their data in the order of the
+    /// data section (see [`PackageSource::in_order`]).
+    pub fn in_order(&self) -> bool {
+        self.source.in_order()
+    }
+
     /// Reads `len` bytes of the data section from `offset`.
     fn read_data(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt as _;
         let at = self.prefix.header.data_offset() + offset;
         // Checked by the manifest rules against the data length, which the
         // file held when it was opened; a file cut short since is an error.
         let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut buf, at)?;
+        self.source.read_exact_at(&mut buf, at)?;
         Ok(buf)
     }
 }

@@ -69,7 +69,7 @@ fn line_differs(a: &BuildInfo, b: &BuildInfo) -> bool {
 }
 
 /// The same build: by fingerprint where both have one, else by version.
-fn same_build(a: &BuildInfo, b: &BuildInfo) -> bool {
+pub fn same_build(a: &BuildInfo, b: &BuildInfo) -> bool {
     if !a.fingerprint.is_empty() && !b.fingerprint.is_empty() {
         return a.fingerprint == b.fingerprint;
     }

@@ -368,7 +368,7 @@ pub struct RemovedPartition {
 }
 
 /// The identity of a build.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct BuildInfo {
     /// Device codename.
     pub device: String,

@@ -400,7 +400,18 @@ impl Device {
         admit: &Admit<'_>,
         allow: Allow,
     ) -> Result<InstallReport, RecoveryError> {
-        let file = PackageFile::open(package)?;
+        self.install_from(&PackageFile::open(package)?, admit, allow)
+    }
+
+    /// Installs the package `file` reads (a local file, or a remote one
+    /// read by ranges as the install needs its bytes), as
+    /// [`Device::install`] does.
+    pub fn install_from(
+        &mut self,
+        file: &PackageFile,
+        admit: &Admit<'_>,
+        allow: Allow,
+    ) -> Result<InstallReport, RecoveryError> {
         let prefix = file.prefix();
         admit(&prefix.manifest_bytes, &prefix.signatures)?;
         // Decoded from the very bytes whose signature was checked.
@@ -420,7 +431,7 @@ impl Device {
         // A resumed install passed the rules when it started.
         let rules_checked = resuming || check_rules(&manifest, installed.as_ref(), allow)?;
         if self.state.slots == Slots::Single {
-            return self.install_in_place(&manifest, &file, manifest_sha, rules_checked);
+            return self.install_in_place(&manifest, file, manifest_sha, rules_checked);
         }
         romdelta_apply::check_ab_package(&manifest)?;
         let target = active.other();
@@ -466,7 +477,7 @@ impl Device {
             let fs = &*self.fs;
             romdelta_storage::remove_all(fs, &out).map_err(io(&out))?;
             fs.create_dir(&out).map_err(io(&out))?;
-            let plan = Plan::for_file_on(&manifest, &file, source.as_ref(), &out, fs)?
+            let plan = Plan::for_file_on(&manifest, file, source.as_ref(), &out, fs)?
                 .checkpoint_every(self.checkpoint);
             resumed_ops = plan.execute(&|_| {})?.resumed_ops;
         }

@@ -1,0 +1,309 @@
+//! A device's update from a release repository (`romdelta recovery check`
+//! and `recovery update`).
+//!
+//! 1. The device's TUF client (`DEVICE/ota/tuf/`) refreshes the metadata
+//!    from `REPO/metadata/`.
+//! 2. The catalog of the installed build's line is fetched as a target:
+//!    its signed length bounds the fetch, its signed hash is checked
+//!    before it is parsed.
+//! 3. [`choose`](crate::catalog::choose) picks the package; its length and
+//!    hash are taken from the signed targets metadata, not the catalog.
+//! 4. The package is installed while it downloads: the install reads it by
+//!    byte ranges, never past its signed length, and keeps no copy. Every
+//!    operation's data is checked against the signed manifest before it is
+//!    written, so a tampered byte stops the install before it reaches an
+//!    image. A cut download or install leaves the resume journal; the next
+//!    run downloads only what the journal does not hold.
+//! 5. An incremental that fails to install (not a failed download) counts
+//!    an attempt; after [`Options::attempts`] of them the full package is
+//!    taken instead.
+
+use crate::catalog::{catalog_path, choose, Catalog, Decision};
+use crate::fetch::{RangeFile, Transport};
+use crate::ReleaseError;
+use romdelta_apply::rules::{describe, Allow};
+use romdelta_apply::PackageFile;
+use romdelta_format::BuildInfo;
+use romdelta_recovery::{Device, InstallReport};
+use romdelta_tuf::client::target_url;
+use romdelta_tuf::metadata::check_file;
+use romdelta_tuf::Client;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How a device updates.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The repository: `REPO/metadata/` and `REPO/targets/` below it.
+    pub repo: String,
+    /// The device's rollout seed.
+    pub seed: u64,
+    /// Now, in seconds since the epoch (expiry and rollout waves).
+    pub now: i64,
+    /// Failed installs of an incremental before the full package is taken.
+    pub attempts: u32,
+    /// Where the device's update state is kept: its TUF metadata (`tuf/`),
+    /// its attempts (usually [`ota_dir`] of the device).
+    pub state: PathBuf,
+}
+
+/// The device's update state directory.
+pub fn ota_dir(device: &Path) -> PathBuf {
+    device.join("ota")
+}
+
+/// Makes the update state in `state` trust `root` (a root metadata
+/// file's bytes).
+pub fn provision(state: &Path, root: &[u8]) -> Result<(), ReleaseError> {
+    Ok(Client::init(&state.join("tuf"), root)?)
+}
+
+/// Incremental installs that failed, for one target build.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Attempts {
+    build: String,
+    failures: u32,
+}
+
+fn attempts_path(state: &Path) -> PathBuf {
+    state.join("attempts.json")
+}
+
+fn build_key(b: &BuildInfo) -> String {
+    format!("{}\0{}", b.fingerprint, b.version)
+}
+
+fn failures(device: &Path, build: &BuildInfo) -> u32 {
+    std::fs::read(attempts_path(device))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Attempts>(&b).ok())
+        .filter(|a| a.build == build_key(build))
+        .map_or(0, |a| a.failures)
+}
+
+fn record_failures(device: &Path, build: &BuildInfo, n: u32) -> Result<(), ReleaseError> {
+    let a = Attempts {
+        build: build_key(build),
+        failures: n,
+    };
+    let bytes = serde_json::to_vec(&a).expect("plain struct");
+    Ok(romdelta_tuf::client::write_durably(
+        &attempts_path(device),
+        &bytes,
+    )?)
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// The installed build.
+    pub installed: BuildInfo,
+    /// The catalog read.
+    pub catalog: String,
+    /// The trusted root's version after the refresh.
+    pub root_version: u64,
+    /// Failed installs of this build's incremental so far.
+    pub incremental_failures: u32,
+    /// The choice.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// The package's URL, when one is to be installed.
+    pub url: Option<String>,
+}
+
+/// A device's view of one repository.
+pub struct Updater {
+    transport: Arc<Transport>,
+    opts: Options,
+    package_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Updater {
+    /// An updater fetching through `transport`.
+    pub fn new(transport: Arc<Transport>, opts: Options) -> Updater {
+        Updater {
+            transport,
+            opts,
+            package_bytes: Default::default(),
+        }
+    }
+
+    /// Bytes received so far, metadata and packages.
+    pub fn received(&self) -> u64 {
+        self.transport.received()
+    }
+
+    /// Bytes of packages received so far (windows completed).
+    pub fn package_bytes(&self) -> u64 {
+        self.package_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn url(&self, sub: &str) -> String {
+        format!("{}/{sub}", self.opts.repo.trim_end_matches('/'))
+    }
+
+    /// Refreshes the metadata and chooses the update for `device`, without
+    /// installing.
+    pub fn check(&self, device: &Device) -> Result<(Check, Client<'_>), ReleaseError> {
+        let dir = &self.opts.state;
+        let installed = device.build(device.state().active)?.ok_or_else(|| {
+            ReleaseError::Invalid(
+                "the installed build is unknown (the device records no build.prop): its line, and so its catalog, cannot be chosen".into(),
+            )
+        })?;
+        let mut client = Client::open(&dir.join("tuf"), &self.url("metadata"), &*self.transport)
+            .map_err(|e| match e {
+                romdelta_tuf::TufError::Io { .. } => ReleaseError::Invalid(format!(
+                    "the device trusts no repository root yet ({e}): provision it with --root ROOT.json"
+                )),
+                e => e.into(),
+            })?
+            .at(self.opts.now);
+        client.refresh()?;
+        let cpath = catalog_path(&installed);
+        let info = client.target(&cpath).map_err(|e| match e {
+            romdelta_tuf::TufError::NoSuchTarget(_) => ReleaseError::Invalid(format!(
+                "the repository publishes nothing for this device's line ({}): no {cpath}",
+                describe(&installed)
+            )),
+            e => e.into(),
+        })?;
+        let url = target_url(&self.url("targets"), &cpath, &info, client.consistent());
+        let bytes = self
+            .transport
+            .fetch_signed(&url, info.length)
+            .map_err(|e| romdelta_tuf::client::fetch_error(&cpath, url.clone(), e))?;
+        check_file(&cpath, &bytes, Some(info.length), &info.hashes)?;
+        let catalog =
+            Catalog::parse(&bytes).map_err(|e| ReleaseError::Invalid(format!("{cpath}: {e}")))?;
+        if (
+            catalog.device.as_str(),
+            catalog.region.as_str(),
+            catalog.channel.as_str(),
+        ) != (
+            installed.device.as_str(),
+            installed.region.as_str(),
+            installed.channel.as_str(),
+        ) {
+            return Err(ReleaseError::Invalid(format!(
+                "{cpath} is the catalog of device={} region={} channel={}, not of the installed line ({})",
+                catalog.device,
+                catalog.region,
+                catalog.channel,
+                describe(&installed)
+            )));
+        }
+        let newest = catalog.builds.last().map(|e| e.build.clone());
+        let failed = newest.as_ref().map_or(0, |b| failures(dir, b));
+        let decision = choose(
+            &catalog,
+            Some(&installed),
+            self.opts.seed,
+            self.opts.now,
+            failed >= self.opts.attempts,
+        );
+        let url = match &decision {
+            Decision::Install { package, .. } => {
+                let signed = client.target(&package.target)?;
+                if signed.length != package.length || signed.hashes[0].1 != package.sha256 {
+                    return Err(ReleaseError::Invalid(format!(
+                        "{cpath} lists {} with {} bytes and sha256 {}, the signed targets give {} bytes and {}",
+                        package.target, package.length, package.sha256, signed.length, signed.hashes[0].1
+                    )));
+                }
+                Some(target_url(
+                    &self.url("targets"),
+                    &package.target,
+                    &signed,
+                    client.consistent(),
+                ))
+            }
+            _ => None,
+        };
+        Ok((
+            Check {
+                installed,
+                catalog: cpath,
+                root_version: client.root().common.version,
+                incremental_failures: failed,
+                decision,
+                url,
+            },
+            client,
+        ))
+    }
+
+    /// Checks, then installs what was chosen (if anything) while it
+    /// downloads. Returns the check and the install's report.
+    pub fn update(
+        &self,
+        device: &mut Device,
+        admit: &romdelta_recovery::Admit<'_>,
+        allow: Allow,
+    ) -> Result<(Check, Option<InstallReport>), ReleaseError> {
+        let dir = &self.opts.state;
+        loop {
+            let (check, _client) = self.check(device)?;
+            let (
+                Decision::Install {
+                    build,
+                    kind,
+                    package,
+                    ..
+                },
+                Some(url),
+            ) = (&check.decision, &check.url)
+            else {
+                return Ok((check, None));
+            };
+            let range = Arc::new(RangeFile::new(self.transport.clone(), url, package.length));
+            let installed = PackageFile::from_source(
+                Path::new(url),
+                Box::new(SharedRange(range.clone())),
+                package.length,
+            )
+            .map_err(ReleaseError::from)
+            .and_then(|file| Ok(device.install_from(&file, admit, allow)?));
+            self.package_bytes
+                .fetch_add(range.received(), std::sync::atomic::Ordering::Relaxed);
+            match installed {
+                Ok(report) => {
+                    let _ = std::fs::remove_file(attempts_path(dir));
+                    return Ok((check, Some(report)));
+                }
+                // A failed download is resumed by the next run.
+                Err(e) if range.failed() => return Err(e),
+                Err(e) if kind == "incremental" => {
+                    let n = failures(dir, build) + 1;
+                    record_failures(dir, build, n)?;
+                    if n < self.opts.attempts {
+                        return Err(ReleaseError::Invalid(format!(
+                            "the incremental failed to install ({e}); attempt {n} of {}: the next run tries it again, then the full package",
+                            self.opts.attempts
+                        )));
+                    }
+                    // Taken again: now the full package is chosen.
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A range file shared between the install and the updater, which asks
+/// afterwards whether a fetch failed.
+struct SharedRange(Arc<RangeFile>);
+
+impl romdelta_apply::PackageSource for SharedRange {
+    fn len(&self) -> u64 {
+        romdelta_apply::PackageSource::len(&*self.0)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn in_order(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,219 @@
+//! The client's workflow against repositories the writer made, and the
+//! attacks of the specification, each refused.
+
+use crate::client::{Client, FetchError, Fetcher};
+use crate::repo::{Expiry, Repository, RoleSpec};
+use crate::TufError;
+use ed25519_dalek::SigningKey;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Serves files of a directory; `file:///` URLs.
+struct Dir;
+
+impl Fetcher for Dir {
+    fn fetch(&self, url: &str, max_len: u64) -> Result<Vec<u8>, FetchError> {
+        let path = url.strip_prefix("file://").expect("file URL");
+        match std::fs::read(path) {
+            Err(_) => Err(FetchError::NotFound),
+            Ok(b) if b.len() as u64 > max_len => Err(FetchError::TooLong(max_len)),
+            Ok(b) => Ok(b),
+        }
+    }
+}
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn roles(root: &[u8], threshold: u64, others: u8) -> BTreeMap<String, RoleSpec> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "root".into(),
+        RoleSpec {
+            keys: root.iter().map(|&n| key(n).verifying_key()).collect(),
+            threshold,
+        },
+    );
+    for (i, r) in ["targets", "snapshot", "timestamp"].iter().enumerate() {
+        m.insert(
+            r.to_string(),
+            RoleSpec {
+                keys: vec![key(others + i as u8).verifying_key()],
+                threshold: 1,
+            },
+        );
+    }
+    m
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    repo: PathBuf,
+    client: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        let client = tmp.path().join("client");
+        let r = Repository::create(
+            &repo,
+            &roles(&[1, 2], 2, 10),
+            &[&key(1), &key(2)],
+            Expiry::default(),
+        )
+        .unwrap();
+        drop(r);
+        let root = std::fs::read(repo.join("metadata/1.root.json")).unwrap();
+        Client::init(&client, &root).unwrap();
+        let f = Fixture {
+            _tmp: tmp,
+            repo,
+            client,
+        };
+        f.publish("a.txt", b"first");
+        f
+    }
+
+    fn publish(&self, path: &str, bytes: &[u8]) {
+        let mut r = Repository::open(&self.repo).unwrap();
+        r.add_target_bytes(path, bytes, None).unwrap();
+        r.commit(&[&key(10)], &[&key(11)], &[&key(12)]).unwrap();
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}/metadata", self.repo.display())
+    }
+
+    fn refresh(&self) -> Result<(), TufError> {
+        let mut c = Client::open(&self.client, &self.url(), &Dir)?;
+        c.refresh()
+    }
+
+    fn meta(&self, name: &str) -> PathBuf {
+        self.repo.join("metadata").join(name)
+    }
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+}
+
+#[test]
+fn a_client_reads_what_the_writer_publishes() {
+    let f = Fixture::new();
+    f.refresh().unwrap();
+    f.publish("dir/b.bin", b"second");
+    let mut c = Client::open(&f.client, &f.url(), &Dir).unwrap();
+    c.refresh().unwrap();
+    let t = c.target("dir/b.bin").unwrap();
+    assert_eq!(t.length, 6);
+    let url = crate::client::target_url(
+        &format!("file://{}/targets", f.repo.display()),
+        "dir/b.bin",
+        &t,
+        c.consistent(),
+    );
+    assert_eq!(Dir.fetch(&url, t.length).unwrap(), b"second");
+    assert!(matches!(
+        c.target("nothing"),
+        Err(TufError::NoSuchTarget(_))
+    ));
+}
+
+#[test]
+fn a_replayed_older_timestamp_is_a_rollback() {
+    let f = Fixture::new();
+    let old = std::fs::read(f.meta("timestamp.json")).unwrap();
+    f.publish("b", b"b");
+    f.refresh().unwrap();
+    std::fs::write(f.meta("timestamp.json"), old).unwrap();
+    let e = f.refresh().unwrap_err();
+    assert!(matches!(e, TufError::Rollback { .. }), "{e}");
+}
+
+#[test]
+fn targets_from_another_snapshot_are_mix_and_match() {
+    let f = Fixture::new();
+    f.publish("b", b"b");
+    // Version 3 of the targets served under the name of version 2.
+    copy(&f.meta("2.targets.json"), &f.meta("3.targets.json.keep"));
+    copy(&f.meta("1.targets.json"), &f.meta("2.targets.json"));
+    let e = f.refresh().unwrap_err();
+    assert!(
+        matches!(e, TufError::Length { .. } | TufError::Version { .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsigned_or_tampered_metadata_is_refused() {
+    let f = Fixture::new();
+    let p = f.meta("timestamp.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, text.replace("\"version\": 1", "\"version\": 7")).unwrap();
+    let e = f.refresh().unwrap_err();
+    assert!(matches!(e, TufError::Threshold { .. }), "{e}");
+}
+
+#[test]
+fn an_expired_timestamp_is_refused() {
+    let f = Fixture::new();
+    let mut c = Client::open(&f.client, &f.url(), &Dir)
+        .unwrap()
+        .at(crate::time::now() + 2 * 86_400);
+    let e = c.refresh().unwrap_err();
+    assert!(
+        matches!(e, TufError::Expired { ref role, .. } if role == "timestamp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn roots_rotate_only_with_the_old_threshold() {
+    let f = Fixture::new();
+    f.refresh().unwrap();
+    let mut r = Repository::open(&f.repo).unwrap();
+    // One of two old keys is not enough.
+    assert!(r
+        .rotate_root(&roles(&[3], 1, 10), &[&key(1), &key(3)])
+        .is_err());
+    r.rotate_root(&roles(&[3], 1, 10), &[&key(1), &key(2), &key(3)])
+        .unwrap();
+    f.refresh().unwrap();
+    assert_eq!(
+        Client::open(&f.client, &f.url(), &Dir)
+            .unwrap()
+            .root()
+            .common
+            .version,
+        2
+    );
+    // A root 3 signed by the new key only, with the old ones absent, is
+    // fine; one signed by a stranger is not.
+    let mut r = Repository::open(&f.repo).unwrap();
+    let forged = roles(&[9], 1, 10);
+    let root3 = {
+        r.rotate_root(&forged, &[&key(3), &key(9)]).unwrap();
+        std::fs::read(f.meta("3.root.json")).unwrap()
+    };
+    let text = String::from_utf8(root3).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let only_new = crate::metadata::sign(&v["signed"], &[&key(9)]).unwrap();
+    std::fs::write(f.meta("3.root.json"), only_new).unwrap();
+    let e = f.refresh().unwrap_err();
+    assert!(e.to_string().contains("without the old threshold"), "{e}");
+}
+
+#[test]
+fn endless_data_is_cut_at_the_signed_length() {
+    let f = Fixture::new();
+    let p = f.meta("1.snapshot.json");
+    let mut b = std::fs::read(&p).unwrap();
+    b.extend(std::iter::repeat_n(b' ', 10_000));
+    std::fs::write(&p, b).unwrap();
+    let e = f.refresh().unwrap_err();
+    assert!(e.to_string().contains("endless data"), "{e}");
+}
