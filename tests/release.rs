@@ -198,8 +198,13 @@ pub fn world(releases: usize) -> World {
             let dst = romdelta_rom::Rom::open(&p(&format!("rom-{line}-{v}"))).unwrap();
             let src =
                 base.map(|b| romdelta_rom::Rom::open(&p(&format!("rom-{line}-{b}"))).unwrap());
+            // Operations of at most 64 KiB of output, as a real package's
+            // are (the corpus pair's average about 6 KB of data each): what
+            // a power cut loses is the operation under way.
             let opts = romdelta_diff::DiffOptions {
                 level: 3,
+                region_blocks: 16,
+                join_new: false,
                 source_build: base.map(|b| build(line, b)).unwrap_or_default(),
                 target_build: build(line, v),
                 signing_keys: vec![vendor.clone()],
@@ -346,33 +351,270 @@ fn a_release_loop_through_nginx_takes_each_device_to_its_lines_newest_build() {
     }
 }
 
+/// python-tuf (PyPI `tuf`) in the virtualenv ROMDELTA_TUF_PYTHON names.
+fn tuf_python() -> Option<PathBuf> {
+    match std::env::var_os("ROMDELTA_TUF_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            assert!(
+                std::env::var_os("ROMDELTA_REQUIRE_TOOLS").is_none(),
+                "ROMDELTA_TUF_PYTHON is not set (a python with PyPI's tuf)"
+            );
+            eprintln!("skipped: ROMDELTA_TUF_PYTHON is not set");
+            None
+        }
+    }
+}
+
+/// python-tuf's ngclient: refresh, then download each target named.
+const PYTHON_TUF_CLIENT: &str = r#"
+import sys
+from tuf.ngclient import Updater
+md, url, tdir, *targets = sys.argv[1:]
+u = Updater(metadata_dir=md, metadata_base_url=url + "/metadata/",
+            target_base_url=url + "/targets/", target_dir=tdir, bootstrap=None)
+u.refresh()
+for t in targets:
+    info = u.get_targetinfo(t)
+    if info is None:
+        sys.exit("no target " + t)
+    print(u.download_target(info), info.length)
+print("root", u._trusted_set.root.version)
+"#;
+
 #[test]
-#[ignore]
-fn debug_one() {
+fn python_tuf_reads_the_repository_publish_writes() {
+    if !have_nginx() {
+        return;
+    }
+    let Some(python) = tuf_python() else { return };
     let w = world(2);
-    let dev = w.device("g", 0, 0);
-    let url = format!("file://{}", w.repo.display());
-    let out = romdelta()
-        .env("RD_DEBUG", "1")
-        .args([
-            "recovery",
-            "update",
-            "--json",
-            "--seed",
-            "1",
-            "--threads",
-            "1",
-            "--device",
-        ])
-        .arg(&dev)
-        .arg("--repo")
-        .arg(&url)
-        .arg("--root")
-        .arg(w.root())
-        .arg("--trusted-key")
-        .arg(&w.vendor_pub)
+    let nginx = Nginx::serve(&w.repo);
+    let run = |md: &Path, targets: &[&str]| {
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(PYTHON_TUF_CLIENT)
+            .arg(md)
+            .arg(nginx.url())
+            .arg(w.path("py-targets"))
+            .args(targets)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python-tuf: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let md = w.path("py-metadata");
+    std::fs::create_dir_all(&md).unwrap();
+    std::fs::create_dir_all(w.path("py-targets")).unwrap();
+    std::fs::copy(w.root(), md.join("root.json")).unwrap();
+    let catalogs = [
+        "lines/demo/Global/stable/catalog.json",
+        "lines/demo/CN/developer/catalog.json",
+    ];
+    let out = run(&md, &catalogs);
+    // python-tuf's copies are the bytes romdelta's client reads.
+    for c in catalogs {
+        let mine = romdelta_tuf::repo::Repository::open(&w.repo)
+            .unwrap()
+            .read_target(c)
+            .unwrap()
+            .unwrap();
+        let theirs = std::fs::read(w.path("py-targets").join(romdelta_tuf::quote(c))).unwrap();
+        assert!(mine == theirs, "{c}");
+        let cat = romdelta_release::catalog::Catalog::parse(&theirs).unwrap();
+        assert_eq!(cat.builds.len(), 2);
+    }
+    assert!(out.contains("root 1"), "{out}");
+    // A package, and a root rotated with the old root key and the new.
+    let pkg = romdelta_tuf::repo::Repository::open(&w.repo)
+        .unwrap()
+        .targets()
+        .keys()
+        .find(|t| t.starts_with("packages/demo/CN/developer/incremental-"))
+        .unwrap()
+        .clone();
+    romdelta()
+        .args(["repo", "rotate-root", "--repo"])
+        .arg(&w.repo)
+        .arg("--sign")
+        .arg(w.key("root"))
+        .arg("--sign")
+        .arg(w.key("root2"))
+        .arg("--root-key")
+        .arg(w.key("root2"))
+        .arg("--targets-key")
+        .arg(w.key("targets"))
+        .arg("--snapshot-key")
+        .arg(w.key("snapshot"))
+        .arg("--timestamp-key")
+        .arg(w.key("timestamp"))
         .assert()
         .success();
-    eprintln!("{}", String::from_utf8_lossy(&out.get_output().stderr));
-    eprintln!("{}", String::from_utf8_lossy(&out.get_output().stdout));
+    let out = run(&md, &[&pkg]);
+    assert!(out.contains("root 2"), "{out}");
+    let theirs = std::fs::read(w.path("py-targets").join(romdelta_tuf::quote(&pkg))).unwrap();
+    assert!(theirs == std::fs::read(w.package(1, Some(0), 1)).unwrap());
+}
+
+/// A device on the simulated storage, holding build (line 0, version 0),
+/// updating from `url` with the update state in `state`.
+struct SimDevice {
+    fs: SimFs,
+}
+
+const SIM_DEV: &str = "/device";
+
+fn sim_base(w: &World) -> SimFs {
+    let fs = SimFs::new();
+    fs.mkdir_all(Path::new("/"));
+    Device::init_on(
+        Arc::new(fs.clone()),
+        Path::new(SIM_DEV),
+        &w.rom(0, 0),
+        Some(build(0, 0)),
+        Slots::Ab,
+    )
+    .unwrap();
+    fs
+}
+
+fn accept_any(
+    _: &[u8],
+    _: &[romdelta_format::Signature],
+) -> Result<(), romdelta_apply::ApplyError> {
+    Ok(())
+}
+
+impl SimDevice {
+    /// Runs one update on one worker, checkpointing every 16 KiB; returns
+    /// its result and the package bytes it received.
+    fn update(&self, url: &str, state: &Path, fetch: FetchOptions) -> (Result<(), String>, u64) {
+        let u = Updater::new(
+            Arc::new(Transport::new(fetch)),
+            Options {
+                repo: url.to_string(),
+                seed: 1,
+                now: romdelta_tuf::time::now(),
+                attempts: 2,
+                state: state.to_path_buf(),
+            },
+        );
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let r = pool.install(|| {
+            let mut d = Device::open_on(Arc::new(self.fs.clone()), Path::new(SIM_DEV))
+                .map_err(|e| e.to_string())?;
+            d.checkpoint_every(romdelta_apply::CheckpointEvery {
+                bytes: 16 << 10,
+                interval: Duration::from_secs(3600),
+            });
+            u.update(&mut d, &accept_any, Default::default())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        (r, u.package_bytes())
+    }
+
+    /// Whether the device boots the exact build (line 0, `v`).
+    fn boots(&self, w: &World, v: usize) -> bool {
+        let d = Device::open_on(Arc::new(self.fs.clone()), Path::new(SIM_DEV)).unwrap();
+        let slot = d.state().active;
+        d.build(slot).unwrap().as_ref() == Some(&build(0, v))
+            && w.images[v].iter().all(|(n, img)| {
+                self.fs.get(&d.image_path(n, slot)).as_deref() == Some(img.as_slice())
+            })
+    }
+}
+
+fn fast_fetch() -> FetchOptions {
+    FetchOptions {
+        attempts: 6,
+        stall: Duration::from_secs(5),
+        connect: Duration::from_secs(5),
+        backoff: Duration::from_millis(1),
+    }
+}
+
+/// A fresh update state trusting the repository's first root.
+fn fresh_state(w: &World, name: &str) -> PathBuf {
+    let state = w.path(name);
+    let _ = std::fs::remove_dir_all(&state);
+    romdelta_release::update::provision(&state, &std::fs::read(w.root()).unwrap()).unwrap();
+    state
+}
+
+#[test]
+fn downloads_cut_at_over_a_hundred_points_resume_to_the_exact_build() {
+    if !have_nginx() {
+        return;
+    }
+    let w = world(2);
+    let nginx = Nginx::serve(&w.repo);
+    let proxy = FaultProxy::start(nginx.addr);
+    let url = proxy.url();
+    let base = sim_base(&w);
+    let package = std::fs::metadata(w.package(0, Some(0), 1)).unwrap().len();
+    let most = package + package / 10;
+    // A clean run: the bytes on the wire and the storage calls it makes.
+    let clean = SimDevice { fs: base.fork() };
+    let (calls0, wire0) = (
+        clean.fs.points(),
+        proxy.downstream.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    let (r, got) = clean.update(&url, &fresh_state(&w, "clean"), fast_fetch());
+    r.unwrap();
+    assert!(clean.boots(&w, 1));
+    assert_eq!(got, package, "a clean run receives the package once");
+    let wire = proxy.downstream.load(std::sync::atomic::Ordering::SeqCst) - wire0;
+    let calls = clean.fs.points() - calls0;
+    let mut points = 0;
+    // Connections reset at 70 points of the transfer: the retries go on
+    // from the last byte received.
+    for n in crate::faults::spread(wire - 1, 70) {
+        let dev = SimDevice { fs: base.fork() };
+        proxy.set(Faults {
+            reset_after: Some(n),
+            ..Faults::default()
+        });
+        let (r, got) = dev.update(&url, &fresh_state(&w, "reset"), fast_fetch());
+        r.unwrap_or_else(|e| panic!("reset after {n} of {wire} bytes: {e}"));
+        assert!(dev.boots(&w, 1), "reset after {n}");
+        assert!(
+            got <= most,
+            "reset after {n}: {got} bytes for a {package}-byte package"
+        );
+        points += 1;
+    }
+    // Power cuts at 40 points of the install: unsynced writes lost; the
+    // next run resumes from the journal and downloads only the rest.
+    let mut worst = 0u64;
+    for n in crate::faults::spread(calls, 40) {
+        let dev = SimDevice { fs: base.fork() };
+        let state = fresh_state(&w, "cut");
+        dev.fs.cut_power_at(n);
+        let (r, first) = dev.update(&url, &state, fast_fetch());
+        if !dev.fs.is_cut() {
+            r.unwrap();
+            continue;
+        }
+        assert!(r.is_err(), "power cut at {n}: the update went on");
+        dev.fs.reboot(CutMode::Lost);
+        let (r, second) = dev.update(&url, &state, fast_fetch());
+        r.unwrap_or_else(|e| panic!("power cut at {n} of {calls}: resume: {e}"));
+        assert!(dev.boots(&w, 1), "power cut at {n}");
+        worst = worst.max(first + second);
+        assert!(
+            first + second <= most,
+            "power cut at {n}: {first} + {second} bytes for a {package}-byte package"
+        );
+        points += 1;
+    }
+    assert!(points >= 100, "{points} cut points");
+    eprintln!("{points} cuts; the package is {package} bytes; at most {worst} received around a power cut");
 }

@@ -246,6 +246,9 @@ fn serve(mut client: TcpStream, upstream: SocketAddr, plan: Faults, sent: Arc<At
     let Ok(server) = TcpStream::connect(upstream) else {
         return;
     };
+    // No Nagle delay on forwarded pieces (40 ms a request otherwise).
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
     let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     // Client to server: as it comes.
     std::thread::spawn(move || {

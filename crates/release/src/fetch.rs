@@ -322,7 +322,7 @@ impl romdelta_tuf::Fetcher for Transport {
 }
 
 /// A remote file of known (signed) length read by ranges, as a package
-/// source. Reads are served from windows (1/64 of the file, 64 KiB to
+/// source. Reads are served from windows (1/64 of the file, 16 KiB to
 /// 1 MiB), each fetched with one Range request and dropped once all its
 /// bytes were read, at most 16 MiB of them at once: an apply reads each
 /// byte once, so each byte is downloaded once, and one that resumes
@@ -351,9 +351,9 @@ struct Window {
 impl RangeFile {
     /// The file at `url`, `len` bytes long as signed metadata says.
     pub fn new(transport: std::sync::Arc<Transport>, url: &str, len: u64) -> Self {
-        // Windows of 1/64 of the file, 64 KiB to 1 MiB: what a cut loses
+        // Windows of 1/64 of the file, 16 KiB to 1 MiB: what a cut loses
         // is small next to the file.
-        let window = (len / 64).clamp(64 << 10, 1 << 20);
+        let window = (len / 64).clamp(16 << 10, 1 << 20);
         RangeFile {
             transport,
             url: url.to_string(),
@@ -421,9 +421,6 @@ impl RangeFile {
                 std::io::Error::other(format!("{}: {e}", self.url))
             })?;
         self.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if std::env::var_os("RD_DEBUG").is_some() {
-            eprintln!("fetch window {start} len {}", buf.len());
-        }
         let mut c = self.cache.lock().expect("not poisoned");
         while !c.is_empty() && (c.len() as u64 + 1) * self.window > CACHE_BYTES {
             c.remove(0);
