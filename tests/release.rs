@@ -618,3 +618,241 @@ fn downloads_cut_at_over_a_hundred_points_resume_to_the_exact_build() {
     assert!(points >= 100, "{points} cut points");
     eprintln!("{points} cuts; the package is {package} bytes; at most {worst} received around a power cut");
 }
+
+/// Copies the repository to `name` (so each attack has its own).
+fn copy_repo(w: &World, name: &str) -> PathBuf {
+    let to = w.path(name);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&w.repo)
+        .arg(&to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    to
+}
+
+/// Every file of a device directory (images, builds, state) and its bytes.
+fn device_files(dev: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dev)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `recovery update` from `repo` must fail with exit code 1, saying
+/// `says`, with no file of the device changed.
+fn refused(w: &World, dev: &Path, repo: &Path, now: Option<i64>, says: &str) {
+    let before = device_files(dev);
+    let mut cmd = romdelta();
+    if let Some(t) = now {
+        cmd.env("ROMDELTA_NOW", t.to_string());
+    }
+    let out = cmd
+        .args([
+            "recovery",
+            "update",
+            "--seed",
+            "1",
+            "--retries",
+            "1",
+            "--device",
+        ])
+        .arg(dev)
+        .arg("--repo")
+        .arg(format!("file://{}", repo.display()))
+        .arg("--root")
+        .arg(w.root())
+        .arg("--trusted-key")
+        .arg(&w.vendor_pub)
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains(says), "expected {says:?} in: {err}");
+    assert!(
+        device_files(dev) == before,
+        "{says}: the device was written to"
+    );
+}
+
+fn signed_of(path: &Path) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["signed"].clone()
+}
+
+fn sign_with(w: &World, signed: &serde_json::Value, keys: &[&str]) -> Vec<u8> {
+    let keys: Vec<SigningKey> = keys
+        .iter()
+        .map(|k| {
+            romdelta_format::signing::parse_private_key(&std::fs::read_to_string(w.key(k)).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    romdelta_tuf::metadata::sign(signed, &refs).unwrap()
+}
+
+#[test]
+fn attacks_on_the_repository_are_refused_before_a_byte_is_written() {
+    let w = world(2);
+    let meta = |repo: &Path, name: &str| repo.join("metadata").join(name);
+    let dev = w.device("attacked", 0, 0);
+    // A device that has seen release 2 keeps what it trusts.
+    let seen = w.device("seen", 0, 0);
+    let r2 = copy_repo(&w, "repo-r2");
+    json(
+        &romdelta()
+            .args(["recovery", "check", "--json", "--seed", "1", "--device"])
+            .arg(&seen)
+            .arg("--repo")
+            .arg(format!("file://{}", r2.display()))
+            .arg("--root")
+            .arg(w.root())
+            .assert()
+            .success(),
+    );
+
+    // Tampered metadata: the targets edited, the signature kept.
+    let r = copy_repo(&w, "tampered-meta");
+    let t = meta(&r, "2.targets.json");
+    let text = std::fs::read_to_string(&t).unwrap();
+    // The same length (a longer file is cut at the snapshot's length).
+    let text = text.replacen("\"length\": 1", "\"length\": 2", 1);
+    std::fs::write(&t, text).unwrap();
+    refused(
+        &w,
+        &w.device("attacked-1", 0, 0),
+        &r,
+        None,
+        "targets metadata has 0 valid signature(s)",
+    );
+
+    // Unsigned metadata: a timestamp signed by a key the root does not list.
+    let r = copy_repo(&w, "unsigned");
+    let ts = signed_of(&meta(&r, "timestamp.json"));
+    std::fs::write(meta(&r, "timestamp.json"), sign_with(&w, &ts, &["vendor"])).unwrap();
+    refused(
+        &w,
+        &w.device("attacked-2", 0, 0),
+        &r,
+        None,
+        "valid signature(s)",
+    );
+
+    // Freeze / rollback: the seen device is served release 1's timestamp.
+    let r = copy_repo(&w, "replayed");
+    let old_ts = {
+        // Release 1's timestamp: version 1, re-created from the layout
+        // (the repository keeps only the newest).
+        let mut ts = signed_of(&meta(&r, "timestamp.json"));
+        let v1 = std::fs::read(meta(&r, "1.snapshot.json")).unwrap();
+        use sha2::Digest as _;
+        ts["version"] = 1.into();
+        ts["meta"]["snapshot.json"] = serde_json::json!({
+            "version": 1,
+            "length": v1.len(),
+            "hashes": {"sha256": hex::encode(sha2::Sha256::digest(&v1))},
+        });
+        sign_with(&w, &ts, &["timestamp"])
+    };
+    std::fs::write(meta(&r, "timestamp.json"), old_ts).unwrap();
+    refused(&w, &seen, &r, None, "refused as a rollback");
+
+    // Mix and match: targets of another snapshot under this one's name,
+    // with a snapshot (re-signed) that gives no length to catch it.
+    let r = copy_repo(&w, "mixed");
+    let mut sn = signed_of(&meta(&r, "2.snapshot.json"));
+    sn["meta"]["targets.json"] = serde_json::json!({"version": 2});
+    let sn = sign_with(&w, &sn, &["snapshot"]);
+    std::fs::write(meta(&r, "2.snapshot.json"), &sn).unwrap();
+    let mut ts = signed_of(&meta(&r, "timestamp.json"));
+    {
+        use sha2::Digest as _;
+        ts["meta"]["snapshot.json"]["length"] = sn.len().into();
+        ts["meta"]["snapshot.json"]["hashes"]["sha256"] =
+            hex::encode(sha2::Sha256::digest(&sn)).into();
+    }
+    std::fs::write(
+        meta(&r, "timestamp.json"),
+        sign_with(&w, &ts, &["timestamp"]),
+    )
+    .unwrap();
+    std::fs::copy(meta(&r, "1.targets.json"), meta(&r, "2.targets.json")).unwrap();
+    refused(
+        &w,
+        &w.device("attacked-3", 0, 0),
+        &r,
+        None,
+        "not published together",
+    );
+
+    // Endless data: the package served longer than its signed length.
+    let r = copy_repo(&w, "endless");
+    let pkg = {
+        let repo = romdelta_tuf::repo::Repository::open(&r).unwrap();
+        let (path, info) = repo
+            .targets()
+            .iter()
+            .find(|(t, _)| t.starts_with("packages/demo/Global/stable/incremental-"))
+            .map(|(t, i)| (t.clone(), i.clone()))
+            .unwrap();
+        repo.target_file(&path, &info)
+    };
+    let mut f = std::fs::OpenOptions::new().append(true).open(&pkg).unwrap();
+    std::io::Write::write_all(&mut f, &vec![0u8; 1 << 20]).unwrap();
+    drop(f);
+    refused(&w, &w.device("attacked-4", 0, 0), &r, None, "endless data");
+
+    // A tampered package: one byte of its manifest.
+    let r = copy_repo(&w, "tampered-pkg");
+    let pkg = r.join(
+        pkg.strip_prefix(&w.repo.parent().unwrap().join("endless"))
+            .unwrap(),
+    );
+    let mut b = std::fs::read(&pkg).unwrap();
+    b[100] ^= 1;
+    std::fs::write(&pkg, b).unwrap();
+    refused(&w, &w.device("attacked-5", 0, 0), &r, None, "manifest");
+
+    // An expired timestamp (the clock two days on).
+    refused(
+        &w,
+        &w.device("attacked-6", 0, 0),
+        &w.repo,
+        Some(romdelta_tuf::time::now() + 2 * 86_400),
+        "expired",
+    );
+
+    // A root rotated without the old threshold: signed by the new key only.
+    let r = copy_repo(&w, "rotated");
+    let mut root2 = signed_of(&meta(&r, "1.root.json"));
+    root2["version"] = 2.into();
+    let new_key = romdelta_tuf::metadata::Key::ed25519(
+        &romdelta_format::signing::parse_private_key(
+            &std::fs::read_to_string(w.key("root2")).unwrap(),
+        )
+        .unwrap()
+        .verifying_key(),
+    );
+    root2["keys"][new_key.id()] = serde_json::to_value(&new_key).unwrap();
+    root2["roles"]["root"] = serde_json::json!({"keyids": [new_key.id()], "threshold": 1});
+    std::fs::write(meta(&r, "2.root.json"), sign_with(&w, &root2, &["root2"])).unwrap();
+    refused(
+        &w,
+        &w.device("attacked-7", 0, 0),
+        &r,
+        None,
+        "without the old threshold",
+    );
+
+    // After all that, the untouched repository still updates the device.
+    update(&w, &dev, &format!("file://{}", w.repo.display())).success();
+    holds(&w, &dev, 1);
+}

@@ -31,6 +31,7 @@ impl From<ReleaseError> for Failure {
             ReleaseError::Tuf(t) => t.into(),
             ReleaseError::Apply(a) => a.into(),
             ReleaseError::Recovery(r) => r.into(),
+            e @ ReleaseError::Download { .. } => Failure::io(e.into()),
             e => Failure::refused(e.into()),
         }
     }

@@ -89,7 +89,7 @@ impl Transport {
         let mut out = Vec::new();
         self.get(url, 0, None, len, &mut out)?;
         if (out.len() as u64) < len {
-            return Err(FetchError::Other(format!(
+            return Err(FetchError::Refused(format!(
                 "{} bytes arrived, its signed length is {len}",
                 out.len()
             )));
@@ -195,7 +195,7 @@ impl Transport {
                     .unwrap_or("");
                 let want = format!("bytes {from}-");
                 if !cr.starts_with(&want) {
-                    return Err(Attempt::Final(FetchError::Other(format!(
+                    return Err(Attempt::Final(FetchError::Refused(format!(
                         "asked for bytes {from}.., the server sent {cr:?}"
                     ))));
                 }
@@ -214,7 +214,7 @@ impl Transport {
             }
             404 | 403 | 410 => return Err(Attempt::Final(FetchError::NotFound)),
             416 => {
-                return Err(Attempt::Final(FetchError::Other(format!(
+                return Err(Attempt::Final(FetchError::Refused(format!(
                     "the server has no bytes from {from} (416): the file is shorter than its signed length"
                 ))))
             }
@@ -282,7 +282,7 @@ impl Transport {
         }
         let stop = match end {
             Some(e) if e > len => {
-                return Err(Attempt::Final(FetchError::Other(format!(
+                return Err(Attempt::Final(FetchError::Refused(format!(
                     "{path} is {len} bytes, shorter than its signed length {e}"
                 ))))
             }
@@ -302,12 +302,12 @@ impl Transport {
 /// A served file whose length is not its signed one.
 fn length_error(served: u64, signed: u64) -> FetchError {
     if served > signed {
-        FetchError::Other(format!(
+        FetchError::Refused(format!(
             "the server's file is {served} bytes, {} more than its signed length {signed}: refused as endless data",
             served - signed
         ))
     } else {
-        FetchError::Other(format!(
+        FetchError::Refused(format!(
             "the server's file is {served} bytes, shorter than its signed length {signed}"
         ))
     }
@@ -335,6 +335,7 @@ pub struct RangeFile {
     cache: Mutex<Vec<Window>>,
     fetching: Mutex<()>,
     failed: std::sync::atomic::AtomicBool,
+    error: Mutex<Option<FetchError>>,
     received: AtomicU64,
 }
 
@@ -362,6 +363,7 @@ impl RangeFile {
             cache: Mutex::new(Vec::new()),
             fetching: Mutex::new(()),
             failed: std::sync::atomic::AtomicBool::new(false),
+            error: Mutex::new(None),
             received: AtomicU64::new(0),
         }
     }
@@ -371,6 +373,11 @@ impl RangeFile {
     /// count, once here).
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// The error of the fetch that failed, if one did.
+    pub fn take_error(&self) -> Option<FetchError> {
+        self.error.lock().expect("not poisoned").take()
     }
 
     /// Whether a fetch failed (after its retries).
@@ -418,7 +425,9 @@ impl RangeFile {
             .get_range(&self.url, start, end, self.len, &mut buf)
             .map_err(|e| {
                 self.failed.store(true, Ordering::SeqCst);
-                std::io::Error::other(format!("{}: {e}", self.url))
+                let io = std::io::Error::other(format!("{}: {e}", self.url));
+                *self.error.lock().expect("not poisoned") = Some(e);
+                io
             })?;
         self.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let mut c = self.cache.lock().expect("not poisoned");

@@ -24,6 +24,17 @@ pub enum ReleaseError {
     /// The device refused or failed the install.
     #[error(transparent)]
     Recovery(#[from] romdelta_recovery::RecoveryError),
+    /// A package download that failed (after its retries): what was
+    /// written is kept, and the next run resumes.
+    #[error(
+        "downloading {url}: {reason}; what was written is kept: run the update again to resume"
+    )]
+    Download {
+        /// The package.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// Anything else, said in words.
     #[error("{0}")]
     Invalid(String),

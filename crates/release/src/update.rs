@@ -273,8 +273,23 @@ impl Updater {
                     let _ = std::fs::remove_file(attempts_path(dir));
                     return Ok((check, Some(report)));
                 }
-                // A failed download is resumed by the next run.
-                Err(e) if range.failed() => return Err(e),
+                // What the server sent breaks the signed metadata: refused.
+                // Any other failed download is resumed by the next run.
+                Err(e) if range.failed() => {
+                    return Err(match range.take_error() {
+                        Some(romdelta_tuf::FetchError::Refused(why)) => {
+                            ReleaseError::Invalid(format!("{url}: {why}"))
+                        }
+                        Some(romdelta_tuf::FetchError::TooLong(n)) => ReleaseError::Invalid(format!(
+                            "{url}: the server sent more than the {n} bytes asked for: refused as endless data"
+                        )),
+                        Some(f) => ReleaseError::Download {
+                            url: url.clone(),
+                            reason: f.to_string(),
+                        },
+                        None => e,
+                    })
+                }
                 Err(e) if kind == "incremental" => {
                     let n = failures(dir, build) + 1;
                     record_failures(dir, build, n)?;

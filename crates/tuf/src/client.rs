@@ -37,6 +37,10 @@ pub enum FetchError {
     /// More bytes than allowed arrived (endless data).
     #[error("more than the {0} bytes allowed")]
     TooLong(u64),
+    /// What the server sent breaks the signed metadata (a file of another
+    /// length than signed): no retry helps.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else (after the fetcher's own retries).
     #[error("{0}")]
     Other(String),
@@ -553,6 +557,10 @@ pub fn fetch_error(what: &str, url: String, e: FetchError) -> TufError {
         FetchError::TooLong(n) => TufError::Invalid {
             what: what.to_string(),
             reason: format!("{url} sends more than the {n} bytes its signed metadata allows: refused as endless data"),
+        },
+        FetchError::Refused(reason) => TufError::Invalid {
+            what: what.to_string(),
+            reason: format!("{url}: {reason}"),
         },
         e => TufError::Fetch {
             url,
