@@ -11,6 +11,7 @@ use romdelta_release::fetch::{FetchOptions, Transport};
 use romdelta_release::update::{Options, Updater};
 use romdelta_storage::sim::{CutMode, SimFs};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -854,5 +855,138 @@ fn attacks_on_the_repository_are_refused_before_a_byte_is_written() {
 
     // After all that, the untouched repository still updates the device.
     update(&w, &dev, &format!("file://{}", w.repo.display())).success();
+    holds(&w, &dev, 1);
+}
+
+fn update_via(w: &World, dev: &Path, url: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_romdelta"));
+    cmd.args(["recovery", "update", "--json", "--seed", "1", "--device"])
+        .arg(dev)
+        .arg("--repo")
+        .arg(url)
+        .arg("--root")
+        .arg(w.root())
+        .arg("--trusted-key")
+        .arg(&w.vendor_pub)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn kills_stalls_and_error_answers_have_defined_outcomes() {
+    use std::sync::atomic::Ordering::SeqCst;
+    if !have_nginx() {
+        return;
+    }
+    let w = world(2);
+    let nginx = Nginx::serve(&w.repo);
+    let proxy = FaultProxy::start(nginx.addr);
+    let url = proxy.url();
+    let package = std::fs::metadata(w.package(0, Some(0), 1)).unwrap().len();
+    let wire = || proxy.downstream.load(SeqCst);
+    // A clean run: what besides the package goes over the wire.
+    let dev = w.device("clean", 0, 0);
+    let before = wire();
+    let out = update_via(&w, &dev, &url, &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let overhead = wire() - before - package;
+    holds(&w, &dev, 1);
+
+    // kill -9 at 10 points of a download over a 4 MiB/s link, then run
+    // again at full speed.
+    let rate = 4u64 << 20;
+    for i in 0..10u64 {
+        let dev = w.device(&format!("killed-{i}"), 0, 0);
+        proxy.set(Faults {
+            bytes_per_second: Some(rate),
+            ..Faults::default()
+        });
+        let before = wire();
+        let mut child = update_via(&w, &dev, &url, &[]).spawn().unwrap();
+        let at = Duration::from_millis(20 + i * package * 1000 / rate / 10);
+        let killed = kill_when(&mut child, || true, at);
+        let first = wire() - before;
+        proxy.set(Faults::default());
+        let before = wire();
+        let out = update_via(&w, &dev, &url, &[]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "after a kill at {at:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        holds(&w, &dev, 1);
+        let second = wire() - before;
+        if killed.is_some() {
+            // Both runs' bytes, less what each spends on metadata.
+            let total = (first + second).saturating_sub(2 * overhead);
+            assert!(
+                total <= package + package / 10,
+                "kill at {at:?}: {first} + {second} bytes on the wire for a {package}-byte package"
+            );
+        }
+    }
+
+    // Two 503 answers, then the server again: retried, installed.
+    let dev = w.device("busy", 0, 0);
+    proxy.set(Faults {
+        answer: Some((503, 2)),
+        ..Faults::default()
+    });
+    let out = update_via(&w, &dev, &url, &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    holds(&w, &dev, 1);
+
+    // A 404 is final: two requests (2.root.json, whose 404 means "no newer
+    // root", then timestamp.json), no retry, nothing written.
+    let dev = w.device("missing", 0, 0);
+    let files = device_files(&dev);
+    proxy.set(Faults {
+        answer: Some((404, 100)),
+        ..Faults::default()
+    });
+    let conns = proxy.connections.load(SeqCst);
+    let out = update_via(&w, &dev, &url, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    assert_eq!(
+        proxy.connections.load(SeqCst) - conns,
+        2,
+        "a 404 was retried"
+    );
+    assert!(device_files(&dev) == files);
+    proxy.set(Faults::default());
+
+    // A server that stalls mid-transfer is given up on after
+    // --stall-timeout, and the retry goes on from the last byte.
+    let dev = w.device("stalled", 0, 0);
+    proxy.set(Faults {
+        stall: Some((200_000, Duration::from_secs(20))),
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let out = update_via(&w, &dev, &url, &["--stall-timeout", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     holds(&w, &dev, 1);
 }
