@@ -990,3 +990,61 @@ fn kills_stalls_and_error_answers_have_defined_outcomes() {
     );
     holds(&w, &dev, 1);
 }
+
+#[test]
+fn tuf_client_has_the_conformance_suites_command_line() {
+    let w = world(1);
+    let md = w.path("client-md");
+    let tdir = w.path("client-targets");
+    let murl = format!("file://{}/metadata", w.repo.display());
+    let turl = format!("file://{}/targets", w.repo.display());
+    let client = |args: &[&str]| {
+        let mut c = romdelta();
+        c.arg("tuf-client").arg("--metadata-dir").arg(&md);
+        c.args(args);
+        c.assert()
+    };
+    client(&["init", w.root().to_str().unwrap()]).success();
+    assert!(md.join("root.json").exists());
+    client(&["--metadata-url", &murl, "refresh"]).success();
+    for f in ["timestamp.json", "snapshot.json", "targets.json"] {
+        assert!(md.join(f).exists(), "{f}");
+    }
+    let name = "lines/demo/Global/stable/catalog.json";
+    client(&[
+        "--metadata-url",
+        &murl,
+        "--target-name",
+        name,
+        "--target-base-url",
+        &turl,
+        "--target-dir",
+        tdir.to_str().unwrap(),
+        "download",
+    ])
+    .success();
+    let got = std::fs::read(tdir.join(romdelta_tuf::quote(name))).unwrap();
+    assert_eq!(
+        romdelta_release::catalog::Catalog::parse(&got)
+            .unwrap()
+            .builds
+            .len(),
+        1
+    );
+    // Failures exit 1: a target the repository does not sign, a root that
+    // is not one, a repository that is not there.
+    client(&[
+        "--metadata-url",
+        &murl,
+        "--target-name",
+        "nothing",
+        "--target-base-url",
+        &turl,
+        "--target-dir",
+        tdir.to_str().unwrap(),
+        "download",
+    ])
+    .code(1);
+    client(&["init", w.vendor_pub.to_str().unwrap()]).code(1);
+    client(&["--metadata-url", "file:///nonexistent/metadata", "refresh"]).code(1);
+}

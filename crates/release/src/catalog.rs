@@ -265,22 +265,25 @@ pub fn choose(
     let admitted = c.builds.iter().rev().find(|e| {
         bucket_of(e) < admitted_percent(e, now) && (e.full.is_some() || !e.incrementals.is_empty())
     });
-    let Some(e) = admitted else {
-        let next = newest
+    let waiting = || Decision::Waiting {
+        build: newest.build.clone(),
+        bucket: bucket_of(newest),
+        percent: admitted_percent(newest, now),
+        next_wave: newest
             .rollout
             .iter()
             .map(|w| w.from)
             .filter(|&t| t > now)
-            .min();
-        return Decision::Waiting {
-            build: newest.build.clone(),
-            bucket: bucket_of(newest),
-            percent: admitted_percent(newest, now),
-            next_wave: next,
-        };
+            .min(),
+    };
+    let Some(e) = admitted else {
+        return waiting();
     };
     if let Some(i) = installed {
         if same_build(&e.build, i) {
+            if !std::ptr::eq(e, newest) {
+                return waiting();
+            }
             return Decision::UpToDate {
                 reason: format!("{} is the newest build this device may take", describe(i)),
             };
@@ -330,5 +333,119 @@ pub fn choose(
                 describe(&e.build)
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(version: &str, ts: u64) -> BuildInfo {
+        BuildInfo {
+            device: "demo".into(),
+            region: "Global".into(),
+            channel: "stable".into(),
+            version: version.into(),
+            fingerprint: format!("demo/{version}"),
+            timestamp: ts,
+            ..Default::default()
+        }
+    }
+
+    fn pkg(name: &str) -> PackageRef {
+        PackageRef {
+            target: name.into(),
+            length: 1,
+            sha256: "00".into(),
+        }
+    }
+
+    fn catalog(rollout: Vec<Wave>) -> Catalog {
+        let mut c = Catalog::new(&b("V1", 1));
+        c.entry(&b("V1", 1), 0).full = Some(pkg("full-1"));
+        let e = c.entry(&b("V2", 2), 0);
+        e.full = Some(pkg("full-2"));
+        e.incrementals.push(Incremental {
+            base: b("V1", 1),
+            package: pkg("inc-1-2"),
+        });
+        e.rollout = rollout;
+        c
+    }
+
+    fn target(d: &Decision) -> &str {
+        match d {
+            Decision::Install { package, .. } => &package.target,
+            _ => "",
+        }
+    }
+
+    #[test]
+    fn the_exact_incremental_else_the_full_package_never_older() {
+        let c = catalog(vec![]);
+        assert_eq!(
+            target(&choose(&c, Some(&b("V1", 1)), 0, 0, false)),
+            "inc-1-2"
+        );
+        assert_eq!(target(&choose(&c, Some(&b("V1", 1)), 0, 0, true)), "full-2");
+        assert_eq!(
+            target(&choose(&c, Some(&b("V0", 0)), 0, 0, false)),
+            "full-2"
+        );
+        assert_eq!(target(&choose(&c, None, 0, 0, false)), "full-2");
+        assert!(matches!(
+            choose(&c, Some(&b("V2", 2)), 0, 0, false),
+            Decision::UpToDate { .. }
+        ));
+        assert!(matches!(
+            choose(&c, Some(&b("V3", 3)), 0, 0, false),
+            Decision::UpToDate { .. }
+        ));
+    }
+
+    #[test]
+    fn waves_admit_the_share_of_devices_their_seeds_put_below_it() {
+        let c = catalog(vec![
+            Wave {
+                from: 100,
+                percent: 10,
+            },
+            Wave {
+                from: 200,
+                percent: 50,
+            },
+        ]);
+        let count = |now| {
+            (0..2000u64)
+                .filter(|&seed| {
+                    target(&choose(&c, Some(&b("V1", 1)), seed, now, false)) == "inc-1-2"
+                })
+                .count()
+        };
+        assert_eq!(count(50), 0);
+        let (a, b_) = (count(150), count(250));
+        assert!((140..=260).contains(&a), "{a} of 2000 at 10%");
+        assert!((900..=1100).contains(&b_), "{b_} of 2000 at 50%");
+        // A device not yet admitted is told when the next wave starts.
+        let waiting = (0..100u64)
+            .map(|seed| choose(&c, Some(&b("V1", 1)), seed, 150, false))
+            .find(|d| matches!(d, Decision::Waiting { .. }))
+            .unwrap();
+        assert!(matches!(
+            waiting,
+            Decision::Waiting {
+                next_wave: Some(200),
+                percent: 10,
+                ..
+            }
+        ));
+        assert!(
+            Wave::parse("2027-01-01T00:00:00Z:25").unwrap()
+                == Wave {
+                    from: 1_798_761_600,
+                    percent: 25
+                }
+        );
+        assert!(Wave::parse("100:101").is_err() && Wave::parse("x").is_err());
     }
 }
