@@ -1047,4 +1047,30 @@ fn tuf_client_has_the_conformance_suites_command_line() {
     .code(1);
     client(&["init", w.vendor_pub.to_str().unwrap()]).code(1);
     client(&["--metadata-url", "file:///nonexistent/metadata", "refresh"]).code(1);
+    fuzz_seeds(&w, &md, &got);
+}
+
+/// The fuzz targets' seeds are this repository's metadata and catalog:
+/// written with ROMDELTA_WRITE_FUZZ_SEEDS=1, checked to parse otherwise.
+fn fuzz_seeds(w: &World, md: &Path, catalog: &[u8]) {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    if std::env::var_os("ROMDELTA_WRITE_FUZZ_SEEDS").is_some() {
+        let dir = corpus.join("tuf_metadata");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["root", "timestamp", "snapshot", "targets"] {
+            std::fs::copy(md.join(format!("{f}.json")), dir.join(format!("seed-{f}"))).unwrap();
+        }
+        let dir = corpus.join("release_catalog");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("seed-catalog"), catalog).unwrap();
+        let _ = w;
+    }
+    for e in std::fs::read_dir(corpus.join("tuf_metadata")).unwrap() {
+        let b = std::fs::read(e.unwrap().path()).unwrap();
+        romdelta_tuf::metadata::Envelope::parse("seed", &b).unwrap();
+    }
+    for e in std::fs::read_dir(corpus.join("release_catalog")).unwrap() {
+        let b = std::fs::read(e.unwrap().path()).unwrap();
+        romdelta_release::catalog::Catalog::parse(&b).unwrap();
+    }
 }

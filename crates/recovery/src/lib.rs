@@ -588,6 +588,11 @@ impl Device {
         Ok(build)
     }
 
+    /// How often installs checkpoint.
+    pub fn checkpoint(&self) -> romdelta_apply::CheckpointEvery {
+        self.checkpoint
+    }
+
     /// Makes installs checkpoint at `every` (default: 16 MiB or 0.5 s).
     pub fn checkpoint_every(&mut self, every: romdelta_apply::CheckpointEvery) {
         self.checkpoint = every;

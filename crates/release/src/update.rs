@@ -268,13 +268,14 @@ impl Updater {
             .and_then(|file| {
                 // Progress is made durable often enough that a kill or a
                 // power cut costs a small part of the download: about every
-                // 1/128 of the output (64 KiB to 16 MiB), or every half
-                // second.
+                // 1/128 of the output (64 KiB to 16 MiB), or as often as
+                // the device already does.
                 if let Ok(m) = file.manifest() {
                     let total: u64 = m.partitions.iter().map(|p| p.new.size).sum();
+                    let every = device.checkpoint();
                     device.checkpoint_every(romdelta_apply::CheckpointEvery {
-                        bytes: (total / 128).clamp(64 << 10, 16 << 20),
-                        interval: std::time::Duration::from_millis(500),
+                        bytes: (total / 128).clamp(64 << 10, 16 << 20).min(every.bytes),
+                        interval: every.interval,
                     });
                 }
                 Ok(device.install_from(&file, admit, allow)?)
