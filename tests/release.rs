@@ -6,7 +6,7 @@ use crate::common::{kill_when, romdelta};
 use crate::server::{have_nginx, FaultProxy, Faults, Nginx};
 use romdelta_format::signing::{private_key_file, public_key_file, SigningKey};
 use romdelta_format::BuildInfo;
-use romdelta_recovery::{Device, Slot, Slots};
+use romdelta_recovery::{Device, Slots};
 use romdelta_release::fetch::{FetchOptions, Transport};
 use romdelta_release::update::{Options, Updater};
 use romdelta_storage::sim::{CutMode, SimFs};
@@ -46,6 +46,9 @@ fn build_prop(b: &BuildInfo) -> String {
     )
 }
 
+/// A package: (line, base version or `None` for a full one, target version).
+pub type PackageKey = (usize, Option<usize>, usize);
+
 /// Three builds of two lines, their packages, the keys, and a repository
 /// holding three releases.
 pub struct World {
@@ -54,7 +57,7 @@ pub struct World {
     pub images: Vec<Vec<(String, Vec<u8>)>>,
     pub repo: PathBuf,
     /// (line, base version or None for full, target version) → package.
-    pub packages: Vec<((usize, Option<usize>, usize), PathBuf)>,
+    pub packages: Vec<(PackageKey, PathBuf)>,
     pub vendor_pub: PathBuf,
 }
 
@@ -814,7 +817,7 @@ fn attacks_on_the_repository_are_refused_before_a_byte_is_written() {
     // A tampered package: one byte of its manifest.
     let r = copy_repo(&w, "tampered-pkg");
     let pkg = r.join(
-        pkg.strip_prefix(&w.repo.parent().unwrap().join("endless"))
+        pkg.strip_prefix(w.repo.parent().unwrap().join("endless"))
             .unwrap(),
     );
     let mut b = std::fs::read(&pkg).unwrap();

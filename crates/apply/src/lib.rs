@@ -41,8 +41,6 @@ use std::path::{Path, PathBuf};
 /// Random access to a package's bytes: a file, or a remote file read by
 /// byte ranges.
 pub trait PackageSource: Send + Sync {
-    /// The length in bytes (for a remote file: its signed length).
-    fn len(&self) -> u64;
     /// Fills `buf` from `offset`; a read past the end is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
     /// Whether reads should come in the order of the bytes (a remote file
@@ -54,9 +52,6 @@ pub trait PackageSource: Send + Sync {
 }
 
 impl PackageSource for std::fs::File {
-    fn len(&self) -> u64 {
-        self.metadata().map_or(0, |m| m.len())
-    }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
     }

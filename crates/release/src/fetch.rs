@@ -468,9 +468,6 @@ impl RangeFile {
 }
 
 impl romdelta_apply::PackageSource for RangeFile {
-    fn len(&self) -> u64 {
-        self.len
-    }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         RangeFile::read_exact_at(self, buf, offset)
     }

@@ -326,9 +326,6 @@ impl Updater {
 struct SharedRange(Arc<RangeFile>);
 
 impl romdelta_apply::PackageSource for SharedRange {
-    fn len(&self) -> u64 {
-        romdelta_apply::PackageSource::len(&*self.0)
-    }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.0.read_exact_at(buf, offset)
     }
