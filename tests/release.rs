@@ -1077,3 +1077,70 @@ fn fuzz_seeds(w: &World, md: &Path, catalog: &[u8]) {
         romdelta_release::catalog::Catalog::parse(&b).unwrap();
     }
 }
+
+#[test]
+fn payloads_are_read_by_ranges_from_a_server_only_the_partitions_asked_for() {
+    if !have_nginx() {
+        return;
+    }
+    let w = world(1);
+    // A full OTA zip of build 0's whole-block partitions.
+    let served = w.path("served");
+    let rom = w.path("payload-rom");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::create_dir_all(&rom).unwrap();
+    for e in std::fs::read_dir(w.rom(0, 0)).unwrap() {
+        let p = e.unwrap().path();
+        if !p.ends_with("boot.img") {
+            std::fs::copy(&p, rom.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let zip = served.join("ota.zip");
+    romdelta()
+        .args(["diff", "--format", "ota-zip", "--full"])
+        .arg(&rom)
+        .arg("-o")
+        .arg(&zip)
+        .assert()
+        .success();
+    let size = std::fs::metadata(&zip).unwrap().len();
+    let nginx = Nginx::serve(&served);
+    let url = format!("{}/ota.zip", nginx.url());
+    // inspect: the metadata and the data of the partitions it checks.
+    let out = romdelta()
+        .args(["payload", "inspect", "--json", "-p", "oem"])
+        .arg(&url)
+        .assert()
+        .success();
+    let v = json(&out);
+    assert!(v["partitions"].as_array().unwrap().len() == 1, "{v}");
+    // extract one partition: its image exact, a part of the file read.
+    let outdir = w.path("extracted");
+    let out = romdelta()
+        .args(["payload", "extract", "-p", "vendor", "-o"])
+        .arg(&outdir)
+        .arg(&url)
+        .assert()
+        .success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let read: u64 = err
+        .split(": ")
+        .nth(2)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {err:?}"));
+    let vendor = &w.images[0].iter().find(|(n, _)| n == "vendor").unwrap().1;
+    assert!(std::fs::read(outdir.join("vendor.img")).unwrap() == *vendor);
+    assert!(!outdir.join("system.img").exists());
+    assert!(
+        read < size / 2,
+        "{read} of {size} bytes read for one partition of three"
+    );
+    eprintln!("{read} of {size} bytes read for one partition of three");
+    // A URL that is not there.
+    romdelta()
+        .args(["payload", "inspect"])
+        .arg(format!("{}/nothing.zip", nginx.url()))
+        .assert()
+        .failure();
+}

@@ -189,6 +189,37 @@ fn view(
     }
 }
 
+/// Opens a payload.bin or OTA zip: a local file, or a URL (`http(s)://`,
+/// `file://`) of which only the metadata, the signatures and the data of
+/// the partitions `names` (all when empty) are fetched, by ranges, into a
+/// sparse local mirror (returned: it lives as long as the payload is read).
+fn open_payload(
+    path: &Path,
+    names: &[String],
+) -> Result<(PayloadFile, Option<romdelta_release::remote::Mirror>), Failure> {
+    let text = path.to_string_lossy();
+    if !["http://", "https://", "file://"]
+        .iter()
+        .any(|p| text.starts_with(p))
+    {
+        return Ok((PayloadFile::open(path)?, None));
+    }
+    let transport = std::sync::Arc::new(romdelta_release::fetch::Transport::new(
+        romdelta_release::fetch::FetchOptions::default(),
+    ));
+    let mirror = romdelta_release::remote::Mirror::open(transport, &text)?;
+    romdelta_release::remote::fetch_payload(&mirror, names)?;
+    if !crate::progress::quiet() {
+        eprintln!(
+            "romdelta: {text}: {} of its {} bytes read by ranges",
+            mirror.received(),
+            mirror.len()
+        );
+    }
+    let file = PayloadFile::open_partial(mirror.path(), &text)?;
+    Ok((file, Some(mirror)))
+}
+
 fn inspect(
     path: &Path,
     names: &PartitionList,
@@ -196,7 +227,7 @@ fn inspect(
     json: bool,
 ) -> Result<(), Failure> {
     let keys = ap::load_trusted_keys(&trusted.keys)?;
-    let file = PayloadFile::open(path)?;
+    let (file, _mirror) = open_payload(path, &names.names)?;
     let properties_checked = file.check_properties()?;
     let (p, signatures) = file.parse_trusted(&keys)?;
     let parts = ap::select(&p, &names.names)?;
@@ -325,7 +356,7 @@ fn write(
 ) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let keys = ap::load_trusted_keys(&trusted.keys)?;
-    let file = PayloadFile::open(path)?;
+    let (file, _mirror) = open_payload(path, &names.names)?;
     let properties_checked = file.check_properties()?;
     let (p, signatures) = file.parse_trusted(&keys)?;
     let parts = ap::select(&p, &names.names)?;

@@ -153,6 +153,10 @@ pub struct PayloadFile {
     len: usize,
     /// The zip's `payload_properties.txt`, if any.
     properties: Option<Vec<u8>>,
+    /// Where it came from, for a partial local copy of a remote payload
+    /// (only the metadata, the signatures and the partitions asked for
+    /// were fetched).
+    remote: Option<String>,
 }
 
 /// The name of the payload's properties file in an OTA zip.
@@ -180,6 +184,7 @@ impl PayloadFile {
             len: bytes.len(),
             map: None,
             properties: None,
+            remote: None,
         };
         if bytes.starts_with(b"PK\x03\x04") {
             let (start, len, properties) = zip_member(&file, path)?;
@@ -190,6 +195,16 @@ impl PayloadFile {
         }
         pf.map = map;
         Ok(pf)
+    }
+
+    /// Opens a partial local copy (`path`) of the remote payload at `url`:
+    /// the whole-file hash of `payload_properties.txt` and the payload
+    /// signature, which cover bytes that were not fetched, are not checked;
+    /// the metadata signature, which covers every operation's data hash, is.
+    pub fn open_partial(path: &Path, url: &str) -> Result<Self, PayloadError> {
+        let mut f = Self::open(path)?;
+        f.remote = Some(url.to_string());
+        Ok(f)
     }
 
     /// Lets the kernel drop the mapped pages of the payload's bytes
@@ -227,9 +242,13 @@ impl PayloadFile {
 
     /// Where the payload was read from: the path, and `:payload.bin` for a zip.
     pub fn describe(&self) -> String {
+        let origin = self
+            .remote
+            .clone()
+            .unwrap_or_else(|| self.path.display().to_string());
         match &self.member {
-            Some(m) => format!("{}:{m}", self.path.display()),
-            None => self.path.display().to_string(),
+            Some(m) => format!("{origin}:{m}"),
+            None => origin,
         }
     }
 
@@ -282,7 +301,7 @@ impl PayloadFile {
                 }
             }
         }
-        if let Some(h) = p.file_hash {
+        if let Some(h) = p.file_hash.filter(|_| self.remote.is_none()) {
             let found = romdelta_rom::sha256_read(bytes.len() as u64, |buf, off| {
                 buf.copy_from_slice(&bytes[off as usize..off as usize + buf.len()]);
                 self.release(off, buf.len() as u64);
@@ -323,6 +342,15 @@ impl PayloadFile {
         )?;
         let (meta_len, sig_len) = (meta.len(), meta_sig.len());
         let payload = self.parse()?;
+        if self.remote.is_some() {
+            return Ok((
+                payload,
+                Some(SignatureCheck {
+                    metadata,
+                    payload: "not checked: the payload was read by ranges (the metadata signature covers every operation's data hash)".into(),
+                }),
+            ));
+        }
         let Some(sigs) = &payload.signatures else {
             return Err(SignatureError::Unsigned {
                 what: "payload signature",

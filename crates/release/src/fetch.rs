@@ -80,6 +80,61 @@ impl Transport {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// The length of the file at `url`: a file's size, or the total of the
+    /// `Content-Range` a one-byte Range request is answered with.
+    pub fn length(&self, url: &str) -> Result<u64, FetchError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            return std::fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => FetchError::NotFound,
+                    _ => FetchError::Other(format!("{path}: {e}")),
+                });
+        }
+        let mut last = String::new();
+        for attempt in 0..self.opts.attempts.max(1) {
+            if attempt > 0 {
+                std::thread::sleep(self.opts.backoff * 2u32.saturating_pow(attempt - 1).min(32));
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let resp = match self.agent.get(url).header("Range", "bytes=0-0").call() {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            match resp.status().as_u16() {
+                206 => {
+                    let cr = resp
+                        .headers()
+                        .get("content-range")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    return cr
+                        .rsplit('/')
+                        .next()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| {
+                            FetchError::Refused(format!("no length in Content-Range {cr:?}"))
+                        });
+                }
+                200 => {
+                    return Err(FetchError::Refused(
+                        "the server ignores Range requests (200 to a ranged request)".into(),
+                    ))
+                }
+                404 | 403 | 410 => return Err(FetchError::NotFound),
+                s if (400..500).contains(&s) => return Err(FetchError::Other(format!("HTTP {s}"))),
+                s => last = format!("HTTP {s}"),
+            }
+        }
+        Err(FetchError::Other(format!(
+            "gave up after {} attempts: {last}",
+            self.opts.attempts.max(1)
+        )))
+    }
+
     /// Appends bytes `[start, end)` of `url` to `out`, retrying transient
     /// failures from the last byte received. `end` = `None`: to the end of
     /// the file, which must not pass `max` bytes.

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod fetch;
 pub mod publish;
+pub mod remote;
 pub mod update;
 
 /// What can go wrong publishing or updating.

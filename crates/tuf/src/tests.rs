@@ -217,3 +217,104 @@ fn endless_data_is_cut_at_the_signed_length() {
     let e = f.refresh().unwrap_err();
     assert!(e.to_string().contains("endless data"), "{e}");
 }
+
+#[test]
+fn targets_are_found_through_delegations_in_order() {
+    use crate::metadata::{
+        sign, Common, DelegatedRole, Delegations, Key, MetaFile, Snapshot, TargetFile, Targets,
+        Timestamp,
+    };
+    use sha2::Digest as _;
+    let f = Fixture::new();
+    let common = |kind: &str, version| Common {
+        kind: kind.into(),
+        spec_version: "1.0.31".into(),
+        version,
+        expires: crate::time::format(crate::time::now() + 86_400),
+    };
+    let file = |b: &[u8]| TargetFile {
+        length: b.len() as u64,
+        hashes: vec![("sha256".into(), hex::encode(sha2::Sha256::digest(b)))],
+        custom: None,
+    };
+    let del = key(20);
+    let k = Key::ed25519(&del.verifying_key());
+    let role = |name: &str, terminating, paths: &[&str]| DelegatedRole {
+        name: name.into(),
+        keyids: vec![k.id()],
+        threshold: 1,
+        terminating,
+        paths: Some(paths.iter().map(|p| p.to_string()).collect()),
+        path_hash_prefixes: None,
+    };
+    let top = Targets {
+        common: common("targets", 9),
+        targets: Default::default(),
+        delegations: Some(Delegations {
+            keys: BTreeMap::from([(k.id(), k.clone())]),
+            // "first" is searched first and ends the search for pkg/*.
+            roles: vec![
+                role("first", true, &["pkg/*"]),
+                role("second", false, &["pkg/*", "other/*"]),
+            ],
+        }),
+    };
+    let leaf = |name: &str, path: &str, bytes: &[u8]| {
+        sign(
+            &Targets {
+                common: common("targets", 1),
+                targets: BTreeMap::from([(path.to_string(), file(bytes))]),
+                delegations: None,
+            },
+            &[&del],
+        )
+        .map(|b| (name.to_string(), b))
+        .unwrap()
+    };
+    let files = [
+        ("targets".to_string(), sign(&top, &[&key(10)]).unwrap()),
+        leaf("first", "pkg/a", b"from first"),
+        leaf("second", "other/b", b"from second"),
+    ];
+    let mut meta = BTreeMap::new();
+    for (name, bytes) in &files {
+        let v = if name == "targets" { 9 } else { 1 };
+        std::fs::write(f.meta(&format!("{v}.{name}.json")), bytes).unwrap();
+        meta.insert(
+            format!("{name}.json"),
+            MetaFile {
+                version: v,
+                length: Some(bytes.len() as u64),
+                hashes: None,
+            },
+        );
+    }
+    let sn = sign(
+        &Snapshot {
+            common: common("snapshot", 9),
+            meta,
+        },
+        &[&key(11)],
+    )
+    .unwrap();
+    std::fs::write(f.meta("9.snapshot.json"), &sn).unwrap();
+    let ts = Timestamp {
+        common: common("timestamp", 9),
+        meta: BTreeMap::from([(
+            "snapshot.json".to_string(),
+            MetaFile {
+                version: 9,
+                length: Some(sn.len() as u64),
+                hashes: None,
+            },
+        )]),
+    };
+    std::fs::write(f.meta("timestamp.json"), sign(&ts, &[&key(12)]).unwrap()).unwrap();
+    let mut c = Client::open(&f.client, &f.url(), &Dir).unwrap();
+    c.refresh().unwrap();
+    assert_eq!(c.target("pkg/a").unwrap().length, 10);
+    assert_eq!(c.target("other/b").unwrap().length, 11);
+    // "first" is terminating for pkg/*: "second" is not asked.
+    assert!(matches!(c.target("pkg/b"), Err(TufError::NoSuchTarget(_))));
+    assert!(f.client.join("first.json").exists());
+}
