@@ -1,7 +1,9 @@
 #![no_main]
 //! TUF metadata: parsing, decoding as each role and checking signatures
 //! never panic; canonical JSON of what parses is stable (encoding the
-//! value parsed back from it gives the same bytes); a root verifies
+//! value parsed back from it gives the same bytes; strings with control
+//! characters, which the OLPC form writes raw, do not parse back as JSON);
+//! a root verifies
 //! against its own keys only as its threshold says.
 use libfuzzer_sys::fuzz_target;
 use romdelta_tuf::metadata::{Envelope, Root, Snapshot, Targets, Timestamp};
@@ -11,8 +13,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(c) = romdelta_tuf::canonical::encode(&env.signed) {
-        let back: serde_json::Value = serde_json::from_slice(&c).expect("canonical JSON parses");
-        assert_eq!(romdelta_tuf::canonical::encode(&back).unwrap(), c);
+        if !c.iter().any(|&b| b < 0x20) {
+            let back: serde_json::Value =
+                serde_json::from_slice(&c).expect("canonical JSON parses");
+            assert_eq!(romdelta_tuf::canonical::encode(&back).unwrap(), c);
+        }
     }
     if let Ok(root) = env.decode::<Root>("root", "root") {
         if let Some(r) = root.roles.get("root") {
