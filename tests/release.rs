@@ -270,16 +270,7 @@ fn check(dev: &Path, url: &str, root: &Path) -> serde_json::Value {
 }
 
 fn update(w: &World, dev: &Path, url: &str) -> assert_cmd::assert::Assert {
-    romdelta()
-        .args(["recovery", "update", "--json", "--seed", "1", "--device"])
-        .arg(dev)
-        .arg("--repo")
-        .arg(url)
-        .arg("--root")
-        .arg(w.root())
-        .arg("--trusted-key")
-        .arg(&w.vendor_pub)
-        .assert()
+    assert_cmd::Command::from_std(update_via(w, dev, url, &[])).assert()
 }
 
 /// The active slot of `dev` holds exactly images[v].
@@ -1068,12 +1059,25 @@ fn fuzz_seeds(w: &World, md: &Path, catalog: &[u8]) {
         std::fs::write(dir.join("seed-catalog"), catalog).unwrap();
         let _ = w;
     }
-    for e in std::fs::read_dir(corpus.join("tuf_metadata")).unwrap() {
-        let b = std::fs::read(e.unwrap().path()).unwrap();
+    // The committed seeds (a fuzzing run adds files of its own beside them).
+    let seeds = |target: &str| {
+        std::fs::read_dir(corpus.join(target))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("seed-")
+            })
+            .map(|p| std::fs::read(p).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seeds("tuf_metadata").len(), 4);
+    for b in seeds("tuf_metadata") {
         romdelta_tuf::metadata::Envelope::parse("seed", &b).unwrap();
     }
-    for e in std::fs::read_dir(corpus.join("release_catalog")).unwrap() {
-        let b = std::fs::read(e.unwrap().path()).unwrap();
+    for b in seeds("release_catalog") {
         romdelta_release::catalog::Catalog::parse(&b).unwrap();
     }
 }
