@@ -337,29 +337,6 @@ fn check_op_memory(
     Ok(())
 }
 
-/// Reorders `jobs` (in the order of the blocks they write) so that their
-/// data is read front to back, for a package read by ranges: each data
-/// operation by its data offset, each other one just before the data
-/// operation that follows it in block order. Where the generator wrote the
-/// data in block order, this is block order.
-fn in_data_order(m: &Manifest, jobs: &mut [(u64, usize, usize)]) {
-    let mut next = u64::MAX;
-    let mut keys = vec![0u64; jobs.len()];
-    for (j, &(_, pi, oi)) in jobs.iter().enumerate().rev() {
-        let op = &m.partitions[pi].operations[oi];
-        if op.kind.has_data() {
-            next = op.data_offset;
-        }
-        keys[j] = next;
-    }
-    let mut keyed: Vec<(u64, (u64, usize, usize))> =
-        keys.into_iter().zip(jobs.iter().copied()).collect();
-    keyed.sort_by_key(|&(k, _)| k);
-    for (slot, (_, job)) in jobs.iter_mut().zip(keyed) {
-        *slot = job;
-    }
-}
-
 impl Plan<'_> {
     /// Runs the plan on a package whose data is in memory or in a file (see
     /// [`Plan::new`], [`Plan::for_file`]).
@@ -395,9 +372,6 @@ impl Plan<'_> {
                 .min();
             (pi, first)
         });
-        if matches!(data, PackageData::File(f) if f.in_order()) {
-            in_data_order(m, &mut jobs);
-        }
         let written = AtomicU64::new(0);
         let next = AtomicUsize::new(0);
         let first_error = FirstError::default();

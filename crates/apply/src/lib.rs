@@ -43,12 +43,6 @@ use std::path::{Path, PathBuf};
 pub trait PackageSource: Send + Sync {
     /// Fills `buf` from `offset`; a read past the end is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
-    /// Whether reads should come in the order of the bytes (a remote file
-    /// read by ranges: each byte then arrives once); a local file is read
-    /// in the order the images are written.
-    fn in_order(&self) -> bool {
-        false
-    }
 }
 
 impl PackageSource for std::fs::File {
@@ -158,12 +152,6 @@ impl PackageFile {
     /// Where it was read from.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Whether operations should read their data in the order of the
-    /// data section (see [`PackageSource::in_order`]).
-    pub fn in_order(&self) -> bool {
-        self.source.in_order()
     }
 
     /// Reads `len` bytes of the data section from `offset`.

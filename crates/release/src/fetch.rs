@@ -526,7 +526,4 @@ impl romdelta_apply::PackageSource for RangeFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         RangeFile::read_exact_at(self, buf, offset)
     }
-    fn in_order(&self) -> bool {
-        true
-    }
 }

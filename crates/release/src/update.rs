@@ -329,7 +329,4 @@ impl romdelta_apply::PackageSource for SharedRange {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.0.read_exact_at(buf, offset)
     }
-    fn in_order(&self) -> bool {
-        true
-    }
 }
