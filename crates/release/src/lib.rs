@@ -7,6 +7,8 @@
 //! - [`update`]: a device's update: refresh the metadata, read its line's
 //!   catalog, choose the package, install it while it downloads.
 
+#![warn(missing_docs)]
+
 pub mod catalog;
 pub mod fetch;
 pub mod publish;

@@ -14,6 +14,8 @@
 //! bytes it may return. Metadata is the only untrusted input read here, and
 //! each file is bounded before it is parsed.
 
+#![warn(missing_docs)]
+
 pub mod canonical;
 pub mod client;
 pub mod metadata;
