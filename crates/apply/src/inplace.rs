@@ -370,19 +370,8 @@ impl<'a> InPlacePlan<'a> {
     /// the target drops are gone): the update has nothing left to do.
     pub fn images_are_new(&self) -> Result<bool, ApplyError> {
         let fs = self.storage;
-        for p in &self.manifest.partitions {
-            let path = self.image_path(&p.name);
-            let Ok(f) = fs.open(&path, OpenMode::Read) else {
-                return Ok(false);
-            };
-            if f.len().map_err(ApplyError::io(&path))? != p.new.size {
-                return Ok(false);
-            }
-            let h = romdelta_rom::sha256_read(p.new.size, |b, off| f.read_at(b, off))
-                .map_err(ApplyError::io(&path))?;
-            if h != p.new.sha256 {
-                return Ok(false);
-            }
+        if !crate::images_hold(fs, self.manifest, |name| self.image_path(name))? {
+            return Ok(false);
         }
         for r in &self.manifest.removed {
             if !self.single

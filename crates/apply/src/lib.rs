@@ -51,6 +51,30 @@ impl PackageSource for std::fs::File {
     }
 }
 
+/// Whether every image `m` writes is at `path_of(partition name)` with
+/// its new size and hash: the update has written and verified it already.
+pub fn images_hold(
+    fs: &dyn Storage,
+    m: &Manifest,
+    path_of: impl Fn(&str) -> PathBuf,
+) -> Result<bool, ApplyError> {
+    for p in &m.partitions {
+        let path = path_of(&p.name);
+        let Ok(f) = fs.open(&path, romdelta_storage::OpenMode::Read) else {
+            return Ok(false);
+        };
+        if f.len().map_err(ApplyError::io(&path))? != p.new.size {
+            return Ok(false);
+        }
+        let h = romdelta_rom::sha256_read(p.new.size, |b, off| f.read_at(b, off))
+            .map_err(ApplyError::io(&path))?;
+        if h != p.new.sha256 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A package file: its prefix (header, manifest bytes, signatures) read
 /// once into memory of this process's own and checked against the header's
 /// checksum; its data section read from the file, an operation at a time,

@@ -450,15 +450,17 @@ impl Device {
             .as_ref()
             .is_some_and(|u| this_one(u) && u.status == "verified");
         // Or it finished writing and verifying, and died before it could
-        // record so: the images are checked again rather than written (and
+        // record so (the journal already removed, the images staged or put
+        // in place): they are checked again rather than written (and
         // downloaded) again.
-        // The same when it died with the verified images still staged (the
-        // journal already removed): they are put in place first.
         if !verified && !has_journal && self.state.update.as_ref().is_some_and(this_one) {
             let fs = &*self.fs;
+            let hold = |dir: &Path| {
+                romdelta_apply::images_hold(fs, &manifest, |n| dir.join(format!("{n}.img")))
+            };
             if !has_staged {
-                verified = outputs_hold(fs, &manifest, &out)?;
-            } else if outputs_hold(fs, &manifest, &staged)? {
+                verified = hold(&out)?;
+            } else if hold(&staged)? {
                 romdelta_storage::remove_all(fs, &out).map_err(io(&out))?;
                 fs.rename(&staged, &out).map_err(io(&out))?;
                 verified = true;
@@ -630,30 +632,6 @@ fn copy_in(fs: &dyn Storage, p: &romdelta_rom::Partition, to: &Path) -> Result<(
     })?;
     res.map_err(io(to))?;
     f.sync().map_err(io(to))
-}
-
-/// Whether `dir` holds every image `m` writes, each with its new size and
-/// hash.
-fn outputs_hold(
-    fs: &dyn Storage,
-    m: &romdelta_format::Manifest,
-    dir: &Path,
-) -> Result<bool, RecoveryError> {
-    for p in &m.partitions {
-        let path = dir.join(format!("{}.img", p.name));
-        let Ok(f) = fs.open(&path, OpenMode::Read) else {
-            return Ok(false);
-        };
-        if f.len().map_err(io(&path))? != p.new.size {
-            return Ok(false);
-        }
-        let h =
-            romdelta_rom::sha256_read(p.new.size, |b, off| f.read_at(b, off)).map_err(io(&path))?;
-        if h != p.new.sha256 {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// The partitions a package writes, as an install reports them.
