@@ -42,7 +42,6 @@ pub struct Transport {
     agent: ureq::Agent,
     opts: FetchOptions,
     received: AtomicU64,
-    requests: AtomicU64,
 }
 
 /// One attempt's failure: whether another attempt may help.
@@ -66,18 +65,12 @@ impl Transport {
             agent,
             opts,
             received: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
         }
     }
 
     /// Bytes received so far (bodies only).
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
-    }
-
-    /// Requests made so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 
     /// The length of the file at `url`: a file's size, or the total of the
@@ -91,42 +84,43 @@ impl Transport {
                     _ => FetchError::Other(format!("{path}: {e}")),
                 });
         }
-        let mut last = String::new();
-        for attempt in 0..self.opts.attempts.max(1) {
-            if attempt > 0 {
-                std::thread::sleep(self.opts.backoff * 2u32.saturating_pow(attempt - 1).min(32));
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let resp = match self.agent.get(url).header("Range", "bytes=0-0").call() {
-                Ok(r) => r,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
+        self.retrying(|| {
+            let resp = self
+                .agent
+                .get(url)
+                .header("Range", "bytes=0-0")
+                .call()
+                .map_err(|e| Attempt::Retry(e.to_string()))?;
             match resp.status().as_u16() {
                 206 => {
-                    let cr = resp
-                        .headers()
-                        .get("content-range")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    return cr
-                        .rsplit('/')
-                        .next()
-                        .and_then(|t| t.parse().ok())
-                        .ok_or_else(|| {
-                            FetchError::Refused(format!("no length in Content-Range {cr:?}"))
-                        });
+                    let cr = content_range(&resp);
+                    total_of(&cr).ok_or_else(|| {
+                        Attempt::Final(FetchError::Refused(format!(
+                            "no length in Content-Range {cr:?}"
+                        )))
+                    })
                 }
-                200 => {
-                    return Err(FetchError::Refused(
-                        "the server ignores Range requests (200 to a ranged request)".into(),
-                    ))
-                }
-                404 | 403 | 410 => return Err(FetchError::NotFound),
-                s if (400..500).contains(&s) => return Err(FetchError::Other(format!("HTTP {s}"))),
-                s => last = format!("HTTP {s}"),
+                s => Err(unexpected(s, 0)),
+            }
+        })
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or has been tried
+    /// [`FetchOptions::attempts`] times, pausing between tries (the
+    /// backoff, doubled each time).
+    fn retrying<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, Attempt>,
+    ) -> Result<T, FetchError> {
+        let mut last = String::new();
+        for n in 0..self.opts.attempts.max(1) {
+            if n > 0 {
+                std::thread::sleep(self.opts.backoff * 2u32.saturating_pow(n - 1).min(32));
+            }
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Retry(why)) => last = why,
             }
         }
         Err(FetchError::Other(format!(
@@ -135,9 +129,6 @@ impl Transport {
         )))
     }
 
-    /// Appends bytes `[start, end)` of `url` to `out`, retrying transient
-    /// failures from the last byte received. `end` = `None`: to the end of
-    /// the file, which must not pass `max` bytes.
     /// The whole file at `url`, which its signed metadata says is `len`
     /// bytes: a longer or shorter one is refused.
     pub fn fetch_signed(&self, url: &str, len: u64) -> Result<Vec<u8>, FetchError> {
@@ -166,6 +157,9 @@ impl Transport {
         self.get_with(url, start, Some(end), total, Some(total), out)
     }
 
+    /// Appends bytes `[start, end)` of `url` to `out`, retrying transient
+    /// failures from the last byte received. `end` = `None`: to the end of
+    /// the file, which must not pass `max` bytes.
     fn get(
         &self,
         url: &str,
@@ -187,25 +181,13 @@ impl Transport {
         out: &mut Vec<u8>,
     ) -> Result<(), FetchError> {
         let base = out.len();
-        let mut last = String::new();
-        for attempt in 0..self.opts.attempts.max(1) {
-            if attempt > 0 {
-                std::thread::sleep(self.opts.backoff * 2u32.saturating_pow(attempt - 1).min(32));
-            }
+        self.retrying(|| {
             let from = start + (out.len() - base) as u64;
             if end.is_some_and(|e| from >= e) {
                 return Ok(());
             }
-            match self.attempt(url, from, end, max, total, base, out) {
-                Ok(()) => return Ok(()),
-                Err(Attempt::Final(e)) => return Err(e),
-                Err(Attempt::Retry(why)) => last = why,
-            }
-        }
-        Err(FetchError::Other(format!(
-            "gave up after {} attempts: {last}",
-            self.opts.attempts.max(1)
-        )))
+            self.attempt(url, from, end, max, total, base, out)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -219,7 +201,6 @@ impl Transport {
         base: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), Attempt> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         if let Some(path) = url.strip_prefix("file://") {
             return self.read_file(path, from, end, max, total, out);
         }
@@ -238,45 +219,24 @@ impl Transport {
             req = req.header("Range", r);
         }
         let resp = req.call().map_err(|e| Attempt::Retry(e.to_string()))?;
-        let status = resp.status().as_u16();
-        match status {
+        match resp.status().as_u16() {
             200 if !ranged => {}
             206 if ranged => {
                 // The range must be the one asked for.
-                let cr = resp
-                    .headers()
-                    .get("content-range")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let want = format!("bytes {from}-");
-                if !cr.starts_with(&want) {
+                let cr = content_range(&resp);
+                if !cr.starts_with(&format!("bytes {from}-")) {
                     return Err(Attempt::Final(FetchError::Refused(format!(
                         "asked for bytes {from}.., the server sent {cr:?}"
                     ))));
                 }
                 // The server's idea of the file's length must be the signed one.
-                let served: Option<u64> = cr.rsplit('/').next().and_then(|t| t.parse().ok());
-                if let (Some(t), Some(s)) = (total, served) {
+                if let (Some(t), Some(s)) = (total, total_of(&cr)) {
                     if s != t {
                         return Err(Attempt::Final(length_error(s, t)));
                     }
                 }
             }
-            200 => {
-                return Err(Attempt::Final(FetchError::Other(
-                    "the server ignores Range requests (200 to a ranged request): resumable downloads need a server that answers 206".into(),
-                )))
-            }
-            404 | 403 | 410 => return Err(Attempt::Final(FetchError::NotFound)),
-            416 => {
-                return Err(Attempt::Final(FetchError::Refused(format!(
-                    "the server has no bytes from {from} (416): the file is shorter than its signed length"
-                ))))
-            }
-            s if (400..500).contains(&s) => {
-                return Err(Attempt::Final(FetchError::Other(format!("HTTP {s}"))))
-            }
-            s => return Err(Attempt::Retry(format!("HTTP {s}"))),
+            s => return Err(unexpected(s, from)),
         }
         let want = end.map_or(max.saturating_sub(from), |e| e - from);
         let mut body = resp.into_body().into_reader().take(want + 1);
@@ -354,6 +314,40 @@ impl Transport {
     }
 }
 
+/// The `Content-Range` header of an answer ("" when there is none).
+fn content_range(resp: &ureq::http::Response<ureq::Body>) -> String {
+    resp.headers()
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The file length a `Content-Range` gives (`bytes A-B/TOTAL`).
+fn total_of(content_range: &str) -> Option<u64> {
+    content_range
+        .rsplit('/')
+        .next()
+        .and_then(|t| t.parse().ok())
+}
+
+/// What an answer other than the one asked for means (`from`: the first
+/// byte asked for): 200 to a ranged request, 404, 416 and other 4xx are
+/// final; anything else (5xx) may pass.
+fn unexpected(status: u16, from: u64) -> Attempt {
+    match status {
+        200 => Attempt::Final(FetchError::Other(
+            "the server ignores Range requests (200 to a ranged request): resumable downloads need a server that answers 206".into(),
+        )),
+        404 | 403 | 410 => Attempt::Final(FetchError::NotFound),
+        416 => Attempt::Final(FetchError::Refused(format!(
+            "the server has no bytes from {from} (416): the file is shorter than its signed length"
+        ))),
+        s if (400..500).contains(&s) => Attempt::Final(FetchError::Other(format!("HTTP {s}"))),
+        s => Attempt::Retry(format!("HTTP {s}")),
+    }
+}
+
 /// A served file whose length is not its signed one.
 fn length_error(served: u64, signed: u64) -> FetchError {
     if served > signed {
@@ -389,7 +383,6 @@ pub struct RangeFile {
     window: u64,
     cache: Mutex<Vec<Window>>,
     fetching: Mutex<()>,
-    failed: std::sync::atomic::AtomicBool,
     error: Mutex<Option<FetchError>>,
     received: AtomicU64,
 }
@@ -417,7 +410,6 @@ impl RangeFile {
             window,
             cache: Mutex::new(Vec::new()),
             fetching: Mutex::new(()),
-            failed: std::sync::atomic::AtomicBool::new(false),
             error: Mutex::new(None),
             received: AtomicU64::new(0),
         }
@@ -433,11 +425,6 @@ impl RangeFile {
     /// The error of the fetch that failed, if one did.
     pub fn take_error(&self) -> Option<FetchError> {
         self.error.lock().expect("not poisoned").take()
-    }
-
-    /// Whether a fetch failed (after its retries).
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
     }
 
     /// The URL.
@@ -479,7 +466,6 @@ impl RangeFile {
         self.transport
             .get_range(&self.url, start, end, self.len, &mut buf)
             .map_err(|e| {
-                self.failed.store(true, Ordering::SeqCst);
                 let io = std::io::Error::other(format!("{}: {e}", self.url));
                 *self.error.lock().expect("not poisoned") = Some(e);
                 io

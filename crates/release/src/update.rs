@@ -282,29 +282,29 @@ impl Updater {
             });
             self.package_bytes
                 .fetch_add(range.received(), std::sync::atomic::Ordering::Relaxed);
-            match installed {
-                Ok(report) => {
+            // What the server sent breaks the signed metadata: refused.
+            // Any other failed download is resumed by the next run.
+            let fetch_failure = installed.as_ref().err().and_then(|_| range.take_error());
+            match (installed, fetch_failure) {
+                (Ok(report), _) => {
                     let _ = std::fs::remove_file(attempts_path(dir));
                     return Ok((check, Some(report)));
                 }
-                // What the server sent breaks the signed metadata: refused.
-                // Any other failed download is resumed by the next run.
-                Err(e) if range.failed() => {
-                    return Err(match range.take_error() {
-                        Some(romdelta_tuf::FetchError::Refused(why)) => {
+                (Err(_), Some(failure)) => {
+                    return Err(match failure {
+                        romdelta_tuf::FetchError::Refused(why) => {
                             ReleaseError::Invalid(format!("{url}: {why}"))
                         }
-                        Some(romdelta_tuf::FetchError::TooLong(n)) => ReleaseError::Invalid(format!(
+                        romdelta_tuf::FetchError::TooLong(n) => ReleaseError::Invalid(format!(
                             "{url}: the server sent more than the {n} bytes asked for: refused as endless data"
                         )),
-                        Some(f) => ReleaseError::Download {
+                        f => ReleaseError::Download {
                             url: url.clone(),
                             reason: f.to_string(),
                         },
-                        None => e,
                     })
                 }
-                Err(e) if kind == "incremental" => {
+                (Err(e), None) if kind == "incremental" => {
                     let n = failures(dir, build) + 1;
                     record_failures(dir, build, n)?;
                     if n < self.opts.attempts {
@@ -315,14 +315,14 @@ impl Updater {
                     }
                     // Taken again: now the full package is chosen.
                 }
-                Err(e) => return Err(e),
+                (Err(e), None) => return Err(e),
             }
         }
     }
 }
 
 /// A range file shared between the install and the updater, which asks
-/// afterwards whether a fetch failed.
+/// afterwards which fetch failed, if one did.
 struct SharedRange(Arc<RangeFile>);
 
 impl romdelta_apply::PackageSource for SharedRange {
