@@ -98,7 +98,7 @@ pub fn publish(
             "full"
         };
         // Target name by content: republishing the same package is a no-op.
-        let (_, sha256) = romdelta_tuf::repo::hash_file(path)?;
+        let (length, sha256) = romdelta_tuf::repo::hash_file(path)?;
         let target = format!(
             "packages/{}/{}/{}/{kind}-{}.romdelta",
             segment(&build.device),
@@ -106,7 +106,7 @@ pub fn publish(
             segment(&build.channel),
             &sha256[..16]
         );
-        let info = repo.add_target(&target, path, None)?;
+        let info = repo.add_hashed_target(&target, path, length, sha256, None)?;
         let pref = PackageRef {
             target: target.clone(),
             length: info.length,

@@ -99,20 +99,11 @@ pub struct Client<'a> {
     refreshed: bool,
 }
 
-/// Writes `bytes` to `path` durably: a temporary file, synced, renamed.
+/// Writes `bytes` to `path` durably (romdelta-storage's temporary file,
+/// sync, rename and directory sync).
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), TufError> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(TufError::io(&tmp))?;
-    f.write_all(bytes).map_err(TufError::io(&tmp))?;
-    f.sync_all().map_err(TufError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(TufError::io(path))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    romdelta_storage::write_durably(&romdelta_storage::RealFs, path, bytes)
+        .map_err(TufError::io(path))
 }
 
 fn root_role<'r>(root: &'r Root, role: &str) -> Result<&'r RoleKeys, TufError> {

@@ -81,6 +81,25 @@ fn common(kind: &str, version: u64, expires: i64) -> Common {
     }
 }
 
+/// Targets before the first commit: version 0, nothing in them.
+fn no_targets() -> Targets {
+    Targets {
+        common: common("targets", 0, 0),
+        targets: BTreeMap::new(),
+        delegations: None,
+    }
+}
+
+/// The `signed` part of the repository's own metadata file `name` (not
+/// verified: the writer reads what it wrote).
+fn signed_of<T: serde::de::DeserializeOwned>(meta: &Path, name: &str) -> Result<T, TufError> {
+    let p = meta.join(name);
+    let b = std::fs::read(&p).map_err(TufError::io(&p))?;
+    let v: Value =
+        serde_json::from_slice(&b).map_err(|e| TufError::invalid(name, e.to_string()))?;
+    serde_json::from_value(v["signed"].clone()).map_err(|e| TufError::invalid(name, e.to_string()))
+}
+
 /// Checks that `path` names a file below a directory: relative, `/`
 /// separated, no empty, `.` or `..` segment, no backslash or NUL.
 pub fn check_target_path(path: &str) -> Result<(), TufError> {
@@ -121,11 +140,7 @@ impl Repository {
         let repo = Repository {
             dir: dir.to_path_buf(),
             root,
-            targets: Targets {
-                common: common("targets", 0, 0),
-                targets: BTreeMap::new(),
-                delegations: None,
-            },
+            targets: no_targets(),
             snapshot_version: 0,
             timestamp_version: 0,
             expiry,
@@ -140,41 +155,21 @@ impl Repository {
     /// describe it.
     pub fn open(dir: &Path) -> Result<Repository, TufError> {
         let meta = dir.join("metadata");
-        let read = |name: &str| -> Result<Value, TufError> {
-            let p = meta.join(name);
-            let b = std::fs::read(&p).map_err(TufError::io(&p))?;
-            let v: Value =
-                serde_json::from_slice(&b).map_err(|e| TufError::invalid(name, e.to_string()))?;
-            Ok(v["signed"].clone())
-        };
-        let decode = |name: &str| -> Result<_, TufError> { read(name) };
-        let root: Root = serde_json::from_value(decode("root.json")?)
-            .map_err(|e| TufError::invalid("root.json", e.to_string()))?;
+        let root: Root = signed_of(&meta, "root.json")?;
         let (targets, snapshot_version, timestamp_version) = if meta.join("timestamp.json").exists()
         {
-            let ts: Timestamp = serde_json::from_value(decode("timestamp.json")?)
-                .map_err(|e| TufError::invalid("timestamp.json", e.to_string()))?;
+            let ts: Timestamp = signed_of(&meta, "timestamp.json")?;
             let sv = ts.snapshot()?.version;
-            let sn: Snapshot = serde_json::from_value(decode(&format!("{sv}.snapshot.json"))?)
-                .map_err(|e| TufError::invalid("snapshot", e.to_string()))?;
+            let sn: Snapshot = signed_of(&meta, &format!("{sv}.snapshot.json"))?;
             let tv = sn
                 .meta
                 .get("targets.json")
                 .ok_or_else(|| TufError::invalid("snapshot", "no targets.json"))?
                 .version;
-            let t: Targets = serde_json::from_value(decode(&format!("{tv}.targets.json"))?)
-                .map_err(|e| TufError::invalid("targets", e.to_string()))?;
+            let t: Targets = signed_of(&meta, &format!("{tv}.targets.json"))?;
             (t, sv, ts.common.version)
         } else {
-            (
-                Targets {
-                    common: common("targets", 0, 0),
-                    targets: BTreeMap::new(),
-                    delegations: None,
-                },
-                0,
-                0,
-            )
+            (no_targets(), 0, 0)
         };
         Ok(Repository {
             dir: dir.to_path_buf(),
@@ -223,26 +218,26 @@ impl Repository {
         from: &Path,
         custom: Option<Value>,
     ) -> Result<TargetFile, TufError> {
-        check_target_path(path)?;
         let (length, sha256) = hash_file(from)?;
+        self.add_hashed_target(path, from, length, sha256, custom)
+    }
+
+    /// [`Repository::add_target`] of a file whose length and SHA-256 (hex,
+    /// from [`hash_file`]) the caller has already.
+    pub fn add_hashed_target(
+        &mut self,
+        path: &str,
+        from: &Path,
+        length: u64,
+        sha256: String,
+        custom: Option<Value>,
+    ) -> Result<TargetFile, TufError> {
         let info = TargetFile {
             length,
             hashes: vec![("sha256".into(), sha256)],
             custom,
         };
-        let to = self.target_file(path, &info);
-        if !to.exists() {
-            let dir = to.parent().expect("below targets/");
-            std::fs::create_dir_all(dir).map_err(TufError::io(dir))?;
-            let tmp = to.with_extension("partial");
-            std::fs::copy(from, &tmp).map_err(TufError::io(&tmp))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(TufError::io(&tmp))?;
-            std::fs::rename(&tmp, &to).map_err(TufError::io(&to))?;
-        }
-        self.targets.targets.insert(path.to_string(), info.clone());
-        Ok(info)
+        self.store(path, info, |tmp| std::fs::copy(from, tmp).map(|_| ()))
     }
 
     /// Adds target `path` holding `bytes`.
@@ -252,12 +247,38 @@ impl Repository {
         bytes: &[u8],
         custom: Option<Value>,
     ) -> Result<TargetFile, TufError> {
-        let tmp = self.dir.join("targets").join(".incoming");
-        std::fs::create_dir_all(self.dir.join("targets")).map_err(TufError::io(&tmp))?;
-        write_durably(&tmp, bytes)?;
-        let r = self.add_target(path, &tmp, custom);
-        let _ = std::fs::remove_file(&tmp);
-        r
+        use sha2::Digest as _;
+        let info = TargetFile {
+            length: bytes.len() as u64,
+            hashes: vec![("sha256".into(), hex::encode(sha2::Sha256::digest(bytes)))],
+            custom,
+        };
+        self.store(path, info, |tmp| std::fs::write(tmp, bytes))
+    }
+
+    /// Stores target `path` as `info` describes it: `write` makes the file
+    /// (at a temporary name, then synced and renamed) unless one with that
+    /// hash is there already.
+    fn store(
+        &mut self,
+        path: &str,
+        info: TargetFile,
+        write: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<TargetFile, TufError> {
+        check_target_path(path)?;
+        let to = self.target_file(path, &info);
+        if !to.exists() {
+            let dir = to.parent().expect("below targets/");
+            std::fs::create_dir_all(dir).map_err(TufError::io(dir))?;
+            let tmp = to.with_extension("partial");
+            write(&tmp).map_err(TufError::io(&tmp))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(TufError::io(&tmp))?;
+            std::fs::rename(&tmp, &to).map_err(TufError::io(&to))?;
+        }
+        self.targets.targets.insert(path.to_string(), info.clone());
+        Ok(info)
     }
 
     /// The bytes of target `path` as stored (for a writer that extends a
