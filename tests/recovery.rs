@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Every file of the device and its bytes, to compare before and after.
-fn snapshot(dev: &Path) -> Vec<(String, Vec<u8>)> {
+pub fn snapshot(dev: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dev)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -536,6 +536,16 @@ fn fast_fetch() -> FetchOptions {
     }
 }
 
+/// Two releases served by nginx behind the fault proxy, and the length of
+/// the incremental a device on line 0's first build takes.
+fn behind_proxy() -> (World, Nginx, FaultProxy, u64) {
+    let w = world(2);
+    let nginx = Nginx::serve(&w.repo);
+    let proxy = FaultProxy::start(nginx.addr);
+    let package = std::fs::metadata(w.package(0, Some(0), 1)).unwrap().len();
+    (w, nginx, proxy, package)
+}
+
 /// A fresh update state trusting the repository's first root.
 fn fresh_state(w: &World, name: &str) -> PathBuf {
     let state = w.path(name);
@@ -549,12 +559,9 @@ fn downloads_cut_at_over_a_hundred_points_resume_to_the_exact_build() {
     if !have_nginx() {
         return;
     }
-    let w = world(2);
-    let nginx = Nginx::serve(&w.repo);
-    let proxy = FaultProxy::start(nginx.addr);
+    let (w, _nginx, proxy, package) = behind_proxy();
     let url = proxy.url();
     let base = sim_base(&w);
-    let package = std::fs::metadata(w.package(0, Some(0), 1)).unwrap().len();
     let most = package + package / 10;
     // A clean run: the bytes on the wire and the storage calls it makes.
     let clean = SimDevice { fs: base.fork() };
@@ -627,25 +634,10 @@ fn copy_repo(w: &World, name: &str) -> PathBuf {
     to
 }
 
-/// Every file of a device directory (images, builds, state) and its bytes.
-fn device_files(dev: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dev)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// `recovery update` from `repo` must fail with exit code 1, saying
 /// `says`, with no file of the device changed.
 fn refused(w: &World, dev: &Path, repo: &Path, now: Option<i64>, says: &str) {
-    let before = device_files(dev);
+    let before = crate::recovery::snapshot(dev);
     let mut cmd = romdelta();
     if let Some(t) = now {
         cmd.env("ROMDELTA_NOW", t.to_string());
@@ -672,7 +664,7 @@ fn refused(w: &World, dev: &Path, repo: &Path, now: Option<i64>, says: &str) {
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(err.contains(says), "expected {says:?} in: {err}");
     assert!(
-        device_files(dev) == before,
+        crate::recovery::snapshot(dev) == before,
         "{says}: the device was written to"
     );
 }
@@ -875,11 +867,8 @@ fn kills_stalls_and_error_answers_have_defined_outcomes() {
     if !have_nginx() {
         return;
     }
-    let w = world(2);
-    let nginx = Nginx::serve(&w.repo);
-    let proxy = FaultProxy::start(nginx.addr);
+    let (w, _nginx, proxy, package) = behind_proxy();
     let url = proxy.url();
-    let package = std::fs::metadata(w.package(0, Some(0), 1)).unwrap().len();
     let wire = || proxy.downstream.load(SeqCst);
     // A clean run: what besides the package goes over the wire.
     let dev = w.device("clean", 0, 0);
@@ -948,7 +937,7 @@ fn kills_stalls_and_error_answers_have_defined_outcomes() {
     // A 404 is final: two requests (2.root.json, whose 404 means "no newer
     // root", then timestamp.json), no retry, nothing written.
     let dev = w.device("missing", 0, 0);
-    let files = device_files(&dev);
+    let files = crate::recovery::snapshot(&dev);
     proxy.set(Faults {
         answer: Some((404, 100)),
         ..Faults::default()
@@ -962,7 +951,7 @@ fn kills_stalls_and_error_answers_have_defined_outcomes() {
         2,
         "a 404 was retried"
     );
-    assert!(device_files(&dev) == files);
+    assert!(crate::recovery::snapshot(&dev) == files);
     proxy.set(Faults::default());
 
     // A server that stalls mid-transfer is given up on after
