@@ -336,6 +336,32 @@ pub fn choose(
     }
 }
 
+/// [`choose`], then the full package instead of an incremental that has
+/// failed to install `attempts` times already (`failed`: the failures
+/// recorded for a build). Returns the choice and the failures counted for
+/// the build it installs.
+pub fn choose_after_failures(
+    c: &Catalog,
+    installed: Option<&BuildInfo>,
+    seed: u64,
+    now: i64,
+    failed: impl Fn(&BuildInfo) -> u32,
+    attempts: u32,
+) -> (Decision, u32) {
+    let d = choose(c, installed, seed, now, false);
+    match &d {
+        Decision::Install { build, kind, .. } if kind == "incremental" => {
+            let n = failed(build);
+            if n >= attempts {
+                (choose(c, installed, seed, now, true), n)
+            } else {
+                (d, n)
+            }
+        }
+        _ => (d, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +427,24 @@ mod tests {
             choose(&c, Some(&b("V3", 3)), 0, 0, false),
             Decision::UpToDate { .. }
         ));
+    }
+
+    #[test]
+    fn failures_count_for_the_build_chosen_not_the_newest_one() {
+        // V3 is published but admits nobody yet: V2 is what devices take.
+        let mut c = catalog(vec![]);
+        let e = c.entry(&b("V3", 3), 0);
+        e.full = Some(pkg("full-3"));
+        e.rollout = vec![Wave {
+            from: 0,
+            percent: 0,
+        }];
+        let v1 = b("V1", 1);
+        let failed = |x: &BuildInfo| if x.version == "V2" { 2 } else { 0 };
+        let (d, n) = choose_after_failures(&c, Some(&v1), 0, 10, failed, 2);
+        assert_eq!((target(&d), n), ("full-2", 2));
+        let (d, n) = choose_after_failures(&c, Some(&v1), 0, 10, |_| 1, 2);
+        assert_eq!((target(&d), n), ("inc-1-2", 1));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!    an attempt; after [`Options::attempts`] of them the full package is
 //!    taken instead.
 
-use crate::catalog::{catalog_path, choose, Catalog, Decision};
+use crate::catalog::{catalog_path, choose_after_failures, Catalog, Decision};
 use crate::fetch::{RangeFile, Transport};
 use crate::ReleaseError;
 use romdelta_apply::rules::{describe, Allow};
@@ -195,14 +195,13 @@ impl Updater {
                 describe(&installed)
             )));
         }
-        let newest = catalog.builds.last().map(|e| e.build.clone());
-        let failed = newest.as_ref().map_or(0, |b| failures(dir, b));
-        let decision = choose(
+        let (decision, failed) = choose_after_failures(
             &catalog,
             Some(&installed),
             self.opts.seed,
             self.opts.now,
-            failed >= self.opts.attempts,
+            |b| failures(dir, b),
+            self.opts.attempts,
         );
         let url = match &decision {
             Decision::Install { package, .. } => {
