@@ -342,7 +342,7 @@ fn say_decision(d: &Decision) {
 pub fn check(source: RepoSource) -> Result<(), Failure> {
     let u = updater(&source)?;
     let device = romdelta_recovery::Device::open(&source.device)?;
-    let (check, _) = u.check(&device)?;
+    let check = u.check(&device)?;
     if source.json {
         print_json(&check);
     } else {

@@ -146,7 +146,7 @@ impl Updater {
 
     /// Refreshes the metadata and chooses the update for `device`, without
     /// installing.
-    pub fn check(&self, device: &Device) -> Result<(Check, Client<'_>), ReleaseError> {
+    pub fn check(&self, device: &Device) -> Result<Check, ReleaseError> {
         let dir = &self.opts.state;
         let installed = device.build(device.state().active)?.ok_or_else(|| {
             ReleaseError::Invalid(
@@ -221,17 +221,14 @@ impl Updater {
             }
             _ => None,
         };
-        Ok((
-            Check {
-                installed,
-                catalog: cpath,
-                root_version: client.root().common.version,
-                incremental_failures: failed,
-                decision,
-                url,
-            },
-            client,
-        ))
+        Ok(Check {
+            installed,
+            catalog: cpath,
+            root_version: client.root().common.version,
+            incremental_failures: failed,
+            decision,
+            url,
+        })
     }
 
     /// Checks, then installs what was chosen (if anything) while it
@@ -244,7 +241,7 @@ impl Updater {
     ) -> Result<(Check, Option<InstallReport>), ReleaseError> {
         let dir = &self.opts.state;
         loop {
-            let (check, _client) = self.check(device)?;
+            let check = self.check(device)?;
             let (
                 Decision::Install {
                     build,
