@@ -246,11 +246,7 @@ pub fn tuf_client(
                     return Ok(());
                 }
             }
-            let u = romdelta_tuf::client::target_url(&base, &name, &info, c.consistent());
-            let bytes = romdelta_tuf::Fetcher::fetch(&transport, &u, info.length)
-                .map_err(|e| fail(romdelta_tuf::client::fetch_error(&name, u.clone(), e)))?;
-            romdelta_tuf::metadata::check_file(&name, &bytes, Some(info.length), &info.hashes)
-                .map_err(fail)?;
+            let bytes = c.fetch_target(&base, &name, &info).map_err(fail)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Failure::refused(anyhow!("{}: {e}", dir.display())))?;
             romdelta_tuf::client::write_durably(&out, &bytes).map_err(fail)

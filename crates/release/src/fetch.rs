@@ -129,20 +129,6 @@ impl Transport {
         )))
     }
 
-    /// The whole file at `url`, which its signed metadata says is `len`
-    /// bytes: a longer or shorter one is refused.
-    pub fn fetch_signed(&self, url: &str, len: u64) -> Result<Vec<u8>, FetchError> {
-        let mut out = Vec::new();
-        self.get(url, 0, None, len, &mut out)?;
-        if (out.len() as u64) < len {
-            return Err(FetchError::Refused(format!(
-                "{} bytes arrived, its signed length is {len}",
-                out.len()
-            )));
-        }
-        Ok(out)
-    }
-
     /// Appends bytes `[start, end)` of `url` to `out`, retrying transient
     /// failures from the last byte received; `total`, if known, is the
     /// file's signed length, which the server's must equal.

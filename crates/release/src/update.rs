@@ -26,7 +26,6 @@ use romdelta_apply::PackageFile;
 use romdelta_format::BuildInfo;
 use romdelta_recovery::{Device, InstallReport};
 use romdelta_tuf::client::target_url;
-use romdelta_tuf::metadata::check_file;
 use romdelta_tuf::Client;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -170,12 +169,7 @@ impl Updater {
             )),
             e => e.into(),
         })?;
-        let url = target_url(&self.url("targets"), &cpath, &info, client.consistent());
-        let bytes = self
-            .transport
-            .fetch_signed(&url, info.length)
-            .map_err(|e| romdelta_tuf::client::fetch_error(&cpath, url.clone(), e))?;
-        check_file(&cpath, &bytes, Some(info.length), &info.hashes)?;
+        let bytes = client.fetch_target(&self.url("targets"), &cpath, &info)?;
         let catalog =
             Catalog::parse(&bytes).map_err(|e| ReleaseError::Invalid(format!("{cpath}: {e}")))?;
         if (

@@ -516,6 +516,24 @@ impl<'a> Client<'a> {
         Err(TufError::NoSuchTarget(path.to_string()))
     }
 
+    /// Fetches target `path` (described by `info`, from [`Client::target`])
+    /// from `base`: never more than its signed length, and its length and
+    /// hashes checked.
+    pub fn fetch_target(
+        &self,
+        base: &str,
+        path: &str,
+        info: &TargetFile,
+    ) -> Result<Vec<u8>, TufError> {
+        let url = target_url(base, path, info, self.consistent());
+        let bytes = self
+            .fetcher
+            .fetch(&url, info.length)
+            .map_err(|e| fetch_error(path, url, e))?;
+        check_file(path, &bytes, Some(info.length), &info.hashes)?;
+        Ok(bytes)
+    }
+
     /// Whether the trusted root publishes targets under `HASH.NAME`.
     pub fn consistent(&self) -> bool {
         self.root.consistent_snapshot
