@@ -46,11 +46,9 @@ fn private_keys(paths: &[PathBuf]) -> Result<Vec<SigningKey>, Failure> {
 
 /// A public key from a public or a private key file.
 fn public_key(path: &Path) -> Result<VerifyingKey, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::io(anyhow!("reading key {}: {e}", path.display())))?;
-    parse_public_key(&text)
-        .or_else(|_| parse_private_key(&text).map(|k| k.verifying_key()))
-        .map_err(|e| Failure::usage(anyhow!("{}: {e}", path.display())))
+    read_key(path, |text| {
+        parse_public_key(text).or_else(|_| parse_private_key(text).map(|k| k.verifying_key()))
+    })
 }
 
 fn role_specs(r: &RootRoles) -> Result<BTreeMap<String, RoleSpec>, Failure> {
