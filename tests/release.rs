@@ -455,6 +455,130 @@ fn python_tuf_reads_the_repository_publish_writes() {
     assert!(theirs == std::fs::read(w.package(1, Some(0), 1)).unwrap());
 }
 
+/// Writes, with python-tuf's Metadata API and securesystemslib's signers, a
+/// repository whose roles use every key type of the specification: root
+/// RSA-PSS and ECDSA P-256 (threshold 2), timestamp ECDSA, snapshot RSA
+/// PKCS#1 v1.5, targets Ed25519; one target, `a/b.txt`, under both of its
+/// hashes.
+const PYTHON_TUF_REPOSITORY: &str = r#"
+import os, sys
+from datetime import datetime, timedelta, timezone
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import (Metadata, MetaFile, Root, Snapshot, TargetFile,
+                              Targets, Timestamp)
+from tuf.api.serialization.json import JSONSerializer
+
+out, content = sys.argv[1], b"signed by every key type\n"
+meta, tdir = os.path.join(out, "metadata"), os.path.join(out, "targets", "a")
+os.makedirs(meta), os.makedirs(tdir)
+expires = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=7)
+signers = {
+    "root": [CryptoSigner.generate_rsa(), CryptoSigner.generate_ecdsa()],
+    "timestamp": [CryptoSigner.generate_ecdsa()],
+    "snapshot": [CryptoSigner.generate_rsa(scheme="rsa-pkcs1v15-sha256")],
+    "targets": [CryptoSigner.generate_ed25519()],
+}
+root = Root(expires=expires, consistent_snapshot=True)
+for role, ss in signers.items():
+    for s in ss:
+        root.add_key(s.public_key, role)
+    root.roles[role].threshold = len(ss)
+target = TargetFile.from_data("a/b.txt", content, ["sha256", "sha512"])
+targets = Targets(expires=expires, targets={"a/b.txt": target})
+snapshot = Snapshot(expires=expires, meta={"targets.json": MetaFile(1)})
+timestamp = Timestamp(expires=expires, snapshot_meta=MetaFile(1))
+for role, signed, name in [("root", root, "1.root.json"),
+                           ("targets", targets, "1.targets.json"),
+                           ("snapshot", snapshot, "1.snapshot.json"),
+                           ("timestamp", timestamp, "timestamp.json")]:
+    md = Metadata(signed)
+    for s in signers[role]:
+        md.sign(s, append=True)
+    with open(os.path.join(meta, name), "wb") as f:
+        f.write(md.to_bytes(JSONSerializer()))
+for h in target.hashes.values():
+    with open(os.path.join(tdir, h + ".b.txt"), "wb") as f:
+        f.write(content)
+print(" ".join(f"{k.keytype}/{k.scheme}" for k in root.keys.values()))
+"#;
+
+#[test]
+fn tuf_client_verifies_every_key_type_python_tuf_signs_with() {
+    let Some(python) = tuf_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(PYTHON_TUF_REPOSITORY)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python-tuf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kinds = String::from_utf8(out.stdout).unwrap();
+    for k in [
+        "rsa/rsassa-pss-sha256",
+        "rsa/rsa-pkcs1v15-sha256",
+        "ecdsa/ecdsa-sha2-nistp256",
+        "ed25519/ed25519",
+    ] {
+        assert!(kinds.contains(k), "{kinds}");
+    }
+    let murl = format!("file://{}/metadata", repo.display());
+    let turl = format!("file://{}/targets", repo.display());
+    let download = |md: &Path| {
+        let tdir = dir.path().join("targets");
+        let mut c = romdelta();
+        c.arg("tuf-client").arg("--metadata-dir").arg(md);
+        c.args(["--metadata-url", &murl, "--target-name", "a/b.txt"]);
+        c.args(["--target-base-url", &turl, "--target-dir"])
+            .arg(&tdir);
+        c.arg("download");
+        (c.assert(), tdir.join("a%2Fb.txt"))
+    };
+    let init = |name: &str| {
+        let md = dir.path().join(name);
+        romdelta()
+            .arg("tuf-client")
+            .arg("--metadata-dir")
+            .arg(&md)
+            .arg("init")
+            .arg(repo.join("metadata/1.root.json"))
+            .assert()
+            .success();
+        md
+    };
+    let (ok, got) = download(&init("good"));
+    ok.success();
+    assert_eq!(std::fs::read(got).unwrap(), b"signed by every key type\n");
+    // One signature changed in each role's file in turn (the key type that
+    // role uses), or a signature given twice: each refresh fails, exit 1.
+    let files = ["timestamp.json", "1.snapshot.json", "1.targets.json"];
+    for (i, f) in files.iter().enumerate() {
+        for dup in [false, true] {
+            let path = repo.join("metadata").join(f);
+            let good = std::fs::read(&path).unwrap();
+            let mut md: serde_json::Value = serde_json::from_slice(&good).unwrap();
+            let sigs = md["signatures"].as_array_mut().unwrap();
+            if dup {
+                let first = sigs[0].clone();
+                sigs.push(first);
+            } else {
+                let sig = sigs[0]["sig"].as_str().unwrap().to_string();
+                let flip = if sig.ends_with('0') { '1' } else { '0' };
+                sigs[0]["sig"] = format!("{}{flip}", &sig[..sig.len() - 1]).into();
+            }
+            std::fs::write(&path, serde_json::to_vec(&md).unwrap()).unwrap();
+            let (bad, _) = download(&init(&format!("bad-{i}-{dup}")));
+            bad.code(1);
+            std::fs::write(&path, good).unwrap();
+        }
+    }
+}
+
 /// A device on the simulated storage, holding build (line 0, version 0),
 /// updating from `url` with the update state in `state`.
 struct SimDevice {

@@ -3,8 +3,8 @@
 //! never panic; canonical JSON of what parses is stable (encoding the
 //! value parsed back from it gives the same bytes; strings with control
 //! characters, which the OLPC form writes raw, do not parse back as JSON);
-//! a root verifies
-//! against its own keys only as its threshold says.
+//! a root verifies against its own keys (of any type) only as its
+//! threshold says; a hash bin a path falls in is one of the bins.
 use libfuzzer_sys::fuzz_target;
 use romdelta_tuf::metadata::{Envelope, Root, Snapshot, Targets, Timestamp};
 
@@ -31,6 +31,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(t) = env.decode::<Targets>("targets", "targets") {
         for r in t.delegations.iter().flat_map(|d| &d.roles) {
             let _ = r.matches("packages/demo/Global/stable/full-0.romdelta");
+        }
+        // A hash bin's name is always one of its bins.
+        for s in t.delegations.iter().flat_map(|d| &d.succinct_roles) {
+            if let Some(bin) = s.role_for("packages/demo/Global/stable/full-0.romdelta") {
+                assert!(s.is_bin(&bin), "{bin}");
+            }
         }
     }
 });

@@ -96,6 +96,8 @@ pub struct Client<'a> {
     snapshot: Option<Snapshot>,
     /// `targets` and the delegated roles loaded so far.
     targets: BTreeMap<String, Targets>,
+    /// Each loaded role's bytes and the delegator whose keys verified them.
+    loaded: BTreeMap<String, (Option<String>, Vec<u8>)>,
     refreshed: bool,
 }
 
@@ -155,6 +157,7 @@ impl<'a> Client<'a> {
             timestamp: None,
             snapshot: None,
             targets: BTreeMap::new(),
+            loaded: BTreeMap::new(),
             refreshed: false,
         })
     }
@@ -384,6 +387,7 @@ impl<'a> Client<'a> {
         self.persist("snapshot", &bytes)?;
         // Targets trusted under the old snapshot are read again.
         self.targets.clear();
+        self.loaded.clear();
         self.snapshot = Some(new);
         Ok(())
     }
@@ -403,18 +407,16 @@ impl<'a> Client<'a> {
             Some(d) => {
                 let parent = &self.targets[d];
                 let del = parent.delegations.as_ref().expect("searched through it");
-                let r = del
-                    .roles
-                    .iter()
-                    .find(|r| r.name == role)
-                    .expect("searched through it");
-                Ok((
-                    del.keys.clone(),
-                    RoleKeys {
-                        keyids: r.keyids.clone(),
-                        threshold: r.threshold,
-                    },
-                ))
+                let (keyids, threshold) = match &del.succinct_roles {
+                    Some(s) if s.is_bin(role) => (s.keyids.clone(), s.threshold),
+                    _ => del
+                        .roles
+                        .iter()
+                        .find(|r| r.name == role)
+                        .map(|r| (r.keyids.clone(), r.threshold))
+                        .expect("searched through it"),
+                };
+                Ok((del.keys.clone(), RoleKeys { keyids, threshold }))
             }
         }
     }
@@ -448,19 +450,28 @@ impl<'a> Client<'a> {
 
     /// Loads `role` (the local copy if it is still current, else the
     /// repository's).
+    ///
+    /// A role already loaded through another delegator is checked again
+    /// against this one's keys: a role two delegators name is trusted by
+    /// each only as far as its own delegation allows.
     fn load_targets(&mut self, role: &str, delegator: Option<&str>) -> Result<(), TufError> {
-        if self.targets.contains_key(role) {
-            return Ok(());
-        }
         let snapshot = self.snapshot.as_ref().expect("loaded first");
         let meta = snapshot
             .meta
             .get(&format!("{role}.json"))
             .ok_or_else(|| TufError::invalid("snapshot", format!("it does not name {role}.json")))?
             .clone();
+        if let Some((via, bytes)) = self.loaded.get(role) {
+            if via.as_deref() != delegator {
+                self.check_targets(role, delegator, bytes, &meta, false)?;
+            }
+            return Ok(());
+        }
         if let Some(b) = self.local(role) {
             if let Ok(t) = self.check_targets(role, delegator, &b, &meta, false) {
                 self.targets.insert(role.to_string(), t);
+                self.loaded
+                    .insert(role.to_string(), (delegator.map(str::to_string), b));
                 return Ok(());
             }
         }
@@ -473,6 +484,8 @@ impl<'a> Client<'a> {
         let t = self.check_targets(role, delegator, &bytes, &meta, true)?;
         self.persist(role, &bytes)?;
         self.targets.insert(role.to_string(), t);
+        self.loaded
+            .insert(role.to_string(), (delegator.map(str::to_string), bytes));
         Ok(())
     }
 
@@ -501,6 +514,18 @@ impl<'a> Client<'a> {
             visited.insert(role.clone());
             budget -= 1;
             if let Some(d) = &t.delegations {
+                // Hash bins: the one bin of the path, which ends the search.
+                if let Some(s) = &d.succinct_roles {
+                    let bin = s.role_for(path).ok_or_else(|| {
+                        TufError::invalid(
+                            &role,
+                            format!("a succinct bit length of {}", s.bit_length),
+                        )
+                    })?;
+                    stack.clear();
+                    stack.push((bin, Some(role.clone())));
+                    continue;
+                }
                 let mut children = Vec::new();
                 for r in d.roles.iter().filter(|r| r.matches(path)) {
                     children.push((r.name.clone(), Some(role.clone())));

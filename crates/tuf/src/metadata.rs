@@ -17,11 +17,12 @@ pub const SPEC_VERSION: &str = "1.0.31";
 /// A public key as TUF metadata lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Key {
-    /// `ed25519` (the only type this client verifies).
+    /// `ed25519`, `ecdsa` or `rsa` (the schemes each verifies are listed at `Key::verifies`).
     pub keytype: String,
-    /// `ed25519`.
+    /// `ed25519`, `ecdsa-sha2-nistp256`, `rsassa-pss-sha256` or
+    /// `rsa-pkcs1v15-sha256`.
     pub scheme: String,
-    /// `{"public": HEX}`.
+    /// `{"public": HEX}` (Ed25519) or `{"public": PEM}`.
     pub keyval: KeyVal,
 }
 
@@ -53,24 +54,86 @@ impl Key {
         ))
     }
 
-    /// Whether `sig` (hex) is this key's signature of `msg`. Keys of
-    /// other types never verify.
+    /// Whether `sig` (hex) is this key's signature of `msg`, in one of the
+    /// schemes securesystemslib signs with:
+    ///
+    /// - `ed25519`: a hex public key, a 64-byte signature;
+    /// - `ecdsa-sha2-nistp256` (key type `ecdsa`, or the older
+    ///   `ecdsa-sha2-nistp256`): a PEM public key, a DER signature of the
+    ///   SHA-256 of `msg`;
+    /// - `rsassa-pss-sha256` and `rsa-pkcs1v15-sha256` (key type `rsa`): a
+    ///   PEM public key of 2048 to 4096 bits; PSS with MGF1-SHA-256 and a
+    ///   salt of 32 bytes.
+    ///
+    /// Keys of other types, and keys or signatures that do not parse, never
+    /// verify.
     fn verifies(&self, msg: &[u8], sig: &str) -> bool {
-        if self.keytype != "ed25519" || self.scheme != "ed25519" {
-            return false;
-        }
-        let (mut pk, mut s) = ([0u8; 32], [0u8; 64]);
-        if hex::decode_to_slice(&self.keyval.public, &mut pk).is_err()
-            || hex::decode_to_slice(sig, &mut s).is_err()
-        {
-            return false;
-        }
-        let Ok(pk) = VerifyingKey::from_bytes(&pk) else {
+        let Ok(sig) = hex::decode(sig) else {
             return false;
         };
-        pk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&s))
-            .is_ok()
+        let public = self.keyval.public.as_str();
+        match (self.keytype.as_str(), self.scheme.as_str()) {
+            ("ed25519", "ed25519") => verify_ed25519(public, msg, &sig),
+            ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256") => {
+                verify_p256(public, msg, &sig)
+            }
+            ("rsa", "rsassa-pss-sha256") => {
+                verify_rsa(public, msg, &sig, rsa::Pss::new::<sha2_010::Sha256>())
+            }
+            ("rsa", "rsa-pkcs1v15-sha256") => verify_rsa(
+                public,
+                msg,
+                &sig,
+                rsa::Pkcs1v15Sign::new::<sha2_010::Sha256>(),
+            ),
+            _ => false,
+        }
     }
+}
+
+fn sha256(msg: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(msg).into()
+}
+
+fn verify_ed25519(public: &str, msg: &[u8], sig: &[u8]) -> bool {
+    let mut pk = [0u8; 32];
+    if hex::decode_to_slice(public, &mut pk).is_err() {
+        return false;
+    }
+    let (Ok(pk), Ok(sig)) = (
+        VerifyingKey::from_bytes(&pk),
+        ed25519_dalek::Signature::from_slice(sig),
+    ) else {
+        return false;
+    };
+    pk.verify_strict(msg, &sig).is_ok()
+}
+
+fn verify_p256(public: &str, msg: &[u8], sig: &[u8]) -> bool {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    let (Ok(pk), Ok(sig)) = (
+        p256::ecdsa::VerifyingKey::from_public_key_pem(public),
+        p256::ecdsa::Signature::from_der(sig),
+    ) else {
+        return false;
+    };
+    pk.verify_prehash(&sha256(msg), &sig).is_ok()
+}
+
+fn verify_rsa(
+    public: &str,
+    msg: &[u8],
+    sig: &[u8],
+    scheme: impl rsa::traits::SignatureScheme,
+) -> bool {
+    use rsa::pkcs8::DecodePublicKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    let Ok(pk) = rsa::RsaPublicKey::from_public_key_pem(public) else {
+        return false;
+    };
+    (2048..=4096).contains(&pk.n().bits()) && pk.verify(scheme, &sha256(msg), sig).is_ok()
 }
 
 /// The keys and threshold of a role.
@@ -256,6 +319,56 @@ pub struct Delegations {
     /// The delegated roles, in the order they are searched.
     #[serde(default)]
     pub roles: Vec<DelegatedRole>,
+    /// Hash bins (TAP 15) instead of `roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succinct_roles: Option<SuccinctRoles>,
+}
+
+/// Succinct hash delegations (TAP 15): `2^bit_length` roles named
+/// `PREFIX-HEX`, all signed by the same keys; a path belongs to the bin
+/// numbered by the first `bit_length` bits of its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuccinctRoles {
+    /// Keys that may sign for every bin.
+    pub keyids: Vec<String>,
+    /// How many must.
+    pub threshold: u64,
+    /// Bits of the path's hash that number its bin (1 to 32).
+    pub bit_length: u32,
+    /// The bins' names before `-HEX`.
+    pub name_prefix: String,
+}
+
+impl SuccinctRoles {
+    /// The bin that holds `path`; `None` for a bit length outside 1..=32.
+    pub fn role_for(&self, path: &str) -> Option<String> {
+        use sha2::Digest as _;
+        if !(1..=32).contains(&self.bit_length) {
+            return None;
+        }
+        let h = sha2::Sha256::digest(path.as_bytes());
+        let first = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let bin = u64::from(first) >> (32 - self.bit_length);
+        let width = format!("{:x}", (1u64 << self.bit_length) - 1).len();
+        Some(format!("{}-{bin:0width$x}", self.name_prefix))
+    }
+
+    /// Whether `name` is one of the bins.
+    pub fn is_bin(&self, name: &str) -> bool {
+        if !(1..=32).contains(&self.bit_length) {
+            return false;
+        }
+        let width = format!("{:x}", (1u64 << self.bit_length) - 1).len();
+        name.strip_prefix(self.name_prefix.as_str())
+            .and_then(|n| n.strip_prefix('-'))
+            .filter(|n| {
+                n.len() == width
+                    && n.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+            .is_some_and(|n| n < 1u64 << self.bit_length)
+    }
 }
 
 /// The targets role (or a delegated one): the files and their hashes.
@@ -302,6 +415,14 @@ impl Envelope {
     pub fn parse(role: &str, bytes: &[u8]) -> Result<Envelope, TufError> {
         let raw: RawEnvelope = serde_json::from_slice(bytes)
             .map_err(|e| TufError::invalid(role, format!("not TUF metadata: {e}")))?;
+        // The specification: a key ID is unique in the signatures array.
+        let mut seen = BTreeSet::new();
+        if let Some(s) = raw.signatures.iter().find(|s| !seen.insert(&s.keyid)) {
+            return Err(TufError::invalid(
+                role,
+                format!("key ID {} signs it twice", s.keyid),
+            ));
+        }
         Ok(Envelope {
             signed: raw.signed,
             signatures: raw.signatures,
@@ -509,5 +630,24 @@ mod tests {
         assert!(!r.matches("pkg/sub/one.romdelta"));
         assert!(r.matches("x/b1"));
         assert!(!r.matches("x/d1"));
+    }
+
+    #[test]
+    fn succinct_bins_are_numbered_by_the_paths_hash() {
+        let s = |bit_length| SuccinctRoles {
+            keyids: vec![],
+            threshold: 1,
+            bit_length,
+            name_prefix: "bin".into(),
+        };
+        // SHA-256("bar") starts fc de 2b 2e.
+        assert_eq!(s(8).role_for("bar").unwrap(), "bin-fc");
+        assert_eq!(s(1).role_for("bar").unwrap(), "bin-1");
+        assert_eq!(s(5).role_for("bar").unwrap(), "bin-1f");
+        assert_eq!(s(32).role_for("bar").unwrap(), "bin-fcde2b2e");
+        assert!(s(0).role_for("bar").is_none() && s(33).role_for("bar").is_none());
+        assert!(s(8).is_bin("bin-00") && s(8).is_bin("bin-ff"));
+        assert!(!s(8).is_bin("bin-100") && !s(8).is_bin("bin-f") && !s(8).is_bin("bin-FF"));
+        assert!(!s(5).is_bin("bin-20") && !s(8).is_bin("bon-00"));
     }
 }

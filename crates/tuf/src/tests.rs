@@ -2,6 +2,7 @@
 //! attacks of the specification, each refused.
 
 use crate::client::{Client, FetchError, Fetcher};
+use crate::metadata::{Envelope, Key, KeyVal, RoleKeys};
 use crate::repo::{Expiry, Repository, RoleSpec};
 use crate::TufError;
 use ed25519_dalek::SigningKey;
@@ -251,13 +252,37 @@ fn targets_are_found_through_delegations_in_order() {
         common: common("targets", 9),
         targets: Default::default(),
         delegations: Some(Delegations {
+            succinct_roles: None,
             keys: BTreeMap::from([(k.id(), k.clone())]),
             // "first" is searched first and ends the search for pkg/*.
             roles: vec![
                 role("first", true, &["pkg/*"]),
-                role("second", false, &["pkg/*", "other/*"]),
+                role("second", false, &["pkg/*", "other/*", "shared/*"]),
+                role("shared", false, &["shared/one"]),
             ],
         }),
+    };
+    // "second" also delegates "shared" (for shared/two), to another key.
+    let other = Key::ed25519(&key(21).verifying_key());
+    let second = Targets {
+        common: common("targets", 1),
+        targets: BTreeMap::from([("other/b".to_string(), file(b"from second"))]),
+        delegations: Some(Delegations {
+            succinct_roles: None,
+            keys: BTreeMap::from([(other.id(), other.clone())]),
+            roles: vec![DelegatedRole {
+                keyids: vec![other.id()],
+                ..role("shared", false, &["shared/two"])
+            }],
+        }),
+    };
+    let shared = Targets {
+        common: common("targets", 1),
+        targets: BTreeMap::from([
+            ("shared/one".to_string(), file(b"one")),
+            ("shared/two".to_string(), file(b"two")),
+        ]),
+        delegations: None,
     };
     let leaf = |name: &str, path: &str, bytes: &[u8]| {
         sign(
@@ -274,7 +299,8 @@ fn targets_are_found_through_delegations_in_order() {
     let files = [
         ("targets".to_string(), sign(&top, &[&key(10)]).unwrap()),
         leaf("first", "pkg/a", b"from first"),
-        leaf("second", "other/b", b"from second"),
+        ("second".to_string(), sign(&second, &[&del]).unwrap()),
+        ("shared".to_string(), sign(&shared, &[&del]).unwrap()),
     ];
     let mut meta = BTreeMap::new();
     for (name, bytes) in &files {
@@ -317,4 +343,83 @@ fn targets_are_found_through_delegations_in_order() {
     // "first" is terminating for pkg/*: "second" is not asked.
     assert!(matches!(c.target("pkg/b"), Err(TufError::NoSuchTarget(_))));
     assert!(f.client.join("first.json").exists());
+    // "shared" is trusted for shared/one through the top role's key; asked
+    // for shared/two through "second", it must carry that delegation's key,
+    // which did not sign it (the copy already loaded is checked again).
+    assert_eq!(c.target("shared/one").unwrap().length, 3);
+    assert!(matches!(
+        c.target("shared/two"),
+        Err(TufError::Threshold { have: 0, .. })
+    ));
+}
+
+/// The envelope of `signed` with one signature by key ID `k`, checked
+/// against `key` for a role of threshold 1.
+fn verify_one(key: Key, signed: &serde_json::Value, sig: &[u8]) -> Result<(), TufError> {
+    let env = serde_json::json!({
+        "signed": signed,
+        "signatures": [{"keyid": "k", "sig": hex::encode(sig)}],
+    });
+    let env = Envelope::parse("timestamp", &serde_json::to_vec(&env).unwrap())?;
+    let role = RoleKeys {
+        keyids: vec!["k".into()],
+        threshold: 1,
+    };
+    env.verify(
+        "timestamp",
+        &BTreeMap::from([("k".to_string(), key)]),
+        &role,
+    )
+}
+
+#[test]
+fn ecdsa_p256_signatures_verify_under_both_key_type_names() {
+    use p256::ecdsa::signature::hazmat::PrehashSigner as _;
+    use p256::pkcs8::EncodePublicKey as _;
+    use sha2::Digest as _;
+    let sk = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let pem = sk
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    let signed = serde_json::json!({"_type": "timestamp", "version": 1});
+    let msg = crate::canonical::encode(&signed).unwrap();
+    let sig: p256::ecdsa::Signature = sk.sign_prehash(&sha2::Sha256::digest(&msg)).unwrap();
+    let key = |keytype: &str, scheme: &str| Key {
+        keytype: keytype.into(),
+        scheme: scheme.into(),
+        keyval: KeyVal {
+            public: pem.clone(),
+        },
+    };
+    let der = sig.to_der();
+    for kt in ["ecdsa", "ecdsa-sha2-nistp256"] {
+        verify_one(key(kt, "ecdsa-sha2-nistp256"), &signed, der.as_bytes()).unwrap();
+    }
+    // Another message, a raw (not DER) signature, another scheme's name.
+    let other = serde_json::json!({"_type": "timestamp", "version": 2});
+    let refused = |k: Key, v: &serde_json::Value, s: &[u8]| {
+        assert!(matches!(
+            verify_one(k, v, s),
+            Err(TufError::Threshold { have: 0, .. })
+        ))
+    };
+    refused(key("ecdsa", "ecdsa-sha2-nistp256"), &other, der.as_bytes());
+    refused(
+        key("ecdsa", "ecdsa-sha2-nistp256"),
+        &signed,
+        &sig.to_bytes(),
+    );
+    refused(key("ecdsa", "ed25519"), &signed, der.as_bytes());
+    refused(key("rsa", "rsassa-pss-sha256"), &signed, der.as_bytes());
+}
+
+#[test]
+fn a_key_id_signing_twice_is_refused() {
+    let env = serde_json::json!({
+        "signed": {"_type": "timestamp"},
+        "signatures": [{"keyid": "k", "sig": "00"}, {"keyid": "k", "sig": "00"}],
+    });
+    let err = Envelope::parse("timestamp", &serde_json::to_vec(&env).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("signs it twice"), "{err}");
 }
