@@ -361,6 +361,22 @@ fn tuf_python() -> Option<PathBuf> {
     }
 }
 
+/// Runs `script` with `args` in python-tuf's interpreter; its stdout.
+fn run_python(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python-tuf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// python-tuf's ngclient: refresh, then download each target named.
 const PYTHON_TUF_CLIENT: &str = r#"
 import sys
@@ -385,22 +401,12 @@ fn python_tuf_reads_the_repository_publish_writes() {
     let Some(python) = tuf_python() else { return };
     let w = world(2);
     let nginx = Nginx::serve(&w.repo);
+    let py_targets = w.path("py-targets");
     let run = |md: &Path, targets: &[&str]| {
-        let out = std::process::Command::new(&python)
-            .arg("-c")
-            .arg(PYTHON_TUF_CLIENT)
-            .arg(md)
-            .arg(nginx.url())
-            .arg(w.path("py-targets"))
-            .args(targets)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "python-tuf: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let url = nginx.url();
+        let mut args = vec![md.as_os_str(), url.as_ref(), py_targets.as_os_str()];
+        args.extend(targets.iter().map(std::ffi::OsStr::new));
+        run_python(&python, PYTHON_TUF_CLIENT, &args)
     };
     let md = w.path("py-metadata");
     std::fs::create_dir_all(&md).unwrap();
@@ -507,18 +513,7 @@ fn tuf_client_verifies_every_key_type_python_tuf_signs_with() {
     let Some(python) = tuf_python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let out = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(PYTHON_TUF_REPOSITORY)
-        .arg(&repo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python-tuf: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kinds = String::from_utf8(out.stdout).unwrap();
+    let kinds = run_python(&python, PYTHON_TUF_REPOSITORY, &[repo.as_os_str()]);
     for k in [
         "rsa/rsassa-pss-sha256",
         "rsa/rsa-pkcs1v15-sha256",
