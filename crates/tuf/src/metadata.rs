@@ -271,8 +271,7 @@ impl DelegatedRole {
             });
         }
         if let Some(prefixes) = &self.path_hash_prefixes {
-            use sha2::Digest as _;
-            let h = hex::encode(sha2::Sha256::digest(path.as_bytes()));
+            let h = hex::encode(sha256(path.as_bytes()));
             return prefixes.iter().any(|p| h.starts_with(p.as_str()));
         }
         false
@@ -340,34 +339,36 @@ pub struct SuccinctRoles {
 }
 
 impl SuccinctRoles {
-    /// The bin that holds `path`; `None` for a bit length outside 1..=32.
-    pub fn role_for(&self, path: &str) -> Option<String> {
-        use sha2::Digest as _;
-        if !(1..=32).contains(&self.bit_length) {
-            return None;
-        }
-        let h = sha2::Sha256::digest(path.as_bytes());
-        let first = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-        let bin = u64::from(first) >> (32 - self.bit_length);
-        let width = format!("{:x}", (1u64 << self.bit_length) - 1).len();
-        Some(format!("{}-{bin:0width$x}", self.name_prefix))
+    /// The hex digits of a bin number; `None` for a bit length outside
+    /// 1..=32.
+    fn width(&self) -> Option<usize> {
+        (1..=32)
+            .contains(&self.bit_length)
+            .then(|| format!("{:x}", (1u64 << self.bit_length) - 1).len())
     }
 
-    /// Whether `name` is one of the bins.
+    fn bin_name(&self, bin: u64, width: usize) -> String {
+        format!("{}-{bin:0width$x}", self.name_prefix)
+    }
+
+    /// The bin that holds `path`; `None` for a bit length outside 1..=32.
+    pub fn role_for(&self, path: &str) -> Option<String> {
+        let width = self.width()?;
+        let h = sha256(path.as_bytes());
+        let first = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        Some(self.bin_name(u64::from(first) >> (32 - self.bit_length), width))
+    }
+
+    /// Whether `name` is one of the bins (exactly as [`Self::role_for`]
+    /// names them).
     pub fn is_bin(&self, name: &str) -> bool {
-        if !(1..=32).contains(&self.bit_length) {
+        let Some(width) = self.width() else {
             return false;
-        }
-        let width = format!("{:x}", (1u64 << self.bit_length) - 1).len();
+        };
         name.strip_prefix(self.name_prefix.as_str())
             .and_then(|n| n.strip_prefix('-'))
-            .filter(|n| {
-                n.len() == width
-                    && n.bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            })
             .and_then(|n| u64::from_str_radix(n, 16).ok())
-            .is_some_and(|n| n < 1u64 << self.bit_length)
+            .is_some_and(|b| b < 1u64 << self.bit_length && self.bin_name(b, width) == name)
     }
 }
 
