@@ -95,10 +95,16 @@ pub struct Client<'a> {
     timestamp: Option<Timestamp>,
     snapshot: Option<Snapshot>,
     /// `targets` and the delegated roles loaded so far.
-    targets: BTreeMap<String, Targets>,
-    /// Each loaded role's bytes and the delegator whose keys verified them.
-    loaded: BTreeMap<String, (Option<String>, Vec<u8>)>,
+    targets: BTreeMap<String, Loaded>,
     refreshed: bool,
+}
+
+/// A targets role as loaded: what it says, its bytes, and the delegator
+/// whose keys verified them (`None`: the root's targets keys).
+struct Loaded {
+    targets: Targets,
+    bytes: Vec<u8>,
+    via: Option<String>,
 }
 
 /// Writes `bytes` to `path` durably (romdelta-storage's temporary file,
@@ -157,7 +163,6 @@ impl<'a> Client<'a> {
             timestamp: None,
             snapshot: None,
             targets: BTreeMap::new(),
-            loaded: BTreeMap::new(),
             refreshed: false,
         })
     }
@@ -387,7 +392,6 @@ impl<'a> Client<'a> {
         self.persist("snapshot", &bytes)?;
         // Targets trusted under the old snapshot are read again.
         self.targets.clear();
-        self.loaded.clear();
         self.snapshot = Some(new);
         Ok(())
     }
@@ -405,7 +409,7 @@ impl<'a> Client<'a> {
                 root_role(&self.root, "targets")?.clone(),
             )),
             Some(d) => {
-                let parent = &self.targets[d];
+                let parent = &self.targets[d].targets;
                 let del = parent.delegations.as_ref().expect("searched through it");
                 let (keyids, threshold) = match &del.succinct_roles {
                     Some(s) if s.is_bin(role) => (s.keyids.clone(), s.threshold),
@@ -461,17 +465,15 @@ impl<'a> Client<'a> {
             .get(&format!("{role}.json"))
             .ok_or_else(|| TufError::invalid("snapshot", format!("it does not name {role}.json")))?
             .clone();
-        if let Some((via, bytes)) = self.loaded.get(role) {
-            if via.as_deref() != delegator {
-                self.check_targets(role, delegator, bytes, &meta, false)?;
+        if let Some(l) = self.targets.get(role) {
+            if l.via.as_deref() != delegator {
+                self.check_targets(role, delegator, &l.bytes, &meta, false)?;
             }
             return Ok(());
         }
         if let Some(b) = self.local(role) {
             if let Ok(t) = self.check_targets(role, delegator, &b, &meta, false) {
-                self.targets.insert(role.to_string(), t);
-                self.loaded
-                    .insert(role.to_string(), (delegator.map(str::to_string), b));
+                self.keep(role, delegator, t, b);
                 return Ok(());
             }
         }
@@ -483,10 +485,20 @@ impl<'a> Client<'a> {
         let bytes = self.fetch(role, &name, meta.length.unwrap_or(self.limits.targets))?;
         let t = self.check_targets(role, delegator, &bytes, &meta, true)?;
         self.persist(role, &bytes)?;
-        self.targets.insert(role.to_string(), t);
-        self.loaded
-            .insert(role.to_string(), (delegator.map(str::to_string), bytes));
+        self.keep(role, delegator, t, bytes);
         Ok(())
+    }
+
+    fn keep(&mut self, role: &str, via: Option<&str>, targets: Targets, bytes: Vec<u8>) {
+        let via = via.map(str::to_string);
+        self.targets.insert(
+            role.to_string(),
+            Loaded {
+                targets,
+                bytes,
+                via,
+            },
+        );
     }
 
     /// The signed description of target `path`, searched through the
@@ -507,7 +519,7 @@ impl<'a> Client<'a> {
                 continue;
             }
             self.load_targets(&role, delegator.as_deref())?;
-            let t = &self.targets[&role];
+            let t = &self.targets[&role].targets;
             if let Some(f) = t.targets.get(path) {
                 return Ok(f.clone());
             }
